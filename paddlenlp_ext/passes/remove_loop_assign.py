@@ -1,0 +1,436 @@
+"""remove_loop_assign: erase the copies that end a translated while body.
+
+Rule. A legacy (ProgramDesc) while body writes each loop variable back with
+``assign(X=new, Out=var)``. Translated to PIR, that is ``r = assign_out_(new, dst)``
+with ``r`` yielded: one full copy of the tensor per iteration (for a dy2static
+llama export, two per KV-cache tensor: a chain ``r1 = assign_out_(kv, %arg)``,
+``r2 = assign_out_(kv, r1)``). The executor already shares buffers along the loop
+(inputs -> results -> block arguments, yielded values -> results, with
+``ShareDataWith``), so yielding ``new`` itself carries the same data with no copy.
+This pass erases such copies (whole chains at a time) and makes their readers read
+the source, when that is unobservable: the program's outputs stay bit-identical.
+
+Before::
+
+    (%5, %6) = "pd_op.while" (cond=%3, inputs=%1, %2) {
+    ^%arg_0, %arg_1
+        (%9) = "pd_op.concat" (...)
+        (%10) = "pd_op.less_than" (...)
+        (%11) = "pd_op.assign_out_" (%9, %arg_1)
+        (%12) = "pd_op.assign_out_" (%9, %11)
+        (%13) = "pd_op.assign_out_" (%10, %3)
+        () = "cf.yield" (%13, %arg_0, %12)
+    }
+
+After::
+
+    (%5, %6) = "pd_op.while" (cond=%3, inputs=%1, %2) {
+    ^%arg_0, %arg_1
+        (%9) = "pd_op.concat" (...)
+        (%10) = "pd_op.less_than" (...)
+        () = "cf.yield" (%10, %arg_0, %9)
+    }
+
+A chain is a run of copies ``c1..cn`` at the top level of one while body W where
+each copy after the first writes the previous one's result. Its destination ``D``
+is the first copy's destination; ``ri``/``vi`` are the copies' results/sources.
+The chain is removed when all of these hold (each is checked in the function named
+in brackets, which documents why it is needed):
+
+1. Every copy sits at the top level of the while body; copies in nested regions
+   are kept. [_nested_copies]
+2. No copy result is overwritten by two copies. [_build_chains]
+3. ``D`` is a block argument of W or a value defined outside W; not a value local
+   to the body. [_check_destination_kind]
+4. Every read of a result ``ri`` is a plain read (no in-place write or alias of
+   it), made before ``c(i+1)`` overwrites it; only ``rn`` may be yielded.
+   [_check_result_uses]
+5. Nothing reads ``D``'s buffer (any value that may alias it) after ``c1``: not
+   later in the body, not in nested regions, not as another yield operand; for an
+   ``D`` defined outside W also not anywhere in the body (next iteration), not
+   after W, not as a program output; ``D`` is not persistable. The only
+   exception is W reading ``D`` as its condition when ``rn`` is the yielded
+   condition. [_check_destination_reads]
+6. For a block argument ``D = %arg_i``: ``rn`` is yielded at position ``i`` and
+   nowhere else, and the init value ``in_i`` (which ``%arg_i`` shares in the
+   first iteration, so the copies write into it) is read by nothing that runs
+   after W starts, is no other loop variable's init, is no program output and is
+   not persistable. [_check_loop_init]
+7. Every source ``vi`` is a value computed in this iteration of the body (its
+   alias class holds no block argument of W and no value from outside W), and is
+   not written in place after its copy. [_check_sources]
+8. After all removals in W, the alias class of each chain's last source is
+   yielded at one position at most: two loop variables never share one buffer.
+   [_check_single_yield]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .copy_ops import (
+    ASSIGN_OUT,
+    DESTINATION,
+    destination_key,
+    erase_copy,
+    loop_copies,
+    loops_in_order,
+    result_key,
+    source_key,
+)
+from .program_index import ALIASING_OPS, IF, WHILE, AliasClasses, ProgramIndex, inplace_map, value_key
+from .report import KeptCopy, LoopAssignReport
+
+NESTED_COPY = "copy inside nested region"
+BRANCHING_CHAIN = "result overwritten twice"
+LOCAL_DESTINATION = "destination local to body"
+RESULT_READ_AFTER_OVERWRITE = "result read after overwrite"
+RESULT_WRITTEN_OR_ALIASED = "result written or aliased"
+RESULT_NOT_YIELDED_AT_ARG = "result not yielded at its argument"
+DESTINATION_READ_AFTER_COPY = "destination read after copy"
+DESTINATION_READ_IN_LOOP = "destination read in loop body"
+DESTINATION_READ_AFTER_LOOP = "destination read after loop"
+DESTINATION_IS_LOOP_INPUT = "destination is loop input"
+DESTINATION_IS_CONDITION = "destination is loop condition"
+DESTINATION_PERSISTABLE = "destination persistable"
+INIT_SHARED = "init shared by loop variables"
+INIT_READ_IN_LOOP = "init read in loop body"
+INIT_READ_AFTER_LOOP = "init read after loop"
+INIT_PERSISTABLE = "init persistable"
+SOURCE_NOT_LOCAL = "source not computed in body"
+SOURCE_MUTATED = "source mutated after copy"
+SOURCE_YIELDED_TWICE = "source yielded at several positions"
+
+
+@dataclass(frozen=True)
+class CopyChain:
+    loop: int  # while op id
+    copies: tuple[int, ...]  # assign_out_ op ids, in order
+    destination: str  # value key of the first copy's destination
+
+
+@dataclass(frozen=True)
+class LoopAssignAnalysis:
+    index: ProgramIndex
+    removable: tuple[CopyChain, ...]
+    kept: tuple[KeptCopy, ...]
+    loops: int
+
+
+class _Keep(Exception):
+    """Raised by a check with the stable reason for keeping a chain."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def remove_loop_assign(program, *, outputs=()) -> LoopAssignReport:
+    """Erase removable ``pd_op.assign_out_`` copies in while bodies, in place.
+
+    ``outputs`` are values the caller reads after running the program (fetch
+    targets not yet in it as ``pd_op.fetch`` / ``builtin.shadow_output`` ops).
+    Loops are rewritten one at a time, re-analysing after each, until nothing
+    more is removable; so a second run removes nothing.
+    """
+    removed = 0
+    while True:
+        analysis = analyze_loop_assign(program, outputs=outputs)
+        if not analysis.removable:
+            return LoopAssignReport(removed=removed, loops=analysis.loops, kept=analysis.kept)
+        loop = analysis.removable[0].loop
+        for chain in analysis.removable:
+            if chain.loop == loop:
+                for copy in reversed(chain.copies):
+                    erase_copy(analysis.index.op(copy))
+                removed += len(chain.copies)
+
+
+def analyze_loop_assign(program, *, outputs=()) -> LoopAssignAnalysis:
+    """Decide, without changing ``program``, which loop copies are removable."""
+    index = ProgramIndex.build(program)
+    output_keys = frozenset(value_key(v) for v in outputs)
+    removable: list[CopyChain] = []
+    kept: list[KeptCopy] = []
+    copies_by_loop = loop_copies(index)
+    for loop_no, loop in enumerate(loops_in_order(index)):
+        chains, loop_kept = _analyze_loop(index, loop, copies_by_loop[loop], output_keys)
+        removable += chains
+        kept += [KeptCopy(loop_no, op_id, reason) for op_id, reason in loop_kept]
+    return LoopAssignAnalysis(index, tuple(removable), tuple(kept), len(copies_by_loop))
+
+
+class _Loop:
+    """One while op and the facts every check about it needs."""
+
+    def __init__(self, index: ProgramIndex, loop: int, output_keys: frozenset):
+        self.index = index
+        self.id = loop
+        self.op = index.op(loop)
+        self.body = (loop, 0)
+        self.yield_id = index.yield_of(self.body)
+        self.args = index.block_args[self.body]
+        self.inputs = [value_key(v) for v in self.op.operands_source()]  # [cond, init_0, ...]
+        self.aliases = AliasClasses(index, exclude_loop=loop)
+        self.output_keys = output_keys
+
+    def position(self, op_id: int) -> int:
+        """Position in the body of the body op that is or contains ``op_id``."""
+        return self.index.ops[self.index.ancestor_in(op_id, self.body)].position
+
+    def inside(self, op_id: int) -> bool:
+        return self.index.is_nested_in(op_id, self.id)
+
+    def defined_inside(self, key: str) -> bool:
+        return self.index.block_is_within(self.index.defined_in[key], self.id)
+
+    def yielded(self) -> list[str]:
+        return [value_key(v) for v in self.index.op(self.yield_id).operands_source()]
+
+
+def _analyze_loop(index, loop, copies, output_keys):
+    kept = _nested_copies(index, loop, copies)
+    top_level = [c for c in copies if index.ops[c].block == (loop, 0)]
+    if not top_level:
+        return [], kept
+    ctx = _Loop(index, loop, output_keys)
+    if ctx.yield_id is None:
+        return [], kept + [(c, NESTED_COPY) for c in top_level]
+    chains, branching = _build_chains(ctx, top_level)
+    kept += [(c, BRANCHING_CHAIN) for c in branching]
+    candidates = []
+    for chain in chains:
+        try:
+            _check_destination_kind(ctx, chain)
+            yielded_at = _check_result_uses(ctx, chain)
+            _check_destination_reads(ctx, chain, yielded_at)
+            _check_loop_init(ctx, chain, yielded_at)
+            _check_sources(ctx, chain)
+        except _Keep as keep:
+            kept += [(c, keep.reason) for c in chain.copies]
+        else:
+            candidates.append(chain)
+    removable, crowded = _check_single_yield(ctx, candidates)
+    kept += [(c, SOURCE_YIELDED_TWICE) for chain in crowded for c in chain.copies]
+    return removable, sorted(kept, key=lambda item: index.rank[item[0]])
+
+
+def _nested_copies(index, loop, copies):
+    """Condition 1: only top-level copies are candidates.
+
+    A copy inside an if (or a nested loop body, analysed as its own loop) runs
+    conditionally or repeatedly, so what it writes is not a plain end-of-body
+    write-back; its innermost loop reports it as kept.
+    """
+    return [(c, NESTED_COPY) for c in copies if index.ops[c].block != (loop, 0)]
+
+
+def _build_chains(ctx: _Loop, copies: list[int]):
+    """Condition 2: group copies into chains; a result written by two copies is kept.
+
+    Two copies overwriting one result would leave two candidate sources for its
+    later readers; such trees are rare and kept whole.
+    """
+    by_result = {result_key(ctx.index, c): c for c in copies}
+    successors: dict[int, list[int]] = {c: [] for c in copies}
+    heads = []
+    for c in copies:
+        dst = destination_key(ctx.index, c)
+        if dst in by_result:
+            successors[by_result[dst]].append(c)
+        else:
+            heads.append(c)
+    chains, branching = [], []
+    for head in heads:
+        members, current, ok = [head], head, True
+        while successors[current]:
+            ok = ok and len(successors[current]) == 1
+            current = successors[current][0]
+            members.append(current)
+        tree = _tree(successors, head)
+        if ok and len(tree) == len(members):
+            chains.append(CopyChain(ctx.id, tuple(members), destination_key(ctx.index, head)))
+        else:
+            branching += tree
+    return chains, branching
+
+
+def _tree(successors, head):
+    found, stack = [], [head]
+    while stack:
+        c = stack.pop()
+        found.append(c)
+        stack += successors[c]
+    return found
+
+
+def _check_destination_kind(ctx: _Loop, chain: CopyChain) -> None:
+    """Condition 3: the destination is a loop-carried or outer buffer.
+
+    A copy into a value computed in the body is not the loop write-back this pass
+    understands (its buffer is recomputed every iteration); keep it.
+    """
+    if chain.destination not in ctx.args and ctx.defined_inside(chain.destination):
+        raise _Keep(LOCAL_DESTINATION)
+
+
+def _is_plain_read(index: ProgramIndex, user: int, operand: int) -> bool:
+    op = index.op(user)
+    name = op.name()
+    if operand in inplace_map(op).values() or name in ALIASING_OPS:
+        return False
+    return not op.num_regions() or name == IF  # an if only reads its condition
+
+
+def _check_result_uses(ctx: _Loop, chain: CopyChain) -> list[int]:
+    """Condition 4: readers of each result can read the source instead.
+
+    ``ri`` holds ``vi``'s data only until ``c(i+1)`` overwrites the shared buffer,
+    so a read of ``ri`` after that is a read of a later source; and an in-place
+    write through ``ri`` (or an alias of it) would, once redirected, write into the
+    source. Returns the yield positions of the last result.
+    """
+    index = ctx.index
+    yielded_at: list[int] = []
+    last = len(chain.copies) - 1
+    for i, copy in enumerate(chain.copies):
+        following = chain.copies[i + 1] if i < last else None
+        for user, operand in index.uses.get(result_key(index, copy), ()):
+            if user == following and operand == DESTINATION:
+                continue
+            if user == ctx.yield_id:
+                if i != last:
+                    raise _Keep(RESULT_READ_AFTER_OVERWRITE)
+                yielded_at.append(operand)
+                continue
+            if following is not None and ctx.position(user) > index.ops[following].position:
+                raise _Keep(RESULT_READ_AFTER_OVERWRITE)
+            if not _is_plain_read(index, user, operand):
+                raise _Keep(RESULT_WRITTEN_OR_ALIASED)
+    return yielded_at
+
+
+def _check_destination_reads(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> None:
+    """Condition 5: nobody observes that ``D``'s buffer stops receiving the data.
+
+    Reads through the chain's results are redirected (condition 4); any other
+    value that may share ``D``'s buffer is checked here. A value defined inside
+    the body is a fresh instance each iteration, so only reads after ``c1`` see
+    the write. A value from outside the body keeps the write into the next
+    iteration and past the loop, so any read inside the body or after the loop
+    counts. The while op reads its condition operand only before the first
+    iteration; later checks read the yielded condition, so ``D`` may be that
+    operand when ``rn`` is yielded as the condition (translated loop conditions).
+    """
+    index = ctx.index
+    results = {result_key(index, c) for c in chain.copies}
+    first = index.ops[chain.copies[0]].position
+    for member in ctx.aliases.members(chain.destination):
+        if member in results:
+            continue
+        if index.is_persistable(member):
+            raise _Keep(DESTINATION_PERSISTABLE)
+        if member in ctx.output_keys:
+            raise _Keep(DESTINATION_READ_AFTER_LOOP)
+        local = member in ctx.args or ctx.defined_inside(member)
+        for user, operand in index.uses.get(member, ()):
+            if user == chain.copies[0] and operand == DESTINATION and member == chain.destination:
+                continue
+            if ctx.inside(user):
+                if not local:
+                    raise _Keep(DESTINATION_READ_IN_LOOP)
+                if ctx.position(user) > first:
+                    raise _Keep(DESTINATION_READ_AFTER_COPY)
+            elif user == ctx.id:
+                if operand != 0:
+                    raise _Keep(DESTINATION_IS_LOOP_INPUT)
+                if member != chain.destination or 0 not in yielded_at:
+                    raise _Keep(DESTINATION_IS_CONDITION)
+            elif index.may_run_after(user, ctx.id):
+                raise _Keep(DESTINATION_READ_AFTER_LOOP)
+
+
+def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> None:
+    """Condition 6: a copy into ``%arg_i`` is unobservable through ``in_i``.
+
+    In the first iteration ``%arg_i`` shares ``in_i``'s buffer, and with the copy
+    yielded back at ``i`` every later iteration does too: the copies write the
+    loop's results into ``in_i`` whenever the sizes fit. Without them ``in_i``
+    keeps its value, so nothing that runs after the loop starts may read it.
+    """
+    if chain.destination not in ctx.args:
+        return
+    position = ctx.args.index(chain.destination) + 1  # yield operand 0 is the condition
+    if yielded_at != [position]:
+        raise _Keep(RESULT_NOT_YIELDED_AT_ARG)
+    index = ctx.index
+    init = ctx.inputs[position]
+    for member in ctx.aliases.members(init):
+        if index.is_persistable(member):
+            raise _Keep(INIT_PERSISTABLE)
+        if member in ctx.output_keys:
+            raise _Keep(INIT_READ_AFTER_LOOP)
+        for user, operand in index.uses.get(member, ()):
+            if user == ctx.id:
+                if operand != position or member != init:
+                    raise _Keep(INIT_SHARED)
+            elif ctx.inside(user):
+                raise _Keep(INIT_READ_IN_LOOP)
+            elif index.may_run_after(user, ctx.id):
+                raise _Keep(INIT_READ_AFTER_LOOP)
+
+
+def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
+    """Condition 7: each source is this iteration's own, unchanged buffer.
+
+    Redirected readers and the next iteration read the source where they read the
+    copy, so the source must hold the copied data until then: no in-place write
+    after the copy. It must also be computed in the body: a block argument or an
+    outer value yielded in place of the copy would make the loop variable share a
+    buffer that something else reads or writes.
+    """
+    index = ctx.index
+    for copy in chain.copies:
+        source = source_key(index, copy)
+        position = index.ops[copy].position
+        for member in ctx.aliases.members(source):
+            if member in ctx.args or not ctx.defined_inside(member):
+                raise _Keep(SOURCE_NOT_LOCAL)
+            for user, operand in index.uses.get(member, ()):
+                if operand in inplace_map(index.op(user)).values() and ctx.position(user) > position:
+                    raise _Keep(SOURCE_MUTATED)
+
+
+def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
+    """Condition 8: after redirection no buffer is yielded at two positions.
+
+    Loop variables yielded from one buffer share it in the next iteration, and a
+    write to one would change the other. Keeping a chain only lowers the count for
+    the others, so this is repeated until stable.
+    """
+    index = ctx.index
+    aliases = ctx.aliases
+    removable = list(chains)
+    while True:
+        replacement = {
+            result_key(index, chain.copies[-1]): source_key(index, chain.copies[-1]) for chain in removable
+        }
+        final = [aliases.find(replacement.get(key, key)) for key in ctx.yielded()]
+        crowded = [
+            chain
+            for chain in removable
+            if final.count(aliases.find(source_key(index, chain.copies[-1]))) > 1
+        ]
+        if not crowded:
+            return removable, [c for c in chains if c not in removable]
+        removable = [c for c in removable if c not in crowded]
+
+
+__all__ = [
+    "ASSIGN_OUT",
+    "WHILE",
+    "CopyChain",
+    "LoopAssignAnalysis",
+    "analyze_loop_assign",
+    "remove_loop_assign",
+]

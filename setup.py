@@ -1,0 +1,28 @@
+import os
+
+from setuptools import find_packages, setup
+
+# The CPU wheel by default. A GPU user installs paddlepaddle-gpu first (see README)
+# and names it here, so pip does not add the CPU wheel beside it.
+PADDLE = os.environ.get("PADDLENLP_EXT_PADDLE_PACKAGE", "paddlepaddle")
+
+setup(
+    name="paddlenlp-ext",
+    version="0.1.0",
+    description="Remove redundant loop copies from static-graph LLM decoding in PaddlePaddle 3.x",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["paddlenlp_ext", "paddlenlp_ext.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        f"{PADDLE}>=3.0,<4",
+        "paddlenlp==2.8.1",
+        # paddlenlp 2.8.1 imports only with these older versions of its dependencies:
+        "numpy==1.26.4",  # pyarrow 17+ needs numpy 2, which paddlenlp 2.8.1 does not support
+        "huggingface-hub==0.25.2",  # newer ones lack repo_type_and_id_from_hf_id
+        "aistudio-sdk==0.2.6",  # 0.3 lacks hub.download
+        "datasets==2.21.0",
+        "pyarrow==16.1.0",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
