@@ -1,0 +1,23 @@
+import sys
+from pathlib import Path
+
+import paddle
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+paddle.enable_static()
+
+
+@pytest.fixture
+def executor_keeps_loop_inits():
+    """Make Paddle's executor run a program that reads a while init after the loop.
+
+    On 3.3.1 its garbage collector frees the init once the while op has read it and
+    its inplace pass rewrites the later reader in place, so such programs fail with
+    "Tensor holds no memory" whether or not our pass ran. Both are turned off here.
+    """
+    flags = ["FLAGS_pir_apply_inplace_pass", "FLAGS_eager_delete_tensor_gb"]
+    previous = paddle.get_flags(flags)
+    paddle.set_flags({"FLAGS_pir_apply_inplace_pass": False, "FLAGS_eager_delete_tensor_gb": -1.0})
+    yield
+    paddle.set_flags(previous)

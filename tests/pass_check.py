@@ -1,0 +1,49 @@
+"""One helper for every pass test: the delta, the reasons, idempotence, equal outputs."""
+
+from __future__ import annotations
+
+from loop_programs import count_loop_copies, run, same_bits
+
+from paddlenlp_ext import remove_loop_assign
+from paddlenlp_ext.passes.copy_ops import erase_copy, loop_copies
+from paddlenlp_ext.passes.program_index import ProgramIndex
+
+
+def check_pass(make, *, removed: int, kept: dict | None = None):
+    """Run ``make()``'s program before and after the pass and check the contract.
+
+    ``make`` builds a fresh program each call (the reference run and the rewritten
+    run must not share one). Returns the report.
+    """
+    reference = run(make())
+    built = make()
+    before = count_loop_copies(built.program)
+    report = remove_loop_assign(built.program, outputs=built.outputs)
+    assert report.removed == removed, report.summary()
+    assert report.modified == (removed > 0)
+    assert report.kept_reasons == (kept or {}), report.summary()
+    assert count_loop_copies(built.program) == before - removed
+    text = str(built.program)
+    again = remove_loop_assign(built.program, outputs=built.outputs)
+    assert again.removed == 0 and not again.modified
+    assert str(built.program) == text
+    assert again.kept_reasons == report.kept_reasons
+    assert same_bits(reference, run(built)), "outputs changed"
+    return report
+
+
+def remove_every_loop_copy(program) -> int:
+    """The unsafe rule the tests compare against: erase every copy in a while body."""
+    copies = [c for found in loop_copies(ProgramIndex.build(program)).values() for c in found]
+    index = ProgramIndex.build(program)
+    for copy in reversed(copies):
+        erase_copy(index.op(copy))
+    return len(copies)
+
+
+def outputs_change_under(rule, make) -> bool:
+    """Whether applying ``rule`` (program -> anything) changes ``make()``'s outputs."""
+    reference = run(make())
+    built = make()
+    rule(built.program)
+    return not same_bits(reference, run(built))

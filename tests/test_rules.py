@@ -1,0 +1,382 @@
+"""One test per safety condition of remove_loop_assign, on programs built in PIR.
+
+Copies are written with ``_C_ops.assign_out_`` inside ``while_loop`` bodies: the
+same op the translator emits for legacy loops. Where a condition keeps a copy, the
+test also shows the copy matters: erasing every loop copy changes the outputs, so
+a pass without that condition would fail the same check.
+"""
+
+import numpy as np
+import paddle
+import pytest
+from loop_programs import build_pir
+from pass_check import check_pass, outputs_change_under, remove_every_loop_copy
+from paddle import _C_ops
+
+from paddlenlp_ext import remove_loop_assign_pr9002
+import paddlenlp_ext.passes.remove_loop_assign as rla
+
+FEED = {"x": np.arange(6, dtype="float32").reshape(2, 3) / 7}
+
+
+def x_input():
+    return paddle.static.data("x", [2, 3], "float32")
+
+
+def loop(body, inits, steps=3):
+    """``while_loop`` over ``inits`` with a hidden counter; ``body(*xs) -> xs``."""
+    i = paddle.full([1], 0, "int64")
+    limit = paddle.full([1], steps, "int64")
+    outs = paddle.static.nn.while_loop(
+        lambda i, *xs: i < limit, lambda i, *xs: [i + 1, *body(*xs)], [i, *inits]
+    )
+    return list(outs[1:])
+
+
+def program(fn):
+    """A zero-argument builder of ``fn``'s program fed with FEED."""
+    return lambda: build_pir(fn, FEED)
+
+
+def assert_copy_matters(make):
+    assert outputs_change_under(remove_every_loop_copy, make)
+
+
+# -- removed --------------------------------------------------------------------------
+
+
+def test_copy_into_block_argument_is_removed():
+    def fn():
+        return loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [x_input() * 1])
+
+    check_pass(program(fn), removed=1)
+
+
+def test_chain_is_removed_whole():
+    def fn():
+        def body(x):
+            new = x * 2 + 1
+            r1 = _C_ops.assign_out_(new, x)
+            return [_C_ops.assign_out_(new, r1)]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(program(fn), removed=2)
+
+
+def test_reads_through_the_result_are_redirected_to_the_source():
+    def fn():
+        def body(x, y):
+            r = _C_ops.assign_out_(x * 2 + 1, x)
+            return [r, r * 3 + y]
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    check_pass(program(fn), removed=1)
+
+
+def test_reads_between_copies_of_a_chain_read_that_copy_source():
+    def fn():
+        def body(x, y):
+            first, second = x * 2, x * 3
+            r1 = _C_ops.assign_out_(first, x)
+            y2 = r1 + y  # reads `first`
+            return [_C_ops.assign_out_(second, r1), y2]
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    check_pass(program(fn), removed=2)
+
+
+def test_dead_write_into_outer_buffer_is_removed():
+    def fn():
+        buf = paddle.full([2, 3], 5.0)
+
+        def body(x):
+            _C_ops.assign_out_(x * 4, buf)
+            return [x + 1]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(program(fn), removed=1)
+
+
+def test_program_without_loops_is_left_alone():
+    check_pass(program(lambda: [_C_ops.assign_out_(x_input() * 2, paddle.full([2, 3], 0.0))]), removed=0)
+
+
+# -- condition 1: nested copies ---------------------------------------------------------
+
+
+def test_copy_inside_if_in_loop_body_is_kept():
+    def fn():
+        buf = paddle.full([2, 3], 1.0)
+
+        def body(x):
+            def write():
+                _C_ops.assign_out_(x * 3, buf)
+                return x + 1
+
+            y = paddle.static.nn.cond(paddle.sum(x) > 1000.0, write, lambda: x - 1)
+            return [y + buf]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(program(fn), removed=0, kept={rla.NESTED_COPY: 1})
+
+
+# -- condition 2: branching chains ------------------------------------------------------
+
+
+def test_result_overwritten_by_two_copies_is_kept():
+    def fn():
+        def body(x, y):
+            r1 = _C_ops.assign_out_(x * 2, x)
+            r2 = _C_ops.assign_out_(x * 3, r1)
+            r3 = _C_ops.assign_out_(y * 5, r1)
+            return [r2, r3 + y]
+
+        return loop(body, [x_input() * 1, x_input() * 2])
+
+    check_pass(program(fn), removed=0, kept={rla.BRANCHING_CHAIN: 3})
+
+
+# -- condition 3: destination local to the body -------------------------------------------
+
+
+def test_copy_into_body_local_value_is_kept():
+    def fn():
+        def body(x):
+            t = x * 1
+            r = _C_ops.assign_out_(x * 2, t)
+            return [t + r]
+
+        return loop(body, [x_input() * 1])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.LOCAL_DESTINATION: 1})
+    assert_copy_matters(make)
+
+
+# -- condition 4: how the results are used ------------------------------------------------
+
+
+def test_result_read_after_it_is_overwritten_is_kept():
+    def fn():
+        def body(x, y):
+            r1 = _C_ops.assign_out_(x * 2, x)
+            r2 = _C_ops.assign_out_(x * 3, r1)
+            return [r2, r1 + y]  # r1 now holds x * 3
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.RESULT_READ_AFTER_OVERWRITE: 2})
+    assert_copy_matters(make)
+
+
+def test_result_written_in_place_is_kept():
+    def fn():
+        def body(x, y):
+            new = x * 2 + 1
+            r = _C_ops.assign_out_(new, x)
+            s = _C_ops.scale_(r, 2.0, 0.0, True)  # would scale `new` once redirected
+            return [s, new + y]
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.RESULT_WRITTEN_OR_ALIASED: 1})
+    assert_copy_matters(make)
+
+
+# -- condition 5: reads of the destination ------------------------------------------------
+
+
+def _read_after_copy(nested: bool):
+    def fn():
+        def body(x, y):
+            r = _C_ops.assign_out_(x * 2 + 1, x)
+            if nested:
+                y2 = paddle.static.nn.cond(paddle.sum(y) > -1.0, lambda: x * 3 + y, lambda: y)
+            else:
+                y2 = x * 3 + y  # %arg read after the copy: sees the new data
+            return [r, y2]
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    return program(fn)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["same block", "nested region"])
+def test_destination_read_after_copy_is_kept(nested):
+    make = _read_after_copy(nested)
+    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    assert_copy_matters(make)
+    assert outputs_change_under(remove_loop_assign_pr9002, make)  # PR #9002 misses this read
+
+
+def _outer_write(read_in_body: bool, read_after: bool, as_output: bool = False):
+    def fn():
+        buf = paddle.full([2, 3], 1.0)
+
+        def body(x):
+            y = x + buf if read_in_body else x + 1
+            _C_ops.assign_out_(y * 2, buf)
+            return [y]
+
+        (x,) = loop(body, [x_input() * 1])
+        outputs = [x]
+        if read_after:
+            outputs.append(buf * 1)
+        if as_output:
+            outputs.append(buf)
+        return outputs
+
+    return program(fn)
+
+
+@pytest.mark.parametrize(
+    "read_in_body, read_after, as_output, reason",
+    [
+        (True, False, False, rla.DESTINATION_READ_IN_LOOP),
+        (False, True, False, rla.DESTINATION_READ_AFTER_LOOP),
+        (False, False, True, rla.DESTINATION_READ_AFTER_LOOP),
+    ],
+    ids=["read in body", "read after loop", "fetched"],
+)
+def test_outer_destination_that_is_read_again_is_kept(read_in_body, read_after, as_output, reason):
+    make = _outer_write(read_in_body, read_after, as_output)
+    check_pass(make, removed=0, kept={reason: 1})
+    assert_copy_matters(make)
+
+
+def test_outer_destination_used_as_loop_input_is_kept():
+    def fn():
+        buf = paddle.full([2, 3], 1.0)
+
+        def body(x, b):
+            y = x + b
+            r = _C_ops.assign_out_(y * 2, buf)  # writes the buffer `b` shares in iteration 1
+            return [y, b + r * 0]  # `r * 0` orders the read of `b` after the write
+
+        return loop(body, [x_input() * 1, buf])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.DESTINATION_IS_LOOP_INPUT: 1})
+    assert_copy_matters(make)
+
+
+def test_persistable_destination_is_kept():
+    def fn():
+        weight = paddle.static.create_parameter([2, 3], "float32", name="w")
+
+        def body(x):
+            _C_ops.assign_out_(x * 2, weight)
+            return [x + 1]
+
+        return loop(body, [x_input() * 1])
+
+    built = build_pir(fn, FEED)
+    report = rla.remove_loop_assign(built.program, outputs=built.outputs)
+    assert report.removed == 0 and report.kept_reasons == {rla.DESTINATION_PERSISTABLE: 1}
+
+
+# -- condition 6: the block argument's init -----------------------------------------------
+
+
+def test_copy_result_yielded_at_another_position_is_kept():
+    def fn():
+        def body(x, y):
+            r = _C_ops.assign_out_(x + y, x)
+            return [y * 1, r]
+
+        return loop(body, [x_input() * 1, x_input() * 2])
+
+    check_pass(program(fn), removed=0, kept={rla.RESULT_NOT_YIELDED_AT_ARG: 1})
+
+
+def test_init_read_after_loop_is_kept(executor_keeps_loop_inits):
+    def fn():
+        init = x_input() * 1
+        (x,) = loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [init])
+        return [x, init + x * 0]  # `x * 0` orders the read of `init` after the loop
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    assert_copy_matters(make)  # the copies wrote into `init`
+    assert outputs_change_under(remove_loop_assign_pr9002, make)
+
+
+def test_init_read_in_loop_body_is_kept():
+    def fn():
+        init = x_input() * 1
+        return loop(lambda x: [_C_ops.assign_out_(x * 2 + init, x)], [init])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.INIT_READ_IN_LOOP: 1})
+    assert_copy_matters(make)
+
+
+def test_init_shared_by_two_loop_variables_is_kept():
+    def fn():
+        init = x_input() * 1
+
+        def body(x, y):
+            r = _C_ops.assign_out_(x * 2 + 1, x)  # in iteration 1 this also writes y
+            return [r, y + r]
+
+        return loop(body, [init, init])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.INIT_SHARED: 1})
+    assert_copy_matters(make)
+
+
+# -- condition 7: the sources -------------------------------------------------------------
+
+
+def test_source_mutated_after_copy_is_kept():
+    def fn():
+        def body(x):
+            new = x * 2 + 1
+            r = _C_ops.assign_out_(new, x)
+            _C_ops.scale_(new, 3.0, 0.0, True)
+            return [r]
+
+        return loop(body, [x_input() * 1])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.SOURCE_MUTATED: 1})
+    assert_copy_matters(make)
+
+
+def test_source_from_outside_the_loop_is_kept():
+    def fn():
+        constant = paddle.full([2, 3], 5.0)
+        (x,) = loop(lambda x: [_C_ops.assign_out_(constant, x)], [x_input() * 1])
+        # Yielding `constant` itself would make `x` share its buffer, so this
+        # write would change `constant`.
+        written = _C_ops.assign_out_(x_input() * 3, x)
+        return [written, constant + written * 0]
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.SOURCE_NOT_LOCAL: 1})
+    assert_copy_matters(make)
+
+
+# -- condition 8: one buffer, one loop variable --------------------------------------------
+
+
+def test_source_yielded_at_two_positions_is_kept():
+    def fn():
+        def body(x, y):
+            xs = _C_ops.scale_(x, 2.0, 0.0, True)  # would scale y too if they shared
+            new = xs + y
+            return [_C_ops.assign_out_(new, x), _C_ops.assign_out_(new, y)]
+
+        return loop(body, [x_input() * 1, x_input() + 1])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.SOURCE_YIELDED_TWICE: 2})
+    assert_copy_matters(make)
