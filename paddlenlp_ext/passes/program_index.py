@@ -167,12 +167,15 @@ class ProgramIndex:
             current = self.ops[current].parent
         return loops
 
-    def may_run_after(self, op_id: int, anchor: int) -> bool:
+    def may_run_after(self, op_id: int, anchor: int, value: str | None = None) -> bool:
         """Whether ``op_id`` (not nested in ``anchor``) may execute after ``anchor`` starts.
 
-        Ops later in a common block run after; earlier ones run after too when that
-        block sits inside a loop (they run again in the next iteration). Ops in two
-        regions of one op (the branches of an if) are treated as running after.
+        Ops later in a common block run after. Earlier ones run after too when that
+        block sits inside a loop, as they run again in the next iteration; when the
+        op is asked about as a reader of ``value``, only loops that ``value`` was
+        defined outside count, since inside them every iteration reads a freshly
+        computed instance. Ops in two regions of one op (the branches of an if) are
+        treated as running after.
         """
         chain = {}
         current: int | None = anchor
@@ -186,7 +189,10 @@ class ProgramIndex:
                 mine, theirs = info.position, self.ops[chain[info.block]].position
                 if mine > theirs or current == chain[info.block]:
                     return True
-                return bool(self.enclosing_loops(info.block))
+                loops = self.enclosing_loops(info.block)
+                if value is not None:
+                    loops = [loop for loop in loops if not self.block_is_within(self.defined_in[value], loop)]
+                return bool(loops)
             current = info.parent
         return True  # no common block: cannot happen in one program; stay safe
 

@@ -346,7 +346,7 @@ def _check_destination_reads(ctx: _Loop, chain: CopyChain, yielded_at: list[int]
                     raise _Keep(DESTINATION_IS_LOOP_INPUT)
                 if member != chain.destination or 0 not in yielded_at:
                     raise _Keep(DESTINATION_IS_CONDITION)
-            elif index.may_run_after(user, ctx.id):
+            elif index.may_run_after(user, ctx.id, member):
                 raise _Keep(DESTINATION_READ_AFTER_LOOP)
 
 
@@ -376,7 +376,7 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
                     raise _Keep(INIT_SHARED)
             elif ctx.inside(user):
                 raise _Keep(INIT_READ_IN_LOOP)
-            elif index.may_run_after(user, ctx.id):
+            elif index.may_run_after(user, ctx.id, member):
                 raise _Keep(INIT_READ_AFTER_LOOP)
 
 

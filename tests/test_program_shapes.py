@@ -1,0 +1,221 @@
+"""The pass on the program shapes it meets: translated legacy loops, to_static loops,
+hand-edited PIR, and loops nested in loops and ifs."""
+
+import numpy as np
+import paddle
+from loop_programs import build_legacy, build_pir, build_to_static, count_ops, run, same_bits
+from pass_check import check_pass, outputs_change_under, remove_every_loop_copy
+from paddle import _C_ops
+from test_rules import FEED, loop, x_input
+
+import paddlenlp_ext.passes.pr9002_rule as pr9002
+import paddlenlp_ext.passes.remove_loop_assign as rla
+from paddlenlp_ext import remove_loop_assign, remove_loop_assign_pr9002
+
+# -- translated legacy programs -------------------------------------------------------
+
+
+def legacy_while_loop():
+    x = paddle.static.data("x", [2, 3], "float32")
+    i = paddle.full([1], 0, "int64")
+    n = paddle.full([1], 3, "int64")
+    _, x2, y2 = paddle.static.nn.while_loop(
+        lambda i, x, y: i < n, lambda i, x, y: [i + 1, x * 2 + 1, y + x], [i, x, x * 0]
+    )
+    return [x2 + 0, y2]
+
+
+def legacy_while_with_chain():
+    """``While`` with the value assigned twice, as dy2static writes KV caches."""
+    x = paddle.static.data("x", [2, 3], "float32")
+    total = paddle.full([2, 3], 0.0)
+    i = paddle.full([1], 0, "int64")
+    n = paddle.full([1], 3, "int64")
+    cond = paddle.less_than(i, n)
+    loop_op = paddle.static.nn.control_flow.While(cond)
+    with loop_op.block():
+        new = x * 2 + 1
+        paddle.assign(new, x)
+        paddle.assign(new, x)
+        paddle.assign(total + x * 3, total)  # reads x through the chain's result
+        paddle.increment(i)
+        paddle.assign(paddle.less_than(i, n), cond)
+    return [x, total]
+
+
+def test_translated_while_loop_loses_every_copy():
+    make = lambda: build_legacy(legacy_while_loop, FEED)  # noqa: E731
+    assert count_ops(make().program) == 4  # i, x, y and the condition
+    check_pass(make, removed=4)
+
+
+def test_translated_chain_and_condition_are_removed():
+    make = lambda: build_legacy(legacy_while_with_chain, FEED)  # noqa: E731
+    assert count_ops(make().program) == 4  # chain of 2 for x, total, condition
+    check_pass(make, removed=4)
+
+
+def test_pr9002_rule_removes_no_chain_and_no_condition():
+    built = build_legacy(legacy_while_with_chain, FEED)
+    reference = run(build_legacy(legacy_while_with_chain, FEED))
+    report = remove_loop_assign_pr9002(built.program)
+    assert report.removed == 1  # only `total`'s copy
+    # r1 feeds the second copy, r2 is also read by `total`'s update; the condition
+    # is written into the outer condition value, not a block argument.
+    assert report.kept_reasons == {pr9002.NOT_ONLY_YIELDED: 2, pr9002.DESTINATION_NOT_ARGUMENT: 1}
+    assert same_bits(reference, run(built))
+
+
+# -- to_static (PIR-native) programs ---------------------------------------------------
+
+SPEC = [paddle.static.InputSpec([2, 3], "float32", "x")]
+
+
+def plain_loop(x):
+    i = paddle.zeros([1], "int64")
+    while i < 3:
+        x = x * 2 + 1
+        i = i + 1
+    return x
+
+
+def loop_with_outer_buffer(x):
+    buf = paddle.zeros([2, 3])
+    i = paddle.zeros([1], "int64")
+    while i < 3:
+        paddle.assign(x * 2 + buf, output=buf)  # reads and writes the outer buffer
+        x = x + 1
+        i = i + 1
+    return x
+
+
+def loop_with_buffer_read_after(x):
+    buf = paddle.zeros([2, 3])
+    i = paddle.zeros([1], "int64")
+    while i < 3:
+        paddle.assign(x * 2, output=buf)
+        x = x + 1
+        i = i + 1
+    return x, buf + 1
+
+
+def test_to_static_loop_has_no_copies_and_is_left_alone():
+    make = lambda: build_to_static(plain_loop, SPEC, FEED)  # noqa: E731
+    assert count_ops(make().program) == 0
+    check_pass(make, removed=0)
+
+
+def test_to_static_outer_buffer_write_is_kept():
+    make = lambda: build_to_static(loop_with_outer_buffer, SPEC, FEED)  # noqa: E731
+    check_pass(make, removed=0, kept={rla.DESTINATION_READ_IN_LOOP: 1})
+
+
+def test_to_static_outer_buffer_read_after_loop_is_kept():
+    make = lambda: build_to_static(loop_with_buffer_read_after, SPEC, FEED)  # noqa: E731
+    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_LOOP: 1})
+
+
+# -- hand-edited PIR ---------------------------------------------------------------------
+
+
+def edited_legacy_loop():
+    """The translated ``while_loop``, edited so ``y``'s copy reads ``%arg_x`` late.
+
+    An op reading ``x``'s block argument is inserted before the yield and made the
+    source of ``y``'s copy: it runs after ``x``'s copy and sees its data.
+    """
+    built = build_legacy(legacy_while_loop, FEED)
+    loop_op = next(op for op in built.program.global_block().ops if op.name() == "pd_op.while")
+    body = list(loop_op.blocks())[0]
+    copies = [op for op in body.ops if op.name() == "pd_op.assign_out_"]
+    producers = [op.operand_source(0).get_defining_op().name() for op in copies]
+    copy_y = copies[producers.index("pd_op.add")]  # y + x
+    copy_x = next(op for op in copies if op.operand_source(1).dtype == paddle.float32 and op is not copy_y
+                  and op.operand_source(0).get_defining_op().name() == "pd_op.scale")
+    with paddle.static.program_guard(built.program):
+        paddle.pir.set_insertion_point(copy_y)  # after x's copy, before y's
+        late = paddle.scale(copy_x.operand_source(1), 3.0)
+        paddle.pir.set_insertion_point_to_block_end(built.program.global_block())
+    copy_y.operand(0).set_source(late)
+    return built
+
+
+def test_hand_edited_read_of_argument_after_its_copy():
+    check_pass(edited_legacy_loop, removed=3, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    assert outputs_change_under(remove_loop_assign_pr9002, edited_legacy_loop)
+
+
+# -- nesting ---------------------------------------------------------------------------------
+
+
+def copy_loop(init):
+    return loop(lambda y: [_C_ops.assign_out_(y * 0.5 + 1, y)], [init])[0]
+
+
+def test_while_inside_while():
+    def fn():
+        def body(x):
+            inner = copy_loop(x * 1)
+            return [_C_ops.assign_out_(inner + x, x)]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(lambda: build_pir(fn, FEED), removed=2)
+
+
+def test_while_inside_if():
+    def fn():
+        x = x_input()
+        return [paddle.static.nn.cond(paddle.sum(x) > 0, lambda: copy_loop(x * 1), lambda: x * 2)]
+
+    check_pass(lambda: build_pir(fn, FEED), removed=1)
+
+
+def test_if_inside_while():
+    def fn():
+        def body(x):
+            y = paddle.static.nn.cond(paddle.sum(x) > 0, lambda: x * 2, lambda: x * 3)
+            return [_C_ops.assign_out_(y + 1, x)]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(lambda: build_pir(fn, FEED), removed=1)
+
+
+def test_inner_loop_copy_is_removed_first_then_the_outer_one():
+    """The inner loop's copy writes the outer copy's source (its init); once the
+    inner copy is gone nothing writes that source, so the outer copy goes too."""
+
+    def fn():
+        def body(x):
+            new = x * 2 + 1
+            r = _C_ops.assign_out_(new, x)
+            copy_loop(new)
+            return [r]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(lambda: build_pir(fn, FEED), removed=2)
+
+
+def test_inner_loop_writing_outer_source_keeps_outer_copy(executor_keeps_loop_inits):
+    def fn():
+        def body(x, z):
+            new = x * 2 + 1
+            r = _C_ops.assign_out_(new, x)
+            inner = copy_loop(new)  # iteration 1 of the inner loop writes into `new`
+            return [r, z + inner + new * 1]  # `new` read after the inner loop
+
+        return loop(body, [x_input() * 1, x_input() * 0])
+
+    make = lambda: build_pir(fn, FEED)  # noqa: E731
+    report = check_pass(make, removed=0, kept={rla.SOURCE_MUTATED: 1, rla.INIT_READ_AFTER_LOOP: 1})
+    assert report.loops == 2
+    assert outputs_change_under(remove_every_loop_copy, make)
+
+
+def test_report_summary_names_counts_and_reasons():
+    built = build_legacy(legacy_while_loop, FEED)
+    report = remove_loop_assign(built.program, outputs=built.outputs)
+    assert report.summary() == "removed 4 copies from 1 loops; kept 0"
+    assert np.isfinite(run(built)[0]).all()
