@@ -9,6 +9,8 @@ from paddle import _C_ops
 from test_rules import FEED, loop, x_input
 
 import paddlenlp_ext.passes.pr9002_rule as pr9002
+from paddlenlp_ext.passes.copy_ops import erase_copy
+from paddlenlp_ext.passes.program_index import ProgramIndex
 import paddlenlp_ext.passes.remove_loop_assign as rla
 from paddlenlp_ext import remove_loop_assign, remove_loop_assign_pr9002
 
@@ -182,23 +184,43 @@ def test_if_inside_while():
     check_pass(lambda: build_pir(fn, FEED), removed=1)
 
 
-def test_inner_loop_copy_is_removed_first_then_the_outer_one():
-    """The inner loop's copy writes the outer copy's source (its init); once the
-    inner copy is gone nothing writes that source, so the outer copy goes too."""
+def _outer_copy_of_inner_loop_init():
+    """Seed 271 of the differential test, reduced: an inner loop takes the outer
+    copy's source as its init (and writes it); the loop variable is read after
+    that source is recomputed in the next iteration."""
 
     def fn():
-        def body(x):
-            new = x * 2 + 1
-            r = _C_ops.assign_out_(new, x)
-            copy_loop(new)
-            return [r]
+        def body(x, z):
+            v = z * 0.5 + 1
+            z2 = x * 1 + z  # reads this iteration's x after `v` is recomputed
+            copy_loop(v)
+            return [_C_ops.assign_out_(v, x), z2]
 
-        return loop(body, [x_input() * 1])
+        return loop(body, [x_input() * 1, x_input() * 2], steps=4)
 
-    check_pass(lambda: build_pir(fn, FEED), removed=2)
+    return build_pir(fn, FEED)
 
 
-def test_inner_loop_writing_outer_source_keeps_outer_copy(executor_keeps_loop_inits):
+def erase_outer_loop_copies(program):
+    """Erase the copies at the top level of the outermost loop only."""
+    index = ProgramIndex.build(program)
+    outer = next(op_id for op_id in index.order if index.name(op_id) == "pd_op.while")
+    for op_id in [c for c in index.block_ops[(outer, 0)] if index.name(c) == "pd_op.assign_out_"]:
+        erase_copy(index.op(op_id))
+
+
+def test_source_that_a_nested_loop_takes_as_init_is_kept():
+    report = check_pass(
+        _outer_copy_of_inner_loop_init,
+        removed=0,
+        # the outer copy reads `v` after the inner loop, so the inner copy stays too
+        kept={rla.SOURCE_IN_NESTED_REGION: 1, rla.INIT_READ_AFTER_LOOP: 1},
+    )
+    assert report.loops == 2
+    assert outputs_change_under(erase_outer_loop_copies, _outer_copy_of_inner_loop_init)
+
+
+def test_inner_loop_writing_outer_source_keeps_both_copies(executor_keeps_loop_inits):
     def fn():
         def body(x, z):
             new = x * 2 + 1
@@ -209,8 +231,7 @@ def test_inner_loop_writing_outer_source_keeps_outer_copy(executor_keeps_loop_in
         return loop(body, [x_input() * 1, x_input() * 0])
 
     make = lambda: build_pir(fn, FEED)  # noqa: E731
-    report = check_pass(make, removed=0, kept={rla.SOURCE_MUTATED: 1, rla.INIT_READ_AFTER_LOOP: 1})
-    assert report.loops == 2
+    check_pass(make, removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1, rla.INIT_READ_AFTER_LOOP: 1})
     assert outputs_change_under(remove_every_loop_copy, make)
 
 

@@ -57,8 +57,10 @@ in brackets, which documents why it is needed):
    after W starts, is no other loop variable's init, is no program output and is
    not persistable. [_check_loop_init]
 7. Every source ``vi`` is a value computed in this iteration of the body (its
-   alias class holds no block argument of W and no value from outside W), and is
-   not written in place after its copy. [_check_sources]
+   alias class holds no block argument of W and no value from outside W), is
+   produced and used only by ordinary ops at the top level of the body (not by a
+   nested if or loop, not inside one), and is not written in place after its
+   copy. [_check_sources]
 8. After all removals in W, the alias class of each chain's last source is
    yielded at one position at most: two loop variables never share one buffer.
    [_check_single_yield]
@@ -99,6 +101,7 @@ INIT_READ_AFTER_LOOP = "init read after loop"
 INIT_PERSISTABLE = "init persistable"
 SOURCE_NOT_LOCAL = "source not computed in body"
 SOURCE_MUTATED = "source mutated after copy"
+SOURCE_IN_NESTED_REGION = "source shared with nested region"
 SOURCE_YIELDED_TWICE = "source yielded at several positions"
 
 
@@ -388,6 +391,14 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
     after the copy. It must also be computed in the body: a block argument or an
     outer value yielded in place of the copy would make the loop variable share a
     buffer that something else reads or writes.
+
+    Yielding the source relies on the executor giving it a fresh buffer in the
+    next iteration (its garbage collector frees body values after their last use,
+    as every to_static loop relies on). A value that a nested while takes as init,
+    or that an if or nested loop produces or reads, keeps its buffer across
+    iterations in some cases (seen on 3.3.1 with an inner loop's init: the next
+    iteration recomputed it into the buffer the loop variable still shared), so
+    such a source is kept.
     """
     index = ctx.index
     for copy in chain.copies:
@@ -396,9 +407,18 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
         for member in ctx.aliases.members(source):
             if member in ctx.args or not ctx.defined_inside(member):
                 raise _Keep(SOURCE_NOT_LOCAL)
+            if index.defined_in[member] != ctx.body or _produced_by_region_op(index, member):
+                raise _Keep(SOURCE_IN_NESTED_REGION)
             for user, operand in index.uses.get(member, ()):
+                if index.ops[user].block != ctx.body or index.op(user).num_regions():
+                    raise _Keep(SOURCE_IN_NESTED_REGION)
                 if operand in inplace_map(index.op(user)).values() and ctx.position(user) > position:
                     raise _Keep(SOURCE_MUTATED)
+
+
+def _produced_by_region_op(index: ProgramIndex, key: str) -> bool:
+    producer = index.values[key].get_defining_op()
+    return producer is not None and producer.num_regions() > 0
 
 
 def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
