@@ -380,3 +380,41 @@ def test_source_yielded_at_two_positions_is_kept():
     make = program(fn)
     check_pass(make, removed=0, kept={rla.SOURCE_YIELDED_TWICE: 2})
     assert_copy_matters(make)
+
+
+# -- vectors (builtin.combine) --------------------------------------------------------------
+
+
+def test_packing_values_into_a_vector_does_not_alias_them():
+    def fn():
+        def body(x, y):
+            fresh = y * 2 + 1
+            total = paddle.add_n([x, fresh])  # combine(x, fresh): x and fresh stay apart
+            return [x + total, _C_ops.assign_out_(fresh, y)]
+
+        return loop(body, [x_input() * 1, x_input() * 2])
+
+    check_pass(program(fn), removed=1)
+
+
+def test_vector_is_read_where_its_consumer_runs():
+    def make():
+        def fn():
+            def body(x, y):
+                r = _C_ops.assign_out_(y * 2 + 1, x)
+                total = paddle.add_n([x, y])  # reads x's new data
+                return [r, total]
+
+            return loop(body, [x_input() * 1, x_input() * 2])
+
+        built = build_pir(fn, FEED)
+        # Move the combine before the copy: the vector is built early, read late.
+        block = next(op for op in built.program.global_block().ops if op.name() == "pd_op.while")
+        body_ops = list(block.blocks())[0].ops
+        combine = next(op for op in body_ops if op.name() == "builtin.combine")
+        copy = next(op for op in body_ops if op.name() == "pd_op.assign_out_")
+        combine.move_before(copy)
+        return built
+
+    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    assert_copy_matters(make)

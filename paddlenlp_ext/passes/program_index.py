@@ -14,19 +14,19 @@ from paddle.base import libpaddle
 
 WHILE = "pd_op.while"
 IF = "pd_op.if"
+COMBINE = "builtin.combine"  # packs values into a vector: see ProgramIndex.reads
 PERSISTABLE_PRODUCERS = frozenset({"builtin.parameter", "builtin.constant"})
 YIELD = "cf.yield"
 
 # Ops whose results may share memory with an operand without saying so in their
 # inplace map: `share_data_` (checked: it aliases on the CPU executor), the builtin
-# tuple ops, and Paddle's view ops. On the CPU static executor the view ops copied
+# ops that unpack a vector, and Paddle's view ops. On the CPU static executor the view ops copied
 # (checked on 3.3.1), but they return views under stride kernels, so they are treated
 # as aliasing: a false alias only makes the pass keep a copy.
 ALIASING_OPS = frozenset(
     {
         "pd_op.share_data_",
         "pd_op.share_data",
-        "builtin.combine",
         "builtin.split",
         "builtin.slice",
         "pd_op.reshape",
@@ -128,6 +128,20 @@ class ProgramIndex:
         self.values[k] = value
         self.defined_in[k] = block_key
 
+    def reads(self, key: str) -> list[tuple[int, int]]:
+        """Uses of a value, where a vector packing it counts as used by its consumers.
+
+        ``builtin.combine`` only gathers references; the op that takes the vector is
+        the one that reads (or writes) the element, at its own position.
+        """
+        found = []
+        for user, operand in self.uses.get(key, ()):
+            if self.name(user) == COMBINE:
+                found += self.reads(value_key(self.op(user).result(0)))
+            else:
+                found.append((user, operand))
+        return found
+
     # -- nesting -----------------------------------------------------------------
     def op(self, op_id: int):
         return self.ops[op_id].op
@@ -218,6 +232,14 @@ class ProgramIndex:
             return False
 
 
+def _combine_operands(index: ProgramIndex, vector) -> list | None:
+    """The values a ``builtin.combine`` packed into ``vector``; None for other values."""
+    producer = vector.get_defining_op()
+    if producer is None or producer.name() != COMBINE:
+        return None
+    return [value_key(v) if v is not None and v.initialized() else None for v in producer.operands_source()]
+
+
 class AliasClasses:
     """Values that may share one buffer, as a union-find over value keys.
 
@@ -239,13 +261,22 @@ class AliasClasses:
             for out, inp in inplace_map(op).items():
                 if out < len(results) and inp < len(operands) and operands[inp]:
                     self.union(results[out], operands[inp])
-            if name == "builtin.combine":
-                for operand in operands:
-                    if operand:
-                        self.union(results[0], operand)
+                    for element in _combine_operands(index, op.operand_source(inp)) or ():
+                        if element:
+                            self.union(results[out], element)
+            packed = _combine_operands(index, op.operand_source(0)) if operands and operands[0] else None
+            if name in ("builtin.split", "builtin.slice") and packed is not None:
+                # unpacking a vector built here: each piece is one of the packed values
+                first = op.attrs().get("index", 0) if name == "builtin.slice" else 0
+                for k, result in enumerate(results):
+                    if first + k < len(packed) and packed[first + k]:
+                        self.union(result, packed[first + k])
             elif name in ALIASING_OPS and operands and operands[0]:
                 for result in results:
                     self.union(result, operands[0])
+                    for element in packed or ():
+                        if element:
+                            self.union(result, element)
             if not op.num_regions() or op_id == exclude_loop:
                 continue
             self._union_regions(index, op_id, name, results, operands)

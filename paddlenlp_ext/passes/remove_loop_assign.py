@@ -298,7 +298,7 @@ def _check_result_uses(ctx: _Loop, chain: CopyChain) -> list[int]:
     last = len(chain.copies) - 1
     for i, copy in enumerate(chain.copies):
         following = chain.copies[i + 1] if i < last else None
-        for user, operand in index.uses.get(result_key(index, copy), ()):
+        for user, operand in index.reads(result_key(index, copy)):
             if user == following and operand == DESTINATION:
                 continue
             if user == ctx.yield_id:
@@ -336,7 +336,7 @@ def _check_destination_reads(ctx: _Loop, chain: CopyChain, yielded_at: list[int]
         if member in ctx.output_keys:
             raise _Keep(DESTINATION_READ_AFTER_LOOP)
         local = member in ctx.args or ctx.defined_inside(member)
-        for user, operand in index.uses.get(member, ()):
+        for user, operand in index.reads(member):
             if user == chain.copies[0] and operand == DESTINATION and member == chain.destination:
                 continue
             if ctx.inside(user):
@@ -373,7 +373,7 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
             raise _Keep(INIT_PERSISTABLE)
         if member in ctx.output_keys:
             raise _Keep(INIT_READ_AFTER_LOOP)
-        for user, operand in index.uses.get(member, ()):
+        for user, operand in index.reads(member):
             if user == ctx.id:
                 if operand != position or member != init:
                     raise _Keep(INIT_SHARED)
@@ -409,7 +409,7 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
                 raise _Keep(SOURCE_NOT_LOCAL)
             if index.defined_in[member] != ctx.body or _produced_by_region_op(index, member):
                 raise _Keep(SOURCE_IN_NESTED_REGION)
-            for user, operand in index.uses.get(member, ()):
+            for user, operand in index.reads(member):
                 if index.ops[user].block != ctx.body or index.op(user).num_regions():
                     raise _Keep(SOURCE_IN_NESTED_REGION)
                 if operand in inplace_map(index.op(user)).values() and ctx.position(user) > position:
