@@ -418,3 +418,86 @@ def test_vector_is_read_where_its_consumer_runs():
 
     check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
     assert_copy_matters(make)
+
+
+# -- single checks that others would otherwise mask ------------------------------------------
+
+
+def test_first_result_of_chain_into_outer_buffer_yielded_is_kept():
+    def fn():
+        buf = paddle.full([2, 3], 1.0)
+
+        def body(x):
+            first, second = x * 2, x * 3
+            r1 = _C_ops.assign_out_(first, buf)
+            _C_ops.assign_out_(second, r1)
+            return [r1]  # holds `second` by now
+
+        return loop(body, [x_input() * 1])
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.RESULT_READ_AFTER_OVERWRITE: 2})
+    assert_copy_matters(make)
+
+
+def test_write_into_loop_condition_not_yielded_as_condition_is_kept():
+    def fn():
+        conditions = []
+
+        def cond(i, x):
+            conditions.append(i < 3)
+            return conditions[-1]
+
+        def body(i, x):
+            _C_ops.assign_out_(paddle.full([1], True, "bool"), conditions[0])  # the outer condition
+            return [i + 1, x * 2]
+
+        i = paddle.full([1], 0, "int64")
+        return paddle.static.nn.while_loop(cond, body, [i, x_input() * 1])[1:]
+
+    check_pass(program(fn), removed=0, kept={rla.DESTINATION_IS_CONDITION: 1})
+
+
+def test_persistable_init_is_kept():
+    def fn():
+        weight = paddle.static.create_parameter([2, 3], "float32", name="w0")
+        return loop(lambda x: [_C_ops.assign_out_(x * 2, x)], [weight])
+
+    built = build_pir(fn, FEED)
+    report = rla.remove_loop_assign(built.program, outputs=built.outputs)
+    assert report.removed == 0 and report.kept_reasons == {rla.INIT_PERSISTABLE: 1}
+
+
+def test_init_that_is_a_program_output_is_kept(executor_keeps_loop_inits):
+    """Conservative: on 3.3.1 a fetch of the init did not see the loop's writes
+    (an op reading it after the loop does: test_init_read_after_loop_is_kept), but
+    nothing promises when a fetch reads, so a fetched init keeps its copies."""
+
+    def fn():
+        init = x_input() * 1
+        return loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [init]) + [init]
+
+    check_pass(program(fn), removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+
+
+def test_source_produced_by_an_if_is_kept():
+    def fn():
+        def body(x):
+            y = paddle.static.nn.cond(paddle.sum(x) > 0, lambda: x * 2, lambda: x * 3)
+            return [_C_ops.assign_out_(y, x)]
+
+        return loop(body, [x_input() * 1])
+
+    check_pass(program(fn), removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1})
+
+
+def test_source_read_inside_an_if_is_kept():
+    def fn():
+        def body(x, z):
+            new = x * 2 + 1
+            z2 = paddle.static.nn.cond(paddle.sum(z) > 0, lambda: new + z, lambda: z)
+            return [_C_ops.assign_out_(new, x), z2]
+
+        return loop(body, [x_input() * 1, x_input() * 2])
+
+    check_pass(program(fn), removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1})

@@ -407,18 +407,13 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
         for member in ctx.aliases.members(source):
             if member in ctx.args or not ctx.defined_inside(member):
                 raise _Keep(SOURCE_NOT_LOCAL)
-            if index.defined_in[member] != ctx.body or _produced_by_region_op(index, member):
-                raise _Keep(SOURCE_IN_NESTED_REGION)
             for user, operand in index.reads(member):
+                # Values an if or loop produces join this class through a yield
+                # inside it, so this also rejects those.
                 if index.ops[user].block != ctx.body or index.op(user).num_regions():
                     raise _Keep(SOURCE_IN_NESTED_REGION)
                 if operand in inplace_map(index.op(user)).values() and ctx.position(user) > position:
                     raise _Keep(SOURCE_MUTATED)
-
-
-def _produced_by_region_op(index: ProgramIndex, key: str) -> bool:
-    producer = index.values[key].get_defining_op()
-    return producer is not None and producer.num_regions() > 0
 
 
 def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
