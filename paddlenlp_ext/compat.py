@@ -1,0 +1,110 @@
+"""Patches that let PaddleNLP 2.8.1 models export on Paddle 3.x; all of them live here.
+
+Each patch is applied only inside the context manager that needs it and restored on
+exit; nothing installed is edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import paddle
+import paddle.nn.functional as F
+from paddle.base.framework import Variable, convert_np_dtype_to_dtype_
+from paddle.base.layer_helper import LayerHelper
+
+
+def _is_legacy_variable(x) -> bool:
+    return isinstance(x, Variable) and not paddle.in_dynamic_mode() and not paddle.framework.use_pir_api()
+
+
+def _append_legacy_op(op_type: str, inputs: dict, attrs: dict, dtype):
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(dtype=dtype)
+    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": [out]}, attrs=attrs)
+    return out
+
+
+def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+    attrs = {"trans_x": bool(transpose_x), "trans_y": bool(transpose_y)}
+    return _append_legacy_op("matmul_v2", {"X": [x], "Y": [y]}, attrs, x.dtype)
+
+
+def _argmax(x, axis=None, keepdim=False, dtype="int64", name=None):
+    dtype = convert_np_dtype_to_dtype_(dtype)
+    attrs = {"axis": 0 if axis is None else int(axis), "keepdims": bool(keepdim), "flatten": axis is None,
+             "dtype": int(dtype)}
+    return _append_legacy_op("arg_max", {"X": [x]}, attrs, dtype)
+
+
+def _rsqrt(x, name=None):
+    return _append_legacy_op("rsqrt", {"X": [x]}, {}, x.dtype)
+
+
+def _tril(x, diagonal=0, name=None):
+    return _append_legacy_op("tril_triu", {"X": [x]}, {"diagonal": int(diagonal), "lower": True}, x.dtype)
+
+
+def _triu(x, diagonal=0, name=None):
+    return _append_legacy_op("tril_triu", {"X": [x]}, {"diagonal": int(diagonal), "lower": False}, x.dtype)
+
+
+def _logical_not(x, out=None, name=None):
+    return _append_legacy_op("logical_not", {"X": [x]}, {}, paddle.bool)
+
+
+# Paddle 3.3.1 (paddle/base/dygraph/generated_tensor_methods_patch.py) binds these
+# paddle.X / Tensor.X names straight to `_C_ops.X`, which takes eager tensors and PIR
+# values only: in legacy static mode they raise "argument (position 1) must be Value,
+# but got Variable". The llama forward reaches matmul (attention, lm_head), rsqrt
+# (RMSNorm), tril (causal mask) and logical_not (dy2static's `if`); decoding uses
+# argmax. For a legacy Variable we append the legacy op they used to emit.
+_LEGACY_OPS = {
+    "matmul": _matmul,
+    "argmax": _argmax,
+    "rsqrt": _rsqrt,
+    "tril": _tril,
+    "triu": _triu,
+    "logical_not": _logical_not,
+}
+
+
+def _dispatch(original, legacy):
+    def op(*args, **kwargs):
+        x = args[0] if args else kwargs.get("x")
+        return legacy(*args, **kwargs) if _is_legacy_variable(x) else original(*args, **kwargs)
+
+    op.__name__ = getattr(original, "__name__", "op")
+    return op
+
+
+def _swiglu(x, y=None):
+    if y is None:
+        x, y = paddle.chunk(x, chunks=2, axis=-1)
+    return F.silu(x) * y
+
+
+@contextlib.contextmanager
+def legacy_export_patches():
+    """Patches for tracing a PaddleNLP 2.8.1 llama into a legacy (ProgramDesc) program."""
+    import paddlenlp.transformers.llama.modeling as llama_modeling
+
+    saved = []
+
+    def patch(owner, name, value):
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    try:
+        for name, legacy in _LEGACY_OPS.items():
+            for owner in (paddle, paddle.tensor, Variable):
+                if hasattr(owner, name):
+                    patch(owner, name, _dispatch(getattr(owner, name), legacy))
+        # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
+        # PIR mode and returns None in legacy mode (the MLP then fails on None.dtype);
+        # PaddleNLP 2.8.1's llama imports it as `swiglu`. Use the silu(x) * y it equals.
+        patch(llama_modeling, "swiglu", _swiglu)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)

@@ -1,0 +1,80 @@
+"""The pass on a real decoding loop: a tiny PaddleNLP llama, greedy, exported in the
+legacy format and translated to PIR as Paddle Inference 3.x does at load time."""
+
+import numpy as np
+import paddle
+import pytest
+from loop_programs import count_loop_copies
+
+from paddlenlp_ext import analyze_loop_assign, remove_loop_assign, remove_loop_assign_pr9002
+from paddlenlp_ext.export import dygraph_mode, export_legacy_generation, load_legacy_as_pir, run_translated
+
+PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")
+NEW_TOKENS = 10
+
+
+def tiny_llama(layers=2):
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    paddle.seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def paddlenlp_greedy(model, prompt, new_tokens):
+    """PaddleNLP's own dynamic generate(); it needs a 2-D mask on Paddle 3.x."""
+    ids = paddle.to_tensor(prompt)
+    out, _ = model.generate(ids, attention_mask=paddle.ones_like(ids), max_new_tokens=new_tokens,
+                            decode_strategy="greedy_search", eos_token_id=model.config.eos_token_id)
+    return out.numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("llama") / "model")
+    with dygraph_mode():
+        model = tiny_llama()
+        reference = paddlenlp_greedy(model, PROMPT, NEW_TOKENS)
+        export_legacy_generation(model, prefix, eos_token_id=model.config.eos_token_id)
+    return prefix, reference
+
+
+def feed(n=NEW_TOKENS):
+    return {"input_ids": PROMPT, "max_new_tokens": np.array([n], dtype="int64")}
+
+
+def test_translated_loop_tokens_match_paddlenlp_generate(exported):
+    prefix, reference = exported
+    (tokens,) = run_translated(load_legacy_as_pir(prefix), feed())
+    assert tokens.shape == (1, NEW_TOKENS)
+    np.testing.assert_array_equal(tokens, reference)
+
+
+def test_pass_removes_every_copy_of_the_loop_and_keeps_the_tokens(exported):
+    prefix, reference = exported
+    model = load_legacy_as_pir(prefix)
+    before = count_loop_copies(model.program)
+    assert before == 16  # gen, step, position, token, the condition twice, logits and 4 cache tensors twice
+    report = remove_loop_assign(model.program, outputs=model.outputs)
+    assert report.removed == before and report.kept == () and report.loops == 1
+    assert count_loop_copies(model.program) == 0
+    assert analyze_loop_assign(model.program, outputs=model.outputs).removable == ()
+    assert remove_loop_assign(model.program, outputs=model.outputs).removed == 0
+    for n in (1, 4, NEW_TOKENS):
+        (tokens,) = run_translated(model, feed(n))
+        np.testing.assert_array_equal(tokens, reference[:, :n])
+
+
+def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
+    prefix, reference = exported
+    model = load_legacy_as_pir(prefix)
+    report = remove_loop_assign_pr9002(model.program)
+    # Only single copies into block arguments: gen, step, position, token. Neither
+    # copy of a chain, nor the condition (written into the outer condition value).
+    assert report.removed == 4 and len(report.kept) == 12
+    (tokens,) = run_translated(model, feed())
+    np.testing.assert_array_equal(tokens, reference)
