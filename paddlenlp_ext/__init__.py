@@ -1,15 +1,25 @@
-"""paddlenlp_ext: remove redundant loop copies from static-graph LLM decoding in PaddlePaddle."""
+"""paddlenlp_ext: remove redundant loop copies from static-graph LLM decoding in PaddlePaddle.
 
-from .passes.pr9002_rule import remove_loop_assign_pr9002
-from .passes.remove_loop_assign import analyze_loop_assign, remove_loop_assign
-from .passes.report import KeptCopy, LoopAssignReport
+The names below load on first use, so a command-line entry point can configure
+Paddle's logging before Paddle is imported.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "KeptCopy",
-    "LoopAssignReport",
-    "analyze_loop_assign",
-    "remove_loop_assign",
-    "remove_loop_assign_pr9002",
-]
+_EXPORTS = {
+    "remove_loop_assign": ".passes.remove_loop_assign",
+    "analyze_loop_assign": ".passes.remove_loop_assign",
+    "remove_loop_assign_pr9002": ".passes.pr9002_rule",
+    "LoopAssignReport": ".passes.report",
+    "KeptCopy": ".passes.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

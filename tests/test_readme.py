@@ -1,0 +1,43 @@
+"""The README is the truth about how to install and test: CI runs its test command."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    quick_start = text[text.index("## Quick start"):text.index("### GPU")]
+    return re.findall(r"```\n(.+?)\n```", quick_start)
+
+
+def test_readme_has_two_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2
+    main_job, tests = commands
+    assert "paddlenlp_ext.demo" in main_job and "pytest" in tests
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci_lines
+
+
+def run_demo(*args):
+    return subprocess.run([sys.executable, "-m", "paddlenlp_ext.demo", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_demo_reports_the_copies_it_removed_and_equal_tokens():
+    result = run_demo("--prompt-length", "8", "--new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "remove_loop_assign: removed 16 copies from 1 loops; kept 0" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("translated", "remove_loop_assign "))]
+    assert [row.split()[-1] for row in rows] == ["yes", "yes"]
+
+
+def test_demo_rejects_bad_arguments_in_one_line():
+    result = run_demo("--new-tokens", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --new-tokens must be positive, got 0"
+    assert "Traceback" not in result.stderr
