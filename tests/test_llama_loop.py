@@ -78,3 +78,28 @@ def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
     assert report.removed == 4 and len(report.kept) == 12
     (tokens,) = run_translated(model, feed())
     np.testing.assert_array_equal(tokens, reference)
+
+
+def inspect(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "inspect_loop_copies.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_inspect_script_reports_the_loop(exported):
+    import json
+
+    prefix, _ = exported
+    result = inspect(prefix, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "model": prefix, "loops": 1, "copies": 16, "removable": 16, "kept": {}, "pr9002_removable": 4}
+
+
+def test_inspect_script_rejects_a_missing_model(tmp_path):
+    result = inspect(str(tmp_path / "nothing"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nothing'}.pdmodel not found (expected a legacy static model)"
