@@ -71,7 +71,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .copy_ops import (
-    ASSIGN_OUT,
     DESTINATION,
     destination_key,
     erase_copy,
@@ -80,7 +79,7 @@ from .copy_ops import (
     result_key,
     source_key,
 )
-from .program_index import ALIASING_OPS, IF, WHILE, AliasClasses, ProgramIndex, inplace_map, value_key
+from .program_index import ALIASING_OPS, IF, AliasClasses, ProgramIndex, inplace_map, value_key
 from .report import KeptCopy, LoopAssignReport
 
 NESTED_COPY = "copy inside nested region"
@@ -197,8 +196,6 @@ def _analyze_loop(index, loop, copies, output_keys):
     if not top_level:
         return [], kept
     ctx = _Loop(index, loop, output_keys)
-    if ctx.yield_id is None:
-        return [], kept + [(c, NESTED_COPY) for c in top_level]
     chains, branching = _build_chains(ctx, top_level)
     kept += [(c, BRANCHING_CHAIN) for c in branching]
     candidates = []
@@ -245,13 +242,12 @@ def _build_chains(ctx: _Loop, copies: list[int]):
             heads.append(c)
     chains, branching = [], []
     for head in heads:
-        members, current, ok = [head], head, True
+        members, current = [head], head
         while successors[current]:
-            ok = ok and len(successors[current]) == 1
             current = successors[current][0]
             members.append(current)
         tree = _tree(successors, head)
-        if ok and len(tree) == len(members):
+        if len(tree) == len(members):  # no copy result had two successors
             chains.append(CopyChain(ctx.id, tuple(members), destination_key(ctx.index, head)))
         else:
             branching += tree
@@ -440,12 +436,3 @@ def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
             return removable, [c for c in chains if c not in removable]
         removable = [c for c in removable if c not in crowded]
 
-
-__all__ = [
-    "ASSIGN_OUT",
-    "WHILE",
-    "CopyChain",
-    "LoopAssignAnalysis",
-    "analyze_loop_assign",
-    "remove_loop_assign",
-]
