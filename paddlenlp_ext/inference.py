@@ -1,0 +1,178 @@
+"""Load a static generation model directory and run it on Paddle Inference.
+
+A directory holds ``model.json`` (PIR format) or ``model.pdmodel`` (legacy format)
+with ``model.pdiparams``. Paddle Inference 3.x runs PIR programs; a legacy file is
+translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
+
+- ``create_predictor`` on a legacy ``.pdmodel`` with the new IR fails at run time
+  ("Tensor holds no memory") on a decoding loop, while the same program translated
+  with ``paddle.pir.translate_to_pir`` and saved as ``.json`` runs and gives the
+  dynamic model's tokens. So legacy models are always translated here, and the pass
+  runs on the translated program when asked: the cleaned program is the one the
+  predictor executes (``executed_loop_copies`` checks that on Paddle's own
+  optimized-model dump).
+- oneDNN (on by default for CPU) gives wrong tokens on these loops, with or without
+  the pass, so it is turned off.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+from paddle import inference
+
+from .passes.copy_ops import loop_copies
+from .passes.program_index import ProgramIndex
+from .passes import remove_loop_assign as loop_assign_pass
+from .passes.report import LoopAssignReport
+
+MODEL_PREFIX = "model"
+PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
+
+
+class ModelDirectoryError(Exception):
+    """A static model directory that cannot be loaded: one line says why."""
+
+
+@dataclass
+class LoadedProgram:
+    program: object  # paddle.pir.Program
+    inputs: list  # pd_op.data values, in program order
+    outputs: list  # values to fetch
+    scope: object  # parameters
+
+
+def model_format(model_dir: str | os.PathLike) -> str:
+    """``"pir"`` or ``"legacy"``; raises ModelDirectoryError for anything else."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirectoryError(f"{path}: no such model directory")
+    found = [name for name in (PIR_FILE, LEGACY_FILE) if (path / name).is_file()]
+    if len(found) != 1:
+        what = "both" if found else "neither"
+        raise ModelDirectoryError(f"{path}: expected one of {PIR_FILE} or {LEGACY_FILE}, found {what}")
+    if not (path / PARAMS_FILE).is_file():
+        raise ModelDirectoryError(f"{path}: {PARAMS_FILE} is missing")
+    return "pir" if found[0] == PIR_FILE else "legacy"
+
+
+def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
+    """The directory's program as PIR (translated if legacy), parameters in a new scope."""
+    fmt = model_format(model_dir)
+    prefix = str(Path(model_dir) / MODEL_PREFIX)
+    scope = paddle.static.Scope()
+    was_dynamic = paddle.in_dynamic_mode()
+    try:
+        if fmt == "legacy":
+            with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(scope):
+                paddle.enable_static()
+                legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+                program = paddle.pir.translate_to_pir(legacy.desc)
+        else:
+            paddle.enable_static()
+            with paddle.static.scope_guard(scope):
+                program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+    except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
+        raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {_first_line(error)}") from None
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+    block = program.global_block()
+    inputs = [op.result(0) for op in block.ops if op.name() == "pd_op.data"]
+    fetches = [op for op in block.ops if op.name() == "pd_op.fetch"]
+    outputs = [op.operand_source(0) for op in fetches]
+    for op in fetches:  # the executor and save_inference_model add their own
+        op.erase()
+    return LoadedProgram(program, inputs, outputs, scope)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def save_program(loaded: LoadedProgram, prefix: str) -> None:
+    """Write ``prefix``.json/.pdiparams: a PIR inference model Paddle Inference loads."""
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        with paddle.static.scope_guard(loaded.scope):
+            paddle.static.save_inference_model(prefix, loaded.inputs, loaded.outputs,
+                                               paddle.static.Executor(paddle.CPUPlace()), program=loaded.program)
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+
+
+def count_loop_copies(program) -> int:
+    return sum(len(found) for found in loop_copies(ProgramIndex.build(program)).values())
+
+
+class StaticGenerationModel:
+    """A static model directory running on a Paddle Inference predictor."""
+
+    def __init__(self, model_dir, *, remove_loop_assign: bool = True, device: str = "cpu",
+                 dump_optimized_to: str | None = None):
+        self.model_dir = Path(model_dir)
+        self.format = model_format(model_dir)
+        self.report: LoopAssignReport | None = None
+        loaded = load_program(model_dir)
+        self.copies_before = count_loop_copies(loaded.program)
+        if remove_loop_assign:
+            self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+        self.copies_after = count_loop_copies(loaded.program)
+        with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
+            # Paddle Inference reads the files while creating the predictor, so the
+            # staged program need not outlive this block.
+            prefix = os.path.join(staging, MODEL_PREFIX)
+            save_program(loaded, prefix)
+            self.predictor = _create_predictor(prefix, device, dump_optimized_to)
+        self.input_names = self.predictor.get_input_names()
+
+    def run(self, feed: dict) -> np.ndarray:
+        missing = sorted(set(self.input_names) - set(feed))
+        if missing:
+            raise ValueError(f"missing model inputs: {', '.join(missing)}")
+        for name in self.input_names:
+            self.predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
+        self.predictor.run()
+        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def _create_predictor(prefix: str, device: str, dump_optimized_to: str | None):
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.enable_new_ir(True)
+    config.disable_glog_info()
+    if device == "gpu":
+        config.enable_use_gpu(256, 0)
+    elif device == "cpu":
+        config.disable_gpu()
+        config.disable_mkldnn()
+    else:
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if dump_optimized_to is not None:
+        config.set_optim_cache_dir(dump_optimized_to)
+        config.enable_save_optim_model(True)
+    return inference.create_predictor(config)
+
+
+def executed_loop_copies(dump_dir: str) -> int:
+    """Loop copies in the program Paddle Inference optimized and ran (its own dump)."""
+    prefix = os.path.join(dump_dir, "_optimized")
+    if not os.path.isfile(prefix + ".json"):
+        raise FileNotFoundError(f"{dump_dir}: no optimized-model dump (_optimized.json)")
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+    return count_loop_copies(program)
+

@@ -1,0 +1,77 @@
+"""Static model directories on Paddle Inference, and the program it really executes."""
+
+import numpy as np
+import paddle
+import pytest
+from test_llama_loop import NEW_TOKENS, PROMPT, paddlenlp_greedy, tiny_llama
+
+from paddlenlp_ext.export import dygraph_mode, export_legacy_generation
+from paddlenlp_ext.inference import ModelDirectoryError, StaticGenerationModel, executed_loop_copies, model_format
+
+FEED = {"input_ids": PROMPT, "max_new_tokens": np.array([NEW_TOKENS], dtype="int64")}
+
+
+@pytest.fixture(scope="module")
+def legacy_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("legacy")
+    with dygraph_mode():
+        model = tiny_llama()
+        reference = paddlenlp_greedy(model, PROMPT, NEW_TOKENS)
+        export_legacy_generation(model, str(directory / "model"), eos_token_id=model.config.eos_token_id)
+    return directory, reference
+
+
+@pytest.mark.parametrize("clean, executed", [(False, 16), (True, 0)], ids=["as translated", "cleaned"])
+def test_predictor_runs_the_program_we_hand_it(legacy_dir, tmp_path, clean, executed):
+    directory, reference = legacy_dir
+    model = StaticGenerationModel(directory, remove_loop_assign=clean, dump_optimized_to=str(tmp_path))
+    assert model.format == "legacy"
+    assert (model.copies_before, model.copies_after) == (16, executed)
+    assert executed_loop_copies(str(tmp_path)) == executed  # Paddle Inference's own dump
+    np.testing.assert_array_equal(model.run(FEED), reference)
+    if clean:
+        assert model.report.removed == 16 and model.report.kept == ()
+
+
+def test_onednn_breaks_the_loop_so_it_is_off(legacy_dir, tmp_path):
+    """Why StaticGenerationModel disables oneDNN on CPU: with it, Paddle Inference
+    3.3.1 decodes this loop wrongly whether or not the pass ran."""
+    from paddle import inference
+
+    directory, reference = legacy_dir
+    StaticGenerationModel(directory, remove_loop_assign=False, dump_optimized_to=str(tmp_path))
+    config = inference.Config(str(tmp_path / "_optimized.json"), str(tmp_path / "_optimized.pdiparams"))
+    config.disable_gpu()
+    config.enable_new_ir(True)
+    config.enable_mkldnn()
+    predictor = inference.create_predictor(config)
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(FEED[name])
+    predictor.run()
+    tokens = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    assert not np.array_equal(tokens, reference)
+
+
+def test_model_directory_errors(tmp_path, legacy_dir):
+    directory, _ = legacy_dir
+    cases = {
+        "missing": (tmp_path / "nope", "no such model directory"),
+        "empty": (tmp_path / "empty", "expected one of model.json or model.pdmodel, found neither"),
+        "both": (tmp_path / "both", "expected one of model.json or model.pdmodel, found both"),
+        "noparams": (tmp_path / "noparams", "model.pdiparams is missing"),
+        "corrupt": (tmp_path / "corrupt", "cannot read the legacy model"),
+    }
+    for name in ("empty", "both", "noparams", "corrupt"):
+        cases[name][0].mkdir()
+    (tmp_path / "both" / "model.json").write_text("{}")
+    (tmp_path / "both" / "model.pdmodel").write_bytes(b"")
+    (tmp_path / "both" / "model.pdiparams").write_bytes(b"")
+    (tmp_path / "noparams" / "model.pdmodel").write_bytes((directory / "model.pdmodel").read_bytes())
+    (tmp_path / "corrupt" / "model.pdmodel").write_bytes(b"not a program")
+    (tmp_path / "corrupt" / "model.pdiparams").write_bytes((directory / "model.pdiparams").read_bytes())
+    for name, (path, message) in cases.items():
+        with pytest.raises(ModelDirectoryError) as caught:
+            StaticGenerationModel(path)
+        text = str(caught.value)
+        assert message in text and "\n" not in text, (name, text)
+    assert model_format(directory) == "legacy"
