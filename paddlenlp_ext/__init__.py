@@ -14,6 +14,8 @@ _EXPORTS = {
     "remove_loop_assign_pr9002": ".passes.pr9002_rule",
     "LoopAssignReport": ".passes.report",
     "KeptCopy": ".passes.report",
+    "enable": ".hook",
+    "disable": ".hook",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,57 @@
+"""Exports are written to a hidden staging directory and renamed into place."""
+
+import pytest
+
+import paddlenlp_ext
+from paddlenlp_ext.export import ExportError, staged_directory
+
+
+def test_complete_export_appears_under_its_name_only_at_the_end(tmp_path):
+    target = tmp_path / "out"
+    with staged_directory(target) as staging:
+        (staging / "model.json").write_text("{}")
+        assert not target.exists()
+        assert staging.parent == tmp_path and staging.name.startswith(".out.partial-")
+    assert (target / "model.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="trace failed"):
+        with staged_directory(tmp_path / "out") as staging:
+            (staging / "model.json").write_text("half")
+            raise RuntimeError("trace failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exporting_twice_into_one_directory_is_an_error_unless_overwriting(tmp_path):
+    target = tmp_path / "out"
+    with staged_directory(target) as staging:
+        (staging / "a").write_text("1")
+    with pytest.raises(ExportError, match="already exists and is not empty"):
+        with staged_directory(target):
+            pass
+    assert (target / "a").read_text() == "1"
+    with staged_directory(target, overwrite=True) as staging:
+        (staging / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_empty_existing_directory_is_used(tmp_path):
+    (tmp_path / "out").mkdir()
+    with staged_directory(tmp_path / "out") as staging:
+        (staging / "a").write_text("1")
+    assert (tmp_path / "out" / "a").exists()
+
+
+def test_a_file_in_the_way_is_an_error(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(ExportError, match="exists and is not a directory"):
+        with staged_directory(tmp_path / "out"):
+            pass
+
+
+def test_enable_and_disable_are_on_the_package():
+    assert paddlenlp_ext.enable is paddlenlp_ext.hook.enable
+    assert paddlenlp_ext.disable is paddlenlp_ext.hook.disable
