@@ -16,6 +16,8 @@ _EXPORTS = {
     "KeptCopy": ".passes.report",
     "enable": ".hook",
     "disable": ".hook",
+    "load_model": ".models",
+    "ModelError": ".models",
 }
 
 __all__ = sorted(_EXPORTS)
