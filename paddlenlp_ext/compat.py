@@ -7,6 +7,7 @@ exit; nothing installed is edited.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import paddle
 import paddle.nn.functional as F
@@ -108,3 +109,53 @@ def legacy_export_patches():
     finally:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)
+
+
+def _llama_attention_without_shape_checks(query_states, config, key_states, value_states, attention_mask,
+                                         output_attentions, alibi=None, sequence_parallel=False, reshard_layer=None,
+                                         npu_is_casual=False):
+    """PaddleNLP 2.8.1's llama ``scaled_dot_product_attention`` (its eager branch) minus
+    its two shape checks.
+
+    The checks ``attn_weights.shape != [bsz, ...]`` and ``attention_mask.shape != [...]``
+    compare lists that hold tensors for the dynamic dimensions (dy2static turns
+    ``x.shape`` into such a list), so in a PIR program the comparison calls
+    ``bool(Value)``, which Paddle 3.3.1 refuses: "bool(Tensor) is not supported in static
+    graph mode". The math is the branch's own, line for line. The cases it leaves out
+    raise: PaddleNLP's llama passes a mask and asks for no weights unless configured
+    otherwise.
+    """
+    if (config.use_flash_attention or attention_mask is None or output_attentions or alibi is not None
+            or sequence_parallel or reshard_layer is not None):
+        raise NotImplementedError("pir_export_patches covers the eager llama attention with a mask only: no flash "
+                                  "attention, alibi, sequence or segment parallelism, or returned attention weights")
+    bsz, q_len, num_heads, head_dim = query_states.shape
+    _, kv_seq_len, _, _ = value_states.shape
+    query_states = paddle.transpose(query_states, [0, 2, 1, 3])
+    key_states = paddle.transpose(key_states, [0, 2, 1, 3])
+    value_states = paddle.transpose(value_states, [0, 2, 1, 3])
+    attn_weights = paddle.matmul(query_states / math.sqrt(head_dim), key_states.transpose([0, 1, 3, 2]))
+    attention_mask = attention_mask.reshape([bsz, 1, q_len, kv_seq_len])
+    attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, axis=-1, dtype="float32").astype(query_states.dtype)
+    attn_output = paddle.matmul(attn_weights, value_states)
+    attn_output = attn_output.transpose([0, 2, 1, 3])
+    return attn_output.reshape([bsz, q_len, head_dim * num_heads])
+
+
+@contextlib.contextmanager
+def pir_export_patches():
+    """Patches for tracing a PaddleNLP 2.8.1 llama into a PIR program with to_static
+    (Paddle 3.3.1's default program format).
+
+    dy2static converts only functions it finds among their own module's globals, so
+    each replacement is a module-level function of this module.
+    """
+    import paddlenlp.transformers.llama.modeling as llama_modeling
+
+    original = llama_modeling.scaled_dot_product_attention
+    llama_modeling.scaled_dot_product_attention = _llama_attention_without_shape_checks
+    try:
+        yield
+    finally:
+        llama_modeling.scaled_dot_product_attention = original

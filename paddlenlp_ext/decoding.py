@@ -1,0 +1,320 @@
+"""A batched static-graph generation loop for PaddleNLP causal LMs, and its two exports.
+
+``GenerationLoop`` decodes a left-padded batch with the model's KV cache in one
+``while`` loop, greedily or by sampling (top-k, top-p, temperature), and stops each
+row at its end-of-sequence token. It is built from ops that have CPU kernels, and its
+sampling draws from a counter-based generator (``counter_uniform``) instead of
+Paddle's stateful random ops, so one seed gives the same tokens in dynamic mode and in
+both exported programs.
+
+``export_pir`` writes Paddle 3's PIR format (``.json`` + ``.pdiparams``),
+``export_legacy`` the ProgramDesc format (``.pdmodel`` + ``.pdiparams``) of Paddle 2.x
+and PaddleNLP 2.8 exports. ``load_pir`` and ``load_legacy`` (which translates to PIR,
+as Paddle 3.x does) load them, ``run_generation`` runs either.
+
+    loop = GenerationLoop(model, DecodingConfig("sampling", top_p=0.9, eos_token_id=2))
+    export_legacy(loop, "out/llama")
+    tokens = run_generation(load_legacy("out/llama"), input_ids, attention_mask, 32, seed=1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from .compat import legacy_export_patches, pir_export_patches
+from .export import dygraph_mode, load_legacy_as_pir
+
+DECODE_STRATEGIES = ("greedy_search", "sampling")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How ``GenerationLoop`` picks tokens; fixed when the loop is built (and exported).
+
+    ``top_k`` = 0 and ``top_p`` = 1.0 switch those filters off; they and ``temperature``
+    apply to sampling only. ``eos_token_id`` None means rows never finish early.
+    """
+
+    decode_strategy: str = "greedy_search"
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.decode_strategy not in DECODE_STRATEGIES:
+            raise ValueError(f"decode_strategy must be one of {DECODE_STRATEGIES}, got {self.decode_strategy!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {self.top_p}")
+        if self.temperature <= 0.0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+def generation_inputs(config: DecodingConfig) -> list:
+    """The exported loop's inputs. Greedy search has no ``seed``: it reads none, and
+    Paddle refuses to save a program with a feed that no output depends on."""
+    inputs = [
+        paddle.static.InputSpec([None, None], "int64", "input_ids"),
+        paddle.static.InputSpec([None, None], "int64", "attention_mask"),
+        paddle.static.InputSpec([1], "int64", "max_new_tokens"),
+    ]
+    if config.decode_strategy == "sampling":
+        inputs.append(paddle.static.InputSpec([1], "int64", "seed"))
+    return inputs
+
+
+_UINT32 = 2**32
+_EXACT_FLOAT32_INTEGERS = 2**24  # float32 holds every integer up to this one
+
+
+def _int64(value: int):
+    """An int64 [1] constant, 0 <= value <= 2**32, exact in every program format.
+
+    Integer constants are tensors because `x * 3` or `x + 3` on an int64 tensor becomes
+    a `scale` op with a float32 factor in static programs. A constant above 2**24 is
+    built as high * 2**16 + low: Paddle 3.3.1's ProgramDesc-to-PIR translator (what
+    loads a legacy export) reads `fill_constant`'s float32 `value`, not its exact
+    `str_value`, and would round it (2146121005 becomes 2146120960).
+    """
+    if value < _EXACT_FLOAT32_INTEGERS:
+        return paddle.full([1], value, dtype="int64")
+    high, low = divmod(value, 2**16)
+    return (paddle.full([1], high, dtype="int64") * paddle.full([1], 2**16, dtype="int64")
+            + paddle.full([1], low, dtype="int64"))
+
+
+def _mul_uint32(x, constant: int):
+    """``(x * constant) mod 2**32`` for 0 <= x, constant < 2**32, without int64 overflow.
+
+    x is split in 16-bit halves so that every product stays below 2**48.
+    """
+    half = _int64(2**16)
+    high, low = x // half, x % half
+    c = _int64(constant)
+    return (low * c + (high * c) % half * half) % _int64(_UINT32)
+
+
+def _lowbias32(x):
+    """Chris Wellons' ``lowbias32`` integer hash of 32-bit values held in int64."""
+    x = paddle.bitwise_xor(x, x // _int64(2**16))
+    x = _mul_uint32(x, 0x7FEB352D)
+    x = paddle.bitwise_xor(x, x // _int64(2**15))
+    x = _mul_uint32(x, 0x846CA68B)
+    return paddle.bitwise_xor(x, x // _int64(2**16))
+
+
+def counter_uniform(seed, step, rows):
+    """One float32 in [0, 1) per row, a pure function of (seed, step, row).
+
+    A counter-based generator: the 64-bit seed is folded to 32 bits by hashing its high
+    half into its low half, then ``step`` and each row index are mixed in one at a time
+    (xor, then the ``lowbias32`` hash), and the top 24 bits of the result become the
+    float. It uses integer ops only and keeps no state, so dynamic mode, every static
+    program and any rewrite of one draw the same numbers for the same seed; a different
+    seed or step gives unrelated numbers.
+
+    seed, step: int64 [1]; rows: int64 [B, 1] (0..B-1). Returns float32 [B, 1].
+    """
+    uint32 = _int64(_UINT32)
+    low = seed % uint32
+    high = seed // uint32 % uint32
+    state = _lowbias32(paddle.bitwise_xor(low, _lowbias32(high)))
+    state = _lowbias32(paddle.bitwise_xor(state, step % uint32))
+    state = _lowbias32(paddle.bitwise_xor(state, rows))
+    top24 = (state // _int64(2**8)).astype("float32")
+    return top24 * paddle.full([1], 2.0**-24, dtype="float32")
+
+
+class GenerationLoop(paddle.nn.Layer):
+    """Greedy or sampled decoding of a left-padded batch, KV cache in one ``while`` loop.
+
+    ``forward(input_ids, attention_mask, max_new_tokens, seed)``:
+
+    - ``input_ids`` int64 [B, L], left-padded with ``pad_token_id``;
+    - ``attention_mask`` int64 [B, L], 0 on the padding;
+    - ``max_new_tokens`` int64 [1], ``seed`` int64 [1] (read by sampling only).
+
+    Returns the new tokens, int64 [B, n], n <= max_new_tokens: decoding stops when every
+    row has produced ``eos_token_id`` (a finished row emits ``pad_token_id`` from then
+    on) or after ``max_new_tokens`` tokens.
+
+    Positions count real tokens only (each row's first real token is at position 0),
+    and the padding stays masked in the prompt and in every step, as in PaddleNLP's
+    ``generate`` given ``position_ids`` and a 2-D ``attention_mask``. The loop body reads
+    the model's outputs as PaddleNLP code does (``out[0]``, ``out[1]``), so a legacy
+    export carries the logits and every cache tensor through copy chains: what
+    ``paddlenlp_ext.remove_loop_assign`` removes.
+    """
+
+    def __init__(self, model, config: DecodingConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.vocab_size = model.config.vocab_size
+
+    def _next_token(self, logits, seed, step):
+        """int64 [B, 1]: the token each row picks from its last-position logits [B, V]."""
+        if self.config.decode_strategy == "greedy_search":
+            return paddle.argmax(logits, axis=-1, keepdim=True)
+        return self._sample(logits, seed, step)
+
+    def _sample(self, logits, seed, step):
+        """Inverse-CDF sampling over the candidates sorted by probability.
+
+        The candidates are the ``top_k`` most probable tokens (all of them when
+        ``top_k`` is 0); ``top_p`` keeps those whose preceding mass is at most ``top_p``
+        (the shortest prefix whose mass exceeds it), on the top-k probabilities without
+        renormalising, as PaddleNLP's TopKProcess and TopPProcess do. Sorted, the kept
+        candidates are a prefix, and the draw is the first one whose cumulative mass
+        exceeds ``u * kept mass`` for the row's ``counter_uniform`` number u.
+        """
+        config = self.config
+        if config.temperature != 1.0:
+            # A tensor divisor: dividing by a Python float becomes a multiplication by
+            # its rounded reciprocal in static programs, and tokens would differ.
+            logits = logits / paddle.full([1], config.temperature, dtype=logits.dtype)
+        probs = F.softmax(logits.astype("float32"), axis=-1)
+        candidates = config.top_k if config.top_k > 0 else self.vocab_size
+        sorted_probs, sorted_ids = paddle.topk(probs, k=min(candidates, self.vocab_size), axis=-1)
+        ranks = paddle.arange(paddle.shape(sorted_probs)[1], dtype="int64").unsqueeze(0)
+        cumulative = paddle.cumsum(sorted_probs, axis=-1)
+        if config.top_p < 1.0:
+            mass_before = cumulative - sorted_probs
+            kept = mass_before <= paddle.full([1], config.top_p, dtype="float32")
+            sorted_probs = paddle.where(kept, sorted_probs, paddle.zeros_like(sorted_probs))
+            cumulative = paddle.cumsum(sorted_probs, axis=-1)
+            last_kept = paddle.max(paddle.where(kept, ranks, paddle.zeros_like(ranks)), axis=-1, keepdim=True)
+        else:
+            last_kept = paddle.max(ranks, axis=-1, keepdim=True)
+        rows = paddle.arange(paddle.shape(logits)[0], dtype="int64").unsqueeze(1)
+        threshold = counter_uniform(seed, step, rows) * cumulative[:, -1:]
+        # Candidates at or below the threshold, by their rank + 1: the draw is the next one.
+        below = paddle.where(cumulative <= threshold, ranks + _int64(1), paddle.zeros_like(ranks))
+        drawn = paddle.max(below, axis=-1, keepdim=True)
+        # u * mass can round up to the mass itself: stay on a kept candidate.
+        drawn = paddle.where(drawn > last_kept, last_kept, drawn)
+        return paddle.take_along_axis(sorted_ids, drawn, axis=-1)
+
+    def _finish(self, token, finished):
+        """Pad the rows that had finished, then mark the rows that produce eos now."""
+        config = self.config
+        if config.eos_token_id is None:
+            return token, finished
+        token = paddle.where(finished, paddle.full_like(token, config.pad_token_id), token)
+        # `|` rather than paddle.logical_or: the latter fails while tracing a legacy
+        # program on Paddle 3.3.1 (it is bound to a PIR-only op).
+        return token, finished | (token == config.eos_token_id)
+
+    def _running(self, step, max_new_tokens, finished):
+        # paddle.max of the unfinished flags, not paddle.any: the latter is PIR-only on
+        # Paddle 3.3.1 and fails while tracing a legacy program. `&` for the same reason.
+        unfinished = paddle.max((~finished).astype("int64")) > 0
+        return (step < max_new_tokens) & unfinished
+
+    def forward(self, input_ids, attention_mask, max_new_tokens, seed=None):
+        if seed is None and self.config.decode_strategy == "sampling":
+            raise ValueError("sampling needs a seed (int64 [1])")
+        # Left padding: the first real token of each row is at position 0 (the pads get
+        # position 0 too; they are masked out as keys and nothing reads their outputs).
+        position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
+        out = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
+                         return_dict=False)
+        logits, cache = out[0], out[1]
+        step = paddle.full([1], 0, dtype="int64")
+        token = self._next_token(logits[:, -1, :], seed, step)
+        finished = paddle.zeros_like(token, dtype="bool")
+        token, finished = self._finish(token, finished)
+        # A copy, not `generated = token`: dy2static would carry both names as one
+        # Variable and the loop would return the last token only.
+        generated = paddle.assign(token)
+        position = position_ids[:, -1:] + 1
+        step = step + 1
+        running = self._running(step, max_new_tokens, finished)
+        while running:
+            attention_mask = paddle.concat([attention_mask, paddle.ones_like(token)], axis=1)
+            out = self.model(token, position_ids=position, attention_mask=attention_mask, past_key_values=cache,
+                             use_cache=True, return_dict=False)
+            logits, cache = out[0], out[1]
+            token = self._next_token(logits[:, -1, :], seed, step)
+            token, finished = self._finish(token, finished)
+            generated = paddle.concat([generated, token], axis=1)
+            position = position + 1
+            step = step + 1
+            running = self._running(step, max_new_tokens, finished)
+        return generated
+
+
+def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:
+    # to_static replaces a layer's forward in place; the caller's loop stays dynamic.
+    return GenerationLoop(loop.model, loop.config)
+
+
+def export_pir(loop: GenerationLoop, prefix: str) -> None:
+    """Save ``loop`` in Paddle 3's PIR format: ``prefix``.json and ``prefix``.pdiparams."""
+    with paddle.pir_utils.IrGuard(), pir_export_patches(), dygraph_mode():
+        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
+        paddle.jit.save(static, prefix)
+
+
+def export_legacy(loop: GenerationLoop, prefix: str) -> None:
+    """Save ``loop`` in the ProgramDesc format of Paddle 2.x and PaddleNLP 2.8 exports:
+    ``prefix``.pdmodel and ``prefix``.pdiparams (Paddle 3.x translates it to PIR when it
+    loads it)."""
+    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), dygraph_mode():
+        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
+        paddle.jit.save(static, prefix)
+
+
+@dataclass
+class LoadedGeneration:
+    """An exported loop loaded as a PIR program, ready for ``paddle.static.Executor``."""
+
+    program: object  # paddle.pir.Program
+    feed_names: list
+    outputs: list  # the values to fetch: the generated tokens
+    scope: object  # holds the parameters
+
+
+# The paddle.pir_utils.IrGuard blocks below also run in static mode, whichever mode
+# the caller is in (IrGuard switches and switches back).
+
+
+def load_pir(prefix: str) -> LoadedGeneration:
+    """Load an ``export_pir`` model, parameters in a fresh scope."""
+    scope = paddle.static.Scope()
+    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(scope):
+        program, feed_names, outputs = paddle.static.load_inference_model(
+            prefix, paddle.static.Executor(paddle.CPUPlace()))
+    return LoadedGeneration(program, list(feed_names), list(outputs), scope)
+
+
+def load_legacy(prefix: str) -> LoadedGeneration:
+    """Load an ``export_legacy`` model translated to PIR, as Paddle Inference 3.x does."""
+    translated = load_legacy_as_pir(prefix)
+    return LoadedGeneration(translated.program, translated.feed_names, translated.outputs, translated.scope)
+
+
+def run_generation(model: LoadedGeneration, input_ids, attention_mask, max_new_tokens: int,
+                   seed: int | None = None) -> np.ndarray:
+    """The tokens a loaded loop generates, int64 [B, n]; ``seed`` only if it samples."""
+    inputs = {
+        "input_ids": np.asarray(input_ids, dtype="int64"),
+        "attention_mask": np.asarray(attention_mask, dtype="int64"),
+        "max_new_tokens": np.array([max_new_tokens], dtype="int64"),
+    }
+    if "seed" in model.feed_names:
+        if seed is None:
+            raise ValueError("this loop samples: give it a seed")
+        inputs["seed"] = np.array([seed], dtype="int64")
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(model.scope):
+        (tokens,) = exe.run(model.program, feed={name: inputs[name] for name in model.feed_names},
+                            fetch_list=model.outputs)
+    return tokens
