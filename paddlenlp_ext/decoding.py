@@ -9,12 +9,12 @@ both exported programs.
 
 ``export_pir`` writes Paddle 3's PIR format (``.json`` + ``.pdiparams``),
 ``export_legacy`` the ProgramDesc format (``.pdmodel`` + ``.pdiparams``) of Paddle 2.x
-and PaddleNLP 2.8 exports. ``load_pir`` and ``load_legacy`` (which translates to PIR,
-as Paddle 3.x does) load them, ``run_generation`` runs either.
+and PaddleNLP 2.8 exports; ``inference.load_program`` loads either (translating a
+legacy one to PIR, as Paddle 3.x does) and ``run_generation`` runs it.
 
     loop = GenerationLoop(model, DecodingConfig("sampling", top_p=0.9, eos_token_id=2))
-    export_legacy(loop, "out/llama")
-    tokens = run_generation(load_legacy("out/llama"), input_ids, attention_mask, 32, seed=1)
+    export_legacy(loop, "out/llama/model")
+    tokens = run_generation(load_program("out/llama"), input_ids, attention_mask, 32, seed=1)
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import paddle
 import paddle.nn.functional as F
 
 from .compat import legacy_export_patches, pir_export_patches
-from .export import dygraph_mode, load_legacy_as_pir
+from .export import dygraph_mode
+from .inference import LoadedProgram, run_program
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
 
@@ -272,49 +273,18 @@ def export_legacy(loop: GenerationLoop, prefix: str) -> None:
         paddle.jit.save(static, prefix)
 
 
-@dataclass
-class LoadedGeneration:
-    """An exported loop loaded as a PIR program, ready for ``paddle.static.Executor``."""
-
-    program: object  # paddle.pir.Program
-    feed_names: list
-    outputs: list  # the values to fetch: the generated tokens
-    scope: object  # holds the parameters
-
-
-# The paddle.pir_utils.IrGuard blocks below also run in static mode, whichever mode
-# the caller is in (IrGuard switches and switches back).
-
-
-def load_pir(prefix: str) -> LoadedGeneration:
-    """Load an ``export_pir`` model, parameters in a fresh scope."""
-    scope = paddle.static.Scope()
-    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(scope):
-        program, feed_names, outputs = paddle.static.load_inference_model(
-            prefix, paddle.static.Executor(paddle.CPUPlace()))
-    return LoadedGeneration(program, list(feed_names), list(outputs), scope)
-
-
-def load_legacy(prefix: str) -> LoadedGeneration:
-    """Load an ``export_legacy`` model translated to PIR, as Paddle Inference 3.x does."""
-    translated = load_legacy_as_pir(prefix)
-    return LoadedGeneration(translated.program, translated.feed_names, translated.outputs, translated.scope)
-
-
-def run_generation(model: LoadedGeneration, input_ids, attention_mask, max_new_tokens: int,
+def run_generation(loaded: LoadedProgram, input_ids, attention_mask, max_new_tokens: int,
                    seed: int | None = None) -> np.ndarray:
-    """The tokens a loaded loop generates, int64 [B, n]; ``seed`` only if it samples."""
+    """The tokens an exported loop generates on the static executor, int64 [B, n];
+    ``seed`` only if it samples. ``loaded`` comes from ``inference.load_program``."""
     inputs = {
         "input_ids": np.asarray(input_ids, dtype="int64"),
         "attention_mask": np.asarray(attention_mask, dtype="int64"),
         "max_new_tokens": np.array([max_new_tokens], dtype="int64"),
     }
-    if "seed" in model.feed_names:
+    if "seed" in loaded.feed_names:
         if seed is None:
             raise ValueError("this loop samples: give it a seed")
         inputs["seed"] = np.array([seed], dtype="int64")
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(model.scope):
-        (tokens,) = exe.run(model.program, feed={name: inputs[name] for name in model.feed_names},
-                            fetch_list=model.outputs)
+    (tokens,) = run_program(loaded, inputs)
     return tokens

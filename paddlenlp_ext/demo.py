@@ -58,11 +58,11 @@ def _demo_llama(layers: int, hidden_size: int):
 
 
 def _timed_run(model, feed) -> tuple[np.ndarray, float]:
-    from .export import run_translated
+    from .inference import run_program
 
-    run_translated(model, feed)  # warm-up
+    run_program(model, feed)  # warm-up
     start = time.perf_counter()
-    (tokens,) = run_translated(model, feed)
+    (tokens,) = run_program(model, feed)
     return tokens, time.perf_counter() - start
 
 
@@ -70,29 +70,28 @@ def run_demo(args) -> int:
     import paddle
 
     from . import remove_loop_assign, remove_loop_assign_pr9002
-    from .export import dygraph_mode, export_legacy_generation, load_legacy_as_pir
-    from .passes.copy_ops import loop_copies
-    from .passes.program_index import ProgramIndex
-
-    def copies(program) -> int:
-        return sum(len(c) for c in loop_copies(ProgramIndex.build(program)).values())
+    from .decoding import DecodingConfig, GenerationLoop, export_legacy
+    from .export import dygraph_mode
+    from .inference import count_loop_copies as copies
+    from .inference import load_program
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 1000, size=(1, args.prompt_length), dtype="int64")
-    feed = {"input_ids": prompt, "max_new_tokens": np.array([args.new_tokens], dtype="int64")}
+    feed = {"input_ids": prompt, "attention_mask": np.ones_like(prompt),
+            "max_new_tokens": np.array([args.new_tokens], dtype="int64")}
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = f"{tmp}/model"
         with dygraph_mode():
             model = _demo_llama(args.layers, args.hidden_size)
             start = time.perf_counter()
-            export_legacy_generation(model, prefix)  # no eos: every run decodes all tokens
+            # greedy, no eos: every run decodes all the tokens
+            export_legacy(GenerationLoop(model, DecodingConfig()), f"{tmp}/model")
             print(f"exported a {args.layers}-layer llama (hidden {args.hidden_size}) as a legacy model "
                   f"in {time.perf_counter() - start:.1f} s")
         paddle.enable_static()
         rows = []
         for label, rewrite in (("translated", None), ("PR #9002 rule", remove_loop_assign_pr9002),
                                ("remove_loop_assign", remove_loop_assign)):
-            translated = load_legacy_as_pir(prefix)
+            translated = load_program(tmp)
             before = copies(translated.program)
             if rewrite is remove_loop_assign:
                 start = time.perf_counter()

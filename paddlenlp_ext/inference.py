@@ -42,9 +42,13 @@ class ModelDirectoryError(Exception):
 @dataclass
 class LoadedProgram:
     program: object  # paddle.pir.Program
-    inputs: list  # pd_op.data values, in program order
+    inputs: list  # the values fed: pd_op.data results, or pd_op.feed results in a translated legacy program
     outputs: list  # values to fetch
     scope: object  # parameters
+
+    @property
+    def feed_names(self) -> list[str]:
+        return [value.get_defining_op().attrs()["name"] for value in self.inputs]
 
 
 def model_format(model_dir: str | os.PathLike) -> str:
@@ -83,12 +87,25 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
         if was_dynamic:
             paddle.disable_static()
     block = program.global_block()
-    inputs = [op.result(0) for op in block.ops if op.name() == "pd_op.data"]
+    feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
+    # A legacy program feeds by column; the translator emits its feed ops in reverse.
+    feeds.sort(key=lambda op: op.attrs().get("col", 0))
+    inputs = [op.result(0) for op in feeds]
     fetches = [op for op in block.ops if op.name() == "pd_op.fetch"]
     outputs = [op.operand_source(0) for op in fetches]
     for op in fetches:  # the executor and save_inference_model add their own
         op.erase()
     return LoadedProgram(program, inputs, outputs, scope)
+
+
+def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
+    """Run a loaded program on ``paddle.static.Executor`` (CPU) and fetch its outputs."""
+    missing = sorted(set(loaded.feed_names) - set(feed))
+    if missing:
+        raise ValueError(f"missing model inputs: {', '.join(missing)}")
+    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope):
+        return paddle.static.Executor(paddle.CPUPlace()).run(
+            loaded.program, feed={name: feed[name] for name in loaded.feed_names}, fetch_list=loaded.outputs)
 
 
 def _first_line(error: Exception) -> str:

@@ -11,9 +11,9 @@ from loop_programs import count_loop_copies
 
 from paddlenlp_ext import analyze_loop_assign, remove_loop_assign
 from paddlenlp_ext.compat import pir_export_patches
-from paddlenlp_ext.decoding import (DecodingConfig, GenerationLoop, counter_uniform, export_legacy, export_pir,
-                                    load_legacy, load_pir, run_generation)
+from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, counter_uniform, export_legacy, export_pir, run_generation
 from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.inference import load_program
 
 PAD = 0
 # Two prompts of different lengths, the shorter one left-padded.
@@ -76,11 +76,11 @@ def paddlenlp_greedy(model, ids, mask, eos_token_id=None):
 @dataclass
 class Exported:
     loop: GenerationLoop
-    pir: str  # prefixes
+    pir: str  # model directories
     legacy: str
 
     def load(self, program_format):
-        return load_pir(self.pir) if program_format == "pir" else load_legacy(self.legacy)
+        return load_program(self.pir if program_format == "pir" else self.legacy)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,10 @@ def exported(models, tmp_path_factory):
     def get(name, config):
         if (name, config) not in done:
             loop = GenerationLoop(models(name), config)
-            prefix = tmp_path_factory.mktemp(name)
-            export_pir(loop, str(prefix / "pir"))
-            export_legacy(loop, str(prefix / "legacy"))
-            done[name, config] = Exported(loop, str(prefix / "pir"), str(prefix / "legacy"))
+            root = tmp_path_factory.mktemp(name)
+            export_pir(loop, str(root / "pir" / "model"))
+            export_legacy(loop, str(root / "legacy" / "model"))
+            done[name, config] = Exported(loop, str(root / "pir"), str(root / "legacy"))
         return done[name, config]
 
     return get

@@ -1,44 +1,32 @@
 """Static model directories on Paddle Inference, and the program it really executes."""
 
 import numpy as np
-import paddle
 import pytest
-from test_llama_loop import NEW_TOKENS, PROMPT, paddlenlp_greedy, tiny_llama
+from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
-from paddlenlp_ext.export import dygraph_mode, export_legacy_generation
 from paddlenlp_ext.inference import ModelDirectoryError, StaticGenerationModel, executed_loop_copies, model_format
 
-FEED = {"input_ids": PROMPT, "max_new_tokens": np.array([NEW_TOKENS], dtype="int64")}
+FEED = feed()
 
 
-@pytest.fixture(scope="module")
-def legacy_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("legacy")
-    with dygraph_mode():
-        model = tiny_llama()
-        reference = paddlenlp_greedy(model, PROMPT, NEW_TOKENS)
-        export_legacy_generation(model, str(directory / "model"), eos_token_id=model.config.eos_token_id)
-    return directory, reference
-
-
-@pytest.mark.parametrize("clean, executed", [(False, 16), (True, 0)], ids=["as translated", "cleaned"])
-def test_predictor_runs_the_program_we_hand_it(legacy_dir, tmp_path, clean, executed):
-    directory, reference = legacy_dir
+@pytest.mark.parametrize("clean, executed", [(False, 18), (True, 0)], ids=["as translated", "cleaned"])
+def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, clean, executed):
+    directory, reference = exported
     model = StaticGenerationModel(directory, remove_loop_assign=clean, dump_optimized_to=str(tmp_path))
     assert model.format == "legacy"
-    assert (model.copies_before, model.copies_after) == (16, executed)
+    assert (model.copies_before, model.copies_after) == (18, executed)
     assert executed_loop_copies(str(tmp_path)) == executed  # Paddle Inference's own dump
     np.testing.assert_array_equal(model.run(FEED), reference)
     if clean:
-        assert model.report.removed == 16 and model.report.kept == ()
+        assert model.report.removed == 18 and model.report.kept == ()
 
 
-def test_onednn_breaks_the_loop_so_it_is_off(legacy_dir, tmp_path):
+def test_onednn_breaks_the_loop_so_it_is_off(exported, tmp_path):
     """Why StaticGenerationModel disables oneDNN on CPU: with it, Paddle Inference
     3.3.1 decodes this loop wrongly whether or not the pass ran."""
     from paddle import inference
 
-    directory, reference = legacy_dir
+    directory, reference = exported
     StaticGenerationModel(directory, remove_loop_assign=False, dump_optimized_to=str(tmp_path))
     config = inference.Config(str(tmp_path / "_optimized.json"), str(tmp_path / "_optimized.pdiparams"))
     config.disable_gpu()
@@ -52,8 +40,8 @@ def test_onednn_breaks_the_loop_so_it_is_off(legacy_dir, tmp_path):
     assert not np.array_equal(tokens, reference)
 
 
-def test_model_directory_errors(tmp_path, legacy_dir):
-    directory, _ = legacy_dir
+def test_model_directory_errors(tmp_path, exported):
+    directory, _ = exported
     cases = {
         "missing": (tmp_path / "nope", "no such model directory"),
         "empty": (tmp_path / "empty", "expected one of model.json or model.pdmodel, found neither"),

@@ -7,7 +7,9 @@ import pytest
 from loop_programs import count_loop_copies
 
 from paddlenlp_ext import analyze_loop_assign, remove_loop_assign, remove_loop_assign_pr9002
-from paddlenlp_ext.export import dygraph_mode, export_legacy_generation, load_legacy_as_pir, run_translated
+from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy
+from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.inference import load_program, run_program
 
 PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")
 NEW_TOKENS = 10
@@ -35,48 +37,52 @@ def paddlenlp_greedy(model, prompt, new_tokens):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    prefix = str(tmp_path_factory.mktemp("llama") / "model")
+    """A legacy export of greedy decoding: (model directory, PaddleNLP's tokens)."""
+    directory = tmp_path_factory.mktemp("llama")
     with dygraph_mode():
         model = tiny_llama()
         reference = paddlenlp_greedy(model, PROMPT, NEW_TOKENS)
-        export_legacy_generation(model, prefix, eos_token_id=model.config.eos_token_id)
-    return prefix, reference
+        loop = GenerationLoop(model, DecodingConfig(eos_token_id=model.config.eos_token_id))
+        export_legacy(loop, str(directory / "model"))
+    return directory, reference
 
 
 def feed(n=NEW_TOKENS):
-    return {"input_ids": PROMPT, "max_new_tokens": np.array([n], dtype="int64")}
+    return {"input_ids": PROMPT, "attention_mask": np.ones_like(PROMPT), "max_new_tokens": np.array([n], dtype="int64")}
 
 
 def test_translated_loop_tokens_match_paddlenlp_generate(exported):
-    prefix, reference = exported
-    (tokens,) = run_translated(load_legacy_as_pir(prefix), feed())
+    directory, reference = exported
+    (tokens,) = run_program(load_program(directory), feed())
     assert tokens.shape == (1, NEW_TOKENS)
     np.testing.assert_array_equal(tokens, reference)
 
 
 def test_pass_removes_every_copy_of_the_loop_and_keeps_the_tokens(exported):
-    prefix, reference = exported
-    model = load_legacy_as_pir(prefix)
+    directory, reference = exported
+    model = load_program(directory)
     before = count_loop_copies(model.program)
-    assert before == 16  # gen, step, position, token, the condition twice, logits and 4 cache tensors twice
+    # generated, token, mask, position, step and finished once, the condition, the
+    # logits and the 4 cache tensors twice
+    assert before == 18
     report = remove_loop_assign(model.program, outputs=model.outputs)
     assert report.removed == before and report.kept == () and report.loops == 1
     assert count_loop_copies(model.program) == 0
     assert analyze_loop_assign(model.program, outputs=model.outputs).removable == ()
     assert remove_loop_assign(model.program, outputs=model.outputs).removed == 0
     for n in (1, 4, NEW_TOKENS):
-        (tokens,) = run_translated(model, feed(n))
+        (tokens,) = run_program(model, feed(n))
         np.testing.assert_array_equal(tokens, reference[:, :n])
 
 
 def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
-    prefix, reference = exported
-    model = load_legacy_as_pir(prefix)
+    directory, reference = exported
+    model = load_program(directory)
     report = remove_loop_assign_pr9002(model.program)
-    # Only single copies into block arguments: gen, step, position, token. Neither
-    # copy of a chain, nor the condition (written into the outer condition value).
-    assert report.removed == 4 and len(report.kept) == 12
-    (tokens,) = run_translated(model, feed())
+    # Only single copies into block arguments. Neither copy of a chain, nor the
+    # condition (written into the outer condition value).
+    assert report.removed == 6 and len(report.kept) == 12
+    (tokens,) = run_program(model, feed())
     np.testing.assert_array_equal(tokens, reference)
 
 
@@ -92,14 +98,15 @@ def inspect(*args):
 def test_inspect_script_reports_the_loop(exported):
     import json
 
-    prefix, _ = exported
-    result = inspect(prefix, "--json")
+    directory, _ = exported
+    result = inspect(str(directory), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
-        "model": prefix, "loops": 1, "copies": 16, "removable": 16, "kept": {}, "pr9002_removable": 4}
+        "model": str(directory), "format": "legacy", "loops": 1, "copies": 18, "removable": 18, "kept": {},
+        "pr9002_removable": 6}
 
 
 def test_inspect_script_rejects_a_missing_model(tmp_path):
     result = inspect(str(tmp_path / "nothing"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'nothing'}.pdmodel not found (expected a legacy static model)"
+    assert result.stderr.strip() == f"error: {tmp_path / 'nothing'}: no such model directory"
