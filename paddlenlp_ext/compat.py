@@ -46,10 +46,6 @@ def _tril(x, diagonal=0, name=None):
     return _append_legacy_op("tril_triu", {"X": [x]}, {"diagonal": int(diagonal), "lower": True}, x.dtype)
 
 
-def _triu(x, diagonal=0, name=None):
-    return _append_legacy_op("tril_triu", {"X": [x]}, {"diagonal": int(diagonal), "lower": False}, x.dtype)
-
-
 def _logical_not(x, out=None, name=None):
     return _append_legacy_op("logical_not", {"X": [x]}, {}, paddle.bool)
 
@@ -65,7 +61,6 @@ _LEGACY_OPS = {
     "argmax": _argmax,
     "rsqrt": _rsqrt,
     "tril": _tril,
-    "triu": _triu,
     "logical_not": _logical_not,
 }
 

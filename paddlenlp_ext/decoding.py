@@ -26,7 +26,7 @@ import paddle
 import paddle.nn.functional as F
 
 from .compat import legacy_export_patches, pir_export_patches
-from .export import dygraph_mode
+from .paddle_modes import dygraph_mode
 from .inference import LoadedProgram, run_program
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")

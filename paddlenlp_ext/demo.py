@@ -71,7 +71,7 @@ def run_demo(args) -> int:
 
     from . import remove_loop_assign, remove_loop_assign_pr9002
     from .decoding import DecodingConfig, GenerationLoop, export_legacy
-    from .export import dygraph_mode
+    from .paddle_modes import dygraph_mode
     from .inference import count_loop_copies as copies
     from .inference import load_program
 

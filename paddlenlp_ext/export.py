@@ -1,14 +1,21 @@
-"""Export a decoding loop in the legacy format and load it back as Paddle 3.x does."""
+"""Export a decoding loop as a static model directory, written atomically."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import paddle
+
+from . import hook
+from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
+from .passes.report import LoopAssignReport
 
 
 
@@ -45,13 +52,77 @@ def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
         os.rename(staging, target)
 
 
-@contextlib.contextmanager
-def dygraph_mode():
-    """Run a block in dynamic mode and return to the mode the caller was in."""
-    was_static = not paddle.in_dynamic_mode()
-    paddle.disable_static()
-    try:
-        yield
-    finally:
-        if was_static:
-            paddle.enable_static()
+FORMATS = ("pir", "legacy")
+METADATA_FILE = "paddlenlp_ext.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    format: str
+    report: LoopAssignReport | None  # the pass on the saved program (PIR format only)
+    seconds: float
+
+
+def export_generation_model(model, output_dir, *, tokenizer=None, decoding: DecodingConfig | None = None,
+                            format: str = "pir", remove_loop_assign: bool = True,
+                            overwrite: bool = False) -> ExportResult:
+    """Export decoding of a PaddleNLP causal LM as a static model directory.
+
+    The directory has PaddleNLP's static layout: ``model.json`` (``format="pir"``) or
+    ``model.pdmodel`` (``"legacy"``) with ``model.pdiparams``, and beside them the
+    model's ``config.json``, a ``generation_config.json`` with the decoding settings
+    baked into the program, the tokenizer's files, and ``paddlenlp_ext.json`` (how it
+    was exported). It is written to a hidden staging directory and renamed into place.
+
+    With ``remove_loop_assign`` the pass runs on a PIR program before it is saved (the
+    report is returned and logged); a legacy file cannot hold the cleaned loop, so
+    ``paddlenlp_ext.inference`` cleans it when it loads it.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    config = model.config
+    decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
+    start = time.perf_counter()
+    report = None
+    with staged_directory(output_dir, overwrite=overwrite) as staging:
+        loop = GenerationLoop(model, decoding)
+        prefix = str(staging / "model")
+        if format == "legacy":
+            export_legacy(loop, prefix)
+        elif remove_loop_assign:
+            with hook.enable() as cleaning:
+                export_pir(loop, prefix)
+            (_, report), = cleaning.reports
+        else:
+            export_pir(loop, prefix)
+        config.save_pretrained(str(staging))
+        _generation_config(decoding, config).save_pretrained(str(staging))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        metadata = {
+            "format": format,
+            "decoding": asdict(decoding),
+            "inputs": [spec.name for spec in generation_inputs(decoding)],
+            "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
+            "report": None if report is None else {"removed": report.removed, "kept": report.kept_reasons},
+            "versions": _versions(),
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return ExportResult(Path(output_dir), format, report, time.perf_counter() - start)
+
+
+def _generation_config(decoding: DecodingConfig, config):
+    from paddlenlp.generation import GenerationConfig
+
+    return GenerationConfig(decode_strategy=decoding.decode_strategy, top_k=decoding.top_k, top_p=decoding.top_p,
+                            temperature=decoding.temperature, eos_token_id=decoding.eos_token_id,
+                            pad_token_id=decoding.pad_token_id, bos_token_id=config.bos_token_id)
+
+
+def _versions() -> dict:
+    import paddlenlp
+
+    from . import __version__
+
+    return {"paddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "paddlenlp_ext": __version__}

@@ -28,21 +28,29 @@ logger = logging.getLogger("paddlenlp_ext")
 _lock = threading.Lock()
 _original_save = jit_api.save_inference_model
 _depth = 0
+_reports: list = []  # (path prefix, LoopAssignReport) of every cleaned save
 
 
 def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
     program = kwargs.get("program")
     if program is not None and isinstance(program, jit_api.paddle.pir.Program):
         report = remove_loop_assign(program, outputs=list(fetch_vars))
+        _reports.append((path_prefix, report))
         logger.info("remove_loop_assign on %s: %s", path_prefix, report.summary())
     return _original_save(path_prefix, feed_vars, fetch_vars, executor, **kwargs)
 
 
 class _Enabled:
-    """What ``enable()`` returns: leaving its ``with`` block undoes that call."""
+    """What ``enable()`` returns: leaving its ``with`` block undoes that call, and
+    ``reports`` lists ``(path prefix, report)`` for the saves made since."""
 
     def __init__(self):
         self._open = True
+        self._first = len(_reports)
+
+    @property
+    def reports(self) -> list:
+        return _reports[self._first:]
 
     def __enter__(self):
         return self

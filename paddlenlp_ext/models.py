@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 import paddle
 
-from .export import dygraph_mode
+from .paddle_modes import dygraph_mode
 
 # Trained from data/tokenizer_corpus.txt by scripts/build_tokenizer.py.
 TOKENIZER_MODEL = Path(__file__).resolve().parent / "data" / "llama2_tokenizer.model"

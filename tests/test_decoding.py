@@ -12,7 +12,7 @@ from loop_programs import count_loop_copies
 from paddlenlp_ext import analyze_loop_assign, remove_loop_assign
 from paddlenlp_ext.compat import pir_export_patches
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, counter_uniform, export_legacy, export_pir, run_generation
-from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.inference import load_program
 
 PAD = 0

@@ -6,7 +6,7 @@ import paddle
 from loop_programs import count_loop_copies
 
 import paddlenlp_ext.hook as hook
-from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.paddle_modes import dygraph_mode
 
 SPEC = [paddle.static.InputSpec([2, 3], "float32", "x")]
 

@@ -8,7 +8,7 @@ from loop_programs import count_loop_copies
 
 from paddlenlp_ext import analyze_loop_assign, remove_loop_assign, remove_loop_assign_pr9002
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy
-from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.inference import load_program, run_program
 
 PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")

@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddlenlp_ext.export import dygraph_mode
+from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.models import (BUILD_RECORD, HOME_VARIABLE, KNOWN_MODELS, TOKENIZER_MODEL, ModelError,
                                   load_model)
 

@@ -1,0 +1,19 @@
+"""Switching Paddle between dynamic and static mode for a block of code."""
+
+from __future__ import annotations
+
+import contextlib
+
+import paddle
+
+
+@contextlib.contextmanager
+def dygraph_mode():
+    """Run a block in dynamic mode and return to the mode the caller was in."""
+    was_static = not paddle.in_dynamic_mode()
+    paddle.disable_static()
+    try:
+        yield
+    finally:
+        if was_static:
+            paddle.enable_static()
