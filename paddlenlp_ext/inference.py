@@ -17,6 +17,7 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.report import LoopAssignReport
+
+logger = logging.getLogger("paddlenlp_ext")
 
 MODEL_PREFIX = "model"
 PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
@@ -142,6 +145,7 @@ class StaticGenerationModel:
         self.copies_before = count_loop_copies(loaded.program)
         if remove_loop_assign:
             self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+            logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
         with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
             # Paddle Inference reads the files while creating the predictor, so the

@@ -1,5 +1,7 @@
 """Static model directories on Paddle Inference, and the program it really executes."""
 
+import logging
+
 import numpy as np
 import pytest
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
@@ -10,9 +12,12 @@ FEED = feed()
 
 
 @pytest.mark.parametrize("clean, executed", [(False, 18), (True, 0)], ids=["as translated", "cleaned"])
-def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, clean, executed):
+def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, caplog, clean, executed):
     directory, reference = exported
+    caplog.set_level(logging.INFO, logger="paddlenlp_ext")
     model = StaticGenerationModel(directory, remove_loop_assign=clean, dump_optimized_to=str(tmp_path))
+    logged = [r.getMessage() for r in caplog.records if r.name == "paddlenlp_ext"]
+    assert logged == ([f"remove_loop_assign on {directory}: removed 18 copies from 1 loops; kept 0"] if clean else [])
     assert model.format == "legacy"
     assert (model.copies_before, model.copies_after) == (18, executed)
     assert executed_loop_copies(str(tmp_path)) == executed  # Paddle Inference's own dump
