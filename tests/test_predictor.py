@@ -1,0 +1,118 @@
+"""llm/predictor.py: the main command, the same greedy outputs in every mode, and one
+clear error for every bad input, through the real CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paddlenlp_ext.predictor import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "llm" / "predictor.py"
+PROMPTS = [{"src": "The weather today", "tgt": "sunny"},
+           {"src": "My favourite recipe for a quick dinner with friends is"}]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, monkeypatch_module):
+    """One model cache for the module (the embedded model is built once)."""
+    path = tmp_path_factory.mktemp("home")
+    monkeypatch_module.setenv("PADDLENLP_EXT_HOME", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return path
+
+
+def test_main_command_prints_outputs_and_the_report(home, tmp_path):
+    result = cli("--model", "llama2", "--remove_loop_assign", "--max_length", "8", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in result.stdout
+    assert result.stdout.count("***********Output**********") == 2
+    lines = (tmp_path / "output.json").read_text().splitlines()
+    assert [set(json.loads(line)) for line in lines] == [{"src", "tgt", "output"}] * 2
+
+
+def run_mode(tmp_path, data_file, name, *args):
+    output = tmp_path / f"{name}.json"
+    assert main(["--model", "llama2", "--decode_strategy", "greedy_search", "--max_length", "8",
+                 "--batch_size", "2", "--data_file", str(data_file), "--output_file", str(output), *args]) == 0
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, capsys):
+    modes = {
+        "dynamic": ["--mode", "dynamic"],
+        "legacy": ["--mode", "static", "--export_format", "legacy"],
+        "legacy+pass": ["--remove_loop_assign", "--export_format", "legacy"],
+        "pir": ["--mode", "static", "--export_format", "pir"],
+        "pir+pass": ["--remove_loop_assign", "--export_format", "pir"],
+    }
+    results = {name: run_mode(tmp_path, data_file, name, *args) for name, args in modes.items()}
+    reference = results.pop("dynamic")
+    assert [r["src"] for r in reference] == [p["src"] for p in PROMPTS]
+    assert [r["tgt"] for r in reference] == ["sunny", ""]
+    assert all(r["output"] for r in reference)
+    for name, records in results.items():
+        assert records == reference, name
+    printed = capsys.readouterr().out
+    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in printed  # legacy+pass
+    assert "remove_loop_assign: off (18 copies in the loop)" in printed  # legacy
+
+
+def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
+    assert main(["--model", "llama2", "--mode", "static", "--src_length", "16", "--max_length", "8", "--benchmark",
+                 "--output_file", str(tmp_path / "out.json")]) == 0
+    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("Input length is:")]
+    assert len(line) == 1
+    assert ", Output length is: 8, bs is: 1, Generate speed is: " in line[0]
+    assert line[0].rstrip().endswith("requests/s.")
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("missing data file", ["--data_file", "{tmp}/nope.jsonl"], "cannot read {tmp}/nope.jsonl: No such file or directory"),
+        ("malformed line", ["--data_file", "{tmp}/bad.jsonl"], "{tmp}/bad.jsonl line 2: not valid JSON (Expecting value)"),
+        ("no src", ["--data_file", "{tmp}/nosrc.jsonl"], "{tmp}/nosrc.jsonl line 1: expected an object with a string \"src\""),
+        ("empty data file", ["--data_file", "{tmp}/empty.jsonl"], "{tmp}/empty.jsonl: no prompts"),
+        ("missing model dir", ["--model_name_or_path", "{tmp}/nomodel"], "{tmp}/nomodel: no such model directory"),
+        ("unknown model", ["--model", "gpt5"], "unknown model 'gpt5': known models are llama2, llama2-gqa, or give a save_pretrained directory"),
+        ("zero max_length", ["--max_length", "0"], "--max_length must be positive, got 0"),
+        ("negative src_length", ["--src_length", "-3"], "--src_length must be positive, got -3"),
+        ("zero batch", ["--batch_size", "0"], "--batch_size must be positive, got 0"),
+        ("pass in dynamic mode", ["--remove_loop_assign", "--mode", "dynamic"],
+         "--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic"),
+        ("too long", ["--src_length", "1000", "--max_length", "100"],
+         "--src_length + --max_length = 1100 exceeds the model's max_position_embeddings (1024)"),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case, args, message):
+    (tmp_path / "bad.jsonl").write_text('{"src": "fine"}\n{"src": broken\n')
+    (tmp_path / "nosrc.jsonl").write_text('{"tgt": "x"}\n')
+    (tmp_path / "empty.jsonl").write_text("\n")
+    output = tmp_path / "out.json"
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = cli("--output_file", str(output), *args, cwd=tmp_path)
+    assert result.returncode == 2, (case, result.stdout[-500:], result.stderr[-2000:])
+    assert result.stderr.strip().splitlines()[-1] == "error: " + message.format(tmp=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert not output.exists() and not any(p.name.startswith(".out.json") for p in tmp_path.iterdir())
