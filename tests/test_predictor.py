@@ -91,6 +91,9 @@ def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
     "case, args, message",
     [
         ("missing data file", ["--data_file", "{tmp}/nope.jsonl"], "cannot read {tmp}/nope.jsonl: No such file or directory"),
+        ("unreadable data file", ["--data_file", "{tmp}"], "cannot read {tmp}: Is a directory"),
+        ("gpu without paddlepaddle-gpu", ["--device", "gpu"],
+         "--device gpu needs paddlepaddle-gpu (see the README's GPU section)"),
         ("malformed line", ["--data_file", "{tmp}/bad.jsonl"], "{tmp}/bad.jsonl line 2: not valid JSON (Expecting value)"),
         ("no src", ["--data_file", "{tmp}/nosrc.jsonl"], "{tmp}/nosrc.jsonl line 1: expected an object with a string \"src\""),
         ("empty data file", ["--data_file", "{tmp}/empty.jsonl"], "{tmp}/empty.jsonl: no prompts"),
