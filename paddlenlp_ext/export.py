@@ -106,7 +106,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
             "inputs": [spec.name for spec in generation_inputs(decoding)],
             "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
             "report": None if report is None else {"removed": report.removed, "kept": report.kept_reasons},
-            "versions": _versions(),
+            "versions": library_versions(),
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportResult(Path(output_dir), format, report, time.perf_counter() - start)
@@ -120,7 +120,8 @@ def _generation_config(decoding: DecodingConfig, config):
                             pad_token_id=decoding.pad_token_id, bos_token_id=config.bos_token_id)
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """What wrote a model directory: recorded in its ``paddlenlp_ext.json``."""
     import paddlenlp
 
     from . import __version__

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,14 @@ def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
 
 
 def _first_line(error: Exception) -> str:
+    """The line of a Paddle error that says what went wrong.
+
+    Paddle prefixes errors raised while running a program with "In user code:" and the
+    Python stack; the message is the first line naming an error type after that.
+    """
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    named = [line for line in lines if re.match(r"^\(?\w*(Error|Exception)\b", line)]
+    return (named or lines or [type(error).__name__])[0]
 
 
 def save_program(loaded: LoadedProgram, prefix: str) -> None:

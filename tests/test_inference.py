@@ -54,8 +54,11 @@ def test_model_directory_errors(tmp_path, exported):
         "noparams": (tmp_path / "noparams", "model.pdiparams is missing"),
         "corrupt": (tmp_path / "corrupt", "cannot read the legacy model"),
     }
-    for name in ("empty", "both", "noparams", "corrupt"):
+    cases["truncated params"] = (tmp_path / "truncated", "cannot read the legacy model: ")
+    for name in ("empty", "both", "noparams", "corrupt", "truncated params"):
         cases[name][0].mkdir()
+    (tmp_path / "truncated" / "model.pdmodel").write_bytes((directory / "model.pdmodel").read_bytes())
+    (tmp_path / "truncated" / "model.pdiparams").write_bytes((directory / "model.pdiparams").read_bytes()[:1000])
     (tmp_path / "both" / "model.json").write_text("{}")
     (tmp_path / "both" / "model.pdmodel").write_bytes(b"")
     (tmp_path / "both" / "model.pdiparams").write_bytes(b"")
@@ -67,4 +70,5 @@ def test_model_directory_errors(tmp_path, exported):
             StaticGenerationModel(path)
         text = str(caught.value)
         assert message in text and "\n" not in text, (name, text)
+        assert not text.endswith(("In user code:", ": ")), (name, text)  # says what went wrong
     assert model_format(directory) == "legacy"

@@ -1,0 +1,157 @@
+"""Convert a static model directory to the PIR format, with its loop copies removed.
+
+    python -m paddlenlp_ext.convert SRC_DIR DST_DIR [--force]
+
+SRC_DIR is a static model directory: ``model.pdmodel`` (legacy) or ``model.json``
+(PIR) with ``model.pdiparams``, and PaddleNLP's configs, tokenizer files and
+``paddlenlp_ext.json`` beside them. Its program is loaded as PIR (a legacy program is
+translated, as Paddle 3.x does at load time), ``remove_loop_assign`` runs on it, and
+DST_DIR gets ``model.json`` + ``model.pdiparams``, which Paddle Inference loads without
+translating and without the copies. A PIR source is converted too: the pass applies to
+PIR programs as well (it removes nothing from a loop that has no copies), so the
+result is the same kind of directory whatever the source.
+
+Every other file of SRC_DIR is copied, except its ``model.*`` files (the old program,
+its parameters and the ``.pdiparams.info`` that describes them: DST_DIR's are written
+anew) and ``paddlenlp_ext.json``, which is rewritten: format ``pir``, the pass's report,
+and where and with what the conversion was made.
+
+SRC_DIR is only read. DST_DIR must not be SRC_DIR, inside it, or contain it. A
+non-empty DST_DIR is refused unless ``--force``; then it is replaced as a whole, once
+the new directory is complete (it is written to a hidden staging directory first).
+Bad input is one ``error:`` line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .passes.report import LoopAssignReport
+
+
+class ConvertError(Exception):
+    """A conversion that cannot be made: one line says why (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    directory: Path
+    source_format: str  # "legacy" or "pir"
+    report: LoopAssignReport  # the pass on the converted program
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m paddlenlp_ext.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("src_dir", metavar="SRC_DIR",
+                        help="a static model directory (model.pdmodel or model.json, with model.pdiparams)")
+    parser.add_argument("dst_dir", metavar="DST_DIR", help="where to write the PIR model directory")
+    parser.add_argument("--force", action="store_true", help="replace DST_DIR if it exists and is not empty")
+    return parser
+
+
+def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
+    """Write ``dst_dir`` as SRC's model in the PIR format, after ``remove_loop_assign``."""
+    # Imported here, not at the top: they import Paddle, which main() configures first.
+    from .export import METADATA_FILE, ExportError, library_versions, staged_directory
+    from .inference import MODEL_PREFIX, ModelDirectoryError, load_program, model_format, save_program
+    from .passes.remove_loop_assign import remove_loop_assign
+
+    src, dst = Path(src_dir), Path(dst_dir)
+    try:
+        source_format = model_format(src)
+    except ModelDirectoryError as error:
+        raise ConvertError(str(error)) from None
+    _check_destination(src, dst, force)
+    metadata = _read_metadata(src / METADATA_FILE)
+    # Everything that can fail on bad input happens before the first write, so that a
+    # corrupt source leaves nothing behind, not even DST's parent directories.
+    try:
+        loaded = load_program(src)
+    except ModelDirectoryError as error:
+        raise ConvertError(str(error)) from None
+    report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
+    metadata.update({
+        "format": "pir",
+        "remove_loop_assign": "convert",
+        "report": {"removed": report.removed, "kept": report.kept_reasons},
+        "conversion": {"source": str(src.resolve()), "source_format": source_format, "versions": library_versions()},
+    })
+    try:
+        with staged_directory(dst, overwrite=force) as staging:
+            save_program(loaded, str(staging / MODEL_PREFIX))
+            # DST's model files are the ones just saved; its metadata is written below.
+            _copy_files(src, staging, skip=lambda name: name.startswith(MODEL_PREFIX + ".") or name == METADATA_FILE)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    except ExportError as error:  # DST is a file, or was filled while we converted
+        raise ConvertError(str(error)) from None
+    except OSError as error:  # unwritable DST, unreadable companion file, full disk
+        raise ConvertError(f"cannot write {dst}: {error}") from None
+    return ConversionResult(dst, source_format, report)
+
+
+def _check_destination(src: Path, dst: Path, force: bool) -> None:
+    # Resolved, so that a symlink or "src/.." spelling cannot hide that the two overlap.
+    source, target = src.resolve(), dst.resolve()
+    if target == source:
+        raise ConvertError(f"{dst} is the source directory: choose a destination outside it")
+    if source in target.parents:
+        raise ConvertError(f"{dst} is inside the source directory {src}: choose a destination outside it")
+    if target in source.parents:
+        # --force would replace DST, and the source with it
+        raise ConvertError(f"{src} is inside {dst}: choose a destination that does not contain the source")
+    # staged_directory checks this too, but only once the model is loaded; here the
+    # refusal is immediate and names the flag that overrides it.
+    if dst.is_dir() and any(dst.iterdir()) and not force:
+        raise ConvertError(f"{dst} already exists and is not empty (use --force to replace it)")
+
+
+def _read_metadata(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConvertError(f"{path}: cannot read it: {error}") from None
+    if not isinstance(metadata, dict):
+        raise ConvertError(f"{path}: expected a JSON object, found {type(metadata).__name__}")
+    return metadata
+
+
+def _copy_files(src: Path, staging: Path, skip) -> None:
+    for entry in sorted(src.iterdir()):
+        if skip(entry.name):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, staging / entry.name)
+        else:
+            shutil.copy2(entry, staging / entry.name)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines; read when paddle loads
+    try:
+        with warnings.catch_warnings():
+            # Paddle warns on import (no ccache...) and while translating: an error
+            # must stay one line on stderr.
+            warnings.simplefilter("ignore")
+            result = convert(args.src_dir, args.dst_dir, force=args.force)
+    except ConvertError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"remove_loop_assign: {result.report.summary()}")
+    print(f"wrote {result.directory} (pir: model.json, model.pdiparams) from {args.src_dir} ({result.source_format})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
