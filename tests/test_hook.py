@@ -4,6 +4,7 @@ import logging
 
 import paddle
 from loop_programs import count_loop_copies
+from test_program_shapes import loop_with_outer_buffer
 
 import paddlenlp_ext.hook as hook
 from paddlenlp_ext.paddle_modes import dygraph_mode
@@ -16,16 +17,6 @@ def dead_outer_write(x):
     i = paddle.zeros([1], "int64")
     while i < 3:
         paddle.assign(x * 2, output=buf)  # never read again: the copy is removable
-        x = x + 1
-        i = i + 1
-    return x
-
-
-def outer_buffer_read_in_body(x):
-    buf = paddle.zeros([2, 3])
-    i = paddle.zeros([1], "int64")
-    while i < 3:
-        paddle.assign(x * 2 + buf, output=buf)
         x = x + 1
         i = i + 1
     return x
@@ -48,7 +39,7 @@ def test_enabled_hook_cleans_the_saved_program_and_logs_the_report(tmp_path, cap
     caplog.set_level(logging.INFO, logger="paddlenlp_ext")
     with hook.enable():
         assert saved_copies(dead_outer_write, tmp_path / "a") == 0
-        assert saved_copies(outer_buffer_read_in_body, tmp_path / "b") == 1
+        assert saved_copies(loop_with_outer_buffer, tmp_path / "b") == 1
     assert not hook.is_enabled()
     messages = [r.getMessage() for r in caplog.records if r.name == "paddlenlp_ext"]
     assert len(messages) == 2
