@@ -140,7 +140,9 @@ class StaticGraphPredictor(BasePredictor):
 
 
 def _is_static_dir(path: Path) -> bool:
-    return (path / "model.json").is_file() or (path / "model.pdmodel").is_file()
+    from .inference import LEGACY_FILE, PIR_FILE
+
+    return (path / PIR_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
 
 def _decoding(config: PredictorArgument, model_config):
@@ -155,7 +157,11 @@ def _decoding(config: PredictorArgument, model_config):
 
 
 def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgument | None = None) -> BasePredictor:
-    """The predictor ``predictor_args`` describe; raises PredictorError for bad input."""
+    """The predictor ``predictor_args`` describe; raises PredictorError for bad input.
+
+    ``model_args`` is accepted for PaddleNLP's signature; prompts and outputs are
+    ``predict``'s business here.
+    """
     from .inference import ModelDirectoryError
     from .models import DEFAULT_MODEL, ModelError, load_model
 
@@ -312,6 +318,7 @@ def read_prompts(data_file: str | None) -> tuple[list[str], list[str]]:
 def write_results(path: str, records: list[dict]) -> None:
     """Write JSONL to a temporary file beside ``path``, then rename it into place."""
     target = Path(path)
+    partial = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
@@ -321,12 +328,12 @@ def write_results(path: str, records: list[dict]) -> None:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(partial, target)
     except OSError as error:
-        if "partial" in locals():
+        if partial is not None:
             partial.unlink(missing_ok=True)
         raise PredictorError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def count_generated(ids: np.ndarray, eos_token_id: int | None, pad_token_id: int) -> int:
+def count_generated(ids: np.ndarray, eos_token_id: int | None) -> int:
     """Generated tokens: each row up to and including its eos, not the padding after."""
     total = 0
     for row in ids.tolist():
@@ -343,8 +350,8 @@ def benchmark(predictor: BasePredictor, config: PredictorArgument, repeats: int 
     texts = [prompt] * config.batch_size
     predictor.generate_ids(texts)  # warm-up
     start = time.perf_counter()
-    generated = sum(count_generated(predictor.generate_ids(texts), predictor.tokenizer.eos_token_id,
-                                    predictor.tokenizer.pad_token_id) for _ in range(repeats))
+    generated = sum(count_generated(predictor.generate_ids(texts), predictor.tokenizer.eos_token_id)
+                    for _ in range(repeats))
     seconds = time.perf_counter() - start
     input_length = len(predictor._preprocess(texts[:1])[0][0])
     return (f"Input length is: {input_length}, Output length is: {config.max_length}, bs is: {config.batch_size}, "

@@ -119,3 +119,22 @@ def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case
     assert result.stderr.strip().splitlines()[-1] == "error: " + message.format(tmp=tmp_path)
     assert "Traceback" not in result.stderr
     assert not output.exists() and not any(p.name.startswith(".out.json") for p in tmp_path.iterdir())
+
+
+def test_generated_tokens_are_counted_up_to_each_rows_eos():
+    import numpy as np
+
+    from paddlenlp_ext.predictor import count_generated
+
+    ids = np.array([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]])
+    assert count_generated(ids, eos_token_id=2) == 2 + 4 + 1
+    assert count_generated(ids, eos_token_id=None) == 12
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    from paddlenlp_ext.predictor import PredictorError, write_results
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PredictorError, match="cannot write"):
+        write_results(str(tmp_path / "file" / "out.json"), [{"src": "a"}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
