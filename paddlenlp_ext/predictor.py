@@ -326,11 +326,18 @@ def write_results(path: str, records: list[dict]) -> None:
             partial = Path(handle.name)
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.chmod(partial, 0o666 & ~_umask())  # temporary files are private; the output is not
         os.replace(partial, target)
     except OSError as error:
         if partial is not None:
             partial.unlink(missing_ok=True)
         raise PredictorError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def count_generated(ids: np.ndarray, eos_token_id: int | None) -> int:
