@@ -25,5 +25,11 @@ setup(
         "datasets==2.21.0",
         "pyarrow==16.1.0",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # scripts/benchmark.py's plot (and its test). paddlenlp already pulls matplotlib in
+        # through visualdl; 3.7 to 3.11 ask for numpy >= 1.25 at most, so numpy 1.26.4 stays
+        # (3.11.2, the one visualdl brought in, is what the benchmark was run with).
+        "bench": ["matplotlib>=3.7,<3.12"],
+        "test": ["pytest>=7", "matplotlib>=3.7,<3.12"],
+    },
 )
