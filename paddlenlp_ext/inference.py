@@ -159,7 +159,7 @@ class StaticGenerationModel:
             # staged program need not outlive this block.
             prefix = os.path.join(staging, MODEL_PREFIX)
             save_program(loaded, prefix)
-            self.predictor = _create_predictor(prefix, device, dump_optimized_to)
+            self.predictor = create_paddle_predictor(prefix, device, dump_optimized_to)
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
@@ -172,7 +172,9 @@ class StaticGenerationModel:
         return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
 
 
-def _create_predictor(prefix: str, device: str, dump_optimized_to: str | None):
+def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None):
+    """A Paddle Inference predictor for ``prefix``.json/.pdiparams, configured as
+    StaticGenerationModel runs it (new IR; on CPU without oneDNN)."""
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.enable_new_ir(True)
     config.disable_glog_info()

@@ -276,7 +276,7 @@ RUNNERS = {"legacy": run_legacy, "legacy+seed": run_legacy_seed, "legacy+pass": 
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
     """Load the program, time ``rewrite`` on fresh translations, save it, create its predictor."""
-    from paddlenlp_ext.inference import _create_predictor, count_loop_copies, load_program, save_program
+    from paddlenlp_ext.inference import create_paddle_predictor, count_loop_copies, load_program, save_program
 
     pass_ms = report = None
     if rewrite is None:
@@ -293,7 +293,7 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
     prefix = str(workdir / name / "model")
     save_program(loaded, prefix)
     # StaticGenerationModel's own configuration: the same predictor a user of the package gets.
-    predictor = _create_predictor(prefix, "cpu", None)
+    predictor = create_paddle_predictor(prefix, "cpu", None)
     return Variant(name, prefix, predictor, count_loop_copies(loaded.program), _copy_sources(loaded.program),
                    pass_ms, report)
 
@@ -383,10 +383,10 @@ def child_peak_rss(prefix: str, feeds: list) -> tuple[int, list]:
     os.environ.setdefault("GLOG_minloglevel", "2")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Paddle's note that ccache is missing, on import
-        from paddlenlp_ext.inference import _create_predictor
+        from paddlenlp_ext.inference import create_paddle_predictor
 
     baseline = _status_kib("VmRSS")
-    predictor = _create_predictor(prefix, "cpu", None)
+    predictor = create_paddle_predictor(prefix, "cpu", None)
     peaks = []
     for feed in feeds:
         with open("/proc/self/clear_refs", "w") as clear:
@@ -452,7 +452,7 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "os": platform.platform(),
-            # _create_predictor leaves Paddle Inference's default, read here rather than assumed
+            # create_paddle_predictor leaves Paddle Inference's default, read here rather than assumed
             "predictor_math_threads": inference.Config().cpu_math_library_num_threads()}
 
 
