@@ -316,28 +316,15 @@ def read_prompts(data_file: str | None) -> tuple[list[str], list[str]]:
 
 
 def write_results(path: str, records: list[dict]) -> None:
-    """Write JSONL to a temporary file beside ``path``, then rename it into place."""
-    target = Path(path)
-    partial = None
+    """Write the JSONL results; a file under ``path`` is always complete."""
+    from .files import write_atomically
+
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
-                                         delete=False) as handle:
-            partial = Path(handle.name)
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.chmod(partial, 0o666 & ~_umask())  # temporary files are private; the output is not
-        os.replace(partial, target)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda partial: Path(partial).write_text(text, encoding="utf-8"))
     except OSError as error:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
         raise PredictorError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def count_generated(ids: np.ndarray, eos_token_id: int | None) -> int:

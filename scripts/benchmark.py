@@ -85,6 +85,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paddlenlp_ext.files import write_atomically
+
 VARIANTS = ("legacy", "legacy+seed", "legacy+pass", "pir")
 REFERENCE = "legacy"  # the ratios are to this variant
 
@@ -574,20 +576,8 @@ def plot(result: dict, path: Path) -> None:
                     f"{result['args']['batch_size']}, {result['args']['new_tokens']} new tokens; "
                     f"{result['machine']['cpu']}, Paddle {result['versions']['paddle']}", fontsize=9)
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
-
-
-def _atomic_write(path: Path, write) -> None:
-    # A file under its final name is always complete, even if the run is interrupted.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def progress(message: str) -> None:
@@ -646,7 +636,7 @@ def main(argv=None) -> int:
         result = benchmark(settings)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=2) + "\n"
-    _atomic_write(output, lambda tmp: Path(tmp).write_text(text))
+    write_atomically(output, lambda tmp: Path(tmp).write_text(text))
     result = json.loads(text)  # print exactly what was written
     plot(result, output.with_suffix(".png"))
     print(table(result))

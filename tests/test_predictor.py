@@ -138,16 +138,3 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(PredictorError, match="cannot write"):
         write_results(str(tmp_path / "file" / "out.json"), [{"src": "a"}])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
-
-
-def test_output_file_gets_the_usual_permissions(tmp_path):
-    import os
-
-    from paddlenlp_ext.predictor import write_results
-
-    mask = os.umask(0o022)
-    try:
-        write_results(str(tmp_path / "out.json"), [{"src": "a"}])
-    finally:
-        os.umask(mask)
-    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,31 @@
+"""Writing files so that a file under its final name is always complete."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """Call ``write(temporary path)`` beside ``path``, then rename it into place.
+
+    An interrupted or failed write leaves nothing behind. The file gets the permissions
+    a plain ``open(path, "w")`` would (temporary files are created private).
+    """
+    target = Path(path)
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(partial)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
