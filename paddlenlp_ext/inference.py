@@ -30,6 +30,7 @@ from paddle import inference
 
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
+from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.report import LoopAssignReport
 
@@ -74,22 +75,17 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     fmt = model_format(model_dir)
     prefix = str(Path(model_dir) / MODEL_PREFIX)
     scope = paddle.static.Scope()
-    was_dynamic = paddle.in_dynamic_mode()
     try:
-        if fmt == "legacy":
-            with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(scope):
-                paddle.enable_static()
-                legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
-                program = paddle.pir.translate_to_pir(legacy.desc)
-        else:
-            paddle.enable_static()
-            with paddle.static.scope_guard(scope):
+        with static_mode(), paddle.static.scope_guard(scope):
+            if fmt == "legacy":
+                with paddle.pir_utils.OldIrGuard():
+                    paddle.enable_static()
+                    legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+                    program = paddle.pir.translate_to_pir(legacy.desc)
+            else:
                 program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
         raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {_first_line(error)}") from None
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
     block = program.global_block()
     feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
     # A legacy program feeds by column; the translator emits its feed ops in reverse.
@@ -102,11 +98,15 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     return LoadedProgram(program, inputs, outputs, scope)
 
 
-def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
-    """Run a loaded program on ``paddle.static.Executor`` (CPU) and fetch its outputs."""
-    missing = sorted(set(loaded.feed_names) - set(feed))
+def _check_inputs(names, feed: dict) -> None:
+    missing = sorted(set(names) - set(feed))
     if missing:
         raise ValueError(f"missing model inputs: {', '.join(missing)}")
+
+
+def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
+    """Run a loaded program on ``paddle.static.Executor`` (CPU) and fetch its outputs."""
+    _check_inputs(loaded.feed_names, feed)
     with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope):
         return paddle.static.Executor(paddle.CPUPlace()).run(
             loaded.program, feed={name: feed[name] for name in loaded.feed_names}, fetch_list=loaded.outputs)
@@ -125,15 +125,9 @@ def _first_line(error: Exception) -> str:
 
 def save_program(loaded: LoadedProgram, prefix: str) -> None:
     """Write ``prefix``.json/.pdiparams: a PIR inference model Paddle Inference loads."""
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    try:
-        with paddle.static.scope_guard(loaded.scope):
-            paddle.static.save_inference_model(prefix, loaded.inputs, loaded.outputs,
-                                               paddle.static.Executor(paddle.CPUPlace()), program=loaded.program)
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
+    with static_mode(), paddle.static.scope_guard(loaded.scope):
+        paddle.static.save_inference_model(prefix, loaded.inputs, loaded.outputs,
+                                           paddle.static.Executor(paddle.CPUPlace()), program=loaded.program)
 
 
 def count_loop_copies(program) -> int:
@@ -163,9 +157,7 @@ class StaticGenerationModel:
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
-        missing = sorted(set(self.input_names) - set(feed))
-        if missing:
-            raise ValueError(f"missing model inputs: {', '.join(missing)}")
+        _check_inputs(self.input_names, feed)
         for name in self.input_names:
             self.predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
         self.predictor.run()
@@ -196,13 +188,7 @@ def executed_loop_copies(dump_dir: str) -> int:
     prefix = os.path.join(dump_dir, "_optimized")
     if not os.path.isfile(prefix + ".json"):
         raise FileNotFoundError(f"{dump_dir}: no optimized-model dump (_optimized.json)")
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    try:
-        with paddle.static.scope_guard(paddle.static.Scope()):
-            program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
+    with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
+        program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     return count_loop_copies(program)
 

@@ -17,3 +17,15 @@ def dygraph_mode():
     finally:
         if was_static:
             paddle.enable_static()
+
+
+@contextlib.contextmanager
+def static_mode():
+    """Run a block in static mode and return to the mode the caller was in."""
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        yield
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
