@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .quiet import quiet_paddle
 
 if TYPE_CHECKING:
     from .passes.report import LoopAssignReport
@@ -138,12 +138,8 @@ def _copy_files(src: Path, staging: Path, skip) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines; read when paddle loads
     try:
-        with warnings.catch_warnings():
-            # Paddle warns on import (no ccache...) and while translating: an error
-            # must stay one line on stderr.
-            warnings.simplefilter("ignore")
+        with quiet_paddle():  # an error must stay one line on stderr
             result = convert(args.src_dir, args.dst_dir, force=args.force)
     except ConvertError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,13 +12,13 @@ whether the tokens match.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
+
+from .quiet import quiet_paddle
 
 
 class DemoError(Exception):
@@ -119,9 +119,7 @@ def main(argv=None) -> int:
     except DemoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines; read when paddle loads
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dy2static's and distutils' notes on the demo's own export
+    with quiet_paddle():
         return run_demo(args)
 
 

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from .quiet import quiet_paddle
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
 
@@ -382,11 +382,9 @@ def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> Non
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines; read when paddle loads
     try:
         predictor_args, model_args = parse_arguments(argv)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_paddle():
             predict(predictor_args, model_args)
     except PredictorError as error:
         print(f"error: {error}", file=sys.stderr)

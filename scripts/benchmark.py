@@ -79,13 +79,13 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from paddlenlp_ext.files import write_atomically
+from paddlenlp_ext.quiet import quiet_paddle
 
 VARIANTS = ("legacy", "legacy+seed", "legacy+pass", "pir")
 REFERENCE = "legacy"  # the ratios are to this variant
@@ -382,9 +382,7 @@ def child_peak_rss(prefix: str, feeds: list) -> tuple[int, list]:
     run. Not ``getrusage``'s ru_maxrss: it cannot be reset, and a spawned child's
     starts at the size of the parent it was forked from (Linux keeps it across exec).
     """
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Paddle's note that ccache is missing, on import
+    with quiet_paddle():
         from paddlenlp_ext.inference import create_paddle_predictor
 
     baseline = _status_kib("VmRSS")
@@ -629,10 +627,8 @@ def main(argv=None) -> int:
         return 2
     output = Path(settings["output"])
     output.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines; read when paddle loads
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dy2static's and distutils' notes on the exports
+    with quiet_paddle():
         result = benchmark(settings)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=2) + "\n"

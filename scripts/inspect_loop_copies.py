@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
+
+from paddlenlp_ext.quiet import quiet_paddle
 
 
 class InspectError(Exception):
@@ -63,10 +63,8 @@ def _count(items) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_paddle():
             result = inspect(args.model_dir)
     except InspectError as error:
         print(f"error: {error}", file=sys.stderr)
