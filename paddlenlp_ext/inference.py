@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from paddle import inference
 
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
+from .errors import error_line
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.report import LoopAssignReport
@@ -85,7 +85,7 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
             else:
                 program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
-        raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {_first_line(error)}") from None
+        raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {error_line(error)}") from None
     block = program.global_block()
     feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
     # A legacy program feeds by column; the translator emits its feed ops in reverse.
@@ -110,17 +110,6 @@ def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
     with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope):
         return paddle.static.Executor(paddle.CPUPlace()).run(
             loaded.program, feed={name: feed[name] for name in loaded.feed_names}, fetch_list=loaded.outputs)
-
-
-def _first_line(error: Exception) -> str:
-    """The line of a Paddle error that says what went wrong.
-
-    Paddle prefixes errors raised while running a program with "In user code:" and the
-    Python stack; the message is the first line naming an error type after that.
-    """
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^\(?\w*(Error|Exception)\b", line)]
-    return (named or lines or [type(error).__name__])[0]
 
 
 def save_program(loaded: LoadedProgram, prefix: str) -> None:

@@ -27,6 +27,7 @@ from typing import Mapping
 import numpy as np
 import paddle
 
+from .errors import error_line
 from .paddle_modes import dygraph_mode
 
 # Trained from data/tokenizer_corpus.txt by scripts/build_tokenizer.py.
@@ -237,5 +238,4 @@ def _loading(what: str, directory: Path, hint: str):
     try:
         yield
     except Exception as error:  # Paddle, PaddleNLP and sentencepiece raise many types for unreadable files
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise ModelError(f"cannot load the {what} in {directory}: {lines[0]}{hint}") from None
+        raise ModelError(f"cannot load the {what} in {directory}: {error_line(error)}{hint}") from None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import error_line
 from .quiet import quiet_paddle
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
@@ -204,7 +205,7 @@ def _static_tokenizer(directory: Path):
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as error:  # PaddleNLP and sentencepiece raise many types for bad files
-        raise PredictorError(f"{directory}: cannot load the tokenizer: {str(error).strip().splitlines()[0]}") from None
+        raise PredictorError(f"{directory}: cannot load the tokenizer: {error_line(error)}") from None
 
 
 def _max_positions(directory: Path) -> int | None:
