@@ -82,7 +82,7 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     metadata.update({
         "format": "pir",
         "remove_loop_assign": "convert",
-        "report": {"removed": report.removed, "kept": report.kept_reasons},
+        "report": report.record(),
         "conversion": {"source": str(src.resolve()), "source_format": source_format, "versions": library_versions()},
     })
     try:

@@ -15,6 +15,7 @@ import paddle
 
 from . import hook
 from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
+from .inference import MODEL_PREFIX
 from .passes.report import LoopAssignReport
 
 
@@ -87,7 +88,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     report = None
     with staged_directory(output_dir, overwrite=overwrite) as staging:
         loop = GenerationLoop(model, decoding)
-        prefix = str(staging / "model")
+        prefix = str(staging / MODEL_PREFIX)
         if format == "legacy":
             export_legacy(loop, prefix)
         elif remove_loop_assign:
@@ -105,7 +106,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
             "decoding": asdict(decoding),
             "inputs": [spec.name for spec in generation_inputs(decoding)],
             "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
-            "report": None if report is None else {"removed": report.removed, "kept": report.kept_reasons},
+            "report": None if report is None else report.record(),
             "versions": library_versions(),
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -29,6 +29,10 @@ class LoopAssignReport:
     def kept_reasons(self) -> dict[str, int]:
         return dict(sorted(Counter(k.reason for k in self.kept).items()))
 
+    def record(self) -> dict:
+        """What a model directory's ``paddlenlp_ext.json`` keeps of the report."""
+        return {"removed": self.removed, "kept": self.kept_reasons}
+
     def summary(self) -> str:
         text = f"removed {self.removed} copies from {self.loops} loops; kept {len(self.kept)}"
         if self.kept:
