@@ -219,6 +219,7 @@ def export_model(settings: dict, layers: int, directory: Path, formats=("legacy"
     from paddlenlp.transformers import LlamaForCausalLM
 
     from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir
+    from paddlenlp_ext.inference import MODEL_PREFIX
     from paddlenlp_ext.paddle_modes import dygraph_mode
 
     exporters = {"legacy": export_legacy, "pir": export_pir}
@@ -229,7 +230,7 @@ def export_model(settings: dict, layers: int, directory: Path, formats=("legacy"
         # No eos: every run decodes exactly new_tokens tokens, so runs are comparable.
         loop = GenerationLoop(model, DecodingConfig(eos_token_id=None))
         for fmt in formats:
-            exporters[fmt](loop, str(directory / fmt / "model"))
+            exporters[fmt](loop, str(directory / fmt / MODEL_PREFIX))
     return {fmt: directory / fmt for fmt in formats}
 
 
@@ -278,7 +279,8 @@ RUNNERS = {"legacy": run_legacy, "legacy+seed": run_legacy_seed, "legacy+pass": 
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
     """Load the program, time ``rewrite`` on fresh translations, save it, create its predictor."""
-    from paddlenlp_ext.inference import create_paddle_predictor, count_loop_copies, load_program, save_program
+    from paddlenlp_ext.inference import (MODEL_PREFIX, count_loop_copies, create_paddle_predictor, load_program,
+                                         save_program)
 
     pass_ms = report = None
     if rewrite is None:
@@ -292,7 +294,7 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
             report = rewrite(loaded).summary()
             times.append((time.perf_counter() - start) * 1e3)
         pass_ms = round(statistics.median(times[settings["warmup"]:]), 2)
-    prefix = str(workdir / name / "model")
+    prefix = str(workdir / name / MODEL_PREFIX)
     save_program(loaded, prefix)
     # StaticGenerationModel's own configuration: the same predictor a user of the package gets.
     predictor = create_paddle_predictor(prefix, "cpu", None)
