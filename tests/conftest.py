@@ -13,15 +13,14 @@ paddle.set_flags({"FLAGS_new_executor_serial_run": True})
 
 
 @pytest.fixture
-def executor_keeps_loop_inits():
-    """Make Paddle's executor run a program that reads a while init after the loop.
+def garbage_collector_off():
+    """Paddle's executor with its garbage collector off, as some deployments run it.
 
-    On 3.3.1 its garbage collector frees the init once the while op has read it and
-    its inplace pass rewrites the later reader in place, so such programs fail with
-    "Tensor holds no memory" whether or not our pass ran. Both are turned off here.
+    Body values then keep their buffers from one iteration to the next, which
+    breaks the premise the pass's removals rest on (its condition 0).
     """
-    flags = ["FLAGS_pir_apply_inplace_pass", "FLAGS_eager_delete_tensor_gb"]
-    previous = paddle.get_flags(flags)
-    paddle.set_flags({"FLAGS_pir_apply_inplace_pass": False, "FLAGS_eager_delete_tensor_gb": -1.0})
+    flag = "FLAGS_eager_delete_tensor_gb"
+    previous = paddle.get_flags([flag])
+    paddle.set_flags({flag: -1.0})
     yield
     paddle.set_flags(previous)

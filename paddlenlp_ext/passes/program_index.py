@@ -1,8 +1,10 @@
-"""A read-only index of a PIR program: where every op sits, who uses every value.
+"""An index of a PIR program: where every op sits, who uses every value, what may alias.
 
 ``paddle.pir`` hands out fresh Python wrappers on every access and overloads ``==`` on
 ``Value`` to build a ``pd_op.equal`` op, so nothing here compares or hashes wrappers:
-ops are keyed by ``op.id()`` and values by ``value.id``.
+ops are keyed by ``op.id()`` and values by ``value.id``. The index is built once per
+pass run; ``ProgramIndex.erase_forwarding`` erases an op from the program and updates
+the index to match, so a pass need not rebuild it after each rewrite.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ WHILE = "pd_op.while"
 IF = "pd_op.if"
 COMBINE = "builtin.combine"  # packs values into a vector: see ProgramIndex.reads
 PERSISTABLE_PRODUCERS = frozenset({"builtin.parameter", "builtin.constant"})
+# Ops whose results carry data fed at run time.
+FEED_OPS = frozenset({"pd_op.data", "pd_op.feed"})
 YIELD = "cf.yield"
 
 # Ops whose results may share memory with an operand without saying so in their
@@ -73,13 +77,16 @@ def inplace_map(op) -> dict[int, int]:
 class OpInfo:
     op: object
     parent: int | None  # id of the op whose region holds this op; None at top level
-    position: int  # index in its block
+    position: int  # index in its block (gaps appear where ops were erased)
     block: tuple  # (parent op id or None, block number)
+    name: str
+    operands: list  # value keys, None for an optional operand left out
+    results: list  # value keys
 
 
 @dataclass
 class ProgramIndex:
-    """Ops in program order, their nesting, and every use of every value."""
+    """Ops in program order, their nesting, every use of every value, and aliasing."""
 
     ops: dict[int, OpInfo] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)  # pre-order walk
@@ -92,11 +99,13 @@ class ProgramIndex:
     # block -> its ops' ids in order
     block_ops: dict[tuple, list] = field(default_factory=dict)
     block_args: dict[tuple, list] = field(default_factory=dict)
+    aliases: "AliasGraph" = None
 
     @classmethod
     def build(cls, program) -> "ProgramIndex":
         index = cls()
         index._walk(program.global_block(), None, 0)
+        index.aliases = AliasGraph.build(index)
         return index
 
     def _walk(self, block, parent: int | None, block_no: int) -> None:
@@ -111,12 +120,14 @@ class ProgramIndex:
         for position, op in enumerate(block.ops):
             op_id = op.id()
             ids.append(op_id)
-            self.ops[op_id] = OpInfo(op, parent, position, key)
+            operands = [value_key(s) if s is not None and s.initialized() else None for s in op.operands_source()]
+            results = [value_key(r) for r in op.results()]
+            self.ops[op_id] = OpInfo(op, parent, position, key, op.name(), operands, results)
             self.rank[op_id] = len(self.order)
             self.order.append(op_id)
-            for k, source in enumerate(op.operands_source()):
-                if source is not None and source.initialized():  # optional operands are null
-                    self.uses[value_key(source)].append((op_id, k))
+            for k, source in enumerate(operands):
+                if source is not None:  # optional operands are null
+                    self.uses[source].append((op_id, k))
             for result in op.results():
                 self._define(result, key)
             if op.num_regions():
@@ -137,17 +148,35 @@ class ProgramIndex:
         found = []
         for user, operand in self.uses.get(key, ()):
             if self.name(user) == COMBINE:
-                found += self.reads(value_key(self.op(user).result(0)))
+                found += self.reads(self.ops[user].results[0])
             else:
                 found.append((user, operand))
         return found
+
+    def erase_forwarding(self, op_id: int, operand: int) -> None:
+        """Make every reader of ``op_id``'s only result read its operand ``operand``
+        instead, erase the op from the program, and update the index to match."""
+        info = self.ops.pop(op_id)
+        result, source = info.results[0], info.operands[operand]
+        info.op.result(0).replace_all_uses_with(info.op.operand_source(operand))
+        info.op.erase()
+        for k, key in enumerate(info.operands):
+            if key is not None:
+                self.uses[key].remove((op_id, k))
+        for user, k in self.uses.pop(result, []):
+            self.ops[user].operands[k] = source
+            self.uses[source].append((user, k))
+        self.block_ops[info.block].remove(op_id)
+        self.order.remove(op_id)
+        del self.rank[op_id], self.values[result], self.defined_in[result]
+        self.aliases.forward(result, source, dropped=("op", op_id))
 
     # -- nesting -----------------------------------------------------------------
     def op(self, op_id: int):
         return self.ops[op_id].op
 
     def name(self, op_id: int) -> str:
-        return self.ops[op_id].op.name()
+        return self.ops[op_id].name
 
     def ancestor_in(self, op_id: int, block: tuple) -> int | None:
         """The op of ``block`` that is ``op_id`` or contains it; None if outside."""
@@ -184,7 +213,8 @@ class ProgramIndex:
     def may_run_after(self, op_id: int, anchor: int, value: str | None = None) -> bool:
         """Whether ``op_id`` (not nested in ``anchor``) may execute after ``anchor`` starts.
 
-        Ops later in a common block run after. Earlier ones run after too when that
+        Ops later in a common block run after; a while or if containing ``anchor``
+        reads its operands before. Earlier ones run after too when that
         block sits inside a loop, as they run again in the next iteration; when the
         op is asked about as a reader of ``value``, only loops that ``value`` was
         defined outside count, since inside them every iteration reads a freshly
@@ -201,7 +231,11 @@ class ProgramIndex:
             info = self.ops[current]
             if info.block in chain:
                 mine, theirs = info.position, self.ops[chain[info.block]].position
-                if mine > theirs or current == chain[info.block]:
+                if mine > theirs:
+                    return True
+                # A while or if that contains ``anchor`` reads its operands before
+                # its regions run; another region op might read them at any time.
+                if current == chain[info.block] and info.name not in (WHILE, IF):
                     return True
                 loops = self.enclosing_loops(info.block)
                 if value is not None:
@@ -231,102 +265,168 @@ class ProgramIndex:
         except Exception:  # block arguments carry no persistable attribute
             return False
 
+    def fed_or_carried(self) -> frozenset:
+        """Values whose data depends on what is fed at run time or carried by a loop.
 
-def _combine_operands(index: ProgramIndex, vector) -> list | None:
-    """The values a ``builtin.combine`` packed into ``vector``; None for other values."""
-    producer = vector.get_defining_op()
-    if producer is None or producer.name() != COMBINE:
+        Everything else is computed from constants and parameters only: Paddle
+        Inference's constant folding may turn it into a constant whose one buffer
+        serves every iteration and every run.
+        """
+        found: set[str] = set()
+        self._mark_fed_or_carried((None, 0), found)
+        return frozenset(found)
+
+    def _mark_fed_or_carried(self, block: tuple, found: set) -> None:
+        if block[0] is not None and self.name(block[0]) == WHILE:
+            # Carried. (In iteration 1 an argument shares its init's buffer, which may be
+            # a constant; a pass must not take an argument's buffer as fresh anyway.)
+            found.update(self.block_args[block])
+        for op_id in self.block_ops[block]:
+            info = self.ops[op_id]
+            regions = [(op_id, n) for n in range(info.op.num_regions())]
+            for region in regions:
+                self._mark_fed_or_carried(region, found)
+            if not regions:
+                if info.name in FEED_OPS or any(key in found for key in info.operands if key):
+                    found.update(info.results)
+                continue
+            # A region op's result shares the buffer of what its regions yield (or,
+            # for a while that runs no iteration, of its init): marked only when every
+            # value it may share is.
+            yielded = [self.ops[y].operands if y is not None else [] for y in map(self.yield_of, regions)]
+            for k, result in enumerate(info.results):
+                if info.name == WHILE:
+                    shared = [info.operands[k + 1] if k + 1 < len(info.operands) else None,
+                              yielded[0][k + 1] if k + 1 < len(yielded[0]) else None]
+                elif info.name == IF:
+                    shared = [y[k] if k < len(y) else None for y in yielded]
+                else:  # an unknown region op: marked when anything it takes is
+                    shared = [next((key for key in info.operands if key in found), None)]
+                if all(key in found for key in shared):
+                    found.add(result)
+
+
+def _combine_operands(index: ProgramIndex, key: str | None) -> list | None:
+    """The values a ``builtin.combine`` packed into ``key``; None for other values."""
+    if key is None:
         return None
-    return [value_key(v) if v is not None and v.initialized() else None for v in producer.operands_source()]
+    producer = index.values[key].get_defining_op()
+    if producer is None or producer.id() not in index.ops or index.name(producer.id()) != COMBINE:
+        return None
+    return list(index.ops[producer.id()].operands)
 
 
-class AliasClasses:
-    """Values that may share one buffer, as a union-find over value keys.
+class AliasGraph:
+    """Values that may share one buffer: an undirected graph over value keys.
 
-    Sharing comes from inplace maps, ``ALIASING_OPS`` and control flow: a while op
-    shares (``ShareDataWith``) its inputs, block arguments, yielded values and
-    results position by position, and its condition with the first yielded value;
-    an if op shares its results with what either branch yields. ``exclude_loop``
-    leaves one while op's own sharing out, for an analysis that reasons about that
-    loop iteration by iteration.
+    Sharing comes from inplace maps, ``ALIASING_OPS`` and control flow. Each edge is
+    tagged with where it comes from, so that an analysis can leave some out:
+    ``("op", id)`` for an op's own aliasing; ``("while", id, kind)`` for a while op,
+    which shares (``ShareDataWith``) position by position its init with the block
+    argument (kind ``enter``, first iteration), the yielded value with the block
+    argument (``carry``, later iterations) and with the result (``exit``), the init
+    with the result (``skip``, a loop that runs no iteration), and its condition
+    operand with the yielded condition (``cond``); ``("if", id)`` for an if op's
+    results and what either branch yields; ``("region", id)`` for an unknown region
+    op, whose every touched value may be one buffer.
     """
 
-    def __init__(self, index: ProgramIndex, exclude_loop: int | None = None):
-        self._parent: dict[str, str] = {}
-        for op_id in index.order:
-            op = index.op(op_id)
-            name = op.name()
-            results = [value_key(r) for r in op.results()]
-            operands = [value_key(s) if s is not None and s.initialized() else None for s in op.operands_source()]
-            for out, inp in inplace_map(op).items():
-                if out < len(results) and inp < len(operands) and operands[inp]:
-                    self.union(results[out], operands[inp])
-                    for element in _combine_operands(index, op.operand_source(inp)) or ():
-                        if element:
-                            self.union(results[out], element)
-            packed = _combine_operands(index, op.operand_source(0)) if operands and operands[0] else None
-            if name in ("builtin.split", "builtin.slice") and packed is not None:
-                # unpacking a vector built here: each piece is one of the packed values
-                first = op.attrs().get("index", 0) if name == "builtin.slice" else 0
-                for k, result in enumerate(results):
-                    if first + k < len(packed) and packed[first + k]:
-                        self.union(result, packed[first + k])
-            elif name in ALIASING_OPS and operands and operands[0]:
-                for result in results:
-                    self.union(result, operands[0])
-                    for element in packed or ():
-                        if element:
-                            self.union(result, element)
-            if not op.num_regions() or op_id == exclude_loop:
-                continue
-            self._union_regions(index, op_id, name, results, operands)
-        self._groups: dict[str, list[str]] = defaultdict(list)
-        for key in list(self._parent):
-            self._groups[self.find(key)].append(key)
+    def __init__(self):
+        self.edges: dict[str, list] = defaultdict(list)
 
-    def _union_regions(self, index, op_id, name, results, operands):
-        regions = [(op_id, n) for n in range(index.op(op_id).num_regions())]
+    def add(self, a: str, b: str, tag: tuple) -> None:
+        if a != b:
+            self.edges[a].append((b, tag))
+            self.edges[b].append((a, tag))
+
+    @classmethod
+    def build(cls, index: ProgramIndex) -> "AliasGraph":
+        graph = cls()
+        for op_id in index.order:
+            info = index.ops[op_id]
+            graph._add_op(index, op_id, info)
+        return graph
+
+    def _add_op(self, index: ProgramIndex, op_id: int, info: OpInfo) -> None:
+        tag = ("op", op_id)
+        results, operands = info.results, info.operands
+        for out, inp in inplace_map(info.op).items():
+            if out < len(results) and inp < len(operands) and operands[inp]:
+                self.add(results[out], operands[inp], tag)
+                for element in _combine_operands(index, operands[inp]) or ():
+                    if element:
+                        self.add(results[out], element, tag)
+        packed = _combine_operands(index, operands[0]) if operands else None
+        if info.name in ("builtin.split", "builtin.slice") and packed is not None:
+            # unpacking a vector built here: each piece is one of the packed values
+            first = info.op.attrs().get("index", 0) if info.name == "builtin.slice" else 0
+            for k, result in enumerate(results):
+                if first + k < len(packed) and packed[first + k]:
+                    self.add(result, packed[first + k], tag)
+        elif info.name in ALIASING_OPS and operands and operands[0]:
+            for result in results:
+                self.add(result, operands[0], tag)
+                for element in packed or ():
+                    if element:
+                        self.add(result, element, tag)
+        if info.op.num_regions():
+            self._add_regions(index, op_id, info)
+
+    def _add_regions(self, index: ProgramIndex, op_id: int, info: OpInfo) -> None:
+        regions = [(op_id, n) for n in range(info.op.num_regions())]
         yields = [index.yield_of(b) for b in regions]
-        if name == WHILE:
+        results, operands = info.results, info.operands
+        if info.name == WHILE:
             args = index.block_args[regions[0]]
-            yielded = [value_key(v) for v in index.op(yields[0]).operands_source()] if yields[0] else []
-            if yielded and operands[0]:
-                self.union(operands[0], yielded[0])
+            yielded = index.ops[yields[0]].operands if yields[0] else []
+            if yielded and operands[0] and yielded[0]:
+                self.add(operands[0], yielded[0], ("while", op_id, "cond"))
             for i, result in enumerate(results):
-                for other in (
-                    operands[i + 1] if i + 1 < len(operands) else None,
-                    args[i] if i < len(args) else None,
-                    yielded[i + 1] if i + 1 < len(yielded) else None,
-                ):
-                    if other:
-                        self.union(result, other)
-        elif name == IF:
+                init = operands[i + 1] if i + 1 < len(operands) else None
+                arg = args[i] if i < len(args) else None
+                new = yielded[i + 1] if i + 1 < len(yielded) else None
+                for a, b, kind in ((init, arg, "enter"), (new, arg, "carry"), (new, result, "exit"),
+                                   (init, result, "skip")):
+                    if a and b:
+                        self.add(a, b, ("while", op_id, kind))
+        elif info.name == IF:
             for y in yields:
                 if y is not None:
-                    for k, v in enumerate(index.op(y).operands_source()):
-                        if k < len(results):
-                            self.union(results[k], value_key(v))
+                    for k, v in enumerate(index.ops[y].operands):
+                        if k < len(results) and v:
+                            self.add(results[k], v, ("if", op_id))
         else:  # an unknown region op: everything it touches may be one buffer
             members = results + [o for o in operands if o]
             for block, y in zip(regions, yields):
                 members += index.block_args[block]
                 if y is not None:
-                    members += [value_key(v) for v in index.op(y).operands_source()]
+                    members += [v for v in index.ops[y].operands if v]
             for member in members[1:]:
-                self.union(members[0], member)
+                self.add(members[0], member, ("region", op_id))
 
-    def find(self, key: str) -> str:
-        root = key
-        while self._parent.setdefault(root, root) != root:
-            root = self._parent[root]
-        while key != root:  # path compression
-            self._parent[key], key = root, self._parent[key]
-        return root
+    def forward(self, old: str, new: str, dropped: tuple) -> None:
+        """``old``'s readers now read ``new``: its edges move there, except ``dropped``
+        (the erased op's own aliasing)."""
+        for other, tag in self.edges.pop(old, []):
+            self.edges[other] = [(o, t) for o, t in self.edges[other] if o != old]
+            if tag != dropped:
+                self.add(new, other, tag)
 
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self._parent[ra] = rb
-
-    def members(self, key: str) -> list[str]:
-        return self._groups.get(self.find(key)) or [key]
+    def members(self, key: str, *, exclude_loop: int | None = None, avoid=frozenset(), keep_edge=None) -> list[str]:
+        """``key`` and every value connected to it: a breadth-first walk that skips
+        ``exclude_loop``'s own sharing, never enters a value in ``avoid``, and
+        follows only edges ``keep_edge(tag)`` accepts (all when None)."""
+        seen = {key}
+        frontier = [key]
+        while frontier:
+            current = frontier.pop()
+            for other, tag in self.edges.get(current, ()):
+                if other in seen or other in avoid:
+                    continue
+                if tag[0] == "while" and tag[1] == exclude_loop:
+                    continue
+                if keep_edge is not None and not keep_edge(tag):
+                    continue
+                seen.add(other)
+                frontier.append(other)
+        return list(seen)

@@ -34,9 +34,13 @@ After::
 A chain is a run of copies ``c1..cn`` at the top level of one while body W where
 each copy after the first writes the previous one's result. Its destination ``D``
 is the first copy's destination; ``ri``/``vi`` are the copies' results/sources.
-The chain is removed when all of these hold (each is checked in the function named
-in brackets, which documents why it is needed):
+"Alias" below means may share a buffer (inplace maps, view ops, ``share_data_``,
+and the sharing of other loops and ifs; W's own sharing is reasoned about
+iteration by iteration instead). The chain is removed when all of these hold
+(each is checked in the function named in brackets, which documents why):
 
+0. The executor's garbage collector is on (``FLAGS_eager_delete_tensor_gb`` >= 0
+   when the pass runs). Otherwise every copy is kept. [_garbage_collector_off]
 1. Every copy sits at the top level of the while body; copies in nested regions
    are kept. [_nested_copies]
 2. No copy result is overwritten by two copies. [_build_chains]
@@ -45,43 +49,57 @@ in brackets, which documents why it is needed):
 4. Every read of a result ``ri`` is a plain read (no in-place write or alias of
    it), made before ``c(i+1)`` overwrites it; only ``rn`` may be yielded.
    [_check_result_uses]
-5. Nothing reads ``D``'s buffer (any value that may alias it) after ``c1``: not
-   later in the body, not in nested regions, not as another yield operand; for an
-   ``D`` defined outside W also not anywhere in the body (next iteration), not
-   after W, not as a program output; ``D`` is not persistable. The only
-   exception is W reading ``D`` as its condition when ``rn`` is the yielded
-   condition. [_check_destination_reads]
+5. Nothing reads ``D``'s buffer (any alias of it) after ``c1``: not later in the
+   body, not in nested regions, not as another yield operand; for an ``D`` defined
+   outside W also not anywhere in the body (next iteration), not after W, not as a
+   program output, and, where ``rn`` is yielded at position ``p``, not through
+   ``%arg_p`` after ``c1`` (from iteration 2 on ``%arg_p`` *is* ``D``'s buffer);
+   ``D`` is not persistable. The only exception is W reading ``D`` as its
+   condition when ``rn`` is the yielded condition. [_check_destination_reads]
 6. For a block argument ``D = %arg_i``: ``rn`` is yielded at position ``i`` and
    nowhere else, and the init value ``in_i`` (which ``%arg_i`` shares in the
    first iteration, so the copies write into it) is read by nothing that runs
    after W starts, is no other loop variable's init, is no program output and is
-   not persistable. [_check_loop_init]
+   not persistable. Reads of W's own result ``i`` do not count: it holds the
+   loop's final value with or without the copies. [_check_loop_init]
 7. Every source ``vi`` is a value computed in this iteration of the body (its
-   alias class holds no block argument of W and no value from outside W), is
-   produced and used only by ordinary ops at the top level of the body (not by a
-   nested if or loop, not inside one), and is not written in place after its
-   copy. [_check_sources]
-8. After all removals in W, the alias class of each chain's last source is
-   yielded at one position at most: two loop variables never share one buffer.
+   aliases include no block argument of W and no value from outside W), derived
+   from a fed or loop-carried value (not from constants and parameters only,
+   which Paddle Inference may fold into one constant buffer), produced and used
+   only at the top level of the body or by plain reads inside ifs there (not by a
+   nested loop, not yielded by an if), and not written in place after its copy.
+   [_check_sources]
+8. After all removals in W, the aliases of each chain's last source are yielded
+   at one position at most: two loop variables never share one buffer.
    [_check_single_yield]
+
+The premises about the runtime, and where each is relied on: the executor shares
+buffers along a loop and copies nowhere else (conditions 5, 6, 8); a yielded body
+value gets a fresh buffer in the next iteration (conditions 0 and 7: it does with
+the garbage collector on, for values not folded into constants). The tests run
+every rule, and a generator of random loops, on ``paddle.static.Executor`` and on
+Paddle Inference as ``paddlenlp_ext.inference`` configures it, twice in a row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import paddle
+
 from .copy_ops import (
     DESTINATION,
+    SOURCE,
     destination_key,
-    erase_copy,
     loop_copies,
     loops_in_order,
     result_key,
     source_key,
 )
-from .program_index import ALIASING_OPS, IF, AliasClasses, ProgramIndex, inplace_map, value_key
+from .program_index import ALIASING_OPS, IF, YIELD, ProgramIndex, inplace_map, value_key
 from .report import KeptCopy, LoopAssignReport
 
+GARBAGE_COLLECTOR_OFF = "garbage collector off"
 NESTED_COPY = "copy inside nested region"
 BRANCHING_CHAIN = "result overwritten twice"
 LOCAL_DESTINATION = "destination local to body"
@@ -99,6 +117,7 @@ INIT_READ_IN_LOOP = "init read in loop body"
 INIT_READ_AFTER_LOOP = "init read after loop"
 INIT_PERSISTABLE = "init persistable"
 SOURCE_NOT_LOCAL = "source not computed in body"
+SOURCE_CONSTANT = "source computed from constants only"
 SOURCE_MUTATED = "source mutated after copy"
 SOURCE_IN_NESTED_REGION = "source shared with nested region"
 SOURCE_YIELDED_TWICE = "source yielded at several positions"
@@ -127,54 +146,122 @@ class _Keep(Exception):
         self.reason = reason
 
 
-def remove_loop_assign(program, *, outputs=()) -> LoopAssignReport:
+def remove_loop_assign(program, *, outputs=None) -> LoopAssignReport:
     """Erase removable ``pd_op.assign_out_`` copies in while bodies, in place.
 
     ``outputs`` are values the caller reads after running the program (fetch
-    targets not yet in it as ``pd_op.fetch`` / ``builtin.shadow_output`` ops).
-    Loops are rewritten one at a time, re-analysing after each, until nothing
-    more is removable; so a second run removes nothing.
+    targets not yet in it as ``pd_op.fetch`` / ``builtin.shadow_output`` ops); None
+    means none. Loops are analysed one at a time on the program as rewritten so
+    far, sweeping until a sweep removes nothing; so a second run removes nothing.
     """
+    index, output_keys = _index_with_outputs(program, outputs)
+    # Erasing a copy makes its readers read its source; sources are fed or
+    # carried (condition 7), so this set stays true as the program is rewritten.
+    fed_or_carried = index.fed_or_carried()
     removed = 0
     while True:
-        analysis = analyze_loop_assign(program, outputs=outputs)
-        if not analysis.removable:
-            return LoopAssignReport(removed=removed, loops=analysis.loops, kept=analysis.kept)
-        loop = analysis.removable[0].loop
-        for chain in analysis.removable:
-            if chain.loop == loop:
+        sweep = _Sweep(index, output_keys, fed_or_carried)
+        for loop, copies in loop_copies(index).items():
+            for chain in sweep.analyze(loop, copies):
                 for copy in reversed(chain.copies):
-                    erase_copy(analysis.index.op(copy))
+                    index.erase_forwarding(copy, SOURCE)
                 removed += len(chain.copies)
+        if not sweep.removable:
+            return LoopAssignReport(removed=removed, loops=sweep.loops, kept=tuple(sweep.kept))
 
 
-def analyze_loop_assign(program, *, outputs=()) -> LoopAssignAnalysis:
-    """Decide, without changing ``program``, which loop copies are removable."""
+def analyze_loop_assign(program, *, outputs=None) -> LoopAssignAnalysis:
+    """Decide, without changing ``program``, which loop copies are removable now.
+
+    (Removing them may make more removable: ``remove_loop_assign`` iterates.)
+    """
+    index, output_keys = _index_with_outputs(program, outputs)
+    sweep = _Sweep(index, output_keys, index.fed_or_carried())
+    for loop, copies in loop_copies(index).items():
+        sweep.analyze(loop, copies)
+    return LoopAssignAnalysis(index, tuple(sweep.removable), tuple(sweep.kept), sweep.loops)
+
+
+def _index_with_outputs(program, outputs):
     index = ProgramIndex.build(program)
-    output_keys = frozenset(value_key(v) for v in outputs)
-    removable: list[CopyChain] = []
-    kept: list[KeptCopy] = []
-    copies_by_loop = loop_copies(index)
-    for loop_no, loop in enumerate(loops_in_order(index)):
-        chains, loop_kept = _analyze_loop(index, loop, copies_by_loop[loop], output_keys)
-        removable += chains
-        kept += [KeptCopy(loop_no, op_id, reason) for op_id, reason in loop_kept]
-    return LoopAssignAnalysis(index, tuple(removable), tuple(kept), len(copies_by_loop))
+    keys = [value_key(v) for v in (outputs or ())]
+    foreign = [k for k in keys if k not in index.values]
+    if foreign:
+        raise ValueError(f"{len(foreign)} of the outputs are not values of this program "
+                         "(a value of another program, or of the program before clone()?)")
+    return index, frozenset(keys)
+
+
+class _Sweep:
+    """One pass over the loops in program order, collecting decisions."""
+
+    def __init__(self, index: ProgramIndex, output_keys: frozenset, fed_or_carried: frozenset):
+        self.index = index
+        self.output_keys = output_keys
+        self.fed_or_carried = fed_or_carried
+        self.gc_off = _garbage_collector_off()
+        self.removable: list[CopyChain] = []
+        self.kept: list[KeptCopy] = []
+        self.loops = 0
+
+    def analyze(self, loop: int, copies: list[int]) -> list[CopyChain]:
+        loop_no = self.loops
+        self.loops += 1
+        if self.gc_off:
+            chains, kept = [], [(c, GARBAGE_COLLECTOR_OFF) for c in copies]
+        else:
+            chains, kept = _analyze_loop(_Loop(self, loop), copies)
+        self.removable += chains
+        self.kept += [KeptCopy(loop_no, op_id, reason) for op_id, reason in kept]
+        return chains
+
+
+def _garbage_collector_off() -> bool:
+    """Condition 0: the premise that a yielded value is fresh in the next iteration.
+
+    With Paddle's garbage collector off (``FLAGS_eager_delete_tensor_gb`` < 0) a
+    body value keeps its buffer from one iteration to the next, so a loop variable
+    yielded from it is overwritten when the next iteration recomputes it (seen on
+    3.3.1: the translated ``while_loop`` of the README changes its result, and
+    Paddle's own copy-free PIR loops are wrong there too). The copies are what
+    keeps such programs right, so they all stay.
+    """
+    return float(paddle.get_flags(["FLAGS_eager_delete_tensor_gb"])["FLAGS_eager_delete_tensor_gb"]) < 0
 
 
 class _Loop:
     """One while op and the facts every check about it needs."""
 
-    def __init__(self, index: ProgramIndex, loop: int, output_keys: frozenset):
+    def __init__(self, sweep: _Sweep, loop: int):
+        index = sweep.index
         self.index = index
         self.id = loop
         self.op = index.op(loop)
         self.body = (loop, 0)
         self.yield_id = index.yield_of(self.body)
         self.args = index.block_args[self.body]
-        self.inputs = [value_key(v) for v in self.op.operands_source()]  # [cond, init_0, ...]
-        self.aliases = AliasClasses(index, exclude_loop=loop)
-        self.output_keys = output_keys
+        self.inputs = index.ops[loop].operands  # [cond, init_0, ...]
+        self.results = index.ops[loop].results
+        self.output_keys = sweep.output_keys
+        self.fed_or_carried = sweep.fed_or_carried
+        # A loop enclosing this one that runs no iteration never runs this one, so
+        # its init-to-result sharing says nothing about this loop's copies.
+        enclosing = set(index.enclosing_loops(index.ops[loop].block))
+        self._keep_edge = lambda tag: not (tag[0] == "while" and tag[2] == "skip" and tag[1] in enclosing)
+        self._members: dict[str, list[str]] = {}
+
+    def members(self, key: str, avoid=frozenset()) -> list[str]:
+        """Values that may share ``key``'s buffer, this loop's own sharing left out."""
+        if avoid:
+            return self.index.aliases.members(key, exclude_loop=self.id, avoid=avoid, keep_edge=self._keep_edge)
+        if key not in self._members:
+            found = self.index.aliases.members(key, exclude_loop=self.id, keep_edge=self._keep_edge)
+            for member in found:
+                self._members[member] = found
+        return self._members[key]
+
+    def find(self, key: str) -> str:
+        return min(self.members(key))
 
     def position(self, op_id: int) -> int:
         """Position in the body of the body op that is or contains ``op_id``."""
@@ -187,15 +274,15 @@ class _Loop:
         return self.index.block_is_within(self.index.defined_in[key], self.id)
 
     def yielded(self) -> list[str]:
-        return [value_key(v) for v in self.index.op(self.yield_id).operands_source()]
+        return list(self.index.ops[self.yield_id].operands)
 
 
-def _analyze_loop(index, loop, copies, output_keys):
-    kept = _nested_copies(index, loop, copies)
-    top_level = [c for c in copies if index.ops[c].block == (loop, 0)]
+def _analyze_loop(ctx: _Loop, copies: list[int]):
+    index = ctx.index
+    kept = _nested_copies(index, ctx.id, copies)
+    top_level = [c for c in copies if index.ops[c].block == ctx.body]
     if not top_level:
         return [], kept
-    ctx = _Loop(index, loop, output_keys)
     chains, branching = _build_chains(ctx, top_level)
     kept += [(c, BRANCHING_CHAIN) for c in branching]
     candidates = []
@@ -320,11 +407,16 @@ def _check_destination_reads(ctx: _Loop, chain: CopyChain, yielded_at: list[int]
     counts. The while op reads its condition operand only before the first
     iteration; later checks read the yielded condition, so ``D`` may be that
     operand when ``rn`` is yielded as the condition (translated loop conditions).
+
+    An outer ``D`` whose copy result is yielded at position ``p`` becomes
+    ``%arg_p``'s buffer from the second iteration on: W's own sharing, which
+    the alias graph leaves out. A read of ``%arg_p`` (or an alias) after ``c1``
+    then sees the data ``c1`` wrote; without the copy, the previous iteration's.
     """
     index = ctx.index
     results = {result_key(index, c) for c in chain.copies}
     first = index.ops[chain.copies[0]].position
-    for member in ctx.aliases.members(chain.destination):
+    for member in ctx.members(chain.destination):
         if member in results:
             continue
         if index.is_persistable(member):
@@ -347,6 +439,14 @@ def _check_destination_reads(ctx: _Loop, chain: CopyChain, yielded_at: list[int]
                     raise _Keep(DESTINATION_IS_CONDITION)
             elif index.may_run_after(user, ctx.id, member):
                 raise _Keep(DESTINATION_READ_AFTER_LOOP)
+    if chain.destination in ctx.args:
+        return
+    for position in yielded_at:
+        if position == 0:  # the condition has no block argument
+            continue
+        for member in ctx.members(ctx.args[position - 1]):
+            if any(ctx.inside(user) and ctx.position(user) > first for user, _ in index.reads(member)):
+                raise _Keep(DESTINATION_READ_AFTER_COPY)
 
 
 def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> None:
@@ -356,6 +456,11 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
     yielded back at ``i`` every later iteration does too: the copies write the
     loop's results into ``in_i`` whenever the sizes fit. Without them ``in_i``
     keeps its value, so nothing that runs after the loop starts may read it.
+
+    W's result ``i`` is that buffer too, but it holds the loop's final value with
+    or without the copies, and so does what only shares it through that result
+    (an enclosing loop that yields it back into ``in_i``, as translated nested
+    loops do): the walk over ``in_i``'s aliases does not pass through it.
     """
     if chain.destination not in ctx.args:
         return
@@ -364,7 +469,7 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
         raise _Keep(RESULT_NOT_YIELDED_AT_ARG)
     index = ctx.index
     init = ctx.inputs[position]
-    for member in ctx.aliases.members(init):
+    for member in ctx.members(init, avoid=frozenset({ctx.results[position - 1]})):
         if index.is_persistable(member):
             raise _Keep(INIT_PERSISTABLE)
         if member in ctx.output_keys:
@@ -380,7 +485,7 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
 
 
 def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
-    """Condition 7: each source is this iteration's own, unchanged buffer.
+    """Condition 7: each source is this iteration's own, unchanged, fresh buffer.
 
     Redirected readers and the next iteration read the source where they read the
     copy, so the source must hold the copied data until then: no in-place write
@@ -388,28 +493,54 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
     outer value yielded in place of the copy would make the loop variable share a
     buffer that something else reads or writes.
 
-    Yielding the source relies on the executor giving it a fresh buffer in the
-    next iteration (its garbage collector frees body values after their last use,
-    as every to_static loop relies on). A value that a nested while takes as init,
-    or that an if or nested loop produces or reads, keeps its buffer across
-    iterations in some cases (seen on 3.3.1 with an inner loop's init: the next
-    iteration recomputed it into the buffer the loop variable still shared), so
-    such a source is kept.
+    Yielding the source relies on the runtime giving it a fresh buffer in the
+    next iteration (the executor's garbage collector frees body values after
+    their last use: condition 0). Two kinds of value break that premise, so a
+    source of either kind is kept:
+
+    - A value computed from constants and parameters only: Paddle Inference
+      folds it into a constant whose one buffer serves every iteration and every
+      run (seen on 3.3.1), so an in-place write through the loop variable would
+      change the constant for good.
+    - A value that a nested while takes as init or that an if or nested loop
+      produces (seen on 3.3.1 with an inner loop's init: the next iteration
+      recomputed it into the buffer the loop variable still shared). Values an
+      if or loop produces join the source's aliases through a yield inside it,
+      so reads by yields in nested regions reject those. Plain reads inside an
+      if's branches (no in-place write, no alias, no yield) only read the buffer
+      and are allowed, as is an if reading the source as its condition.
     """
     index = ctx.index
     for copy in chain.copies:
         source = source_key(index, copy)
         position = index.ops[copy].position
-        for member in ctx.aliases.members(source):
+        for member in ctx.members(source):
             if member in ctx.args or not ctx.defined_inside(member):
                 raise _Keep(SOURCE_NOT_LOCAL)
+            if member not in ctx.fed_or_carried:
+                raise _Keep(SOURCE_CONSTANT)
             for user, operand in index.reads(member):
-                # Values an if or loop produces join this class through a yield
-                # inside it, so this also rejects those.
-                if index.ops[user].block != ctx.body or index.op(user).num_regions():
+                if not _is_top_level_or_branch_read(ctx, user, operand):
                     raise _Keep(SOURCE_IN_NESTED_REGION)
                 if operand in inplace_map(index.op(user)).values() and ctx.position(user) > position:
                     raise _Keep(SOURCE_MUTATED)
+
+
+def _is_top_level_or_branch_read(ctx: _Loop, user: int, operand: int) -> bool:
+    index = ctx.index
+    info = index.ops[user]
+    if info.block == ctx.body:
+        return not info.op.num_regions() or (info.name == IF and operand == 0)
+    if info.op.num_regions() or info.name == YIELD or info.name in ALIASING_OPS:
+        return False
+    if operand in inplace_map(info.op).values():
+        return False
+    parent = info.parent
+    while parent != ctx.id:  # only ifs between the body and the read
+        if index.name(parent) != IF:
+            return False
+        parent = index.ops[parent].parent
+    return True
 
 
 def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
@@ -420,17 +551,16 @@ def _check_single_yield(ctx: _Loop, chains: list[CopyChain]):
     the others, so this is repeated until stable.
     """
     index = ctx.index
-    aliases = ctx.aliases
     removable = list(chains)
     while True:
         replacement = {
             result_key(index, chain.copies[-1]): source_key(index, chain.copies[-1]) for chain in removable
         }
-        final = [aliases.find(replacement.get(key, key)) for key in ctx.yielded()]
+        final = [ctx.find(replacement.get(key, key)) for key in ctx.yielded()]
         crowded = [
             chain
             for chain in removable
-            if final.count(aliases.find(source_key(index, chain.copies[-1]))) > 1
+            if final.count(ctx.find(source_key(index, chain.copies[-1]))) > 1
         ]
         if not crowded:
             return removable, [c for c in chains if c not in removable]
