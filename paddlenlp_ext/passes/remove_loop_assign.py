@@ -236,7 +236,6 @@ class _Loop:
         index = sweep.index
         self.index = index
         self.id = loop
-        self.op = index.op(loop)
         self.body = (loop, 0)
         self.yield_id = index.yield_of(self.body)
         self.args = index.block_args[self.body]
