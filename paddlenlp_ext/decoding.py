@@ -25,7 +25,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from .compat import legacy_export_patches, pir_export_patches
+from .compat import fresh_trace_records, legacy_export_patches, pir_export_patches
 from .paddle_modes import dygraph_mode
 from .inference import LoadedProgram, run_program
 
@@ -259,7 +259,7 @@ def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:
 
 def export_pir(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in Paddle 3's PIR format: ``prefix``.json and ``prefix``.pdiparams."""
-    with paddle.pir_utils.IrGuard(), pir_export_patches(), dygraph_mode():
+    with paddle.pir_utils.IrGuard(), pir_export_patches(), dygraph_mode(), fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
         paddle.jit.save(static, prefix)
 
@@ -268,7 +268,7 @@ def export_legacy(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in the ProgramDesc format of Paddle 2.x and PaddleNLP 2.8 exports:
     ``prefix``.pdmodel and ``prefix``.pdiparams (Paddle 3.x translates it to PIR when it
     loads it)."""
-    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), dygraph_mode():
+    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), dygraph_mode(), fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
         paddle.jit.save(static, prefix)
 
