@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paddle
 
+from .files import current_umask
 from . import hook
 from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
@@ -44,6 +45,7 @@ def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp made it private; mkdir would not
     if target.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.rename(target, retired / "previous")

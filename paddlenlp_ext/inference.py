@@ -89,7 +89,11 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     block = program.global_block()
     feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
     # A legacy program feeds by column; the translator emits its feed ops in reverse.
+    # Paddle Inference names its inputs in op order, so the ops are put in column
+    # order too (they read nothing, so moving them changes nothing else).
     feeds.sort(key=lambda op: op.attrs().get("col", 0))
+    for op in reversed(feeds):
+        op.move_before(block.ops[0])
     inputs = [op.result(0) for op in feeds]
     fetches = [op for op in block.ops if op.name() == "pd_op.fetch"]
     outputs = [op.operand_source(0) for op in fetches]

@@ -14,6 +14,7 @@ from test_decoding import paddlenlp_greedy
 from test_export import TEXTS, encode, feed
 
 from paddlenlp_ext.export import METADATA_FILE, export_generation_model
+from paddlenlp_ext.files import current_umask
 from paddlenlp_ext.inference import StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
@@ -82,6 +83,17 @@ def test_convert_reports_the_pass_and_writes_a_pir_directory(source, converted):
     assert {key: metadata[key] for key in ("decoding", "inputs", "versions")} == \
         {key: exported[key] for key in ("decoding", "inputs", "versions")}
     assert snapshot(src) == before
+
+
+def test_converted_inputs_keep_the_source_order_and_the_directory_the_umask(source, converted):
+    """Issue 9: the translator emits legacy feed ops in reverse, and Paddle Inference
+    names inputs in op order; the staging directory was created private (0700)."""
+    src, dst = source[0], converted[0]
+    order = ["input_ids", "attention_mask", "max_new_tokens"]
+    assert StaticGenerationModel(src, remove_loop_assign=False).input_names == order
+    assert StaticGenerationModel(dst, remove_loop_assign=False).input_names == order
+    # the CLI ran in a child process with this process's umask
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~current_umask()
 
 
 def test_converted_loop_has_no_copies(source, converted):
