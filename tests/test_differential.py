@@ -45,8 +45,10 @@ def differential_stats(seeds):
     """Run every seed's program before and after the pass on both runtimes.
 
     Paddle Inference runs a program only when the pass changed it (an unchanged
-    program needs no second opinion). ``broken`` maps each runtime to the seeds whose
-    outputs changed; ``inference runs`` says which runs differed (or ``error``).
+    program needs no second opinion). A program the Executor cannot run is skipped;
+    one Paddle Inference cannot run is still compared on the Executor. ``broken``
+    maps each runtime to the seeds whose outputs changed (a rewritten program that
+    no longer runs counts); ``inference runs`` says which runs differed (or ``error``).
     ``tags`` holds the shapes each runnable seed's program contains.
     """
     stats = {"programs": 0, "unrunnable": {r: [] for r in RUNTIMES}, "copies": 0, "removed": 0,
@@ -66,20 +68,20 @@ def differential_stats(seeds):
         copies = count_loop_copies(built.program)
         report = remove_loop_assign(built.program, outputs=built.outputs)
         assert remove_loop_assign(built.program, outputs=built.outputs).removed == 0, seed
+        inference_reference = None
         if report.removed:
             try:
                 inference_reference = run_inference(original, INFERENCE_RUNS)
             except Exception as error:  # Paddle Inference fails on the program itself
-                stats["unrunnable"]["inference"].append(seed)
+                stats["unrunnable"]["inference"].append(seed)  # still checked on the Executor
                 stats["errors"][seed] = f"reference on inference: {error}".splitlines()[0][:200]
-                continue
         stats["programs"] += 1
         stats["tags"][seed] = original.tags
         stats["copies"] += copies
         stats["removed"] += report.removed
         if not same_bits(reference, _run_or_none(built)):
             stats["broken"]["executor"].append(seed)
-        if report.removed:
+        if inference_reference is not None:
             stats["inference checked"] += 1
             if not same_bits(*inference_reference):
                 stats["reference runs differ on inference"].append(seed)
@@ -124,6 +126,9 @@ def format_summary(stats) -> str:
              f"Paddle Inference checked on {stats['inference checked']}"]
     for runtime in RUNTIMES:
         lines.append(f"broken on {runtime}: {len(stats['broken'][runtime])} {stats['broken'][runtime]}")
+    executor, inference = set(stats["broken"]["executor"]), set(stats["broken"]["inference"])
+    lines.append(f"broken on both: {len(executor & inference)}; on the executor only: {sorted(executor - inference)}; "
+                 f"on inference only: {len(inference - executor)} {sorted(inference - executor)}")
     if stats["inference runs"]:
         lines.append(f"inference runs that differ, by seed: {stats['inference runs']}")
     for key in ("reference runs differ on inference", "reference runtimes disagree",
@@ -187,11 +192,12 @@ def test_random_loop_programs_keep_their_outputs():
     rare = {tag: n for tag, (n, _, _) in shape_summary(stats).items() if n < 0.03 * PROGRAMS}
     assert not rare, rare
     assert stats["broken"] == {r: [] for r in RUNTIMES}, summary
-    # Where erasing every copy keeps the outputs the pass removes about a quarter
-    # (92 of 368 when written): random bodies are full of dead reads, which the
-    # pass counts as reads (it does no liveness analysis). A floor against
-    # regressions; the llama loop test checks the copies that matter.
-    assert stats["removed where all are removable"] > 0.2 * stats["copies where all are removable"], summary
+    # Where erasing every copy keeps the Executor's outputs the pass removes about a
+    # fifth (82 of 387 with the old rule, which also removed copies that break
+    # Paddle Inference): random bodies are full of dead reads, which the pass counts
+    # as reads (it does no liveness analysis). A floor against regressions; the
+    # llama loop test checks the copies that matter.
+    assert stats["removed where all are removable"] > 0.1 * stats["copies where all are removable"], summary
     assert stats["broken by pr9002"], summary
     assert stats["broken by remove-all"], summary
 
