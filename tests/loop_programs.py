@@ -5,14 +5,22 @@
 - ``build_legacy``: a ProgramDesc under ``OldIrGuard``, translated with
   ``paddle.pir.translate_to_pir_with_param_map`` as Paddle Inference does.
 - ``build_to_static``: ``paddle.jit.to_static`` in PIR mode.
+
+``run`` runs a built program on ``paddle.static.Executor``; ``run_inference`` saves
+it and runs it on Paddle Inference, configured as ``paddlenlp_ext`` configures it.
+Neither changes the program (no fetch ops are left in it; checked on 3.3.1).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import paddle
+
+from paddlenlp_ext.inference import create_paddle_predictor
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
@@ -23,13 +31,21 @@ class Built:
     program: object
     outputs: list
     feed: dict = field(default_factory=dict)
+    # The startup program that initialises the program's parameters; None or empty
+    # when it has none. A program with parameters runs in a fresh scope each time.
+    startup: object = None
+    tags: frozenset = frozenset()  # the shapes a generator drew (random_loops)
+
+
+def _has_parameters(built: Built) -> bool:
+    return built.startup is not None and len(built.startup.global_block().ops) > 0
 
 
 def build_pir(fn, feed=None) -> Built:
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup):
         outputs = fn()
-    return Built(main, list(outputs), dict(feed or {}))
+    return Built(main, list(outputs), dict(feed or {}), startup)
 
 
 def build_legacy(fn, feed=None) -> Built:
@@ -52,7 +68,57 @@ def build_to_static(fn, specs, feed) -> Built:
 
 def run(built: Built) -> list[np.ndarray]:
     exe = paddle.static.Executor(paddle.CPUPlace())
-    return [np.asarray(a) for a in exe.run(built.program, feed=built.feed, fetch_list=built.outputs)]
+    if not _has_parameters(built):
+        return [np.asarray(a) for a in exe.run(built.program, feed=built.feed, fetch_list=built.outputs)]
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        exe.run(built.startup)
+        return [np.asarray(a) for a in exe.run(built.program, feed=built.feed, fetch_list=built.outputs)]
+
+
+def feed_values(built: Built) -> list:
+    """The program's ``pd_op.data`` results, in ``built.feed``'s order."""
+    data = {op.attrs()["name"]: op.result(0) for op in built.program.global_block().ops if op.name() == "pd_op.data"}
+    return [data[name] for name in built.feed]
+
+
+def save_inference(built: Built, prefix: str) -> None:
+    """Write ``prefix``.json (and .pdiparams, with the startup program's parameter values)."""
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        if _has_parameters(built):
+            exe.run(built.startup)
+        paddle.static.save_inference_model(prefix, feed_values(built), built.outputs, exe, program=built.program)
+
+
+def inference_predictor(built: Built):
+    """A Paddle Inference predictor for ``built``, created by ``create_paddle_predictor``."""
+    with tempfile.TemporaryDirectory(prefix="loop_programs-") as staging:
+        prefix = os.path.join(staging, "model")
+        save_inference(built, prefix)
+        return create_paddle_predictor(prefix)  # reads the files now: they need not outlive this
+
+
+def run_predictor(predictor, feed: dict, runs: int = 2) -> list[list[np.ndarray]]:
+    """Run ``predictor`` ``runs`` times in a row on ``feed``; the outputs of each run."""
+    # In the order of the outputs: "fetch_name_<i>", or the name of a named value
+    # (a feed, a parameter) when that is what save_inference_model fetches.
+    names = predictor.get_output_names()
+    results = []
+    for _ in range(runs):
+        for name in predictor.get_input_names():
+            predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
+        predictor.run()
+        results.append([np.asarray(predictor.get_output_handle(name).copy_to_cpu()) for name in names])
+    return results
+
+
+def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:
+    """Save ``built`` and run it ``runs`` times in a row on one Paddle Inference predictor.
+
+    State that leaks from one run into the next (a buffer Paddle Inference keeps,
+    such as a folded constant, written in place) shows up as runs that differ.
+    """
+    return run_predictor(inference_predictor(built), built.feed, runs)
 
 
 def same_bits(a: list, b: list) -> bool:
