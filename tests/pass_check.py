@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from loop_programs import count_loop_copies, run, same_bits
+from loop_programs import count_loop_copies, run, run_inference, same_bits
 
 from paddlenlp_ext import remove_loop_assign
 from paddlenlp_ext.passes.copy_ops import erase_copy, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
 
 
-def check_pass(make, *, removed: int, kept: dict | None = None):
+def check_pass(make, *, removed: int, kept: dict | None = None, inference: bool = True):
     """Run ``make()``'s program before and after the pass and check the contract.
 
     ``make`` builds a fresh program each call (the reference run and the rewritten
-    run must not share one). Returns the report.
+    run must not share one). The outputs must be bit-identical on the Executor and,
+    unless ``inference`` is False (a program Paddle Inference cannot run itself),
+    on Paddle Inference as ``paddlenlp_ext.inference`` configures it, in two runs
+    in a row. Returns the report.
     """
     reference = run(make())
     built = make()
@@ -29,6 +32,10 @@ def check_pass(make, *, removed: int, kept: dict | None = None):
     assert str(built.program) == text
     assert again.kept_reasons == report.kept_reasons
     assert same_bits(reference, run(built)), "outputs changed"
+    if inference and report.modified:
+        expected = run_inference(make())
+        got = run_inference(built)
+        assert all(same_bits(a, b) for a, b in zip(expected, got)), "outputs changed on Paddle Inference"
     return report
 
 
@@ -47,3 +54,12 @@ def outputs_change_under(rule, make) -> bool:
     built = make()
     rule(built.program)
     return not same_bits(reference, run(built))
+
+
+def inference_outputs_change_under(rule, make) -> bool:
+    """Whether applying ``rule`` changes ``make()``'s outputs on Paddle Inference, in
+    either of two runs in a row."""
+    reference = run_inference(make())
+    built = make()
+    rule(built.program)
+    return not all(same_bits(a, b) for a, b in zip(reference, run_inference(built)))

@@ -192,12 +192,14 @@ def test_random_loop_programs_keep_their_outputs():
     rare = {tag: n for tag, (n, _, _) in shape_summary(stats).items() if n < 0.03 * PROGRAMS}
     assert not rare, rare
     assert stats["broken"] == {r: [] for r in RUNTIMES}, summary
-    # Where erasing every copy keeps the Executor's outputs the pass removes about a
-    # fifth (82 of 387 with the old rule, which also removed copies that break
-    # Paddle Inference): random bodies are full of dead reads, which the pass counts
-    # as reads (it does no liveness analysis). A floor against regressions; the
-    # llama loop test checks the copies that matter.
-    assert stats["removed where all are removable"] > 0.1 * stats["copies where all are removable"], summary
+    # Where erasing every copy keeps the Executor's outputs the pass removes 23 of
+    # 387 (82 before issue 8's fixes, some of them wrong rewrites): random bodies
+    # are full of dead reads, which the pass counts as reads (it does no liveness
+    # analysis), and most of their copies have sources from constants (kept for
+    # Paddle Inference, which this Executor-only count does not run) or are outer
+    # copies read through their argument. A floor against regressions; the llama
+    # loop tests check the copies that matter.
+    assert stats["removed where all are removable"] > 0.05 * stats["copies where all are removable"], summary
     assert stats["broken by pr9002"], summary
     assert stats["broken by remove-all"], summary
 
