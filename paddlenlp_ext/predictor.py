@@ -47,6 +47,7 @@ class PredictorArgument:
     top_k: int = 1
     top_p: float = 1.0
     temperature: float = 0.95
+    repetition_penalty: float = 1.0
     decode_strategy: str = "sampling"
     mode: str | None = None  # dynamic | static; static when --remove_loop_assign is given
     dtype: str | None = None
@@ -118,12 +119,20 @@ class DygraphPredictor(BasePredictor):
                 paddle.to_tensor(input_ids), attention_mask=mask, position_ids=positions,
                 max_new_tokens=config.max_length, decode_strategy=config.decode_strategy,
                 top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
+                repetition_penalty=config.repetition_penalty,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         return ids.numpy()
 
 
 class StaticGraphPredictor(BasePredictor):
-    """A static model directory on Paddle Inference (``inference.StaticGenerationModel``)."""
+    """A static model directory on Paddle Inference (``inference.StaticGenerationModel``).
+
+    It feeds the model by its own input names, as PaddleNLP 2.8's static predictor
+    does: any of ``GENERATION_INPUTS`` (``model_inputs``), so a PaddleNLP
+    ``to_static`` export (``input_ids``, ``attention_mask``, ``position_ids``,
+    ``max_new_tokens``, ``top_k`` or ``top_p`` + ``temperature``) runs as well as
+    this project's (``seed`` instead of the sampling knobs, which it bakes in).
+    """
 
     def __init__(self, config: PredictorArgument, static_dir, tokenizer):
         super().__init__(config, tokenizer)
@@ -132,12 +141,47 @@ class StaticGraphPredictor(BasePredictor):
         self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
                                                   device=config.device)
         self.report = self.static_model.report
+        unknown = [name for name in self.static_model.input_names if name not in GENERATION_INPUTS]
+        if unknown:
+            raise PredictorError(f"{static_dir}: the model takes input {unknown[0]!r}, which this predictor does "
+                                 f"not know (it feeds {', '.join(GENERATION_INPUTS)})")
+        if config.decode_strategy == "greedy_search" and "top_p" in self.static_model.input_names \
+                and "top_k" not in self.static_model.input_names:
+            raise PredictorError(f"{static_dir}: the model samples with top-p (PaddleNLP's use_top_p export) and "
+                                 "cannot decode greedily; use --decode_strategy sampling or export with top-k")
 
     def _infer(self, input_ids, attention_mask):
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
-                "max_new_tokens": np.array([self.config.max_length], dtype="int64"),
-                "seed": np.array([self.config.seed], dtype="int64")}
-        return self.static_model.run({name: feed[name] for name in self.static_model.input_names})
+        inputs = model_inputs(input_ids, attention_mask, self.config)
+        return self.static_model.run({name: inputs[name] for name in self.static_model.input_names})
+
+
+# What PaddleNLP 2.8's static predictor feeds a generation model, by name
+# (llm/predictor.py, StaticGraphPredictor._preprocess: the tokenizer's outputs, then
+# the decoding settings), and this project's ``seed``.
+GENERATION_INPUTS = ("input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k", "top_p",
+                     "temperature", "repetition_penalty", "seed")
+
+
+def model_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, config: PredictorArgument) -> dict:
+    """Every input of ``GENERATION_INPUTS`` for a left-padded batch, with PaddleNLP's
+    dtypes: int64 ``[B, S]`` token arrays, ``[1]`` settings (its export's InputSpec).
+
+    Position ids count real tokens from 0 and are 0 on the padding, as PaddleNLP's
+    tokenizer pads them on the left. Greedy search is top-k sampling with k = 1.
+    """
+    positions = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None).astype("int64")
+    top_k = 1 if config.decode_strategy == "greedy_search" else config.top_k
+    return {
+        "input_ids": input_ids.astype("int64"),
+        "attention_mask": attention_mask.astype("int64"),
+        "position_ids": positions,
+        "max_new_tokens": np.array([config.max_length], dtype="int64"),
+        "top_k": np.array([top_k], dtype="int64"),
+        "top_p": np.array([config.top_p], dtype="float32"),
+        "temperature": np.array([config.temperature], dtype="float32"),
+        "repetition_penalty": np.array([config.repetition_penalty], dtype="float32"),
+        "seed": np.array([config.seed], dtype="int64"),
+    }
 
 
 def _is_static_dir(path: Path) -> bool:
@@ -149,6 +193,9 @@ def _is_static_dir(path: Path) -> bool:
 def _decoding(config: PredictorArgument, model_config):
     from .decoding import DecodingConfig
 
+    if config.repetition_penalty != 1.0:
+        raise PredictorError("--repetition_penalty: this project's generation loop has none; use --mode dynamic "
+                             "or a static model exported with it")
     try:
         return DecodingConfig(config.decode_strategy, top_k=config.top_k, top_p=config.top_p,
                               temperature=config.temperature, eos_token_id=model_config.eos_token_id,
@@ -243,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top_k", type=int, default=1)
     add("--top_p", type=float, default=1.0)
     add("--temperature", type=float, default=0.95)
+    add("--repetition_penalty", type=float, default=1.0,
+        help="PaddleNLP's repetition penalty (dynamic mode, and static models that take it)")
     add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling")
     add("--mode", choices=["dynamic", "static"], help="default dynamic; static with --remove_loop_assign")
     add("--dtype", help="float32 (the only dtype on CPU)")

@@ -138,3 +138,43 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(PredictorError, match="cannot write"):
         write_results(str(tmp_path / "file" / "out.json"), [{"src": "a"}])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_model_inputs_have_paddlenlps_names_dtypes_and_left_padded_positions():
+    import numpy as np
+
+    from paddlenlp_ext.predictor import GENERATION_INPUTS, PredictorArgument, model_inputs
+
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
+    config = PredictorArgument(max_length=5, top_k=3, top_p=0.7, temperature=0.5, seed=9)
+    inputs = model_inputs(np.array([[0, 0, 7, 8], [4, 5, 6, 7]]), mask, config)
+    assert tuple(inputs) == GENERATION_INPUTS
+    assert inputs["position_ids"].tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    assert {name: (a.dtype.name, a.shape) for name, a in inputs.items() if a.ndim == 1} == {
+        "max_new_tokens": ("int64", (1,)), "top_k": ("int64", (1,)), "top_p": ("float32", (1,)),
+        "temperature": ("float32", (1,)), "repetition_penalty": ("float32", (1,)), "seed": ("int64", (1,))}
+    assert inputs["top_k"][0] == 3 and inputs["top_p"][0] == np.float32(0.7) and inputs["max_new_tokens"][0] == 5
+    greedy = model_inputs(inputs["input_ids"], mask, PredictorArgument(decode_strategy="greedy_search", top_k=3))
+    assert greedy["top_k"][0] == 1
+
+
+@pytest.mark.parametrize("names, message", [
+    (["input_ids", "attention_mask", "max_new_tokens", "stop_words"], "takes input 'stop_words'"),
+    (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_p", "temperature"],
+     "cannot decode greedily"),
+], ids=["unknown input", "greedy on a top-p model"])
+def test_a_model_the_predictor_cannot_feed_is_one_error(monkeypatch, tmp_path, names, message):
+    import paddlenlp_ext.inference as inference
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, StaticGraphPredictor
+
+    class Model:
+        def __init__(self, *args, **kwargs):
+            self.input_names, self.report = names, None
+
+    class Tokenizer:
+        padding_side = "right"
+
+    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
+    with pytest.raises(PredictorError, match=message) as error:
+        StaticGraphPredictor(PredictorArgument(decode_strategy="greedy_search"), tmp_path, Tokenizer())
+    assert "\n" not in str(error.value)
