@@ -1,15 +1,27 @@
-"""Run remove_loop_assign automatically on programs that ``paddle.jit.save`` writes.
+"""Run remove_loop_assign automatically where programs are saved and where they are loaded.
 
-``paddle.jit.save`` in PIR mode traces (to_static), clones the program and hands it
-to ``save_inference_model``, which ``paddle/jit/api.py`` imported under its own name
-(Paddle 3.0 to 3.3.1). While the hook is enabled that name points to a wrapper that
-runs the pass on the clone first, so the saved ``.json`` holds the cleaned loop. A
-legacy-format save cannot hold it (the copies only appear when Paddle translates
-the file at load time); ``paddlenlp_ext.inference`` cleans those when it loads them.
+While the hook is enabled, two Paddle functions are replaced (and put back when it
+is disabled):
+
+- ``paddle.jit.api.save_inference_model`` (what ``paddle.jit.save`` calls). Saving:
+  ``paddle.jit.save`` in PIR mode traces (to_static), clones the program and hands
+  it to ``save_inference_model``, which ``paddle/jit/api.py`` imported under its own
+  name (Paddle 3.0 to 3.3.1). While the hook is enabled that name points to a
+  wrapper that runs the pass on the clone first, so the saved ``.json`` holds the
+  cleaned loop. A legacy-format save cannot hold it (the copies only appear when
+  Paddle translates the file at load time): those are cleaned where they are loaded.
+- ``paddle.inference.create_predictor``. Loading: a ``Config`` naming a legacy
+  ``.pdmodel`` + ``.pdiparams`` pair whose program has a while loop (a generation
+  model: PaddleNLP 2.8's ``to_static`` export, say) gets a predictor for the
+  translated, cleaned program, configured as ``StaticGenerationModel`` runs it (new
+  IR; oneDNN off on CPU); the caller's ``Config`` is left as it was and every other
+  setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
+  created as before. Code that imported ``create_predictor`` by name before the hook
+  was enabled keeps Paddle's own.
 
     with paddlenlp_ext.enable():
         model.to_static(...)        # or paddle.jit.to_static + paddle.jit.save
-        paddle.jit.save(...)
+        predictor = paddle.inference.create_predictor(config)   # a legacy .pdmodel
 
 ``enable()`` also works as a plain call (then ``disable()`` turns it off).
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import paddle.inference as paddle_inference
 import paddle.jit.api as jit_api
 
 from .passes.remove_loop_assign import remove_loop_assign
@@ -27,8 +40,9 @@ logger = logging.getLogger("paddlenlp_ext")
 
 _lock = threading.Lock()
 _original_save = jit_api.save_inference_model
+_original_create_predictor = paddle_inference.create_predictor
 _depth = 0
-_reports: list = []  # (path prefix, LoopAssignReport) of every cleaned save
+_reports: list = []  # (path prefix, LoopAssignReport) of every cleaned save or load
 
 
 def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
@@ -40,9 +54,21 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
     return _original_save(path_prefix, feed_vars, fetch_vars, executor, **kwargs)
 
 
+def _create_cleaned_predictor(config):
+    from .inference import cleaned_legacy_config
+
+    cleaned = cleaned_legacy_config(config)
+    if cleaned is None:
+        return _original_create_predictor(config)
+    cleaned_config, report = cleaned
+    _reports.append((config.prog_file(), report))
+    logger.info("remove_loop_assign on %s: %s", config.prog_file(), report.summary())
+    return _original_create_predictor(cleaned_config)
+
+
 class _Enabled:
     """What ``enable()`` returns: leaving its ``with`` block undoes that call, and
-    ``reports`` lists ``(path prefix, report)`` for the saves made since."""
+    ``reports`` lists ``(path, report)`` for the saves and loads cleaned since."""
 
     def __init__(self):
         self._open = True
@@ -68,6 +94,7 @@ def enable() -> _Enabled:
     with _lock:
         _depth += 1
         jit_api.save_inference_model = _save_cleaned
+        paddle_inference.create_predictor = _create_cleaned_predictor
     return _Enabled()
 
 
@@ -77,6 +104,7 @@ def disable() -> None:
         _depth = max(0, _depth - 1)
         if _depth == 0:
             jit_api.save_inference_model = _original_save
+            paddle_inference.create_predictor = _original_create_predictor
 
 
 def is_enabled() -> bool:

@@ -73,19 +73,23 @@ def model_format(model_dir: str | os.PathLike) -> str:
 def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     """The directory's program as PIR (translated if legacy), parameters in a new scope."""
     fmt = model_format(model_dir)
-    prefix = str(Path(model_dir) / MODEL_PREFIX)
-    scope = paddle.static.Scope()
     try:
-        with static_mode(), paddle.static.scope_guard(scope):
-            if fmt == "legacy":
-                with paddle.pir_utils.OldIrGuard():
-                    paddle.enable_static()
-                    legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
-                    program = paddle.pir.translate_to_pir(legacy.desc)
-            else:
-                program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+        return load_files(str(Path(model_dir) / MODEL_PREFIX), fmt)
     except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
         raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {error_line(error)}") from None
+
+
+def load_files(prefix: str, fmt: str) -> LoadedProgram:
+    """``prefix``.pdmodel (``fmt`` legacy, translated) or .json (pir) with ``prefix``.pdiparams."""
+    scope = paddle.static.Scope()
+    with static_mode(), paddle.static.scope_guard(scope):
+        if fmt == "legacy":
+            with paddle.pir_utils.OldIrGuard():
+                paddle.enable_static()
+                legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+                program = paddle.pir.translate_to_pir(legacy.desc)
+        else:
+            program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     block = program.global_block()
     feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
     # A legacy program feeds by column; the translator emits its feed ops in reverse.
@@ -93,7 +97,9 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     # order too (they read nothing, so moving them changes nothing else).
     feeds.sort(key=lambda op: op.attrs().get("col", 0))
     for op in reversed(feeds):
-        op.move_before(block.ops[0])
+        first = block.ops[0]
+        if first.id() != op.id():  # moving an op before itself crashes Paddle
+            op.move_before(first)
     inputs = [op.result(0) for op in feeds]
     fetches = [op for op in block.ops if op.name() == "pd_op.fetch"]
     outputs = [op.operand_source(0) for op in fetches]
@@ -185,3 +191,35 @@ def executed_loop_copies(dump_dir: str) -> int:
         program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     return count_loop_copies(program)
 
+
+_kept_staging: list = []  # directories of cleaned programs that predictors were created from
+
+
+def cleaned_legacy_config(config):
+    """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
+    copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
+    by ``remove_loop_assign``, saved as PIR, on the new IR (oneDNN off on CPU).
+
+    Returns ``(config, report)``, or None for anything else (a PIR model, a model
+    directory, a program without a while loop, a params file not beside the model),
+    which the caller runs as it is. The user's config is not changed; every other
+    setting (device, threads, logging...) is kept. The cleaned files stay until the
+    process exits, so the copy can create more predictors.
+    """
+    prog, params = config.prog_file(), config.params_file()
+    if not prog.endswith(".pdmodel") or params != prog[: -len(".pdmodel")] + ".pdiparams":
+        return None
+    loaded = load_files(prog[: -len(".pdmodel")], "legacy")
+    if not loop_copies(ProgramIndex.build(loaded.program)):
+        return None
+    report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+    staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
+    _kept_staging.append(staging)  # removed when the process exits
+    prefix = os.path.join(staging.name, MODEL_PREFIX)
+    save_program(loaded, prefix)
+    cleaned = inference.Config(config)
+    cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
+    cleaned.enable_new_ir(True)
+    if not cleaned.use_gpu():
+        cleaned.disable_mkldnn()  # wrong tokens on these loops (see the module docstring)
+    return cleaned, report

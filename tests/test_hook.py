@@ -1,11 +1,15 @@
-"""paddlenlp_ext.enable(): the pass runs on what paddle.jit.save writes."""
+"""paddlenlp_ext.enable(): the pass runs on what paddle.jit.save writes and on legacy
+generation models paddle.inference.create_predictor loads."""
 
 import logging
 
+import numpy as np
 import paddle
 from loop_programs import count_loop_copies
+from test_llama_loop import exported  # noqa: F401 (a fixture)
 from test_program_shapes import loop_with_outer_buffer
 
+import paddlenlp_ext
 import paddlenlp_ext.hook as hook
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
@@ -57,3 +61,65 @@ def test_enable_is_also_a_switch_and_nests(tmp_path):
     finally:
         hook.disable()
     assert not hook.is_enabled()
+
+
+def paddlenlp_config(directory):
+    """Paddle Inference configured as PaddleNLP 2.8's static predictor does it."""
+    from paddle import inference
+
+    config = inference.Config(str(directory / "model.pdmodel"), str(directory / "model.pdiparams"))
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.enable_new_executor()
+    return config
+
+
+def run_predictor(predictor, feed):
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(feed[name])
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp_path, caplog):
+    """Issue 9: a user's own serving code (PaddleNLP's config, paddle.inference's
+    create_predictor) gets the cleaned loop with one call, and the same tokens."""
+    from paddle import inference
+    from test_llama_loop import feed
+
+    from paddlenlp_ext.inference import executed_loop_copies
+
+    directory, reference = exported
+    config = paddlenlp_config(directory)
+    as_is = inference.create_predictor(config)
+    caplog.set_level(logging.INFO, logger="paddlenlp_ext")
+    with paddlenlp_ext.enable() as enabled:
+        config.set_optim_cache_dir(str(tmp_path))
+        config.enable_save_optim_model(True)
+        cleaned = inference.create_predictor(config)
+    assert inference.create_predictor is hook._original_create_predictor
+    assert [(path, report.summary()) for path, report in enabled.reports] == [
+        (str(directory / "model.pdmodel"), "removed 18 copies from 1 loops; kept 0")]
+    assert executed_loop_copies(str(tmp_path)) == 0  # the program Paddle Inference ran
+    assert config.prog_file() == str(directory / "model.pdmodel") and not config.new_ir_enabled()
+    np.testing.assert_array_equal(run_predictor(cleaned, feed()), reference)
+    np.testing.assert_array_equal(run_predictor(as_is, feed()), reference)
+
+
+def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
+    """A program without a while loop is created as it is."""
+    from paddle import inference
+
+    with paddle.pir_utils.OldIrGuard():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [2], "float32")
+            weight = paddle.static.create_parameter(
+                [2], "float32", default_initializer=paddle.nn.initializer.Constant(2.0))
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(startup)
+            paddle.static.save_inference_model(str(tmp_path / "model"), [x], [x * weight], exe, program=main)
+    with paddlenlp_ext.enable() as enabled:
+        predictor = inference.create_predictor(paddlenlp_config(tmp_path))
+    assert enabled.reports == []
+    assert run_predictor(predictor, {"x": np.array([1.0, 2.0], "float32")}).tolist() == [2.0, 4.0]
