@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import weakref
 
 import paddle
 import paddle.nn.functional as F
@@ -82,6 +83,28 @@ def _swiglu(x, y=None):
 
 
 @contextlib.contextmanager
+def _isolated_dy2static_cache():
+    """A block whose to_static conversions neither reuse nor leave converted functions.
+
+    dy2static (Paddle 3.3.1, ``program_translator.FunctionCache`` and
+    ``utils.ast_to_func``) converts each function once per process and gives the
+    converted function a copy of its module's globals taken then. A module global
+    patched here would be missed by a function converted before the block (a failed
+    ``to_static`` first, then a retry with the patches), and kept after the block by one
+    converted inside it. So the block gets an empty cache and the old one is put back.
+    """
+    from paddle.jit.dy2static import program_translator
+
+    cache = program_translator._FUNCTION_CACHE
+    saved = cache._converted_static_func_caches
+    cache._converted_static_func_caches = weakref.WeakKeyDictionary()
+    try:
+        yield
+    finally:
+        cache._converted_static_func_caches = saved
+
+
+@contextlib.contextmanager
 def legacy_export_patches():
     """Patches for tracing a PaddleNLP 2.8.1 llama into a legacy (ProgramDesc) program."""
     import paddlenlp.transformers.llama.modeling as llama_modeling
@@ -92,19 +115,20 @@ def legacy_export_patches():
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)
 
-    try:
-        for name, legacy in _LEGACY_OPS.items():
-            for owner in (paddle, paddle.tensor, Variable):
-                if hasattr(owner, name):
-                    patch(owner, name, _dispatch(getattr(owner, name), legacy))
-        # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
-        # PIR mode and returns None in legacy mode (the MLP then fails on None.dtype);
-        # PaddleNLP 2.8.1's llama imports it as `swiglu`. Use the silu(x) * y it equals.
-        patch(llama_modeling, "swiglu", _swiglu)
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
+    with _isolated_dy2static_cache():
+        try:
+            for name, legacy in _LEGACY_OPS.items():
+                for owner in (paddle, paddle.tensor, Variable):
+                    if hasattr(owner, name):
+                        patch(owner, name, _dispatch(getattr(owner, name), legacy))
+            # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
+            # PIR mode and returns None in legacy mode (the MLP then fails on None.dtype);
+            # PaddleNLP 2.8.1's llama imports it as `swiglu`. Use the silu(x) * y it equals.
+            patch(llama_modeling, "swiglu", _swiglu)
+            yield
+        finally:
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
 
 
 def _llama_attention_without_shape_checks(query_states, config, key_states, value_states, attention_mask,
@@ -152,7 +176,8 @@ def pir_export_patches():
     original = llama_modeling.scaled_dot_product_attention
     llama_modeling.scaled_dot_product_attention = _llama_attention_without_shape_checks
     try:
-        yield
+        with _isolated_dy2static_cache():
+            yield
     finally:
         llama_modeling.scaled_dot_product_attention = original
 
