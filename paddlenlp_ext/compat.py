@@ -212,8 +212,10 @@ def _top_k_process(probs, top_k, min_tokens_to_keep):
     "int64")``, and ``TopKProcess`` starts with ``min(max(top_k, min_tokens_to_keep),
     probs.shape[-1])``: Python's ``max``/``min`` compare a tensor, which is
     ``bool(Value)`` in a PIR program ("bool(Tensor) is not supported in static graph
-    mode", Paddle 3.3.1). The same bounds as a ``clip`` on the tensor; the rest is the
-    function's own code (probabilities below the k-th largest become 0).
+    mode", Paddle 3.3.1). A legacy Variable is simply true, so the legacy export
+    succeeds with ``k`` fixed at ``min_tokens_to_keep`` (1): the program ignores the
+    ``top_k`` it is fed (seen on 3.3.1). The same bounds as a ``clip`` on the tensor;
+    the rest is the function's own code (probabilities below the k-th largest become 0).
     """
     vocab_size = probs.shape[-1]
     if paddle.is_tensor(top_k):
