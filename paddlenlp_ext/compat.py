@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import weakref
 
 import paddle
 import paddle.nn.functional as F
@@ -81,6 +83,28 @@ def _swiglu(x, y=None):
 
 
 @contextlib.contextmanager
+def _isolated_dy2static_cache():
+    """A block whose to_static conversions neither reuse nor leave converted functions.
+
+    dy2static (Paddle 3.3.1, ``program_translator.FunctionCache`` and
+    ``utils.ast_to_func``) converts each function once per process and gives the
+    converted function a copy of its module's globals taken then. A module global
+    patched here would be missed by a function converted before the block (a failed
+    ``to_static`` first, then a retry with the patches), and kept after the block by one
+    converted inside it. So the block gets an empty cache and the old one is put back.
+    """
+    from paddle.jit.dy2static import program_translator
+
+    cache = program_translator._FUNCTION_CACHE
+    saved = cache._converted_static_func_caches
+    cache._converted_static_func_caches = weakref.WeakKeyDictionary()
+    try:
+        yield
+    finally:
+        cache._converted_static_func_caches = saved
+
+
+@contextlib.contextmanager
 def legacy_export_patches():
     """Patches for tracing a PaddleNLP 2.8.1 llama into a legacy (ProgramDesc) program."""
     import paddlenlp.transformers.llama.modeling as llama_modeling
@@ -91,19 +115,20 @@ def legacy_export_patches():
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)
 
-    try:
-        for name, legacy in _LEGACY_OPS.items():
-            for owner in (paddle, paddle.tensor, Variable):
-                if hasattr(owner, name):
-                    patch(owner, name, _dispatch(getattr(owner, name), legacy))
-        # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
-        # PIR mode and returns None in legacy mode (the MLP then fails on None.dtype);
-        # PaddleNLP 2.8.1's llama imports it as `swiglu`. Use the silu(x) * y it equals.
-        patch(llama_modeling, "swiglu", _swiglu)
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
+    with _isolated_dy2static_cache():
+        try:
+            for name, legacy in _LEGACY_OPS.items():
+                for owner in (paddle, paddle.tensor, Variable):
+                    if hasattr(owner, name):
+                        patch(owner, name, _dispatch(getattr(owner, name), legacy))
+            # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
+            # PIR mode and returns None in legacy mode (the MLP then fails on None.dtype);
+            # PaddleNLP 2.8.1's llama imports it as `swiglu`. Use the silu(x) * y it equals.
+            patch(llama_modeling, "swiglu", _swiglu)
+            yield
+        finally:
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
 
 
 def _llama_attention_without_shape_checks(query_states, config, key_states, value_states, attention_mask,
@@ -151,7 +176,8 @@ def pir_export_patches():
     original = llama_modeling.scaled_dot_product_attention
     llama_modeling.scaled_dot_product_attention = _llama_attention_without_shape_checks
     try:
-        yield
+        with _isolated_dy2static_cache():
+            yield
     finally:
         llama_modeling.scaled_dot_product_attention = original
 
@@ -191,3 +217,163 @@ def fresh_trace_records():
         yield
     finally:
         _drop_stale_trace_records()
+
+
+# --- PaddleNLP 2.8.1's own export: GenerationMixin.to_static / sample_d2s ---------------
+
+def _any(x, axis=None, keepdim=False, name=None):
+    reduce_all = axis is None or (isinstance(axis, (list, tuple)) and len(axis) in (0, len(x.shape)))
+    dim = [] if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+    return _append_legacy_op("reduce_any", {"X": [x]}, {"dim": dim, "keep_dim": bool(keepdim),
+                                                         "reduce_all": reduce_all}, paddle.bool)
+
+
+def _logical_and(x, y, out=None, name=None):
+    return _append_legacy_op("logical_and", {"X": [x], "Y": [y]}, {}, paddle.bool)
+
+
+# The same Paddle 3.3.1 binding (see _LEGACY_OPS) for two more names that only
+# PaddleNLP's sample_d2s reaches: paddle.any (the while condition) and
+# paddle.logical_and (get_unfinished_flag, with an eos id).
+_SAMPLER_LEGACY_OPS = {
+    "any": _any,
+    "logical_and": _logical_and,
+}
+
+
+def _top_k_process(probs, top_k, min_tokens_to_keep):
+    """PaddleNLP 2.8.1's ``TopKProcess`` (paddlenlp/generation/logits_process.py) for a
+    ``top_k`` that may be a tensor.
+
+    ``to_static(..., {"use_top_p": False})`` passes ``top_k`` as an ``InputSpec([1],
+    "int64")``, and ``TopKProcess`` starts with ``min(max(top_k, min_tokens_to_keep),
+    probs.shape[-1])``: Python's ``max``/``min`` compare a tensor, which is
+    ``bool(Value)`` in a PIR program ("bool(Tensor) is not supported in static graph
+    mode", Paddle 3.3.1). A legacy Variable is simply true, so the legacy export
+    succeeds with ``k`` fixed at ``min_tokens_to_keep`` (1): the program ignores the
+    ``top_k`` it is fed (seen on 3.3.1). The same bounds as a ``clip`` on the tensor;
+    the rest is the function's own code (probabilities below the k-th largest become 0).
+    """
+    vocab_size = probs.shape[-1]
+    if paddle.is_tensor(top_k):
+        top_k = paddle.clip(top_k, min=min_tokens_to_keep, max=vocab_size if vocab_size > 0 else None)
+    else:
+        top_k = min(max(top_k, min_tokens_to_keep), vocab_size)
+    if probs.dtype == paddle.bfloat16:
+        topk_probs, _ = paddle.topk(paddle.cast(probs, paddle.float32), k=top_k)
+        topk_probs = paddle.cast(topk_probs, paddle.bfloat16)
+    else:
+        topk_probs, _ = paddle.topk(probs, k=top_k)
+    return paddle.where(probs >= topk_probs[:, -1:], probs, paddle.full_like(probs, 0.0))
+
+
+def _fill_special_token_ids(model, config: dict) -> dict:
+    """PaddleNLP 2.8.1's ``to_static`` picks ``self.generation_config.pad_token_id or
+    config.get("pad_token_id", None)`` (the same for eos): a pad id of 0, llama's, reads
+    as false and, with no ``pad_token_id`` in ``config`` (``llm/export_model.py`` passes
+    none), becomes None; ``sample_d2s`` then fails in ``paddle.full_like(next_tokens,
+    None)`` ("The fill_value should be ... but received <class 'NoneType'>"). Filling
+    the config's missing ids from the generation config gives the ids the ``or`` meant.
+    """
+    config = dict(config)
+    for name in ("pad_token_id", "eos_token_id"):
+        if config.get(name) is None:
+            config[name] = getattr(model.generation_config, name, None)
+    return config
+
+
+class TopPSamplingUnavailable(RuntimeError):
+    """``use_top_p`` export on a Paddle build without a ``top_p_sampling`` kernel."""
+
+
+def _top_p_sampling_available() -> bool:
+    from paddle.base import core
+
+    return "top_p_sampling" in core._get_all_register_op_kernels("phi")
+
+
+def _check_top_p_sampling(config: dict) -> None:
+    """``use_top_p`` (PaddleNLP's default) exports ``paddle.tensor.top_p_sampling``,
+    which has GPU/XPU kernels only: on Paddle 3.3.1's CPU wheel (and 2.6.2's) the op
+    cannot even be traced (PIR: "Check data type error for op: top_p_sampling ...
+    expected_dtype:"; legacy: "The kernel `top_p_sampling` is not registered"). Say so
+    in one line before tracing instead."""
+    if config.get("use_top_p", True) and not _top_p_sampling_available():
+        raise TopPSamplingUnavailable(
+            "top_p_sampling has no kernel in this Paddle build (CPU): export with "
+            "{'use_top_p': False} (top-k sampling; top_k=1 is greedy) or on a GPU build")
+
+
+def _to_static_patched(original):
+    def to_static(self, path, config):
+        config = _fill_special_token_ids(self, config)
+        _check_top_p_sampling(config)
+        return original(self, path, config)
+
+    to_static.__wrapped__ = original
+    return to_static
+
+
+# PaddleNLP 2.8.1's sample_d2s increments `cur_len`, an element of `paddle.shape(input_ids)`
+# (a view in dygraph), in place, inside `paddle.framework._no_check_dy2st_diff()`: its way
+# of saying that this is safe. Paddle 3.3.1's PIR to_static ignores that context: after
+# tracing, `check_view_api_used_by_inplace` raises "pd_op.increment_'s output variable is
+# a viewed Tensor in dygraph ... set env stride_in_no_check_dy2st_diff to 1", and only that
+# environment variable turns it off. The counter is read by nothing that would see the
+# difference (the static program's slice is its own tensor), so the export sets it.
+_PIR_ENVIRONMENT = {"stride_in_no_check_dy2st_diff": "1"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def paddlenlp_export_patches():
+    """Patches under which PaddleNLP 2.8.1's own export, ``model.to_static(path,
+    config)`` (what its ``llm/export_model.py`` runs), works on Paddle 3.3.1 in the
+    program format Paddle is in when the block is entered: PIR (the default) or
+    legacy (``paddle.pir_utils.OldIrGuard()`` / ``FLAGS_enable_pir_api=0``).
+
+    On top of ``pir_export_patches`` or ``legacy_export_patches`` (the llama forward):
+    ``TopKProcess`` with a tensor ``top_k``, the pad id 0 that ``to_static`` loses,
+    the legacy ``any``/``logical_and`` of the sampler, and a one-line error for
+    ``use_top_p`` where ``top_p_sampling`` has no kernel.
+    """
+    import paddlenlp.generation.utils as generation_utils
+
+    legacy = not paddle.framework.use_pir_api()
+    saved = []
+
+    def patch(owner, name, value):
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(legacy_export_patches() if legacy else pir_export_patches())
+        stack.enter_context(fresh_trace_records())
+        if not legacy:
+            stack.enter_context(_environment(_PIR_ENVIRONMENT))
+        try:
+            if legacy:
+                for name, op in _SAMPLER_LEGACY_OPS.items():
+                    for owner in (paddle, paddle.tensor, Variable):
+                        if hasattr(owner, name):
+                            patch(owner, name, _dispatch(getattr(owner, name), op))
+            patch(generation_utils, "TopKProcess", _top_k_process)
+            mixin = generation_utils.GenerationMixin
+            patch(mixin, "to_static", _to_static_patched(mixin.to_static))
+            yield
+        finally:
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
