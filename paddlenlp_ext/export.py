@@ -67,16 +67,26 @@ class ExportResult:
     seconds: float
 
 
+LOOPS = ("generation_loop", "paddlenlp")
+PADDLENLP_INPUTS = ["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"]
+
+
 def export_generation_model(model, output_dir, *, tokenizer=None, decoding: DecodingConfig | None = None,
                             format: str = "pir", remove_loop_assign: bool = True,
-                            overwrite: bool = False) -> ExportResult:
+                            overwrite: bool = False, loop: str = "generation_loop") -> ExportResult:
     """Export decoding of a PaddleNLP causal LM as a static model directory.
 
     The directory has PaddleNLP's static layout: ``model.json`` (``format="pir"``) or
     ``model.pdmodel`` (``"legacy"``) with ``model.pdiparams``, and beside them the
-    model's ``config.json``, a ``generation_config.json`` with the decoding settings
-    baked into the program, the tokenizer's files, and ``paddlenlp_ext.json`` (how it
-    was exported). It is written to a hidden staging directory and renamed into place.
+    model's ``config.json``, a ``generation_config.json`` with the decoding settings,
+    the tokenizer's files, and ``paddlenlp_ext.json`` (how it was exported). It is
+    written to a hidden staging directory and renamed into place.
+
+    ``loop`` chooses the decoding loop: this project's ``GenerationLoop``
+    (``decoding`` baked in, a ``seed`` input), or ``"paddlenlp"``: PaddleNLP's own
+    ``model.to_static`` (``sample_d2s``, what its ``llm/export_model.py`` exports),
+    with top-k sampling whose ``top_k`` is an input (top-p has no CPU kernel:
+    ``decoding.top_p`` < 1 is an error there).
 
     With ``remove_loop_assign`` the pass runs on a PIR program before it is saved (the
     report is returned and logged); a legacy file cannot hold the cleaned loop, so
@@ -84,35 +94,54 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     """
     if format not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if loop not in LOOPS:
+        raise ExportError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
     config = model.config
     decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
+    save = _save_paddlenlp_loop if loop == "paddlenlp" else _save_generation_loop
     start = time.perf_counter()
     report = None
     with staged_directory(output_dir, overwrite=overwrite) as staging:
-        loop = GenerationLoop(model, decoding)
         prefix = str(staging / MODEL_PREFIX)
-        if format == "legacy":
-            export_legacy(loop, prefix)
-        elif remove_loop_assign:
+        if format == "pir" and remove_loop_assign:
             with hook.enable() as cleaning:
-                export_pir(loop, prefix)
+                save(model, decoding, prefix, format)
             (_, report), = cleaning.reports
         else:
-            export_pir(loop, prefix)
+            save(model, decoding, prefix, format)
         config.save_pretrained(str(staging))
         _generation_config(decoding, config).save_pretrained(str(staging))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
         metadata = {
             "format": format,
+            "loop": loop,
             "decoding": asdict(decoding),
-            "inputs": [spec.name for spec in generation_inputs(decoding)],
+            "inputs": PADDLENLP_INPUTS if loop == "paddlenlp" else [spec.name for spec in generation_inputs(decoding)],
             "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
             "report": None if report is None else report.record(),
             "versions": library_versions(),
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportResult(Path(output_dir), format, report, time.perf_counter() - start)
+
+
+def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str) -> None:
+    (export_legacy if format == "legacy" else export_pir)(GenerationLoop(model, decoding), prefix)
+
+
+def _save_paddlenlp_loop(model, decoding: DecodingConfig, prefix: str, format: str) -> None:
+    from .compat import TopPSamplingUnavailable, paddlenlp_export_patches
+    from .paddle_modes import dygraph_mode
+
+    guard = paddle.pir_utils.OldIrGuard if format == "legacy" else paddle.pir_utils.IrGuard
+    # llm/export_model.py's config; top-k sampling, as top-p cannot be exported on CPU.
+    settings = {"dtype": "float32", "export_precache": False, "use_top_p": decoding.top_p < 1.0}
+    try:
+        with guard(), paddlenlp_export_patches(), dygraph_mode():
+            model.to_static(prefix, settings)
+    except TopPSamplingUnavailable as error:
+        raise ExportError(str(error)) from None
 
 
 def _generation_config(decoding: DecodingConfig, config):

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import error_line
-from .quiet import quiet_paddle
+from .cli_flags import boolean_flag
+from .quiet import quiet_paddle, quiet_paddlenlp
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
 
@@ -271,15 +272,6 @@ def _check_lengths(config: PredictorArgument, max_positions: int | None) -> None
 # -- command line ---------------------------------------------------------------------
 
 
-def _flag(text: str) -> bool:
-    value = text.lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="predictor.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -301,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_file", default="output.json", help="JSONL results (default output.json)")
     for name, text in (("benchmark", "time generation and print tokens/s and QPS"),
                        ("remove_loop_assign", "remove the loop copies (implies --mode static)")):
-        add(f"--{name}", type=_flag, nargs="?", const=True, default=False, help=text)
+        add(f"--{name}", type=boolean_flag, nargs="?", const=True, default=False, help=text)
     add("--export_format", choices=["legacy", "pir"], default="legacy",
         help="format of the static model exported from a dygraph checkpoint (default legacy)")
     add("--seed", type=int, default=42, help="sampling seed (default 42)")
@@ -404,10 +396,9 @@ def benchmark(predictor: BasePredictor, config: PredictorArgument, repeats: int 
 
 
 def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> None:
-    from paddlenlp.utils.log import logger as paddlenlp_logger
     from tqdm import tqdm
 
-    paddlenlp_logger.set_level("WARNING")  # its INFO lines on every load and save
+    quiet_paddlenlp()
 
     sources, targets = read_prompts(model_args.data_file)
     predictor = create_predictor(predictor_args, model_args)

@@ -19,3 +19,11 @@ def quiet_paddle():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def quiet_paddlenlp() -> None:
+    """Turn PaddleNLP's INFO lines off (it logs every model and tokenizer load and save
+    to stderr, which would bury a tool's output and its one-line errors)."""
+    from paddlenlp.utils.log import logger
+
+    logger.set_level("WARNING")

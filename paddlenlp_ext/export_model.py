@@ -1,0 +1,108 @@
+"""A drop-in for PaddleNLP's ``llm/export_model.py``: export a causal LM's decoding loop.
+
+    python llm/export_model.py --model_name_or_path CHECKPOINT --output_path DIR
+    python llm/export_model.py --model llama2 --output_path DIR --loop paddlenlp --export_format legacy
+
+PaddleNLP's flags (``--model_name_or_path``, ``--output_path``, ``--dtype``,
+``--src_length``, ``--max_length``, ``--decode_strategy``, ``--top_k``, ``--top_p``,
+``--temperature``, ``--device``) and ours: ``--model`` (an embedded model),
+``--export_format pir|legacy``, ``--remove_loop_assign`` (clean a PIR program before it
+is saved; a legacy one is cleaned where it is loaded), ``--loop`` (this project's
+``GenerationLoop``, the default, or ``paddlenlp``: PaddleNLP's own ``to_static``,
+through ``compat.paddlenlp_export_patches``) and ``--overwrite``.
+
+The directory has PaddleNLP's static layout (``model.json`` or ``model.pdmodel`` with
+``model.pdiparams``, ``config.json``, ``generation_config.json``, the tokenizer) and
+``paddlenlp_ext.json``; it appears only when complete. Bad input is one ``error:``
+line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli_flags import boolean_flag
+from .quiet import quiet_paddle, quiet_paddlenlp
+
+
+class ExportModelError(Exception):
+    """Bad input to the export: reported on one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="export_model.py", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--model_name_or_path", help="a PaddleNLP save_pretrained checkpoint")
+    add("--model", help="an embedded model: llama2 (the default) or llama2-gqa")
+    add("--output_path", required=True, help="the static model directory to write")
+    add("--dtype", default="float32", help="float32 (the only dtype on CPU)")
+    for name in ("src_length", "max_length"):
+        add(f"--{name}", type=int, default=None,
+            help="accepted for PaddleNLP's command line; lengths are run-time inputs of the exported loop")
+    add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
+        help="baked into the GenerationLoop export; the paddlenlp loop always samples top-k (feed top_k 1 for greedy)")
+    add("--top_k", type=int, default=1)
+    add("--top_p", type=float, default=1.0, help="< 1 needs top_p_sampling, which has no CPU kernel for --loop paddlenlp")
+    add("--temperature", type=float, default=0.95)
+    add("--device", choices=["cpu", "gpu"], default="cpu",
+        help="accepted for PaddleNLP's command line; the exported program is device-independent")
+    add("--export_format", choices=["pir", "legacy"], default="pir",
+        help="pir (model.json, Paddle 3's format) or legacy (model.pdmodel, PaddleNLP 2.8 on Paddle 2.x)")
+    add("--remove_loop_assign", type=boolean_flag, nargs="?", const=True, default=False,
+        help="run the loop-copy cleanup on the saved PIR program (legacy programs are cleaned at load)")
+    add("--loop", choices=["generation_loop", "paddlenlp"], default="generation_loop",
+        help="the decoding loop to export: this project's GenerationLoop or PaddleNLP's own sample_d2s")
+    add("--overwrite", action="store_true", help="replace a non-empty --output_path")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.model is not None and args.model_name_or_path is not None:
+        raise ExportModelError("give --model or --model_name_or_path, not both")
+    if args.dtype != "float32":
+        raise ExportModelError(f"--dtype {args.dtype}: only float32 is supported (the embedded models and CPU)")
+    for name in ("src_length", "max_length"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ExportModelError(f"--{name} must be positive, got {getattr(args, name)}")
+
+
+def export(args: argparse.Namespace):
+    """Load the model and export it as ``args`` say; raises ExportModelError for bad input."""
+    from .decoding import DecodingConfig
+    from .export import ExportError, export_generation_model
+    from .models import DEFAULT_MODEL, ModelError, load_model
+    from .paddle_modes import dygraph_mode
+
+    _validate(args)
+    quiet_paddlenlp()
+    try:
+        with dygraph_mode():
+            model, tokenizer = load_model(args.model_name_or_path or args.model or DEFAULT_MODEL)
+            decoding = DecodingConfig(args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
+                                      temperature=args.temperature, eos_token_id=model.config.eos_token_id,
+                                      pad_token_id=model.config.pad_token_id or 0)
+            return export_generation_model(model, args.output_path, tokenizer=tokenizer, decoding=decoding,
+                                           format=args.export_format, remove_loop_assign=args.remove_loop_assign,
+                                           overwrite=args.overwrite, loop=args.loop)
+    except (ModelError, ExportError, ValueError) as error:  # ValueError: DecodingConfig's checks
+        raise ExportModelError(str(error)) from None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with quiet_paddle():
+            result = export(args)
+    except ExportModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.report is not None:
+        print(f"remove_loop_assign: {result.report.summary()}")
+    files = sorted(path.name for path in result.directory.iterdir() if path.name.startswith("model."))
+    print(f"wrote {result.directory} ({result.format}, loop {args.loop}: {', '.join(files)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
