@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -399,6 +400,7 @@ def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> Non
     from tqdm import tqdm
 
     quiet_paddlenlp()
+    logging.getLogger("paddlenlp_ext").setLevel(logging.WARNING)  # the pass report is printed below
 
     sources, targets = read_prompts(model_args.data_file)
     predictor = create_predictor(predictor_args, model_args)
