@@ -5,6 +5,7 @@ on Paddle Inference (with and without the pass), and every patch is needed."""
 
 import contextlib
 import os
+import weakref
 
 import numpy as np
 import paddle
@@ -201,7 +202,13 @@ def test_top_p_fails_obscurely_without_the_check(llama, tmp_path, monkeypatch, f
 def test_retry_with_the_patches_after_a_failed_export(llama, tmp_path, monkeypatch):
     """dy2static keeps each converted function, with a copy of its module's globals,
     for the process: the failed unpatched to_static would be reused by the retry."""
+    from paddle.jit.dy2static import program_translator
+
     model = llama[0]
+    # Start from an empty process-wide cache: what earlier tests converted must not
+    # decide what this one sees (seen under pytest-xdist's different test order).
+    monkeypatch.setattr(program_translator._FUNCTION_CACHE, "_converted_static_func_caches",
+                        weakref.WeakKeyDictionary())
 
     def unpatched():
         with pytest.raises(TypeError, match=r"bool\(Tensor\) is not supported"), paddle.pir_utils.IrGuard(), \
