@@ -12,7 +12,10 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   predictor executes (``executed_loop_copies`` checks that on Paddle's own
   optimized-model dump).
 - oneDNN (on by default for CPU) gives wrong tokens on these loops, with or without
-  the pass, so it is turned off.
+  the pass, so it is turned off. (The cause, found with ``scripts/onednn_bisect.py``:
+  the executor's inplace pass lets ``pow`` write over the buffer that
+  ``onednn_to_paddle_layout`` shares with its oneDNN input; ``tests/test_inference.py``
+  shows it on a three-op program.)
 """
 
 from __future__ import annotations
@@ -209,7 +212,10 @@ def cleaned_legacy_config(config):
     prog, params = config.prog_file(), config.params_file()
     if not prog.endswith(".pdmodel") or params != prog[: -len(".pdmodel")] + ".pdiparams":
         return None
-    loaded = load_files(prog[: -len(".pdmodel")], "legacy")
+    try:
+        loaded = load_files(prog[: -len(".pdmodel")], "legacy")
+    except Exception:  # not a program we can read: Paddle's own predictor reports it
+        return None
     if not loop_copies(ProgramIndex.build(loaded.program)):
         return None
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
