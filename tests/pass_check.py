@@ -5,7 +5,7 @@ from __future__ import annotations
 from loop_programs import count_loop_copies, run, run_inference, same_bits
 
 from paddlenlp_ext import remove_loop_assign
-from paddlenlp_ext.passes.copy_ops import erase_copy, loop_copies
+from paddlenlp_ext.passes.copy_ops import SOURCE, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
 
 
@@ -41,10 +41,10 @@ def check_pass(make, *, removed: int, kept: dict | None = None, inference: bool 
 
 def remove_every_loop_copy(program) -> int:
     """The unsafe rule the tests compare against: erase every copy in a while body."""
-    copies = [c for found in loop_copies(ProgramIndex.build(program)).values() for c in found]
     index = ProgramIndex.build(program)
+    copies = [c for found in loop_copies(index).values() for c in found]
     for copy in reversed(copies):
-        erase_copy(index.op(copy))
+        index.erase_forwarding(copy, SOURCE)
     return len(copies)
 
 

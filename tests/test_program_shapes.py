@@ -9,7 +9,7 @@ from paddle import _C_ops
 from test_rules import FEED, loop, x_input
 
 import paddlenlp_ext.passes.pr9002_rule as pr9002
-from paddlenlp_ext.passes.copy_ops import erase_copy
+from paddlenlp_ext.passes.copy_ops import SOURCE
 from paddlenlp_ext.passes.program_index import ProgramIndex
 import paddlenlp_ext.passes.remove_loop_assign as rla
 from paddlenlp_ext import remove_loop_assign, remove_loop_assign_pr9002
@@ -273,7 +273,7 @@ def erase_outer_loop_copies(program):
     index = ProgramIndex.build(program)
     outer = next(op_id for op_id in index.order if index.name(op_id) == "pd_op.while")
     for op_id in [c for c in index.block_ops[(outer, 0)] if index.name(c) == "pd_op.assign_out_"]:
-        erase_copy(index.op(op_id))
+        index.erase_forwarding(op_id, SOURCE)
 
 
 def test_source_that_a_nested_loop_takes_as_init_is_kept():

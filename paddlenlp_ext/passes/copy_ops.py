@@ -1,4 +1,4 @@
-"""What the loop-copy passes share: finding loop copies and erasing one."""
+"""What the loop-copy passes share: finding loop copies and naming their operands."""
 
 from __future__ import annotations
 
@@ -35,8 +35,3 @@ def destination_key(index: ProgramIndex, copy: int) -> str:
 def result_key(index: ProgramIndex, copy: int) -> str:
     return value_key(index.op(copy).result(0))
 
-
-def erase_copy(op) -> None:
-    """Make every reader of the copy's result read its source, then erase the copy."""
-    op.result(0).replace_all_uses_with(op.operand_source(SOURCE))
-    op.erase()

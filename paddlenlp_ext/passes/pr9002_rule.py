@@ -11,7 +11,7 @@ Use :func:`paddlenlp_ext.remove_loop_assign` for the safe rule.
 
 from __future__ import annotations
 
-from .copy_ops import DESTINATION, erase_copy, loop_copies, loops_in_order, result_key
+from .copy_ops import DESTINATION, SOURCE, loop_copies, loops_in_order, result_key
 from .program_index import WHILE, YIELD, ProgramIndex, value_key
 from .report import KeptCopy, LoopAssignReport
 
@@ -30,7 +30,7 @@ def remove_loop_assign_pr9002(program) -> LoopAssignReport:
             if reason:
                 kept.append(KeptCopy(loop_no, copy, reason))
             else:
-                erase_copy(index.op(copy))
+                index.erase_forwarding(copy, SOURCE)
                 removed += 1
     return LoopAssignReport(removed=removed, loops=len(copies_by_loop), kept=tuple(kept))
 

@@ -92,7 +92,6 @@ from .copy_ops import (
     SOURCE,
     destination_key,
     loop_copies,
-    loops_in_order,
     result_key,
     source_key,
 )
