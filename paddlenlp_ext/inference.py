@@ -159,11 +159,19 @@ class StaticGenerationModel:
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
-        _check_inputs(self.input_names, feed)
-        for name in self.input_names:
-            self.predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-        self.predictor.run()
-        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+        """The program's first output (a generation model's token ids) for ``feed``."""
+        return run_predictor(self.predictor, feed)[0]
+
+
+def run_predictor(predictor, feed: dict) -> list[np.ndarray]:
+    """Feed a Paddle Inference predictor by its input names (``feed`` may hold more),
+    run it once, and return every output in order."""
+    names = predictor.get_input_names()
+    _check_inputs(names, feed)
+    for name in names:
+        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
+    predictor.run()
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None):

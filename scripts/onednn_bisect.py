@@ -207,12 +207,12 @@ def feed_for(prompt: list[int], max_new_tokens: int) -> dict:
 
 
 def run(predictor, feed: dict) -> np.ndarray:
-    for name in predictor.get_input_names():
-        if name not in feed:
-            raise BisectError(f"the model takes an input this script does not know: {name}")
-        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    from paddlenlp_ext.inference import run_predictor
+
+    unknown = [name for name in predictor.get_input_names() if name not in feed]
+    if unknown:
+        raise BisectError(f"the model takes an input this script does not know: {unknown[0]}")
+    return run_predictor(predictor, feed)[0]
 
 
 def prepare(model_dir: str, clean: bool, staging: str) -> str:

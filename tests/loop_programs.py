@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddlenlp_ext.inference import create_paddle_predictor
+from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
@@ -98,27 +98,16 @@ def inference_predictor(built: Built):
         return create_paddle_predictor(prefix)  # reads the files now: they need not outlive this
 
 
-def run_predictor(predictor, feed: dict, runs: int = 2) -> list[list[np.ndarray]]:
-    """Run ``predictor`` ``runs`` times in a row on ``feed``; the outputs of each run."""
-    # In the order of the outputs: "fetch_name_<i>", or the name of a named value
-    # (a feed, a parameter) when that is what save_inference_model fetches.
-    names = predictor.get_output_names()
-    results = []
-    for _ in range(runs):
-        for name in predictor.get_input_names():
-            predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-        predictor.run()
-        results.append([np.asarray(predictor.get_output_handle(name).copy_to_cpu()) for name in names])
-    return results
-
-
 def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:
     """Save ``built`` and run it ``runs`` times in a row on one Paddle Inference predictor.
 
     State that leaks from one run into the next (a buffer Paddle Inference keeps,
     such as a folded constant, written in place) shows up as runs that differ.
     """
-    return run_predictor(inference_predictor(built), built.feed, runs)
+    # Outputs in order: "fetch_name_<i>", or the name of a named value (a feed, a
+    # parameter) when that is what save_inference_model fetches.
+    predictor = inference_predictor(built)
+    return [run_predictor(predictor, built.feed) for _ in range(runs)]
 
 
 def same_bits(a: list, b: list) -> bool:

@@ -15,7 +15,8 @@ from test_export import TEXTS, encode, feed
 
 from paddlenlp_ext.export import METADATA_FILE, export_generation_model
 from paddlenlp_ext.files import current_umask
-from paddlenlp_ext.inference import StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program
+from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
+                                    run_predictor)
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
@@ -121,12 +122,7 @@ def test_converted_model_gives_the_same_tokens(source, converted, tmp_path):
     config.disable_mkldnn()
     config.set_optim_cache_dir(str(tmp_path))
     config.enable_save_optim_model(True)
-    predictor = inference.create_predictor(config)
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(inputs[name])
-    predictor.run()
-    np.testing.assert_array_equal(predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu(),
-                                  reference)
+    np.testing.assert_array_equal(run_predictor(inference.create_predictor(config), inputs)[0], reference)
     assert executed_loop_copies(str(tmp_path)) == 0
 
 

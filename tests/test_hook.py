@@ -11,6 +11,7 @@ from test_program_shapes import loop_with_outer_buffer
 
 import paddlenlp_ext
 import paddlenlp_ext.hook as hook
+from paddlenlp_ext.inference import run_predictor
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 SPEC = [paddle.static.InputSpec([2, 3], "float32", "x")]
@@ -74,13 +75,6 @@ def paddlenlp_config(directory):
     return config
 
 
-def run_predictor(predictor, feed):
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(feed[name])
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
-
-
 def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp_path, caplog):
     """Issue 9: a user's own serving code (PaddleNLP's config, paddle.inference's
     create_predictor) gets the cleaned loop with one call, and the same tokens."""
@@ -102,8 +96,8 @@ def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp
         (str(directory / "model.pdmodel"), "removed 18 copies from 1 loops; kept 0")]
     assert executed_loop_copies(str(tmp_path)) == 0  # the program Paddle Inference ran
     assert config.prog_file() == str(directory / "model.pdmodel") and not config.new_ir_enabled()
-    np.testing.assert_array_equal(run_predictor(cleaned, feed()), reference)
-    np.testing.assert_array_equal(run_predictor(as_is, feed()), reference)
+    np.testing.assert_array_equal(run_predictor(cleaned, feed())[0], reference)
+    np.testing.assert_array_equal(run_predictor(as_is, feed())[0], reference)
 
 
 def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
@@ -122,4 +116,4 @@ def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
     with paddlenlp_ext.enable() as enabled:
         predictor = inference.create_predictor(paddlenlp_config(tmp_path))
     assert enabled.reports == []
-    assert run_predictor(predictor, {"x": np.array([1.0, 2.0], "float32")}).tolist() == [2.0, 4.0]
+    assert run_predictor(predictor, {"x": np.array([1.0, 2.0], "float32")})[0].tolist() == [2.0, 4.0]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
-from paddlenlp_ext.inference import ModelDirectoryError, StaticGenerationModel, executed_loop_copies, model_format
+from paddlenlp_ext.inference import (ModelDirectoryError, StaticGenerationModel, executed_loop_copies, model_format,
+                                    run_predictor)
 
 FEED = feed()
 
@@ -37,11 +38,7 @@ def test_onednn_breaks_the_loop_so_it_is_off(exported, tmp_path):
     config.disable_gpu()
     config.enable_new_ir(True)
     config.enable_mkldnn()
-    predictor = inference.create_predictor(config)
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(FEED[name])
-    predictor.run()
-    tokens = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    tokens = run_predictor(inference.create_predictor(config), FEED)[0]
     assert not np.array_equal(tokens, reference)
 
 
@@ -80,10 +77,7 @@ def _onednn_predictor(prefix, *, onednn=True, delete=(), inplace_blacklist=""):
 
 
 def _run(predictor, feed):
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return run_predictor(predictor, feed)[0]
 
 
 def _scale_pow_add(prefix, shape):
