@@ -13,3 +13,11 @@ def boolean_flag(text: str) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors (a wrong type, an unknown flag) are one
+    ``error:`` line and exit code 2, without argparse's usage block first."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")

@@ -84,6 +84,7 @@ from pathlib import Path
 
 import numpy as np
 
+from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
 from paddlenlp_ext.quiet import quiet_paddle
 
@@ -100,13 +101,6 @@ MIB = 2**20
 
 class BenchmarkError(Exception):
     """A bad argument: reported on one line, exit code 2."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    # argparse prints its usage before its own errors (a wrong type, an unknown flag);
-    # every user error of this script is one line instead.
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -130,7 +124,7 @@ def _variant_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="scripts/benchmark.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="scripts/benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmark.json",
                         help="the JSON file to write (a .json path); the plot goes beside it as .png "
                              "(default benchmark.json)")

@@ -47,6 +47,7 @@ import tempfile
 
 import numpy as np
 
+from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.quiet import quiet_paddle
 
 # The passes Paddle Inference 3.3.1 logs ("Running PIR pass [...]") for a CPU config
@@ -85,11 +86,6 @@ class BisectError(Exception):
     """A bad argument or model: reported on one line, exit code 2."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
 def _prompt(text: str) -> list[int]:
     try:
         ids = [int(item) for item in text.split(",")]
@@ -111,7 +107,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="a static model directory (model.pdmodel or model.json, model.pdiparams)")
     parser.add_argument("--clean", action="store_true", help="run remove_loop_assign on the program first")
     parser.add_argument("--prompt", type=_prompt, default=_prompt(DEFAULT_PROMPT),
