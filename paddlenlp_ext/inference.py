@@ -224,9 +224,9 @@ def cleaned_legacy_config(config):
         loaded = load_files(prog[: -len(".pdmodel")], "legacy")
     except Exception:  # not a program we can read: Paddle's own predictor reports it
         return None
-    if not loop_copies(ProgramIndex.build(loaded.program)):
-        return None
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+    if not report.loops:  # not a decoding loop: nothing for us to do
+        return None
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)
