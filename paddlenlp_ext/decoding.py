@@ -19,17 +19,23 @@ legacy one to PIR, as Paddle 3.x does) and ``run_generation`` runs it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from .compat import fresh_trace_records, legacy_export_patches, pir_export_patches
+from .compat import (StaticCacheLayer, fresh_trace_records, legacy_export_patches, pir_export_patches,
+                     static_cache_attention)
 from .paddle_modes import dygraph_mode
 from .inference import LoadedProgram, run_program
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
+# How GenerationLoop keeps the KV cache: PaddleNLP's (each step concatenates every
+# layer's keys and values with the new token's), or buffers allocated once for the
+# prompt and max_new_tokens and written one position per step, in place.
+CACHES = ("concat", "static")
 
 
 @dataclass(frozen=True)
@@ -152,13 +158,30 @@ class GenerationLoop(paddle.nn.Layer):
     the model's outputs as PaddleNLP code does (``out[0]``, ``out[1]``), so a legacy
     export carries the logits and every cache tensor through copy chains: what
     ``paddlenlp_ext.remove_loop_assign`` removes.
+
+    ``cache="static"`` keeps the KV cache in buffers of prompt length +
+    ``max_new_tokens`` positions per layer, allocated after the prefill; each step
+    writes its token's keys and values at one position, in place, and attention reads
+    the buffers with the positions not yet written masked
+    (``compat.static_cache_attention``, entered around every call of the loop and by
+    the exports). ``"concat"`` (the default) is PaddleNLP's cache, grown by
+    ``paddle.concat`` every step: a copy of the whole cache per token.
     """
 
-    def __init__(self, model, config: DecodingConfig):
+    def __init__(self, model, config: DecodingConfig, cache: str = "concat"):
         super().__init__()
+        if cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
         self.model = model
         self.config = config
+        self.cache = cache
         self.vocab_size = model.config.vocab_size
+
+    def __call__(self, *args, **kwargs):
+        if self.cache != "static":
+            return super().__call__(*args, **kwargs)
+        with static_cache_attention():
+            return super().__call__(*args, **kwargs)
 
     def _next_token(self, logits, seed, step):
         """int64 [B, 1]: the token each row picks from its last-position logits [B, V]."""
@@ -222,6 +245,8 @@ class GenerationLoop(paddle.nn.Layer):
     def forward(self, input_ids, attention_mask, max_new_tokens, seed=None):
         if seed is None and self.config.decode_strategy == "sampling":
             raise ValueError("sampling needs a seed (int64 [1])")
+        if self.cache == "static":
+            return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, seed)
         # Left padding: the first real token of each row is at position 0 (the pads get
         # position 0 too; they are masked out as keys and nothing reads their outputs).
         position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
@@ -251,15 +276,86 @@ class GenerationLoop(paddle.nn.Layer):
             running = self._running(step, max_new_tokens, finished)
         return generated
 
+    def _decode_with_static_cache(self, input_ids, attention_mask, max_new_tokens, seed):
+        """``forward`` with the static cache: the same prefill and token choice; the
+        prompt's keys and values are then copied once into the buffers, which the
+        steps write into in place."""
+        position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
+        prefill = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
+                             return_dict=False)
+        cache = self._allocate_static_cache(prefill[1], max_new_tokens)
+        batch = paddle.shape(input_ids)[0]
+        # The mask over the buffers' positions once every new token is written: the
+        # prompt's, then ones. Each step keeps its positions up to the one it writes.
+        final_mask = paddle.concat([attention_mask, paddle.ones([batch, max_new_tokens[0]], dtype="int64")], axis=1)
+        cache_positions = paddle.arange(paddle.shape(final_mask)[1], dtype="int64").unsqueeze(0)
+        write_position = paddle.shape(input_ids)[1:2].astype("int64")
+        step = paddle.full([1], 0, dtype="int64")
+        token = self._next_token(prefill[0][:, -1, :], seed, step)
+        finished = paddle.zeros_like(token, dtype="bool")
+        token, finished = self._finish(token, finished)
+        generated = paddle.assign(token)  # a copy: see forward
+        position = position_ids[:, -1:] + 1
+        step = step + 1
+        running = self._running(step, max_new_tokens, finished)
+        while running:
+            token, cache = self._static_cache_step(token, position, cache, write_position,
+                                                   final_mask * (cache_positions <= write_position).astype("int64"),
+                                                   seed, step)
+            token, finished = self._finish(token, finished)
+            generated = paddle.concat([generated, token], axis=1)
+            position = position + 1
+            write_position = write_position + 1
+            step = step + 1
+            running = self._running(step, max_new_tokens, finished)
+        return generated
+
+    def _static_cache_step(self, token, position, cache, write_position, attention_mask, seed, step):
+        """One step on the static cache: the next token and the written buffers.
+
+        A method of its own so that the loop body assigns loop state only: dy2static
+        carries every name the body assigns through the loop (those it first assigns
+        there too), and in a legacy export a carried model output (``out[1]``) would
+        be another variable per buffer, copied from the written buffer every step.
+        """
+        out = self.model(token, position_ids=position, attention_mask=attention_mask,
+                         past_key_values=_static_cache_layers(cache, write_position), use_cache=True,
+                         return_dict=False)
+        return self._next_token(out[0][:, -1, :], seed, step), out[1]
+
+    def _allocate_static_cache(self, prompt_cache, max_new_tokens):
+        """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens,
+        head_dim] (positions after the prompt's zero), from the prefill's
+        ``(key, value)`` pairs [B, prompt, kv_heads, head_dim]."""
+        config = self.model.config
+        head_dim = config.hidden_size // config.num_attention_heads
+        buffers = []
+        for key, value in prompt_cache:
+            unwritten = paddle.zeros([paddle.shape(key)[0], config.num_key_value_heads, max_new_tokens[0], head_dim],
+                                     dtype=key.dtype)
+            buffers.append((paddle.concat([key.transpose([0, 2, 1, 3]), unwritten], axis=2),
+                            paddle.concat([value.transpose([0, 2, 1, 3]), unwritten], axis=2)))
+        return tuple(buffers)
+
+
+def _static_cache_layers(cache, write_position) -> list:
+    """The ``past_key_values`` of one step: each layer's buffers and where to write."""
+    return [StaticCacheLayer(key, value, write_position) for key, value in cache]
+
 
 def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:
     # to_static replaces a layer's forward in place; the caller's loop stays dynamic.
-    return GenerationLoop(loop.model, loop.config)
+    return GenerationLoop(loop.model, loop.config, cache=loop.cache)
+
+
+def _cache_patches(loop: GenerationLoop):
+    return static_cache_attention() if loop.cache == "static" else contextlib.nullcontext()
 
 
 def export_pir(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in Paddle 3's PIR format: ``prefix``.json and ``prefix``.pdiparams."""
-    with paddle.pir_utils.IrGuard(), pir_export_patches(), dygraph_mode(), fresh_trace_records():
+    with paddle.pir_utils.IrGuard(), pir_export_patches(), _cache_patches(loop), dygraph_mode(), \
+            fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
         paddle.jit.save(static, prefix)
 
@@ -268,7 +364,8 @@ def export_legacy(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in the ProgramDesc format of Paddle 2.x and PaddleNLP 2.8 exports:
     ``prefix``.pdmodel and ``prefix``.pdiparams (Paddle 3.x translates it to PIR when it
     loads it)."""
-    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), dygraph_mode(), fresh_trace_records():
+    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), _cache_patches(loop), dygraph_mode(), \
+            fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
         paddle.jit.save(static, prefix)
 
