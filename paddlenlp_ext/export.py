@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import paddle
 
 from .files import current_umask
 from . import hook
-from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
+from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
 from .passes.report import LoopAssignReport
 
@@ -73,7 +74,8 @@ PADDLENLP_INPUTS = ["input_ids", "attention_mask", "position_ids", "max_new_toke
 
 def export_generation_model(model, output_dir, *, tokenizer=None, decoding: DecodingConfig | None = None,
                             format: str = "pir", remove_loop_assign: bool = True,
-                            overwrite: bool = False, loop: str = "generation_loop") -> ExportResult:
+                            overwrite: bool = False, loop: str = "generation_loop",
+                            cache: str = "concat") -> ExportResult:
     """Export decoding of a PaddleNLP causal LM as a static model directory.
 
     The directory has PaddleNLP's static layout: ``model.json`` (``format="pir"``) or
@@ -88,6 +90,10 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     with top-k sampling whose ``top_k`` is an input (top-p has no CPU kernel:
     ``decoding.top_p`` < 1 is an error there).
 
+    ``cache`` is the ``GenerationLoop``'s KV cache: ``"concat"`` (PaddleNLP's, grown
+    every step) or ``"static"`` (buffers for the prompt and ``max_new_tokens``, written
+    in place); PaddleNLP's own loop has its concat cache only.
+
     With ``remove_loop_assign`` the pass runs on a PIR program before it is saved (the
     report is returned and logged); a legacy file cannot hold the cleaned loop, so
     ``paddlenlp_ext.inference`` cleans it when it loads it.
@@ -96,9 +102,13 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if loop not in LOOPS:
         raise ExportError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if cache not in CACHES:
+        raise ExportError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
+    if loop == "paddlenlp" and cache != "concat":
+        raise ExportError(f"cache {cache!r} needs loop generation_loop: PaddleNLP's own loop keeps its concat cache")
     config = model.config
     decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
-    save = _save_paddlenlp_loop if loop == "paddlenlp" else _save_generation_loop
+    save = _save_paddlenlp_loop if loop == "paddlenlp" else functools.partial(_save_generation_loop, cache=cache)
     start = time.perf_counter()
     report = None
     with staged_directory(output_dir, overwrite=overwrite) as staging:
@@ -116,6 +126,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
         metadata = {
             "format": format,
             "loop": loop,
+            "cache": cache,
             "decoding": asdict(decoding),
             "inputs": PADDLENLP_INPUTS if loop == "paddlenlp" else [spec.name for spec in generation_inputs(decoding)],
             "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
@@ -126,8 +137,8 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     return ExportResult(Path(output_dir), format, report, time.perf_counter() - start)
 
 
-def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str) -> None:
-    (export_legacy if format == "legacy" else export_pir)(GenerationLoop(model, decoding), prefix)
+def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str, cache: str) -> None:
+    (export_legacy if format == "legacy" else export_pir)(GenerationLoop(model, decoding, cache=cache), prefix)
 
 
 def _save_paddlenlp_loop(model, decoding: DecodingConfig, prefix: str, format: str) -> None:

@@ -9,7 +9,8 @@ PaddleNLP's flags (``--model_name_or_path``, ``--output_path``, ``--dtype``,
 ``--export_format pir|legacy``, ``--remove_loop_assign`` (clean a PIR program before it
 is saved; a legacy one is cleaned where it is loaded), ``--loop`` (this project's
 ``GenerationLoop``, the default, or ``paddlenlp``: PaddleNLP's own ``to_static``,
-through ``compat.paddlenlp_export_patches``) and ``--overwrite``.
+through ``compat.paddlenlp_export_patches``), ``--cache concat|static`` (the
+``GenerationLoop``'s KV cache) and ``--overwrite``.
 
 The directory has PaddleNLP's static layout (``model.json`` or ``model.pdmodel`` with
 ``model.pdiparams``, ``config.json``, ``generation_config.json``, the tokenizer) and
@@ -53,11 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the loop-copy cleanup on the saved PIR program (legacy programs are cleaned at load)")
     add("--loop", choices=["generation_loop", "paddlenlp"], default="generation_loop",
         help="the decoding loop to export: this project's GenerationLoop or PaddleNLP's own sample_d2s")
+    add("--cache", default="concat",
+        help="KV cache of --loop generation_loop: concat (PaddleNLP's, grown every step; the default) or static "
+             "(preallocated, written in place)")
     add("--overwrite", action="store_true", help="replace a non-empty --output_path")
     return parser
 
 
 def _validate(args: argparse.Namespace) -> None:
+    from .decoding import CACHES
+
     if args.model is not None and args.model_name_or_path is not None:
         raise ExportModelError("give --model or --model_name_or_path, not both")
     if args.dtype != "float32":
@@ -65,6 +71,11 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("src_length", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ExportModelError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.cache not in CACHES:
+        raise ExportModelError(f"--cache must be one of {', '.join(CACHES)}, got {args.cache!r}")
+    if args.cache != "concat" and args.loop == "paddlenlp":
+        raise ExportModelError(f"--cache {args.cache} needs --loop generation_loop: PaddleNLP's own loop keeps its "
+                               "concat cache")
 
 
 def export(args: argparse.Namespace):
@@ -84,7 +95,7 @@ def export(args: argparse.Namespace):
                                       pad_token_id=model.config.pad_token_id or 0)
             return export_generation_model(model, args.output_path, tokenizer=tokenizer, decoding=decoding,
                                            format=args.export_format, remove_loop_assign=args.remove_loop_assign,
-                                           overwrite=args.overwrite, loop=args.loop)
+                                           overwrite=args.overwrite, loop=args.loop, cache=args.cache)
     except (ModelError, ExportError, ValueError) as error:  # ValueError: DecodingConfig's checks
         raise ExportModelError(str(error)) from None
 

@@ -5,7 +5,7 @@ The names are PaddleNLP's (``PredictorArgument``, ``ModelArgument``,
 ``predictor.predict(texts)``) and so are the flags, the prompt file (JSONL with
 ``src`` and optional ``tgt``) and the output file (JSONL ``{"src", "tgt", "output"}``).
 Added: ``--model NAME`` (an embedded model, ``llama2`` by default), ``--remove_loop_assign``,
-``--export_format`` and ``--seed``.
+``--export_format``, ``--cache`` and ``--seed``.
 
     python llm/predictor.py --model llama2 --remove_loop_assign
 
@@ -34,6 +34,9 @@ from .cli_flags import boolean_flag
 from .quiet import quiet_paddle, quiet_paddlenlp
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
+# decoding.CACHES, spelled out so that parsing the flags does not import Paddle (which
+# reads its logging settings when it loads, in quiet_paddle()).
+CACHES = ("concat", "static")
 
 
 class PredictorError(Exception):
@@ -58,6 +61,7 @@ class PredictorArgument:
     benchmark: bool = False
     remove_loop_assign: bool = False
     export_format: str = "legacy"
+    cache: str = "concat"  # the KV cache of the GenerationLoop exported from a checkpoint
     seed: int = 42
 
 
@@ -220,6 +224,9 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
     if source is not None and _is_static_dir(Path(source)):
         if config.mode == "dynamic":
             raise PredictorError(f"{source} is a static model directory: run it with --mode static")
+        if config.cache != "concat":
+            raise PredictorError(f"--cache {config.cache}: {source} is a static model directory, whose cache was "
+                                 "chosen when it was exported")
         tokenizer = _static_tokenizer(Path(source))
         _check_lengths(config, _max_positions(Path(source)))
         return StaticGraphPredictor(config, source, tokenizer)
@@ -238,7 +245,8 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
         static_dir = Path(staging) / "model"
         with dygraph_mode():
             export_generation_model(model, static_dir, tokenizer=tokenizer, decoding=decoding,
-                                    format=config.export_format, remove_loop_assign=config.remove_loop_assign)
+                                    format=config.export_format, remove_loop_assign=config.remove_loop_assign,
+                                    cache=config.cache)
         try:
             # Paddle Inference reads the files when it creates the predictor.
             return StaticGraphPredictor(config, static_dir, tokenizer)
@@ -297,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(f"--{name}", type=boolean_flag, nargs="?", const=True, default=False, help=text)
     add("--export_format", choices=["legacy", "pir"], default="legacy",
         help="format of the static model exported from a dygraph checkpoint (default legacy)")
+    add("--cache", default="concat",
+        help="KV cache of the loop exported from a dygraph checkpoint: concat (PaddleNLP's, grown every step; "
+             "the default) or static (preallocated, written in place)")
     add("--seed", type=int, default=42, help="sampling seed (default 42)")
     return parser
 
@@ -319,6 +330,11 @@ def _validate(config: PredictorArgument) -> None:
                                  "--mode dynamic")
         config.mode = "static"
     config.mode = config.mode or "dynamic"
+    if config.cache not in CACHES:
+        raise PredictorError(f"--cache must be one of {', '.join(CACHES)}, got {config.cache!r}")
+    if config.cache != "concat" and config.mode == "dynamic":
+        raise PredictorError(f"--cache {config.cache} is the static loop's: use --mode static (--mode dynamic runs "
+                             "PaddleNLP's generate)")
     if config.model is not None and config.model_name_or_path is not None:
         raise PredictorError("give --model or --model_name_or_path, not both")
     if config.dtype not in (None, "float32"):
