@@ -5,6 +5,7 @@ a PIR export and in a legacy export cleaned by remove_loop_assign; the same samp
 tokens for a seed; the write stays in place and no loop copy is left; and the
 --cache flag of the predictor and of export_model."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -18,7 +19,8 @@ from paddlenlp_ext import remove_loop_assign
 from paddlenlp_ext.compat import StaticCacheLayer, static_cache_attention
 from paddlenlp_ext.decoding import CACHES, DecodingConfig, GenerationLoop, run_generation
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
-from paddlenlp_ext.inference import StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program
+from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
+                                     run_program)
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
@@ -248,3 +250,41 @@ def test_predictor_cache_flag_gives_the_concat_outputs(home, monkeypatch, tmp_pa
         assert predictor_cli.main(["--output_file", str(output), *args]) == 2
         assert capsys.readouterr().err.strip().splitlines() == ["error: " + message]
         assert not output.exists()
+
+
+class _SetitemLoop(paddle.nn.Layer):
+    """A loop that writes one position of a buffer per step with a slice assignment."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(2.0))
+
+    def forward(self, x, n):
+        buffer = paddle.concat([x, paddle.zeros_like(x)], axis=1)
+        position = paddle.shape(x)[1:2].astype("int64")
+        step = paddle.full([1], 0, dtype="int64")
+        while step < n:
+            buffer[:, position:position + 1] = x[:, :1] * self.scale
+            position = position + 1
+            step = step + 1
+        return buffer
+
+
+def test_a_legacy_slice_assignment_would_copy_the_whole_buffer_every_step(tmp_path):
+    """Why compat.write_cache_position_ is a put_along_axis: dy2static traces a legacy
+    setitem into a new variable, which the translator makes the out-of-place
+    set_value_with_tensor; PIR's setitem is the in-place set_value_with_tensor_."""
+    from paddlenlp_ext.compat import fresh_trace_records, legacy_export_patches
+
+    specs = [paddle.static.InputSpec([None, None], "float32", "x"), paddle.static.InputSpec([1], "int64", "n")]
+    for program_format, ir_guard, patches, write in (
+            ("legacy", paddle.pir_utils.OldIrGuard, legacy_export_patches, "pd_op.set_value_with_tensor"),
+            ("pir", paddle.pir_utils.IrGuard, contextlib.nullcontext, "pd_op.set_value_with_tensor_")):
+        with ir_guard(), patches(), dygraph_mode(), fresh_trace_records():
+            paddle.jit.save(paddle.jit.to_static(_SetitemLoop(), input_spec=specs, full_graph=True),
+                            str(tmp_path / program_format / "model"))
+        loaded = load_program(tmp_path / program_format)
+        assert write in _loop_body_ops(loaded.program)
+        x = np.arange(6, dtype="float32").reshape(2, 3)
+        (written,) = run_program(loaded, {"x": x, "n": np.array([2])})
+        np.testing.assert_array_equal(written[:, 3:5], np.repeat(x[:, :1] * 2, 2, axis=1))
