@@ -452,9 +452,10 @@ def _llama_attention_with_static_cache(self, hidden_states, position_ids=None, p
     if (self.fuse_attention_qkv or self.reshard_layer is not None or self.sequence_parallel
             or self.kv_indices is not None or not config.rope or self.use_fused_rope
             or config.use_long_sequence_strategies or config.rope_scaling_type == "dynamic_ntk"
-            or alibi is not None or output_attentions):
+            or config.use_flash_attention or alibi is not None or output_attentions):
         raise NotImplementedError("the static KV cache covers PaddleNLP's plain llama attention: no fused qkv or "
-                                  "rope, tensor/sequence parallelism, alibi, dynamic NTK or returned weights")
+                                  "rope, tensor/sequence parallelism, alibi, dynamic NTK, flash attention or "
+                                  "returned weights")
     import paddlenlp.transformers.llama.modeling as llama_modeling
 
     heads, kv_heads, head_dim = self.num_heads, self.num_key_value_heads, self.head_dim
