@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def build(directory: Path, args) -> dict:
     with dygraph_mode():
         paddle.seed(0)
         config = LlamaConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                             intermediate_size=32 * -(-8 * args.hidden_size // 3 // 32),
+                             intermediate_size=32 * math.ceil(8 * args.hidden_size / 3 / 32),  # as scripts/benchmark.py
                              num_hidden_layers=args.layers, num_attention_heads=args.heads,
                              num_key_value_heads=args.heads,
                              max_position_embeddings=max(args.contexts) + args.new_tokens + 1, rms_norm_eps=1e-5,
