@@ -430,6 +430,24 @@ def write_cache_position_(buffer, position, value):
 _paddlenlp_llama_attention_forward = None
 
 
+def _plain_llama_attention(layer) -> bool:
+    """``layer`` is a PaddleNLP llama attention that ``_llama_attention_with_static_cache``
+    covers: no fused qkv or rope, tensor/sequence parallelism, dynamic NTK or flash attention."""
+    config = layer.config
+    return not (layer.fuse_attention_qkv or layer.reshard_layer is not None or layer.sequence_parallel
+                or layer.kv_indices is not None or not config.rope or layer.use_fused_rope
+                or config.use_long_sequence_strategies or config.rope_scaling_type == "dynamic_ntk"
+                or config.use_flash_attention)
+
+
+def supports_static_cache(model) -> bool:
+    """Every attention layer of ``model`` is a llama attention the static KV cache covers."""
+    from paddlenlp.transformers.llama.modeling import LlamaAttention
+
+    attentions = [layer for layer in model.sublayers() if isinstance(layer, LlamaAttention)]
+    return bool(attentions) and all(_plain_llama_attention(layer) for layer in attentions)
+
+
 def _llama_attention_with_static_cache(self, hidden_states, position_ids=None, past_key_value=None,
                                        attention_mask=None, output_attentions=False, use_cache=False, alibi=None,
                                        npu_is_casual=False):
@@ -448,11 +466,7 @@ def _llama_attention_with_static_cache(self, hidden_states, position_ids=None, p
     if not isinstance(past_key_value, StaticCacheLayer):
         return _paddlenlp_llama_attention_forward(self, hidden_states, position_ids, past_key_value, attention_mask,
                                                   output_attentions, use_cache, alibi, npu_is_casual)
-    config = self.config
-    if (self.fuse_attention_qkv or self.reshard_layer is not None or self.sequence_parallel
-            or self.kv_indices is not None or not config.rope or self.use_fused_rope
-            or config.use_long_sequence_strategies or config.rope_scaling_type == "dynamic_ntk"
-            or config.use_flash_attention or alibi is not None or output_attentions):
+    if not _plain_llama_attention(self) or alibi is not None or output_attentions:
         raise NotImplementedError("the static KV cache covers PaddleNLP's plain llama attention: no fused qkv or "
                                   "rope, tensor/sequence parallelism, alibi, dynamic NTK, flash attention or "
                                   "returned weights")

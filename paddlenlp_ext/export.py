@@ -16,6 +16,7 @@ import paddle
 
 from .files import current_umask
 from . import hook
+from .compat import supports_static_cache
 from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
 from .passes.report import LoopAssignReport
@@ -75,7 +76,7 @@ PADDLENLP_INPUTS = ["input_ids", "attention_mask", "position_ids", "max_new_toke
 def export_generation_model(model, output_dir, *, tokenizer=None, decoding: DecodingConfig | None = None,
                             format: str = "pir", remove_loop_assign: bool = True,
                             overwrite: bool = False, loop: str = "generation_loop",
-                            cache: str = "concat") -> ExportResult:
+                            cache: str | None = None) -> ExportResult:
     """Export decoding of a PaddleNLP causal LM as a static model directory.
 
     The directory has PaddleNLP's static layout: ``model.json`` (``format="pir"``) or
@@ -92,7 +93,10 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
 
     ``cache`` is the ``GenerationLoop``'s KV cache: ``"concat"`` (PaddleNLP's, grown
     every step) or ``"static"`` (buffers for the prompt and ``max_new_tokens``, written
-    in place); PaddleNLP's own loop has its concat cache only.
+    in place); PaddleNLP's own loop has its concat cache only. None (the default)
+    chooses ``"static"``, faster at every context in ``scripts/benchmark.py``, when the
+    loop is ours and the model's attention is one it covers
+    (``compat.supports_static_cache``), else ``"concat"``.
 
     With ``remove_loop_assign`` the pass runs on a PIR program before it is saved (the
     report is returned and logged); a legacy file cannot hold the cleaned loop, so
@@ -102,10 +106,15 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if loop not in LOOPS:
         raise ExportError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if cache is None:
+        cache = "static" if loop == "generation_loop" and supports_static_cache(model) else "concat"
     if cache not in CACHES:
         raise ExportError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
     if loop == "paddlenlp" and cache != "concat":
         raise ExportError(f"cache {cache!r} needs loop generation_loop: PaddleNLP's own loop keeps its concat cache")
+    if cache == "static" and not supports_static_cache(model):
+        raise ExportError("cache 'static' covers PaddleNLP's plain llama attention only (no fused qkv or rope, "
+                          "tensor/sequence parallelism, dynamic NTK or flash attention)")
     config = model.config
     decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
     save = _save_paddlenlp_loop if loop == "paddlenlp" else functools.partial(_save_generation_loop, cache=cache)

@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the loop-copy cleanup on the saved PIR program (legacy programs are cleaned at load)")
     add("--loop", choices=["generation_loop", "paddlenlp"], default="generation_loop",
         help="the decoding loop to export: this project's GenerationLoop or PaddleNLP's own sample_d2s")
-    add("--cache", default="concat",
-        help="KV cache of --loop generation_loop: concat (PaddleNLP's, grown every step; the default) or static "
-             "(preallocated, written in place)")
+    add("--cache", default=None,
+        help="KV cache of --loop generation_loop: static (preallocated, written in place; the default where the "
+             "model's attention allows it) or concat (PaddleNLP's, grown every step)")
     add("--overwrite", action="store_true", help="replace a non-empty --output_path")
     return parser
 
@@ -71,9 +71,9 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("src_length", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ExportModelError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.cache not in CACHES:
+    if args.cache not in (None, *CACHES):
         raise ExportModelError(f"--cache must be one of {', '.join(CACHES)}, got {args.cache!r}")
-    if args.cache != "concat" and args.loop == "paddlenlp":
+    if args.cache == "static" and args.loop == "paddlenlp":
         raise ExportModelError(f"--cache {args.cache} needs --loop generation_loop: PaddleNLP's own loop keeps its "
                                "concat cache")
 

@@ -61,7 +61,7 @@ class PredictorArgument:
     benchmark: bool = False
     remove_loop_assign: bool = False
     export_format: str = "legacy"
-    cache: str = "concat"  # the KV cache of the GenerationLoop exported from a checkpoint
+    cache: str | None = None  # the exported GenerationLoop's KV cache; None: export_generation_model's choice
     seed: int = 42
 
 
@@ -224,7 +224,7 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
     if source is not None and _is_static_dir(Path(source)):
         if config.mode == "dynamic":
             raise PredictorError(f"{source} is a static model directory: run it with --mode static")
-        if config.cache != "concat":
+        if config.cache is not None:
             raise PredictorError(f"--cache {config.cache}: {source} is a static model directory, whose cache was "
                                  "chosen when it was exported")
         tokenizer = _static_tokenizer(Path(source))
@@ -305,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(f"--{name}", type=boolean_flag, nargs="?", const=True, default=False, help=text)
     add("--export_format", choices=["legacy", "pir"], default="legacy",
         help="format of the static model exported from a dygraph checkpoint (default legacy)")
-    add("--cache", default="concat",
-        help="KV cache of the loop exported from a dygraph checkpoint: concat (PaddleNLP's, grown every step; "
-             "the default) or static (preallocated, written in place)")
+    add("--cache", default=None,
+        help="KV cache of the loop exported from a dygraph checkpoint: static (preallocated, written in place; "
+             "the default where the model's attention allows it) or concat (PaddleNLP's, grown every step)")
     add("--seed", type=int, default=42, help="sampling seed (default 42)")
     return parser
 
@@ -330,9 +330,9 @@ def _validate(config: PredictorArgument) -> None:
                                  "--mode dynamic")
         config.mode = "static"
     config.mode = config.mode or "dynamic"
-    if config.cache not in CACHES:
+    if config.cache not in (None, *CACHES):
         raise PredictorError(f"--cache must be one of {', '.join(CACHES)}, got {config.cache!r}")
-    if config.cache != "concat" and config.mode == "dynamic":
+    if config.cache is not None and config.mode == "dynamic":
         raise PredictorError(f"--cache {config.cache} is the static loop's: use --mode static (--mode dynamic runs "
                              "PaddleNLP's generate)")
     if config.model is not None and config.model_name_or_path is not None:
