@@ -193,6 +193,19 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     return inference.create_predictor(config)
 
 
+def paddlenlp_static_config(model_dir: str | os.PathLike):
+    """Paddle Inference configured as PaddleNLP 2.8's static predictor configures it
+    (``llm/predictor.py``, ``StaticGraphPredictor`` on CPU) for a legacy model directory:
+    what its users run today. Paddle's defaults otherwise: on 3.3.1 that is the old IR
+    with oneDNN on."""
+    directory = Path(model_dir)
+    config = inference.Config(str(directory / LEGACY_FILE), str(directory / PARAMS_FILE))
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.enable_new_executor()
+    return config
+
+
 def executed_loop_copies(dump_dir: str) -> int:
     """Loop copies in the program Paddle Inference optimized and ran (its own dump)."""
     prefix = os.path.join(dump_dir, "_optimized")
