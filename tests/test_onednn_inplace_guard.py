@@ -23,6 +23,19 @@ def default_predictor(prefix):
     return inference.create_predictor(config)
 
 
+def no_placement_predictor(prefix):
+    """oneDNN on with onednn_placement_pass deleted: only the fuse passes' ops (fused
+    matmuls) run on oneDNN, everything else plain."""
+    from paddle import inference
+
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_gpu()
+    config.enable_new_ir(True)
+    config.enable_mkldnn()
+    config.delete_pass("onednn_placement_pass")
+    return inference.create_predictor(config)
+
+
 def plain_predictor(prefix):
     """StaticGenerationModel's configuration: new IR, oneDNN off."""
     from paddlenlp_ext.inference import create_paddle_predictor
@@ -100,6 +113,28 @@ def test_only_reads_that_can_alias_a_later_read_are_guarded():
     assert not second.modified and second.summary() == "guarded 0 reads"
 
 
+def test_two_guarded_reads_of_one_value_get_copies_that_cannot_be_merged(tmp_path):
+    """Identical copies would be merged by common_subexpression_elimination_pass into
+    one value read by pow and rsqrt: pow_ would write over it before rsqrt reads it."""
+    source = str(tmp_path / "src" / "model")
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            h = x * 3.0
+            out = h.pow(2) + paddle.rsqrt(h) + h
+        paddle.static.save_inference_model(source, [x], [out], paddle.static.Executor(paddle.CPUPlace()),
+                                           program=main)
+    unfixed, fixed, report = save_both(lambda: load_files(source, "pir"), tmp_path)
+    x = {"x": np.arange(1, 17, dtype="float32").reshape(2, 8) / 8}
+    h = 3 * x["x"]
+    expected = h ** 2 + 1 / np.sqrt(h) + h
+    assert not np.allclose(run_predictor(default_predictor(unfixed), x)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(run_predictor(default_predictor(fixed), x)[0], expected, rtol=1e-5)
+    assert_bit_identical(run_predictor(plain_predictor(fixed), x), run_predictor(plain_predictor(unfixed), x))
+    assert report.ops == {"pd_op.pow": 1, "pd_op.rsqrt": 1}
+
+
 # -- the llama decoding loop (legacy export, translated and cleaned as StaticGenerationModel does) --
 
 
@@ -152,6 +187,11 @@ def test_paddlenlp_loop_scores_stay_bit_identical(paddlenlp_loop, tmp_path):
     broken, _ = twice(default_predictor(unfixed), inputs)
     assert not np.array_equal(broken[0], plain[0])
     for run in twice(default_predictor(fixed), inputs):
+        np.testing.assert_array_equal(run[0], plain[0])
+    # oneDNN for the fused matmuls only: their outputs feed RMSNorm's pow in this loop
+    broken, _ = twice(no_placement_predictor(unfixed), inputs)
+    assert not np.array_equal(broken[0], plain[0])
+    for run in twice(no_placement_predictor(fixed), inputs):
         np.testing.assert_array_equal(run[0], plain[0])
     # every RMSNorm's pow but the first layer's, before the loop and in it: the first reads
     # the embedding, a plain kernel (no layout transform, so inplace_pass sees the later reads)

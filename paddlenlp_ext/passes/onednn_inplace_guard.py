@@ -31,10 +31,20 @@ A plain op whose in-place version only re-labels its input (unsqueeze, assign)
 passes the alias on: a writer of *its* output counts too.
 
 Rule. This pass guards every read that can be such a ``P`` (a superset, decided on
-the program before Paddle's passes): it inserts a copy ``c = pd_op.scale(h, 1.0,
-0.0)`` in front of ``P`` and makes ``P`` read ``c``. ``scale`` has a oneDNN kernel, so
-under oneDNN ``P`` reads ``onednn_to_paddle_layout(c)``, whose buffer is ``c``'s, which
-nothing else reads; under plain kernels ``c`` is an ordinary fresh tensor.
+the program before Paddle's passes): it inserts a copy ``c = pd_op.concat([h], axis)``
+in front of ``P`` and makes ``P`` read ``c``. ``concat`` has no in-place version, so
+``c`` is a fresh buffer whichever kernel runs it: under oneDNN ``P`` reads
+``onednn_to_paddle_layout(c)``, which shares ``c``'s buffer and nothing else reads ``c``;
+on plain kernels (oneDNN off, or ``onednn_placement_pass`` deleted, where concat stays
+plain) ``c`` is an ordinary tensor. (A copy that has an in-place version, such as
+``scale(h, 1.0)`` or ``assign``, is itself in-placed over ``h`` when ``onednn_placement_pass``
+is deleted, and the alias is back.) Two copies of one value are built differently
+(another axis, or nested concats): ``common_subexpression_elimination_pass`` would
+otherwise merge them into one ``c`` read by two guarded ops, the first of which writes
+over it. Rewriting ``pow(h, 2)`` as ``multiply(h, h)`` (an op with a oneDNN kernel) is
+no general fix: it changes bits (Paddle's pow kernel is Eigen's ``pow``, not ``x * x``,
+for about 4% of float32 inputs), and with ``onednn_placement_pass`` deleted the plain
+``multiply`` is in-placed over a fused matmul's output just the same.
 
 Before::
 
@@ -47,19 +57,23 @@ Before::
 After::
 
     (%7) = "pd_op.cast" (%6) {dtype:float32}
-    (%20) = "pd_op.full" () {shape:[1], value:1}
-    (%21) = "pd_op.scale" (%7, %20) {bias:0, bias_after_scale:true}   # c
-    (%8) = "pd_op.pow" (%21) {y:2}                     # pow_ may overwrite c: nothing else reads it
+    (%20) = "pd_op.full" () {dtype:int32, shape:[1], value:0}
+    (%21) = "builtin.combine" (%7)
+    (%22) = "pd_op.concat" (%21, %20)                  # c
+    (%8) = "pd_op.pow" (%22) {y:2}                     # pow_ may overwrite c: nothing else reads it
     ...
     (%12) = "pd_op.multiply" (%11, %7)                 # reads h
 
 A read of ``h`` by op ``P`` at operand ``k`` is guarded when all of these hold:
 
-1. ``P`` can run a plain kernel under oneDNN: its phi kernel has no ONEDNN
-   registration (``_get_registered_phi_kernels``). (Paddle 3.3.1's
+1. ``P`` runs a plain kernel under Paddle's default oneDNN pipeline: its phi kernel
+   has no ONEDNN registration (``_get_registered_phi_kernels``). (Paddle 3.3.1's
    ``onednn_placement_pass`` moves exactly ops with a ``onednn_op`` twin to oneDNN;
    the ops with an ONEDNN kernel it leaves plain, such as ``expand``, have no
-   in-place version, so condition 2 excludes them anyway.)
+   in-place version, so condition 2 excludes them anyway. With
+   ``onednn_placement_pass`` deleted every op runs plain; the reads this condition
+   leaves out were, in our llama loops, ``multiply`` at a slot it does not write and
+   ``cast`` to the same dtype, which writes the same bits.)
 2. ``P`` has an in-place version ``P_`` that writes data (``pd_op.P_`` exists;
    ``P`` is not ``transpose``), or ``P`` is an op whose in-place version writes no new
    data (``unsqueeze``, ``squeeze``, ``reshape``, ``flatten``, ``assign``: the result is
@@ -78,10 +92,7 @@ The shape condition of ``CanDoInplace`` is deliberately not used: shapes can be
 refined by Paddle's passes, and a copy of a prefill-sized tensor costs far less than
 a wrong token. A guarded read no longer meets condition 5 (``c`` has one reader), so
 running the pass twice changes nothing. On plain kernels the program computes the same
-bits: ``scale`` with 1.0 and bias 0.0 is an exact copy except that ``-0.0`` becomes
-``+0.0``, which the only op it guards in our models, ``pow(x, 2)``, cannot tell apart.
-The report lists the guarded ops by name, so a model where a sign-sensitive op is
-guarded shows up.
+bits (``concat`` of one tensor is an exact copy).
 """
 
 from __future__ import annotations
@@ -190,18 +201,39 @@ def _guarded_reads(index: ProgramIndex, outputs: set) -> list[tuple[int, int]]:
     return found
 
 
+def _copy(value, n: int):
+    """A fresh tensor equal to ``value``: ``concat([value], axis)``, the ``n``-th copy of
+    ``value`` built differently from the others (axes, then nested concats: ``n`` written
+    in bijective base 2 * rank), so that common_subexpression_elimination_pass cannot
+    merge two copies into one value read by two ops (which brings the hazard back). A
+    0-D value is copied as a [1] view of it, then viewed back."""
+    rank = len(value.shape)
+    if rank == 0:
+        return paddle._C_ops.reshape(_copy(paddle._C_ops.reshape(value, [1]), n), [])
+    axes = list(range(rank)) + list(range(-rank, 0))
+    copy = value
+    while True:
+        copy = paddle._C_ops.concat([copy], axes[n % len(axes)])
+        n //= len(axes)
+        if n == 0:
+            return copy
+        n -= 1
+
+
 def guard_onednn_inplace(program, outputs=()) -> OneDNNGuardReport:
     """Insert a copy before every read the rule above selects; ``outputs`` are the values
     the program's users fetch (condition 5). Returns what was guarded."""
     index = ProgramIndex.build(program)
     reads = _guarded_reads(index, {value_key(v) for v in outputs})
     names = Counter()
+    copies_of = Counter()  # source value -> copies made of it so far
     with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
         for op_id, k in reads:
             op = index.ops[op_id].op
+            source = op.operand_source(k)
             paddle.pir.set_insertion_point(op)
-            copy = paddle._C_ops.scale(op.operand_source(k), 1.0, 0.0, True)
-            op.operand(k).set_source(copy)
+            op.operand(k).set_source(_copy(source, copies_of[value_key(source)]))
+            copies_of[value_key(source)] += 1
             names[op.name()] += 1
         paddle.pir.reset_insertion_point_to_end()
     return OneDNNGuardReport(len(reads), dict(names))
