@@ -24,23 +24,18 @@ def default_predictor(prefix):
 
 
 def no_placement_predictor(prefix):
-    """oneDNN on with onednn_placement_pass deleted: only the fuse passes' ops (fused
-    matmuls) run on oneDNN, everything else plain."""
-    from paddle import inference
+    """StaticGenerationModel's configuration: oneDNN on with onednn_placement_pass
+    deleted, so only the fuse passes' ops (fused matmuls) run on oneDNN."""
+    from paddlenlp_ext.inference import create_paddle_predictor
 
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.enable_new_ir(True)
-    config.enable_mkldnn()
-    config.delete_pass("onednn_placement_pass")
-    return inference.create_predictor(config)
+    return create_paddle_predictor(prefix, "cpu", onednn="matmul")
 
 
 def plain_predictor(prefix):
-    """StaticGenerationModel's configuration: new IR, oneDNN off."""
+    """New IR, oneDNN off: plain kernels only."""
     from paddlenlp_ext.inference import create_paddle_predictor
 
-    return create_paddle_predictor(prefix, "cpu")
+    return create_paddle_predictor(prefix, "cpu", onednn="off")
 
 
 def twice(predictor, feed_dict):
