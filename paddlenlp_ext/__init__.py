@@ -14,6 +14,8 @@ _EXPORTS = {
     "remove_loop_assign_pr9002": ".passes.pr9002_rule",
     "LoopAssignReport": ".passes.report",
     "KeptCopy": ".passes.report",
+    "guard_onednn_inplace": ".passes.onednn_inplace_guard",
+    "OneDNNGuardReport": ".passes.onednn_inplace_guard",
     "enable": ".hook",
     "disable": ".hook",
     "load_model": ".models",

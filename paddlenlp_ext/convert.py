@@ -5,16 +5,17 @@
 SRC_DIR is a static model directory: ``model.pdmodel`` (legacy) or ``model.json``
 (PIR) with ``model.pdiparams``, and PaddleNLP's configs, tokenizer files and
 ``paddlenlp_ext.json`` beside them. Its program is loaded as PIR (a legacy program is
-translated, as Paddle 3.x does at load time), ``remove_loop_assign`` runs on it, and
-DST_DIR gets ``model.json`` + ``model.pdiparams``, which Paddle Inference loads without
-translating and without the copies. A PIR source is converted too: the pass applies to
+translated, as Paddle 3.x does at load time), ``remove_loop_assign`` runs on it, then
+``guard_onednn_inplace`` (so that Paddle Inference's default CPU config, oneDNN on,
+decodes it right), and DST_DIR gets ``model.json`` + ``model.pdiparams``, which Paddle
+Inference loads without translating and without the copies. A PIR source is converted too: the pass applies to
 PIR programs as well (it removes nothing from a loop that has no copies), so the
 result is the same kind of directory whatever the source.
 
 Every other file of SRC_DIR is copied, except its ``model.*`` files (the old program,
 its parameters and the ``.pdiparams.info`` that describes them: DST_DIR's are written
 anew) and ``paddlenlp_ext.json``, which is rewritten: format ``pir``, the pass's report,
-and where and with what the conversion was made.
+the guard's summary, and where and with what the conversion was made.
 
 SRC_DIR is only read. DST_DIR must not be SRC_DIR, inside it, or contain it. A
 non-empty DST_DIR is refused unless ``--force``; then it is replaced as a whole, once
@@ -63,6 +64,7 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     # Imported here, not at the top: they import Paddle, which main() configures first.
     from .export import METADATA_FILE, ExportError, library_versions, staged_directory
     from .inference import MODEL_PREFIX, ModelDirectoryError, load_program, model_format, save_program
+    from .passes.onednn_inplace_guard import guard_onednn_inplace
     from .passes.remove_loop_assign import remove_loop_assign
 
     src, dst = Path(src_dir), Path(dst_dir)
@@ -79,10 +81,14 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     except ModelDirectoryError as error:
         raise ConvertError(str(error)) from None
     report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
+    # The directory leaves our hands: Paddle Inference's default CPU config (oneDNN and
+    # its inplace pass) must run it right too.
+    guarded = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
     metadata.update({
         "format": "pir",
         "remove_loop_assign": "convert",
         "report": report.record(),
+        "onednn_guard": guarded.summary(),
         "conversion": {"source": str(src.resolve()), "source_format": source_format, "versions": library_versions()},
     })
     try:

@@ -7,14 +7,15 @@ is disabled):
   ``paddle.jit.save`` in PIR mode traces (to_static), clones the program and hands
   it to ``save_inference_model``, which ``paddle/jit/api.py`` imported under its own
   name (Paddle 3.0 to 3.3.1). While the hook is enabled that name points to a
-  wrapper that runs the pass on the clone first, so the saved ``.json`` holds the
-  cleaned loop. A legacy-format save cannot hold it (the copies only appear when
+  wrapper that runs the pass on the clone first, then ``guard_onednn_inplace`` (so
+  that Paddle Inference's default CPU config runs it right), so the saved ``.json``
+  holds the cleaned loop. A legacy-format save cannot hold it (the copies only appear when
   Paddle translates the file at load time): those are cleaned where they are loaded.
 - ``paddle.inference.create_predictor``. Loading: a ``Config`` naming a legacy
   ``.pdmodel`` + ``.pdiparams`` pair whose program has a while loop (a generation
   model: PaddleNLP 2.8's ``to_static`` export, say) gets a predictor for the
   translated, cleaned program, configured as ``StaticGenerationModel`` runs it (new
-  IR; oneDNN off on CPU); the caller's ``Config`` is left as it was and every other
+  IR; on CPU oneDNN's matmuls only); the caller's ``Config`` is left as it was and every other
   setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
   created as before. Code that imported ``create_predictor`` by name before the hook
   was enabled keeps Paddle's own.
@@ -34,6 +35,7 @@ import threading
 import paddle.inference as paddle_inference
 import paddle.jit.api as jit_api
 
+from .passes.onednn_inplace_guard import guard_onednn_inplace
 from .passes.remove_loop_assign import remove_loop_assign
 
 logger = logging.getLogger("paddlenlp_ext")
@@ -51,6 +53,9 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
         report = remove_loop_assign(program, outputs=list(fetch_vars))
         _reports.append((path_prefix, report))
         logger.info("remove_loop_assign on %s: %s", path_prefix, report.summary())
+        guarded = guard_onednn_inplace(program, outputs=list(fetch_vars))
+        if guarded.modified:
+            logger.info("guard_onednn_inplace on %s: %s", path_prefix, guarded.summary())
     return _original_save(path_prefix, feed_vars, fetch_vars, executor, **kwargs)
 
 

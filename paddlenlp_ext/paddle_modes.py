@@ -23,7 +23,8 @@ def dygraph_mode():
 def static_mode():
     """Run a block in static mode and return to the mode the caller was in."""
     was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
+    if was_dynamic:  # enable_static() in static mode is not a no-op: inside paddle.jit.save
+        paddle.enable_static()  # it leaves Paddle in dynamic mode once the save returns
     try:
         yield
     finally:

@@ -50,25 +50,21 @@ def chained_loops(count: int):
     return main, [x]
 
 
+# The benchmark's llama (bench.models), hidden 512, at this script's depth.
+LLAMA = {"vocab_size": 1000, "hidden_size": 512, "intermediate_size": 1376, "heads": 8, "kv_heads": 8,
+         "max_position_embeddings": 2048, "seed": 0}
+
+
 def llama_program(layers: int, workdir: Path):
     """A function building (program, outputs) of a translated ``layers``-layer llama loop."""
-    import paddle
-    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+    from bench.models import export_model
 
-    from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy
-    from paddlenlp_ext.inference import MODEL_PREFIX, load_program
-    from paddlenlp_ext.paddle_modes import dygraph_mode
+    from paddlenlp_ext.inference import load_program
 
-    config = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=layers,
-                         num_attention_heads=8, max_position_embeddings=2048, tie_word_embeddings=False)
-    with dygraph_mode():
-        paddle.seed(0)
-        model = LlamaForCausalLM(config)
-        model.eval()
-        export_legacy(GenerationLoop(model, DecodingConfig(eos_token_id=None)), str(workdir / MODEL_PREFIX))
+    legacy = export_model(LLAMA, layers, workdir, formats=("legacy",))["legacy"]
 
     def build():
-        loaded = load_program(workdir)
+        loaded = load_program(legacy)
         return loaded.program, loaded.outputs
 
     return build
@@ -92,9 +88,10 @@ def main(argv=None) -> int:
     if args.repeats < 1 or any(n < 1 for n in args.loops) or args.layers < 0:
         print("error: --repeats and --loops must be positive, --layers not negative", file=sys.stderr)
         return 2
-    from paddlenlp_ext.quiet import quiet_paddle
+    from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
     with quiet_paddle():
+        quiet_paddlenlp()
         return _run(args)
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
+from paddlenlp_ext.inference import create_paddle_predictor, load_files, run_predictor, save_program
+from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
@@ -91,10 +92,15 @@ def save_inference(built: Built, prefix: str) -> None:
 
 
 def inference_predictor(built: Built):
-    """A Paddle Inference predictor for ``built``, created by ``create_paddle_predictor``."""
+    """A Paddle Inference predictor for ``built`` as ``StaticGenerationModel`` makes one:
+    the program saved, guarded (``guard_onednn_inplace``, on a reloaded copy: ``built``
+    is left as it is), and run by ``create_paddle_predictor``'s configuration."""
     with tempfile.TemporaryDirectory(prefix="loop_programs-") as staging:
         prefix = os.path.join(staging, "model")
         save_inference(built, prefix)
+        loaded = load_files(prefix, "pir")
+        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+        save_program(loaded, prefix)
         return create_paddle_predictor(prefix)  # reads the files now: they need not outlive this
 
 

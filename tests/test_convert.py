@@ -79,6 +79,7 @@ def test_convert_reports_the_pass_and_writes_a_pir_directory(source, converted):
     metadata = json.loads((dst / METADATA_FILE).read_text())
     assert metadata["format"] == "pir" and metadata["remove_loop_assign"] == "convert"
     assert metadata["report"] == {"removed": 18, "kept": {}}
+    assert metadata["onednn_guard"].startswith("guarded ") and "pd_op.pow" in metadata["onednn_guard"]
     assert metadata["conversion"]["source"] == str(src.resolve())
     assert metadata["conversion"]["source_format"] == "legacy"
     assert {key: metadata[key] for key in ("decoding", "inputs", "versions")} == \
@@ -124,6 +125,13 @@ def test_converted_model_gives_the_same_tokens(source, converted, tmp_path):
     config.enable_save_optim_model(True)
     np.testing.assert_array_equal(run_predictor(inference.create_predictor(config), inputs)[0], reference)
     assert executed_loop_copies(str(tmp_path)) == 0
+    # Issue 10: the directory leaves our hands, and Paddle's default CPU config (oneDNN
+    # and its inplace pass on; wrong tokens on an unguarded loop) runs it right too.
+    default = inference.Config(str(dst / "model.json"), str(dst / "model.pdiparams"))
+    default.disable_gpu()
+    predictor = inference.create_predictor(default)
+    for _ in range(2):
+        np.testing.assert_array_equal(run_predictor(predictor, inputs)[0], reference)
 
 
 def test_a_pir_source_is_converted_too(source, converted, tmp_path):

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from test_convert import assert_one_line_error, run_convert
 from test_decoding import NEW_TOKENS, paddlenlp_greedy
-from test_hook import paddlenlp_config
 
 import paddlenlp_ext
 from paddlenlp_ext.files import current_umask
-from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, run_predictor
+from paddlenlp_ext.inference import (StaticGenerationModel, executed_loop_copies, paddlenlp_static_config,
+                                     run_predictor)
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.predictor import PredictorArgument, create_predictor, model_inputs
 
@@ -93,7 +93,7 @@ def test_paddlenlps_predictor_config_with_the_load_time_hook(native, reference, 
     _, tokens, inputs = reference
     from paddle import inference
 
-    config = paddlenlp_config(native[0])
+    config = paddlenlp_static_config(native[0])
     np.testing.assert_array_equal(run_predictor(inference.create_predictor(config), inputs)[0], tokens)
     with paddlenlp_ext.enable() as enabled:
         config.set_optim_cache_dir(str(tmp_path))

@@ -11,7 +11,7 @@ from test_program_shapes import loop_with_outer_buffer
 
 import paddlenlp_ext
 import paddlenlp_ext.hook as hook
-from paddlenlp_ext.inference import run_predictor
+from paddlenlp_ext.inference import paddlenlp_static_config, run_predictor
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 SPEC = [paddle.static.InputSpec([2, 3], "float32", "x")]
@@ -64,17 +64,6 @@ def test_enable_is_also_a_switch_and_nests(tmp_path):
     assert not hook.is_enabled()
 
 
-def paddlenlp_config(directory):
-    """Paddle Inference configured as PaddleNLP 2.8's static predictor does it."""
-    from paddle import inference
-
-    config = inference.Config(str(directory / "model.pdmodel"), str(directory / "model.pdiparams"))
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.enable_new_executor()
-    return config
-
-
 def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp_path, caplog):
     """Issue 9: a user's own serving code (PaddleNLP's config, paddle.inference's
     create_predictor) gets the cleaned loop with one call, and the same tokens."""
@@ -84,7 +73,7 @@ def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp
     from paddlenlp_ext.inference import executed_loop_copies
 
     directory, reference = exported
-    config = paddlenlp_config(directory)
+    config = paddlenlp_static_config(directory)
     as_is = inference.create_predictor(config)
     caplog.set_level(logging.INFO, logger="paddlenlp_ext")
     with paddlenlp_ext.enable() as enabled:
@@ -114,6 +103,6 @@ def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
             exe.run(startup)
             paddle.static.save_inference_model(str(tmp_path / "model"), [x], [x * weight], exe, program=main)
     with paddlenlp_ext.enable() as enabled:
-        predictor = inference.create_predictor(paddlenlp_config(tmp_path))
+        predictor = inference.create_predictor(paddlenlp_static_config(tmp_path))
     assert enabled.reports == []
     assert run_predictor(predictor, {"x": np.array([1.0, 2.0], "float32")})[0].tolist() == [2.0, 4.0]

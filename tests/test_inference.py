@@ -27,21 +27,6 @@ def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, caplog, clean
         assert model.report.removed == 18 and model.report.kept == ()
 
 
-def test_onednn_breaks_the_loop_so_it_is_off(exported, tmp_path):
-    """Why StaticGenerationModel disables oneDNN on CPU: with it, Paddle Inference
-    3.3.1 decodes this loop wrongly whether or not the pass ran."""
-    from paddle import inference
-
-    directory, reference = exported
-    StaticGenerationModel(directory, remove_loop_assign=False, dump_optimized_to=str(tmp_path))
-    config = inference.Config(str(tmp_path / "_optimized.json"), str(tmp_path / "_optimized.pdiparams"))
-    config.disable_gpu()
-    config.enable_new_ir(True)
-    config.enable_mkldnn()
-    tokens = run_predictor(inference.create_predictor(config), FEED)[0]
-    assert not np.array_equal(tokens, reference)
-
-
 # -- why oneDNN breaks the loop on the new IR (Paddle 3.3.1), and a configuration that does not --
 #
 # The executor's inplace_pass lets a plain CPU kernel write over its input when it is

@@ -1,0 +1,65 @@
+"""The benchmark's models: one random llama, exported by each decoding loop, and its prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# The decoding loops a model is exported with (``--loops``), as export_model.py's --loop:
+# this project's GenerationLoop, and PaddleNLP's own ``to_static`` (``sample_d2s``).
+LOOPS = ("generation_loop", "paddlenlp")
+
+
+def llama_config(settings: dict, layers: int):
+    from paddlenlp.transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=settings["vocab_size"], hidden_size=settings["hidden_size"],
+                       intermediate_size=settings["intermediate_size"], num_hidden_layers=layers,
+                       num_attention_heads=settings["heads"], num_key_value_heads=settings["kv_heads"],
+                       max_position_embeddings=settings["max_position_embeddings"], rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def random_llama(settings: dict, layers: int):
+    """A PaddleNLP ``LlamaForCausalLM`` with weights from ``paddle.seed(settings["seed"])``
+    (call in dygraph mode)."""
+    import paddle
+    from paddlenlp.transformers import LlamaForCausalLM
+
+    paddle.seed(settings["seed"])
+    model = LlamaForCausalLM(llama_config(settings, layers))
+    model.eval()
+    return model
+
+
+def export_model(settings: dict, layers: int, directory: Path, loop: str = "generation_loop",
+                 formats=("legacy", "pir")) -> dict:
+    """Greedy decoding of a fresh llama exported by ``loop`` in each format:
+    ``{format: model directory}`` (``model.pdmodel`` or ``model.json``, ``model.pdiparams``).
+
+    No end-of-sequence token is ever produced, so every run decodes exactly the tokens
+    asked for and runs are comparable: GenerationLoop gets none, PaddleNLP's loop an id
+    outside the vocabulary (it bakes ``generation_config.eos_token_id`` into the program).
+    """
+    from paddlenlp_ext.decoding import DecodingConfig
+    from paddlenlp_ext.export import export_generation_model
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    with dygraph_mode():
+        model = random_llama(settings, layers)
+        model.generation_config.eos_token_id = settings["vocab_size"]
+        for fmt in formats:
+            export_generation_model(model, directory / loop / fmt, decoding=DecodingConfig(eos_token_id=None),
+                                    format=fmt, remove_loop_assign=False, loop=loop)
+    return {fmt: directory / loop / fmt for fmt in formats}
+
+
+def prompt(settings: dict, context: int, new_tokens: int) -> dict:
+    """Random prompt ids (3 and up: no special tokens) and every input either loop takes:
+    greedy search is top-k sampling with k = 1 in PaddleNLP's loop."""
+    ids = np.random.default_rng([settings["seed"], context]).integers(
+        3, settings["vocab_size"], size=(settings["batch_size"], context), dtype="int64")
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "position_ids": np.broadcast_to(np.arange(context, dtype="int64"), ids.shape).copy(),
+            "max_new_tokens": np.array([new_tokens], dtype="int64"), "top_k": np.array([1], dtype="int64")}

@@ -1,0 +1,194 @@
+"""The benchmark's record (one row per loop, variant and context), its table and its plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from paddlenlp_ext.files import write_atomically
+
+from .variants import BASELINE, bytes_per_token
+
+LEGACY = "legacy"
+MIB = 2**20
+
+
+def machine() -> dict:
+    from paddle import inference
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "os": platform.platform(),
+            # neither configuration sets it: Paddle Inference's default, read rather than assumed
+            "predictor_math_threads": inference.Config().cpu_math_library_num_threads()}
+
+
+def versions() -> dict:
+    import paddle
+    import paddlenlp
+
+    import paddlenlp_ext
+
+    return {"python": platform.python_version(), "paddle": paddle.__version__, "paddlenlp": paddlenlp.__version__,
+            "paddlenlp_ext": paddlenlp_ext.__version__}
+
+
+def _spread(values: list, scale: float = 1.0, digits: int = 2) -> tuple:
+    """(median, min, max) of ``values`` times ``scale``, rounded."""
+    return tuple(round(v * scale, digits) for v in (statistics.median(values), min(values), max(values)))
+
+
+def records(loop: str, variants: list, timings: dict, rss: dict, settings: dict) -> list:
+    """One row per (variant, context) of one loop; ratios against the same loop's rows."""
+    new_tokens, batch = settings["new_tokens"], settings["batch_size"]
+    rows = []
+    for context in settings["contexts"]:
+        for variant in variants:
+            timing = timings[context][variant.name]
+            rates = [batch * new_tokens / s for s in timing.full_s]
+            q25, q75 = np.percentile(rates, [25, 75])
+            # per repeat: the whole run minus the prefill run beside it, per decoded token
+            per_token = [(full - prefill) / (new_tokens - 1) for full, prefill in zip(timing.full_s, timing.prefill_s)]
+            prefill = _spread(timing.prefill_s, 1e3, 1)
+            decode = _spread(per_token, 1e3, 2)
+            baseline, peak = rss[variant.name][context]
+            rows.append({
+                "loop": loop, "variant": variant.name, "runtime": variant.runtime, "context": context,
+                "new_tokens": new_tokens, "batch_size": batch,
+                "tokens_per_s": round(statistics.median(rates), 2),
+                "min_tokens_per_s": round(min(rates), 2), "max_tokens_per_s": round(max(rates), 2),
+                "iqr_tokens_per_s": round(float(q75 - q25), 2),
+                "runs_s": [round(s, 5) for s in timing.full_s],
+                "prefill_ms": prefill[0], "min_prefill_ms": prefill[1], "max_prefill_ms": prefill[2],
+                "prefill_runs_s": [round(s, 5) for s in timing.prefill_s],
+                "decode_ms_per_token": decode[0], "min_decode_ms_per_token": decode[1],
+                "max_decode_ms_per_token": decode[2],
+                "ratio_to_legacy": None, "ratio_to_paddlenlp_default": None,
+                "prefill_speedup_vs_paddlenlp_default": None, "decode_speedup_vs_paddlenlp_default": None,
+                "copies": variant.copies, "bytes_per_token": bytes_per_token(variant, settings, context),
+                "peak_rss_mib": peak, "baseline_rss_mib": baseline,
+                "pass_ms": variant.pass_ms, "pass_report": variant.pass_report,
+                "tokens_identical": timing.tokens_identical,
+            })
+    by_key = {(row["variant"], row["context"]): row for row in rows}
+    for row in rows:
+        legacy, base = by_key.get((LEGACY, row["context"])), by_key.get((BASELINE, row["context"]))
+        if legacy is not None:
+            row["ratio_to_legacy"] = round(row["tokens_per_s"] / legacy["tokens_per_s"], 3)
+        if base is not None:
+            row["ratio_to_paddlenlp_default"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
+            row["prefill_speedup_vs_paddlenlp_default"] = round(base["prefill_ms"] / row["prefill_ms"], 3)
+            row["decode_speedup_vs_paddlenlp_default"] = round(
+                base["decode_ms_per_token"] / row["decode_ms_per_token"], 3)
+    return rows
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def table(result: dict) -> str:
+    """The markdown report, from the JSON record alone."""
+    m, args = result["model"], result["args"]
+    lines = [
+        f"llama {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, {m['num_attention_heads']} heads "
+        f"({m['num_key_value_heads']} kv), vocab {m['vocab_size']}; batch {args['batch_size']}, "
+        f"{args['new_tokens']} new tokens, {args['repeats']} repeats; "
+        f"{result['machine']['cpu']}, {result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}",
+        "",
+        "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
+        f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
+    ]
+    for loop in args["loops"]:
+        lines += [
+            "", f"loop: {loop}", "",
+            "| context | variant | prefill ms | ms/token | tokens/s | min–max | vs default: e2e | prefill "
+            "| per token | vs legacy | copies | copied/token | peak RSS MiB | pass ms |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in (r for r in result["results"] if r["loop"] == loop):
+            pass_ms = "–" if row["pass_ms"] is None else f"{row['pass_ms']:.2f}"
+            lines.append(
+                f"| {row['context']} | {row['variant']} | {row['prefill_ms']:.1f} | "
+                f"{row['decode_ms_per_token']:.2f} | {row['tokens_per_s']:.2f} | "
+                f"{row['min_tokens_per_s']:.2f}–{row['max_tokens_per_s']:.2f} | "
+                f"{_ratio(row['ratio_to_paddlenlp_default'])} | {_ratio(row['prefill_speedup_vs_paddlenlp_default'])} "
+                f"| {_ratio(row['decode_speedup_vs_paddlenlp_default'])} | {_ratio(row['ratio_to_legacy'])} | "
+                f"{row['copies']} | {_size(row['bytes_per_token'])} | {row['peak_rss_mib']:.1f} | {pass_ms} |")
+    lines.append("")
+    deep = result["deep_pass"]
+    if deep is not None:
+        lines.append(f"passes on a translated {deep['layers']}-layer export (hidden {deep['hidden_size']}, "
+                     f"{deep['copies']} loop copies; exported in {deep['export_s']} s): remove_loop_assign "
+                     f"{deep['remove_loop_assign']['ms']:.2f} ms ({deep['remove_loop_assign']['report']}), "
+                     f"PR #9002 rule {deep['pr9002']['ms']:.2f} ms ({deep['pr9002']['report']})")
+    differing = sorted({f"{row['loop']} {row['variant']} at {row['context']}" for row in result["results"]
+                        if not row["tokens_identical"]})
+    lines.append("tokens identical across variants and runs: " +
+                 ("yes" if result["tokens_identical"] else "NO (" + ", ".join(differing) + ")"))
+    return "\n".join(lines)
+
+
+# (record field, axis label, panel title)
+PANELS = (("prefill_ms", "ms (a run with 1 new token)", "prefill"),
+          ("decode_ms_per_token", "ms per decoded token", "per token"),
+          ("ratio_to_paddlenlp_default", f"tokens/s ÷ {BASELINE}'s", "end to end, vs PaddleNLP's config"))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    loops, contexts = result["args"]["loops"], result["args"]["contexts"]
+    figure, axes = plt.subplots(len(loops), len(PANELS), figsize=(14, 4 * len(loops)), squeeze=False)
+    for loop, row_axes in zip(loops, axes):
+        for (key, label, title), axis in zip(PANELS, row_axes):
+            for name in result["args"]["variants"]:
+                rows = [r for r in result["results"] if r["loop"] == loop and r["variant"] == name]
+                if not rows or rows[0][key] is None:
+                    continue
+                xs, median = [r["context"] for r in rows], np.array([r[key] for r in rows])
+                if key == "ratio_to_paddlenlp_default":
+                    axis.plot(xs, median, marker="o", label=name)
+                else:  # bars: min–max over the repeats
+                    low = np.array([r["min_" + key] for r in rows])
+                    high = np.array([r["max_" + key] for r in rows])
+                    axis.errorbar(xs, median, yerr=[median - low, high - median], marker="o", capsize=3, label=name)
+            if key == "ratio_to_paddlenlp_default":
+                axis.axhline(1.0, color="grey", linewidth=0.8)
+            axis.set(xscale="log", xlabel="context (prompt tokens)", ylabel=label, title=f"{loop}: {title}")
+            axis.set_xlim(contexts[0] / 1.25, contexts[-1] * 1.25)
+            axis.set_xticks(contexts, [str(c) for c in contexts])
+            axis.minorticks_off()
+            axis.grid(alpha=0.3)
+            if axis.lines:
+                axis.legend(fontsize=8)
+    m = result["model"]
+    figure.suptitle(f"greedy decoding on Paddle Inference (CPU): llama {m['num_hidden_layers']} layers, hidden "
+                    f"{m['hidden_size']}; batch {result['args']['batch_size']}, {result['args']['new_tokens']} new "
+                    f"tokens; medians, bars min–max; {result['machine']['cpu']}, Paddle "
+                    f"{result['versions']['paddle']}", fontsize=9)
+    figure.tight_layout()
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    plt.close(figure)

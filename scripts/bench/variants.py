@@ -1,0 +1,130 @@
+"""The benchmark's variants: one ``run_<variant>()`` each, turning an export into a predictor."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today.
+VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir")
+BASELINE = "paddlenlp-default"
+PADDLENLP_RUNTIME = "PaddleNLP's static predictor config: legacy program, Paddle's defaults (old IR, oneDNN)"
+OUR_RUNTIME = "StaticGenerationModel's config (create_paddle_predictor)"
+
+
+@dataclass
+class Variant:
+    name: str
+    runtime: str  # which Paddle Inference configuration runs it
+    predictor_spec: tuple  # (kind, path): create_predictor's arguments, for the RSS child too
+    predictor: object
+    copies: int
+    copy_sources: list  # (shape, bytes per element) of every copy left in the loop
+    pass_ms: float | None
+    pass_report: str | None
+
+
+def create_predictor(kind: str, path: str):
+    """``kind`` "paddlenlp": PaddleNLP's config on the legacy directory ``path``;
+    "ours": ``create_paddle_predictor`` on the saved PIR program ``path`` (a prefix)."""
+    from paddle import inference
+
+    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
+
+    if kind == "paddlenlp":
+        return inference.create_predictor(paddlenlp_static_config(path))
+    return create_paddle_predictor(path, "cpu", None)
+
+
+def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The legacy export as PaddleNLP's static predictor runs it: the ``.pdmodel`` itself,
+    copies and all, on Paddle Inference with PaddleNLP's config."""
+    from paddlenlp_ext.inference import load_program
+
+    translated = load_program(exports["legacy"]).program  # to count the copies the .pdmodel's loop has
+    spec = ("paddlenlp", str(exports["legacy"]))
+    return Variant(BASELINE, PADDLENLP_RUNTIME, spec, create_predictor(*spec), *_copies(translated), None, None)
+
+
+def run_legacy(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The legacy export as Paddle 3.x translates it: every loop copy left in."""
+    return _prepare("legacy", exports["legacy"], workdir, settings, rewrite=None)
+
+
+def run_legacy_seed(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The translated legacy export after PaddleNLP PR #9002's rule."""
+    from paddlenlp_ext import remove_loop_assign_pr9002
+
+    return _prepare("legacy+seed", exports["legacy"], workdir, settings,
+                    rewrite=lambda loaded: remove_loop_assign_pr9002(loaded.program))
+
+
+def run_legacy_pass(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The translated legacy export after ``remove_loop_assign``."""
+    from paddlenlp_ext import remove_loop_assign
+
+    return _prepare("legacy+pass", exports["legacy"], workdir, settings,
+                    rewrite=lambda loaded: remove_loop_assign(loaded.program, outputs=loaded.outputs))
+
+
+def run_pir(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The PIR-native export, loaded as it is: the copy-free reference."""
+    return _prepare("pir", exports["pir"], workdir, settings, rewrite=None)
+
+
+RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+seed": run_legacy_seed,
+           "legacy+pass": run_legacy_pass, "pir": run_pir}
+
+
+def exported_formats(variants) -> tuple:
+    """The export formats the variants need."""
+    return tuple(fmt for fmt in ("legacy", "pir")
+                 if any(name.startswith(fmt) or (fmt == "legacy" and name == BASELINE) for name in variants))
+
+
+def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
+    """Load the program, time ``rewrite`` on fresh translations, save it, create its predictor."""
+    from paddlenlp_ext.inference import MODEL_PREFIX, load_program, save_program
+    from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
+
+    from .pass_timing import time_rewrite
+
+    if rewrite is None:
+        loaded, pass_ms, report = load_program(model_dir), None, None
+    else:  # the last timed run's program is the one run
+        pass_ms, report, loaded = time_rewrite(model_dir, rewrite, settings["warmup"], settings["repeats"])
+    # Guarded as StaticGenerationModel guards what it runs (oneDNN's in-place alias).
+    guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    prefix = str(workdir / name / MODEL_PREFIX)
+    save_program(loaded, prefix)
+    # StaticGenerationModel's own configuration: the same predictor a user of the package gets.
+    spec = ("ours", prefix)
+    return Variant(name, OUR_RUNTIME, spec, create_predictor(*spec), *_copies(loaded.program), pass_ms, report)
+
+
+def _copies(program) -> tuple[int, list]:
+    """The loop copies of ``program``: (count, (shape, bytes per element) of each source)."""
+    from paddlenlp_ext.passes.copy_ops import SOURCE, loop_copies
+    from paddlenlp_ext.passes.program_index import ProgramIndex
+
+    index = ProgramIndex.build(program)
+    sources = [index.op(copy).operand_source(SOURCE) for copies in loop_copies(index).values() for copy in copies]
+    return len(sources), [(list(value.shape), np.dtype(str(value.dtype).split(".")[-1]).itemsize)
+                          for value in sources]
+
+
+def bytes_per_token(variant: Variant, settings: dict, context: int) -> int:
+    """The estimate described in benchmark.py's docstring."""
+    batch = settings["batch_size"]
+    cache_tail = [settings["kv_heads"], settings["hidden_size"] // settings["heads"]]
+    average_length = context + settings["new_tokens"] / 2
+    total = 0.0
+    for shape, itemsize in variant.copy_sources:
+        is_cache = len(shape) == 4 and shape[2:] == cache_tail
+        dims = [batch if k == 0 and d == -1 else average_length if is_cache and k == 1 and d == -1
+                else 1 if d == -1 else d for k, d in enumerate(shape)]
+        total += math.prod(dims) * itemsize
+    return round(total / batch)

@@ -1,0 +1,132 @@
+"""Where a decoding run's time goes, per op type: the prefill and one decode step, per variant.
+
+    python scripts/profile_ops.py [--context 1024] [--decode-steps 8] [--variants paddlenlp-default,legacy+pass]
+
+The benchmark's llama (``bench.models``, the full run's size unless flags say otherwise)
+is exported by ``--loop``; each variant (``bench.variants``: the same predictors the
+benchmark times) runs once untimed, then twice under Paddle's profiler (CPU): with 1 new
+token (the prefill) and with 1 + ``--decode-steps``. Per op type the table gives the
+prefill's self time (an op's time minus the ops it ran inside it, so a ``while`` counts
+its own bookkeeping only) and one decode step's, (longer run - prefill run) /
+``--decode-steps``, with each one's share of its total. A profiled run is slower than a
+timed one; the shares are what to read. Op names are the runtime's: legacy ops on the old
+IR, ``pd_op.*`` / ``onednn_op.*`` on the new IR.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import itertools
+import math
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.models import LOOPS, export_model, prompt
+from bench.timing import run_once
+from bench.variants import RUNNERS, VARIANTS
+
+from paddlenlp_ext.cli_flags import OneLineParser
+from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
+
+SETTINGS = {"layers": 4, "hidden_size": 512, "intermediate_size": 1376, "heads": 8, "kv_heads": 8,
+            "vocab_size": 2000, "seed": 0, "batch_size": 1, "warmup": 0, "repeats": 1}
+
+
+def build_parser():
+    parser = OneLineParser(prog="scripts/profile_ops.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--context", type=int, default=1024, help="prompt tokens (default 1024)")
+    parser.add_argument("--decode-steps", type=int, default=8, help="decode steps profiled (default 8)")
+    parser.add_argument("--variants", default="paddlenlp-default,legacy+pass",
+                        help=f"comma-separated, from {','.join(VARIANTS)} (default paddlenlp-default,legacy+pass)")
+    parser.add_argument("--loop", choices=LOOPS, default="generation_loop", help="(default generation_loop)")
+    parser.add_argument("--layers", type=int, default=SETTINGS["layers"])
+    parser.add_argument("--hidden-size", type=int, default=SETTINGS["hidden_size"])
+    parser.add_argument("--top", type=int, default=12, help="op types listed per variant (default 12)")
+    return parser
+
+
+def op_self_times(trace_dir: str) -> dict:
+    """``{op type: self microseconds}`` from the profiler's chrome trace in ``trace_dir``."""
+    (path,) = glob.glob(f"{trace_dir}/*.json")
+    data = json.loads(Path(path).read_text())
+    events = [e for e in (data["traceEvents"] if isinstance(data, dict) else data) if e.get("cat") == "Operator"]
+    totals = collections.Counter()
+    by_thread = collections.defaultdict(list)
+    for event in events:
+        by_thread[event["tid"]].append(event)
+    for thread_events in by_thread.values():
+        thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        open_ops = []  # [end time, name] of the ops enclosing the current one
+        for event in thread_events:
+            while open_ops and open_ops[-1][0] <= event["ts"]:
+                open_ops.pop()
+            name = re.sub(r"\[[^\]]*\]$", "", event["name"])  # the trace appends "[12.3 us]"
+            totals[name] += event["dur"]
+            if open_ops:
+                totals[open_ops[-1][1]] -= event["dur"]
+            open_ops.append([event["ts"] + event["dur"], name])
+    return totals
+
+
+def profiled_run(predictor, feed: dict) -> dict:
+    import paddle.profiler as profiler
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU],
+                                 on_trace_ready=profiler.export_chrome_tracing(trace_dir))
+        prof.start()
+        run_once(predictor, feed)
+        prof.stop()
+        return op_self_times(trace_dir)
+
+
+def profile(variant, settings: dict, context: int, steps: int) -> tuple[dict, dict]:
+    """(prefill µs per op type, one decode step's µs per op type)."""
+    prefill_feed, long_feed = prompt(settings, context, 1), prompt(settings, context, 1 + steps)
+    run_once(variant.predictor, long_feed)  # untimed: first-run costs
+    prefill = profiled_run(variant.predictor, prefill_feed)
+    longer = profiled_run(variant.predictor, long_feed)
+    step = {name: (longer[name] - prefill.get(name, 0)) / steps for name in longer}
+    return prefill, step
+
+
+def _top(times: dict, count: int) -> list[str]:
+    total = sum(v for v in times.values() if v > 0)
+    ranked = sorted(((v, k) for k, v in times.items() if v > 0), reverse=True)[:count]
+    return [f"{name} {value / 1e3:.2f} ms ({100 * value / total:.0f}%)" for value, name in ranked] + \
+        [f"total {total / 1e3:.1f} ms"]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or args.context < 1 or args.decode_steps < 1:
+        print(f"error: unknown variant {unknown[0]!r}" if unknown else
+              "error: --context and --decode-steps must be positive", file=sys.stderr)
+        return 2
+    settings = {**SETTINGS, "layers": args.layers, "hidden_size": args.hidden_size,
+                "intermediate_size": 32 * math.ceil(8 * args.hidden_size / 3 / 32),
+                "max_position_embeddings": args.context + args.decode_steps + 1, "new_tokens": 1 + args.decode_steps}
+    with quiet_paddle(), tempfile.TemporaryDirectory() as scratch:
+        import paddle
+
+        quiet_paddlenlp()
+        exports = export_model(settings, args.layers, Path(scratch), args.loop)
+        paddle.enable_static()
+        for name in names:
+            variant = RUNNERS[name](exports, Path(scratch) / "variants", settings)
+            prefill, step = profile(variant, settings, args.context, args.decode_steps)
+            print(f"\n{name} ({variant.runtime}), context {args.context}")
+            print("| prefill | one decode step |\n|---|---|")
+            for left, right in itertools.zip_longest(_top(prefill, args.top), _top(step, args.top), fillvalue=""):
+                print(f"| {left} | {right} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

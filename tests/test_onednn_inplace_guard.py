@@ -1,0 +1,193 @@
+"""guard_onednn_inplace: a saved program that Paddle Inference's *default* CPU config
+(``Config(model.json, model.pdiparams)`` + ``disable_gpu()``: new IR, oneDNN, every
+default pass, inplace_pass included) runs right, and that computes the same bits as
+before on plain kernels."""
+
+import numpy as np
+import paddle
+import pytest
+from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
+
+from paddlenlp_ext.inference import load_files, load_program, run_program, run_predictor, save_program
+from paddlenlp_ext.paddle_modes import static_mode
+from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
+from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
+
+
+def default_predictor(prefix):
+    """What a user of a converted directory writes: Paddle's defaults on CPU."""
+    from paddle import inference
+
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_gpu()
+    return inference.create_predictor(config)
+
+
+def no_placement_predictor(prefix):
+    """StaticGenerationModel's configuration: oneDNN on with onednn_placement_pass
+    deleted, so only the fuse passes' ops (fused matmuls) run on oneDNN."""
+    from paddlenlp_ext.inference import create_paddle_predictor
+
+    return create_paddle_predictor(prefix, "cpu", onednn="matmul")
+
+
+def plain_predictor(prefix):
+    """New IR, oneDNN off: plain kernels only."""
+    from paddlenlp_ext.inference import create_paddle_predictor
+
+    return create_paddle_predictor(prefix, "cpu", onednn="off")
+
+
+def twice(predictor, feed_dict):
+    return run_predictor(predictor, feed_dict), run_predictor(predictor, feed_dict)
+
+
+def assert_bit_identical(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))  # bits, not values (-0.0, NaN)
+
+
+def save_both(loaded_factory, tmp_path):
+    """Save a program as it is and guarded: (unfixed prefix, fixed prefix, report)."""
+    unfixed, fixed = str(tmp_path / "unfixed" / "model"), str(tmp_path / "fixed" / "model")
+    save_program(loaded_factory(), unfixed)
+    loaded = loaded_factory()
+    report = guard_onednn_inplace(loaded.program, loaded.outputs)
+    save_program(loaded, fixed)
+    return unfixed, fixed, report
+
+
+# -- the three-op reproducer: h = 3 * x (oneDNN scale), pow(h, 2) (plain) + h --
+
+
+def _scale_pow_add(prefix, shape):
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", shape, "float32")
+            h = x * 3.0
+            out = h.pow(2) + h
+        paddle.static.save_inference_model(prefix, [x], [out], paddle.static.Executor(paddle.CPUPlace()),
+                                           program=main)
+
+
+def test_three_op_program(tmp_path):
+    _scale_pow_add(str(tmp_path / "src" / "model"), [-1, 8])
+    load = lambda: load_files(str(tmp_path / "src" / "model"), "pir")  # noqa: E731
+    unfixed, fixed, report = save_both(load, tmp_path)
+    x = np.array([[0.5, -0.0, 0.0, -2.0, 1e-3, 3e18, -7.25, 1.0]] * 2, dtype="float32")
+    h = 3 * x
+    expected = h ** 2 + h
+    (broken,) = run_predictor(default_predictor(unfixed), {"x": x})
+    np.testing.assert_allclose(broken, 2 * h ** 2, rtol=1e-6)  # pow_ wrote h ** 2 over h
+    for run in twice(default_predictor(fixed), {"x": x}):
+        np.testing.assert_allclose(run[0], expected, rtol=1e-6)
+    assert_bit_identical(run_predictor(plain_predictor(fixed), {"x": x}),
+                         run_predictor(plain_predictor(unfixed), {"x": x}))
+    assert_bit_identical(run_program(load_files(fixed, "pir"), {"x": x}),
+                         run_program(load_files(unfixed, "pir"), {"x": x}))
+    assert report.modified and report.guarded == 1 and report.ops == {"pd_op.pow": 1}
+    assert report.summary() == "guarded 1 reads: pd_op.pow (1)"
+
+
+def test_only_reads_that_can_alias_a_later_read_are_guarded():
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            h = x * 3.0
+            alone = (h * 2.0).pow(2)  # the pow is the only reader: writing over it is harmless
+            shared = h.pow(2) + h  # h read again after the pow: guarded
+            from_feed = x.pow(2) + x  # x is fed (a plain tensor), never oneDNN's
+            mixed = paddle.multiply(h, h) + h  # multiply has a oneDNN kernel: no transform
+        first = guard_onednn_inplace(main, [alone, shared, from_feed, mixed])
+        second = guard_onednn_inplace(main, [alone, shared, from_feed, mixed])
+    assert (first.guarded, first.ops) == (1, {"pd_op.pow": 1})
+    assert not second.modified and second.summary() == "guarded 0 reads"
+
+
+def test_two_guarded_reads_of_one_value_get_copies_that_cannot_be_merged(tmp_path):
+    """Identical copies would be merged by common_subexpression_elimination_pass into
+    one value read by pow and rsqrt: pow_ would write over it before rsqrt reads it."""
+    source = str(tmp_path / "src" / "model")
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            h = x * 3.0
+            out = h.pow(2) + paddle.rsqrt(h) + h
+        paddle.static.save_inference_model(source, [x], [out], paddle.static.Executor(paddle.CPUPlace()),
+                                           program=main)
+    unfixed, fixed, report = save_both(lambda: load_files(source, "pir"), tmp_path)
+    x = {"x": np.arange(1, 17, dtype="float32").reshape(2, 8) / 8}
+    h = 3 * x["x"]
+    expected = h ** 2 + 1 / np.sqrt(h) + h
+    assert not np.allclose(run_predictor(default_predictor(unfixed), x)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(run_predictor(default_predictor(fixed), x)[0], expected, rtol=1e-5)
+    assert_bit_identical(run_predictor(plain_predictor(fixed), x), run_predictor(plain_predictor(unfixed), x))
+    assert report.ops == {"pd_op.pow": 1, "pd_op.rsqrt": 1}
+
+
+# -- the llama decoding loop (legacy export, translated and cleaned as StaticGenerationModel does) --
+
+
+def test_llama_loop_on_the_default_config(exported, tmp_path):
+    directory, reference = exported
+
+    def cleaned():
+        loaded = load_program(directory)
+        remove_loop_assign(loaded.program, outputs=loaded.outputs)
+        return loaded
+
+    unfixed, fixed, report = save_both(cleaned, tmp_path)
+    inputs = feed()
+    first, _ = twice(default_predictor(unfixed), inputs)
+    assert first[0][0, 0] == reference[0, 0] and not np.array_equal(first[0], reference)  # the bug
+    for run in twice(default_predictor(fixed), inputs):
+        np.testing.assert_array_equal(run[0], reference)
+    assert_bit_identical(run_predictor(plain_predictor(fixed), inputs), run_predictor(plain_predictor(unfixed), inputs))
+    assert_bit_identical(run_program(load_files(fixed, "pir"), inputs), run_program(load_files(unfixed, "pir"), inputs))
+    # every RMSNorm's pow (2 layers x 2 + the final norm), before the loop and in it;
+    # its input is a oneDNN cast (PaddleNLP's astype("float32")) in each
+    assert report.ops == {"pd_op.pow": 10} and report.guarded == 10
+
+
+# -- PaddleNLP's own sampling loop (to_static of sample_d2s), with float scores to compare bit by bit --
+
+
+@pytest.fixture(scope="module")
+def paddlenlp_loop(tmp_path_factory):
+    from paddlenlp_ext.export_model import build_parser, export
+
+    directory = tmp_path_factory.mktemp("paddlenlp_loop") / "model"
+    home = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PADDLENLP_EXT_HOME", str(home))
+        export(build_parser().parse_args(["--model", "llama2", "--output_path", str(directory), "--loop", "paddlenlp"]))
+    return directory
+
+
+def test_paddlenlp_loop_scores_stay_bit_identical(paddlenlp_loop, tmp_path):
+    from paddlenlp_ext.predictor import PredictorArgument, model_inputs
+
+    unfixed, fixed, report = save_both(lambda: load_program(paddlenlp_loop), tmp_path)
+    ids = np.array([[1, 17, 45, 300, 999, 5, 7, 80]], dtype="int64")
+    inputs = model_inputs(ids, np.ones_like(ids), PredictorArgument(max_length=12, decode_strategy="greedy_search"))
+    plain = run_predictor(plain_predictor(unfixed), inputs)
+    assert [a.dtype for a in plain] == [np.int64, np.float32]
+    assert_bit_identical(run_predictor(plain_predictor(fixed), inputs), plain)
+    assert_bit_identical(run_program(load_files(fixed, "pir"), inputs), run_program(load_files(unfixed, "pir"), inputs))
+    broken, _ = twice(default_predictor(unfixed), inputs)
+    assert not np.array_equal(broken[0], plain[0])
+    for run in twice(default_predictor(fixed), inputs):
+        np.testing.assert_array_equal(run[0], plain[0])
+    # oneDNN for the fused matmuls only: their outputs feed RMSNorm's pow in this loop
+    broken, _ = twice(no_placement_predictor(unfixed), inputs)
+    assert not np.array_equal(broken[0], plain[0])
+    for run in twice(no_placement_predictor(fixed), inputs):
+        np.testing.assert_array_equal(run[0], plain[0])
+    # every RMSNorm's pow but the first layer's, before the loop and in it: the first reads
+    # the embedding, a plain kernel (no layout transform, so inplace_pass sees the later reads)
+    assert report.ops["pd_op.pow"] == 8
