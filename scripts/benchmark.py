@@ -12,7 +12,10 @@ variant runs the same weights on the same random prompts:
 - ``legacy+seed``: the same after the rule of PaddleNLP PR #9002
   (``paddlenlp_ext.remove_loop_assign_pr9002``);
 - ``legacy+pass``: the same after ``paddlenlp_ext.remove_loop_assign``;
-- ``pir``: the PIR-native export, which has no loop copies.
+- ``pir``: the PIR-native export, which has no loop copies;
+- ``static-cache``: ``GenerationLoop(cache="static")`` (KV buffers preallocated and
+  written in place, no per-token concat), legacy export after ``remove_loop_assign``.
+  ``GenerationLoop`` only: PaddleNLP's loop has its concat cache.
 
 All but the baseline are saved and run by their own predictor configured as
 ``StaticGenerationModel`` does (``inference.create_paddle_predictor``). Neither
@@ -93,7 +96,7 @@ from bench.models import LOOPS, export_model, llama_config
 from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
 from bench.timing import measure_rss, time_context
-from bench.variants import RUNNERS, VARIANTS, exported_formats
+from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
@@ -220,12 +223,15 @@ def benchmark(settings: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-bench-") as scratch:
         workdir = Path(scratch)
         for loop in settings["loops"]:
+            names = [name for name in settings["variants"] if name in LOOP_VARIANTS[loop]]
+            if not names:
+                continue
             start = time.perf_counter()
-            formats = exported_formats(settings["variants"])
+            formats = exported_formats(names)
             exports = export_model(settings, settings["layers"], workdir / "exports", loop, formats)
             progress(f"{loop}: exported {' and '.join(formats)} in {time.perf_counter() - start:.1f} s")
             paddle.enable_static()
-            variants = [RUNNERS[name](exports, workdir / loop, settings) for name in settings["variants"]]
+            variants = [RUNNERS[name](exports, workdir / loop, settings) for name in names]
             timings = {}
             for context in settings["contexts"]:
                 progress(f"{loop}: timing context {context}")

@@ -33,10 +33,16 @@ def random_llama(settings: dict, layers: int):
     return model
 
 
+# What export_model can write: a format of the loop with its concat KV cache (PaddleNLP's),
+# or "static-cache": GenerationLoop's static cache, in the legacy format.
+EXPORTS = ("legacy", "pir", "static-cache")
+
+
 def export_model(settings: dict, layers: int, directory: Path, loop: str = "generation_loop",
                  formats=("legacy", "pir")) -> dict:
-    """Greedy decoding of a fresh llama exported by ``loop`` in each format:
-    ``{format: model directory}`` (``model.pdmodel`` or ``model.json``, ``model.pdiparams``).
+    """Greedy decoding of a fresh llama exported by ``loop`` as each of ``formats`` (from
+    ``EXPORTS``): ``{format: model directory}`` (``model.pdmodel`` or ``model.json``,
+    ``model.pdiparams``).
 
     No end-of-sequence token is ever produced, so every run decodes exactly the tokens
     asked for and runs are comparable: GenerationLoop gets none, PaddleNLP's loop an id
@@ -50,8 +56,10 @@ def export_model(settings: dict, layers: int, directory: Path, loop: str = "gene
         model = random_llama(settings, layers)
         model.generation_config.eos_token_id = settings["vocab_size"]
         for fmt in formats:
+            static = fmt == "static-cache"
             export_generation_model(model, directory / loop / fmt, decoding=DecodingConfig(eos_token_id=None),
-                                    format=fmt, remove_loop_assign=False, loop=loop)
+                                    format="legacy" if static else fmt, remove_loop_assign=False, loop=loop,
+                                    cache="static" if static else "concat")
     return {fmt: directory / loop / fmt for fmt in formats}
 
 

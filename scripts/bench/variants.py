@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today.
-VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir")
+VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache")
 BASELINE = "paddlenlp-default"
 PADDLENLP_RUNTIME = "PaddleNLP's static predictor config: legacy program, Paddle's defaults (old IR, oneDNN)"
 OUR_RUNTIME = "StaticGenerationModel's config (create_paddle_predictor)"
@@ -75,14 +75,28 @@ def run_pir(exports: dict, workdir: Path, settings: dict) -> Variant:
     return _prepare("pir", exports["pir"], workdir, settings, rewrite=None)
 
 
+def run_static_cache(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """GenerationLoop's static KV cache (written in place, no per-step concat), exported
+    in the legacy format and cleaned by ``remove_loop_assign``, as legacy+pass."""
+    from paddlenlp_ext import remove_loop_assign
+
+    return _prepare("static-cache", exports["static-cache"], workdir, settings,
+                    rewrite=lambda loaded: remove_loop_assign(loaded.program, outputs=loaded.outputs))
+
+
 RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+seed": run_legacy_seed,
-           "legacy+pass": run_legacy_pass, "pir": run_pir}
+           "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache}
+# The export each variant runs (bench.models.EXPORTS).
+EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
+             "pir": "pir", "static-cache": "static-cache"}
+# PaddleNLP's own loop has its concat cache only.
+LOOP_VARIANTS = {"generation_loop": VARIANTS, "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache")}
 
 
 def exported_formats(variants) -> tuple:
-    """The export formats the variants need."""
-    return tuple(fmt for fmt in ("legacy", "pir")
-                 if any(name.startswith(fmt) or (fmt == "legacy" and name == BASELINE) for name in variants))
+    """The exports the variants need, in EXPORTS order."""
+    needed = {EXPORT_OF[name] for name in variants}
+    return tuple(fmt for fmt in ("legacy", "pir", "static-cache") if fmt in needed)
 
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
