@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
-VARIANTS = ["paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir"]
+VARIANTS = ["paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache"]
 LOOPS = ["generation_loop", "paddlenlp"]
+LOOP_VARIANTS = {"generation_loop": VARIANTS, "paddlenlp": VARIANTS[:-1]}  # PaddleNLP's loop: concat cache only
 # --quick made smaller still: one layer, one short context, one repeat, a 1-layer deep program.
 TINY = ["--quick", "--layers", "1", "--hidden-size", "64", "--contexts", "16", "--new-tokens", "4", "--repeats", "1",
         "--pass-layers", "1"]
@@ -37,7 +38,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     assert data["model"]["num_hidden_layers"] == 1 and data["model"]["hidden_size"] == 64
     rows = data["results"]
     assert [(row["loop"], row["variant"], row["context"]) for row in rows] == [
-        (loop, name, 16) for loop in LOOPS for name in VARIANTS]
+        (loop, name, 16) for loop in LOOPS for name in LOOP_VARIANTS[loop]]
     for row in rows:
         assert set(row) >= RECORD_FIELDS
         assert row["new_tokens"] == 4 and len(row["runs_s"]) == len(row["prefill_runs_s"]) == 1
@@ -54,10 +55,11 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
         assert "PaddleNLP" in baseline["runtime"] and "PaddleNLP" not in by_variant["legacy"]["runtime"]
         assert baseline["copies"] == by_variant["legacy"]["copies"] > by_variant["legacy+seed"]["copies"]
         assert by_variant["legacy+pass"]["copies"] == by_variant["pir"]["copies"] == 0
+        assert loop == "paddlenlp" or by_variant["static-cache"]["copies"] == 0
         assert by_variant["legacy"]["bytes_per_token"] > 0 and by_variant["legacy+pass"]["bytes_per_token"] == 0
         assert by_variant["legacy"]["ratio_to_legacy"] == 1.0
         assert baseline["ratio_to_paddlenlp_default"] == baseline["prefill_speedup_vs_paddlenlp_default"] == 1.0
-        for name in VARIANTS:  # the table: one row per record
+        for name in LOOP_VARIANTS[loop]:  # the table: one row per record
             row = by_variant[name]
             assert f"| 16 | {name} | {row['prefill_ms']:.1f} | {row['decode_ms_per_token']:.2f} | " \
                    f"{row['tokens_per_s']:.2f} |" in result.stdout

@@ -45,7 +45,8 @@ def data_file(tmp_path_factory):
 def test_main_command_prints_outputs_and_the_report(home, tmp_path):
     result = cli("--model", "llama2", "--remove_loop_assign", "--max_length", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in result.stdout
+    # the static KV cache by default: its loop copies no cache (the concat loop has 18 copies)
+    assert "remove_loop_assign: removed 8 copies from 1 loops; kept 0" in result.stdout
     assert result.stdout.count("***********Output**********") == 2
     lines = (tmp_path / "output.json").read_text().splitlines()
     assert [set(json.loads(line)) for line in lines] == [{"src", "tgt", "output"}] * 2
@@ -65,6 +66,8 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
         "legacy+pass": ["--remove_loop_assign", "--export_format", "legacy"],
         "pir": ["--mode", "static", "--export_format", "pir"],
         "pir+pass": ["--remove_loop_assign", "--export_format", "pir"],
+        "legacy concat": ["--mode", "static", "--export_format", "legacy", "--cache", "concat"],
+        "legacy+pass concat": ["--remove_loop_assign", "--export_format", "legacy", "--cache", "concat"],
     }
     results = {name: run_mode(tmp_path, data_file, name, *args) for name, args in modes.items()}
     reference = results.pop("dynamic")
@@ -74,8 +77,10 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
     for name, records in results.items():
         assert records == reference, name
     printed = capsys.readouterr().out
-    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in printed  # legacy+pass
-    assert "remove_loop_assign: off (18 copies in the loop)" in printed  # legacy
+    assert "remove_loop_assign: removed 8 copies from 1 loops; kept 0" in printed  # legacy+pass, static cache
+    assert "remove_loop_assign: off (8 copies in the loop)" in printed  # legacy, static cache
+    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in printed  # legacy+pass concat
+    assert "remove_loop_assign: off (18 copies in the loop)" in printed  # legacy concat
 
 
 def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
