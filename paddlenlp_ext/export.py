@@ -107,7 +107,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     if loop not in LOOPS:
         raise ExportError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
     if cache is None:
-        cache = "static" if loop == "generation_loop" and supports_static_cache(model) else "concat"
+        cache = default_cache(model, loop)
     if cache not in CACHES:
         raise ExportError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
     if loop == "paddlenlp" and cache != "concat":
@@ -144,6 +144,13 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportResult(Path(output_dir), format, report, time.perf_counter() - start)
+
+
+def default_cache(model, loop: str) -> str:
+    """The KV cache ``export_generation_model`` gives ``loop`` when none is asked for:
+    "static" (faster at every context in ``scripts/benchmark.py``) for our loop when
+    the model's attention is one it covers, else "concat"."""
+    return "static" if loop == "generation_loop" and supports_static_cache(model) else "concat"
 
 
 def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str, cache: str) -> None:

@@ -24,10 +24,11 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.timing import run_once
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.quiet import quiet_paddle
@@ -73,15 +74,6 @@ def create(prefix: str, onednn=False, delete=(), blacklist="", default=False, pa
         paddle.set_flags(previous)
 
 
-def run(predictor, feed: dict) -> tuple[float, np.ndarray]:
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(feed[name])
-    start = time.perf_counter()
-    predictor.run()
-    seconds = time.perf_counter() - start
-    return seconds, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
-
-
 def prepare(settings: dict, workdir: Path) -> dict:
     """Export the model and write the three programs: ``{program: prefix}``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,16 +102,16 @@ def measure(prefixes: dict, names: list, repeats: int, context: int, vocab: int)
     predictors = {name: create(prefixes[CONFIGS[name][0]], **CONFIGS[name][1]) for name in names}
     reference, correct = None, {}
     for name, predictor in predictors.items():  # warm-up: two runs in a row must both be right
-        first, second = run(predictor, feeds[65])[1], run(predictor, feeds[65])[1]
-        run(predictor, feeds[1])
+        first, second = run_once(predictor, feeds[65])[1], run_once(predictor, feeds[65])[1]
+        run_once(predictor, feeds[1])
         reference = first if reference is None else reference
         correct[name] = bool(np.array_equal(first, reference) and np.array_equal(second, reference))
     prefill = {name: [] for name in names}
     per_token = {name: [] for name in names}
     for _ in range(repeats):
         for name, predictor in predictors.items():
-            one, short = run(predictor, feeds[1])
-            many, tokens = run(predictor, feeds[65])
+            one, short = run_once(predictor, feeds[1])
+            many, tokens = run_once(predictor, feeds[65])
             correct[name] &= bool(np.array_equal(tokens, reference) and np.array_equal(short, reference[:, :1]))
             prefill[name].append(one)
             per_token[name].append((many - one) / 64)

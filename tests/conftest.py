@@ -24,3 +24,20 @@ def garbage_collector_off():
     paddle.set_flags({flag: -1.0})
     yield
     paddle.set_flags(previous)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """``models(name)``: an embedded model and its tokenizer (``load_model``), built once
+    per test module in a cache of its own."""
+    from paddlenlp_ext.models import load_model
+
+    cache = tmp_path_factory.mktemp("models")
+    loaded = {}
+
+    def get(name):
+        if name not in loaded:
+            loaded[name] = load_model(name, cache_dir=cache)
+        return loaded[name]
+
+    return get

@@ -11,25 +11,11 @@ from test_decoding import left_padded, paddlenlp_greedy
 from paddlenlp_ext.decoding import DecodingConfig
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies
-from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 TEXTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
 NEW_TOKENS = 8
 SAMPLING = DecodingConfig("sampling", top_k=20, top_p=0.9, temperature=0.8, eos_token_id=2, pad_token_id=0)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("models")
-    loaded = {}
-
-    def get(name):
-        if name not in loaded:
-            loaded[name] = load_model(name, cache_dir=cache)
-        return loaded[name]
-
-    return get
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ before on plain kernels."""
 import numpy as np
 import paddle
 import pytest
+from test_inference import _scale_pow_add
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
 from paddlenlp_ext.inference import load_files, load_program, run_program, run_predictor, save_program
@@ -60,17 +61,6 @@ def save_both(loaded_factory, tmp_path):
 
 
 # -- the three-op reproducer: h = 3 * x (oneDNN scale), pow(h, 2) (plain) + h --
-
-
-def _scale_pow_add(prefix, shape):
-    with static_mode(), paddle.pir_utils.IrGuard():
-        main, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.static.program_guard(main, startup):
-            x = paddle.static.data("x", shape, "float32")
-            h = x * 3.0
-            out = h.pow(2) + h
-        paddle.static.save_inference_model(prefix, [x], [out], paddle.static.Executor(paddle.CPUPlace()),
-                                           program=main)
 
 
 def test_three_op_program(tmp_path):

@@ -21,7 +21,6 @@ from paddlenlp_ext.decoding import CACHES, DecodingConfig, GenerationLoop, run_g
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
 from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
                                      run_program)
-from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 TEXTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
@@ -37,18 +36,6 @@ STATIC_LOOP_COPIES = 8
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="module")
-def models(home):
-    loaded = {}
-
-    def get(name):
-        if name not in loaded:
-            loaded[name] = load_model(name, cache_dir=home)
-        return loaded[name]
-
-    return get
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +275,23 @@ def test_a_legacy_slice_assignment_would_copy_the_whole_buffer_every_step(tmp_pa
         x = np.arange(6, dtype="float32").reshape(2, 3)
         (written,) = run_program(loaded, {"x": x, "n": np.array([2])})
         np.testing.assert_array_equal(written[:, 3:5], np.repeat(x[:, :1] * 2, 2, axis=1))
+
+
+def test_the_static_cache_is_the_default_where_the_attention_allows_it(models, tmp_path, monkeypatch):
+    from paddlenlp.transformers.llama.modeling import LlamaAttention
+
+    from paddlenlp_ext.compat import supports_static_cache
+    from paddlenlp_ext.export import default_cache
+
+    model, _ = models("llama2")
+    assert supports_static_cache(model) and default_cache(model, "generation_loop") == "static"
+    assert default_cache(model, "paddlenlp") == "concat"  # PaddleNLP's loop has its concat cache only
+    export_generation_model(model, tmp_path / "default", format="legacy")
+    assert json.loads((tmp_path / "default" / METADATA_FILE).read_text())["cache"] == "static"
+    # one attention the static cache does not cover (fused qkv) is enough for concat
+    attention = [layer for layer in model.sublayers() if isinstance(layer, LlamaAttention)]
+    monkeypatch.setattr(attention[-1], "fuse_attention_qkv", True)
+    assert not supports_static_cache(model) and default_cache(model, "generation_loop") == "concat"
+    with pytest.raises(ExportError, match="cache 'static' covers PaddleNLP's plain llama attention only"):
+        export_generation_model(model, tmp_path / "fused", cache="static")
+    assert not (tmp_path / "fused").exists()
