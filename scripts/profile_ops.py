@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.models import LOOPS, export_model, prompt
 from bench.timing import run_once
-from bench.variants import RUNNERS, VARIANTS
+from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
@@ -104,9 +104,9 @@ def _top(times: dict, count: int) -> list[str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     names = args.variants.split(",")
-    unknown = [name for name in names if name not in VARIANTS]
+    unknown = [name for name in names if name not in LOOP_VARIANTS[args.loop]]
     if unknown or args.context < 1 or args.decode_steps < 1:
-        print(f"error: unknown variant {unknown[0]!r}" if unknown else
+        print(f"error: unknown variant {unknown[0]!r} for --loop {args.loop}" if unknown else
               "error: --context and --decode-steps must be positive", file=sys.stderr)
         return 2
     settings = {**SETTINGS, "layers": args.layers, "hidden_size": args.hidden_size,
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         import paddle
 
         quiet_paddlenlp()
-        exports = export_model(settings, args.layers, Path(scratch), args.loop)
+        exports = export_model(settings, args.layers, Path(scratch), args.loop, exported_formats(names))
         paddle.enable_static()
         for name in names:
             variant = RUNNERS[name](exports, Path(scratch) / "variants", settings)

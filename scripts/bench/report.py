@@ -177,6 +177,8 @@ def plot(result: dict, path: Path) -> None:
                     axis.errorbar(xs, median, yerr=[median - low, high - median], marker="o", capsize=3, label=name)
             if key == "ratio_to_paddlenlp_default":
                 axis.axhline(1.0, color="grey", linewidth=0.8)
+            if key == "prefill_ms":  # it grows with the context faster than linearly
+                axis.set_yscale("log")
             axis.set(xscale="log", xlabel="context (prompt tokens)", ylabel=label, title=f"{loop}: {title}")
             axis.set_xlim(contexts[0] / 1.25, contexts[-1] * 1.25)
             axis.set_xticks(contexts, [str(c) for c in contexts])
