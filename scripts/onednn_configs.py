@@ -37,14 +37,14 @@ INPLACE_BLACKLIST = "FLAGS_ir_inplace_kernel_blacklist"
 
 # name -> (program, settings). Programs: clean, guarded, legacy (the .pdmodel).
 CONFIGS = {
-    "a": ("clean", {"onednn": False}, "new IR, oneDNN off (StaticGenerationModel today)"),
+    "a": ("clean", {"onednn": False}, "new IR, oneDNN off (create_paddle_predictor(onednn=\"off\"))"),
     "P": ("legacy", {"paddlenlp": True}, "PaddleNLP 2.8's config on the legacy .pdmodel (old IR, oneDNN)"),
     "b": ("clean", {"onednn": True, "delete": ["inplace_pass"]}, "new IR, oneDNN, inplace_pass deleted"),
     "c": ("clean", {"onednn": True, "blacklist": "pd_op.pow"}, "new IR, oneDNN, pd_op.pow not in-placed"),
     "g": ("guarded", {"onednn": True}, "guarded program, new IR, oneDNN, default passes"),
     "g'": ("guarded", {"default": True}, "guarded program, Paddle's default CPU config (disable_gpu only)"),
     "n": ("guarded", {"onednn": True, "delete": ["onednn_placement_pass"]},
-          "guarded program, oneDNN for the fused matmuls only (onednn_placement_pass deleted)"),
+          "guarded program, oneDNN for the fused matmuls only (onednn_placement_pass deleted: StaticGenerationModel's default)"),
     "ni": ("clean", {"onednn": True, "delete": ["onednn_placement_pass", "inplace_pass"]},
            "clean program, onednn_placement_pass and inplace_pass deleted"),
     "x": ("clean", {"default": True}, "clean program, Paddle's default CPU config (wrong tokens)"),
