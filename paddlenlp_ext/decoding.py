@@ -178,9 +178,7 @@ class GenerationLoop(paddle.nn.Layer):
         self.vocab_size = model.config.vocab_size
 
     def __call__(self, *args, **kwargs):
-        if self.cache != "static":
-            return super().__call__(*args, **kwargs)
-        with static_cache_attention():
+        with _cache_patches(self):
             return super().__call__(*args, **kwargs)
 
     def _next_token(self, logits, seed, step):
@@ -349,6 +347,7 @@ def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:
 
 
 def _cache_patches(loop: GenerationLoop):
+    """What running or tracing ``loop`` needs patched for its cache."""
     return static_cache_attention() if loop.cache == "static" else contextlib.nullcontext()
 
 

@@ -165,15 +165,7 @@ class StaticGenerationModel:
             self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        self.guard_report: OneDNNGuardReport | None = None
-        if device == "cpu" and onednn != "off":
-            self.guard_report = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
-        with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
-            # Paddle Inference reads the files while creating the predictor, so the
-            # staged program need not outlive this block.
-            prefix = os.path.join(staging, MODEL_PREFIX)
-            save_program(loaded, prefix)
-            self.predictor = create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
+        self.predictor, self.guard_report = predictor_for(loaded, device, dump_optimized_to, onednn)
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
@@ -205,6 +197,22 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
         # Without the placement pass, only the ops Paddle's oneDNN fuse passes create
         # (fused matmuls) run on oneDNN; everything else keeps its plain kernel.
         config.delete_pass("onednn_placement_pass")
+
+
+def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
+                  onednn: str = DEFAULT_ONEDNN):
+    """``(predictor, guard report)``: ``loaded`` guarded when oneDNN will run it (the
+    report is None otherwise), saved to a staging directory and handed to
+    ``create_paddle_predictor``. The guard changes ``loaded.program``."""
+    guard_report = None
+    if device == "cpu" and onednn != "off":
+        guard_report = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
+        # Paddle Inference reads the files while creating the predictor, so the
+        # staged program need not outlive this block.
+        prefix = os.path.join(staging, MODEL_PREFIX)
+        save_program(loaded, prefix)
+        return create_paddle_predictor(prefix, device, dump_optimized_to, onednn), guard_report
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,

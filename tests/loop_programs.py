@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddlenlp_ext.inference import create_paddle_predictor, load_files, run_predictor, save_program
-from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
+from paddlenlp_ext.inference import load_files, predictor_for, run_predictor
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
@@ -92,16 +91,12 @@ def save_inference(built: Built, prefix: str) -> None:
 
 
 def inference_predictor(built: Built):
-    """A Paddle Inference predictor for ``built`` as ``StaticGenerationModel`` makes one:
-    the program saved, guarded (``guard_onednn_inplace``, on a reloaded copy: ``built``
-    is left as it is), and run by ``create_paddle_predictor``'s configuration."""
+    """A Paddle Inference predictor for ``built`` as ``StaticGenerationModel`` makes one
+    (``predictor_for``: guarded, on a reloaded copy, so ``built`` is left as it is)."""
     with tempfile.TemporaryDirectory(prefix="loop_programs-") as staging:
         prefix = os.path.join(staging, "model")
         save_inference(built, prefix)
-        loaded = load_files(prefix, "pir")
-        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
-        save_program(loaded, prefix)
-        return create_paddle_predictor(prefix)  # reads the files now: they need not outlive this
+        return predictor_for(load_files(prefix, "pir"))[0]
 
 
 def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:
