@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import EXPORTS
+
 # The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today.
 VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache")
 BASELINE = "paddlenlp-default"
@@ -96,7 +98,7 @@ LOOP_VARIANTS = {"generation_loop": VARIANTS, "paddlenlp": tuple(v for v in VARI
 def exported_formats(variants) -> tuple:
     """The exports the variants need, in EXPORTS order."""
     needed = {EXPORT_OF[name] for name in variants}
-    return tuple(fmt for fmt in ("legacy", "pir", "static-cache") if fmt in needed)
+    return tuple(fmt for fmt in EXPORTS if fmt in needed)
 
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
