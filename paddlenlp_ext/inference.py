@@ -11,19 +11,22 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   runs on the translated program when asked: the cleaned program is the one the
   predictor executes (``executed_loop_copies`` checks that on Paddle's own
   optimized-model dump).
-- oneDNN (on by default for CPU) gives wrong tokens on these loops, with or without
-  the pass: the executor's inplace pass lets a plain kernel (RMSNorm's ``pow``) write
-  over the buffer that ``onednn_to_paddle_layout`` shares with its oneDNN input
-  (``scripts/onednn_bisect.py`` found it; ``tests/test_inference.py`` shows it on a
-  three-op program). ``passes.onednn_inplace_guard`` gives every such read its own
-  copy, so every program this package runs or saves is guarded.
-- Which kernels run on oneDNN (``ONEDNN_MODES``) trades the prefill against the decode
-  loop: oneDNN's matmuls are fast on a prompt and slow on one token a step. The default,
-  ``"matmul"``, keeps oneDNN for the matmuls Paddle's fuse passes make only (its
-  ``onednn_placement_pass`` deleted): measured on a 4-layer hidden-512 llama at 1024
-  prompt tokens it has PaddleNLP's static predictor's prefill and a 1.3-1.5x faster
-  decode step; ``"all"`` (Paddle's default) has about 0.6x its prefill and a 1.1-1.2x
-  faster step; ``"off"`` 1.4x its prefill and a 1.5x faster step.
+- oneDNN (on by default for CPU) gives wrong outputs on Paddle 3.3.1's new IR, with or
+  without the pass: Paddle's ``inplace_pass`` lets a plain kernel write over the buffer
+  that ``onednn_to_paddle_layout`` shares with its oneDNN input (``scripts/onednn_bisect.py``
+  found it; ``tests/test_inference.py`` shows it on a three-op program). Which reads it
+  hits is decided after us, by Paddle's placement and fuse passes, so every configuration
+  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``):
+  the hazard is removed at its source, for any program. Programs saved for Paddle's own
+  default config (``convert``, the save hook) are guarded instead
+  (``passes.onednn_inplace_guard``).
+- Which kernels run on oneDNN (``ONEDNN_MODES``): ``"all"`` (the default) is Paddle's
+  own placement, ``"off"`` plain kernels only. A third mode, oneDNN for the fused matmuls
+  only (``onednn_placement_pass`` deleted), was faster per token but is a pipeline
+  Paddle 3.3.1 gets wrong: a fused matmul with a residual computed in a loop body
+  raises, and a plain op taking a vector (``concat``) gets no layout transform for a
+  oneDNN input, so two such reads of one fused matmul's output give wrong values
+  (``tests/test_onednn_configs.py`` pins both).
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from .passes.program_index import ProgramIndex
 from .errors import error_line
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
-from .passes.onednn_inplace_guard import OneDNNGuardReport, guard_onednn_inplace
 from .passes.report import LoopAssignReport
 
 logger = logging.getLogger("paddlenlp_ext")
@@ -52,10 +54,22 @@ logger = logging.getLogger("paddlenlp_ext")
 MODEL_PREFIX = "model"
 PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
 
-# Which kernels run on oneDNN on CPU (see the module docstring): Paddle's oneDNN
-# matmul fusions only, Paddle's default placement (every op with a oneDNN kernel), none.
-ONEDNN_MODES = ("matmul", "all", "off")
-DEFAULT_ONEDNN = "matmul"
+# Which kernels run on oneDNN on CPU (see the module docstring): Paddle's placement
+# (every op with a oneDNN kernel), or none.
+ONEDNN_MODES = ("all", "off")
+DEFAULT_ONEDNN = "all"
+
+# Paddle Inference passes each oneDNN mode deletes.
+ONEDNN_DELETED_PASSES = {
+    "all": (
+        # Paddle 3.3.1: inplace_pass does not see that onednn_to_paddle_layout's result
+        # shares its oneDNN input's buffer, and turns the plain reader into a write over it
+        # (wrong outputs, no error). Deleted, no kernel writes in place unless the program
+        # says so.
+        "inplace_pass",
+    ),
+    "off": (),
+}
 
 
 class ModelDirectoryError(Exception):
@@ -165,7 +179,7 @@ class StaticGenerationModel:
             self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        self.predictor, self.guard_report = predictor_for(loaded, device, dump_optimized_to, onednn)
+        self.predictor = predictor_for(loaded, device, dump_optimized_to, onednn)
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
@@ -185,34 +199,28 @@ def run_predictor(predictor, feed: dict) -> list[np.ndarray]:
 
 
 def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
-    """Set ``config``'s oneDNN use on CPU to ``onednn`` (one of ``ONEDNN_MODES``).
-    With oneDNN, the program run must be guarded (``guard_onednn_inplace``)."""
+    """Set ``config``'s oneDNN use on CPU to ``onednn`` (one of ``ONEDNN_MODES``), with
+    the passes that mode deletes (``ONEDNN_DELETED_PASSES``)."""
     if onednn not in ONEDNN_MODES:
         raise ValueError(f"onednn must be one of {', '.join(ONEDNN_MODES)}, got {onednn!r}")
     if onednn == "off":
         config.disable_mkldnn()
-        return
-    config.enable_mkldnn()
-    if onednn == "matmul":
-        # Without the placement pass, only the ops Paddle's oneDNN fuse passes create
-        # (fused matmuls) run on oneDNN; everything else keeps its plain kernel.
-        config.delete_pass("onednn_placement_pass")
+    else:
+        config.enable_mkldnn()
+    for name in ONEDNN_DELETED_PASSES[onednn]:
+        config.delete_pass(name)
 
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN):
-    """``(predictor, guard report)``: ``loaded`` guarded when oneDNN will run it (the
-    report is None otherwise), saved to a staging directory and handed to
-    ``create_paddle_predictor``. The guard changes ``loaded.program``."""
-    guard_report = None
-    if device == "cpu" and onednn != "off":
-        guard_report = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    """A predictor for ``loaded``: saved to a staging directory and handed to
+    ``create_paddle_predictor``."""
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
-        return create_paddle_predictor(prefix, device, dump_optimized_to, onednn), guard_report
+        return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
@@ -284,8 +292,9 @@ _kept_staging: list = []  # directories of cleaned programs that predictors were
 def cleaned_legacy_config(config):
     """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
     copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
-    by ``remove_loop_assign``, guarded, saved as PIR, on the new IR (on CPU, oneDNN's
-    matmuls only).
+    by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
+    user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (oneDNN's matmuls,
+    ``inplace_pass`` deleted).
 
     Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
@@ -303,7 +312,6 @@ def cleaned_legacy_config(config):
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
-    guard_onednn_inplace(loaded.program, outputs=loaded.outputs)  # safe whatever the config
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)
@@ -312,5 +320,5 @@ def cleaned_legacy_config(config):
     cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
     cleaned.enable_new_ir(True)
     if not cleaned.use_gpu():
-        configure_cpu(cleaned)
+        configure_cpu(cleaned, DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
     return cleaned, report

@@ -64,52 +64,65 @@ After::
     ...
     (%12) = "pd_op.multiply" (%11, %7)                 # reads h
 
-A read of ``h`` by op ``P`` at operand ``k`` is guarded when all of these hold:
+Who needs it. ``paddlenlp_ext.inference`` deletes ``inplace_pass`` from every
+configuration it creates with oneDNN on, which removes the hazard at its source. This
+guard is for programs that leave our hands (``convert``, the save hook), which users
+run on Paddle Inference's default CPU config: placement, fuse passes and inplace_pass
+all on, deciding after us which ops run on oneDNN and which are made in place.
 
-1. ``P`` runs a plain kernel under Paddle's default oneDNN pipeline: its phi kernel
-   has no ONEDNN registration (``_get_registered_phi_kernels``). (Paddle 3.3.1's
-   ``onednn_placement_pass`` moves exactly ops with a ``onednn_op`` twin to oneDNN;
-   the ops with an ONEDNN kernel it leaves plain, such as ``expand``, have no
-   in-place version, so condition 2 excludes them anyway. With
-   ``onednn_placement_pass`` deleted every op runs plain; the reads this condition
-   leaves out were, in our llama loops, ``multiply`` at a slot it does not write and
-   ``cast`` to the same dtype, which writes the same bits.)
-2. ``P`` has an in-place version ``P_`` that writes data (``pd_op.P_`` exists;
-   ``P`` is not ``transpose``), or ``P`` is an op whose in-place version writes no new
-   data (``unsqueeze``, ``squeeze``, ``reshape``, ``flatten``, ``assign``: the result is
-   the input's buffer) and its result is itself read by such a ``P`` (followed
-   transitively).
-3. Operand ``k`` has ``P``'s result 0 dtype (``CanDoInplace``: an in-place op keeps
-   the dtype; compare and cast ops are never in-placed over a float input).
-4. ``h`` may hold a oneDNN-layout tensor: it is not bool, and it is produced by an
-   op with an ONEDNN kernel, or it is a block argument or a result of a control-flow
-   op (``cf.yield`` passes oneDNN-layout values on untransformed).
-5. ``h`` is read by another op too, or is a program output (``outputs``): without a
-   later reader the in-place write is harmless. (Another reader *before* ``P`` is
-   counted as well; the copy is then unneeded but harmless.)
+So its conditions are a superset decided on the program as saved, and assume nothing
+about what Paddle's passes do to the kernels or the fusions (an adversarial review
+found each narrower premise broken: a reader with a oneDNN kernel that stays plain,
+``divide``; a value put on oneDNN by a fuse pass, ``hardsigmoid(x @ W + b)``; a value
+read once, but in every iteration of a loop). A read of ``h`` by op ``P`` at operand
+``k`` is guarded when all of these hold:
+
+1. ``P`` may become a data-writing in-place op under inplace_pass: ``pd_op.P_`` exists
+   and ``P`` is not ``transpose`` (inplace_pass's own exception); or ``P`` is an op
+   whose in-place version writes no new data (``unsqueeze``, ``squeeze``, ``reshape``,
+   ``flatten``, ``assign``: the result is the input's buffer) and its result is itself
+   read by such a ``P`` (followed transitively). Whatever kernel ``P`` has: with its
+   placement deleted, or for ops the placement leaves out (``divide``), a op with a
+   oneDNN kernel runs a plain one. [_may_write]
+2. Operand ``k`` has ``P``'s result 0 dtype (``CanDoInplace``: an in-place op keeps
+   the dtype; compare and cast ops are never in-placed over a float input). [_may_write]
+3. ``h`` may hold a oneDNN-layout tensor: its dtype is one Paddle's oneDNN kernels
+   produce (float32, bfloat16, int8, uint8; not int64 or bool, which also keeps the
+   guard off loop counters), and it is not fed, a parameter or a constant (those are
+   plain tensors Paddle's passes do not recompute). Any op's result
+   may be oneDNN's: a fuse pass can fold its producer into a oneDNN op. [_may_be_onednn]
+4. ``h`` is read after ``P``'s write can land: another op reads it too, or it is a
+   program output, or ``P`` sits in a loop body that ``h`` is defined outside of (the
+   next iteration's ``P`` reads it again), or ``h`` is a block argument or a result of
+   a control-flow op (it may share the buffer of a loop's init or of a value yielded
+   elsewhere). (Another reader *before* ``P`` is counted as well; the copy is then
+   unneeded but harmless.) [_read_again]
 
 The shape condition of ``CanDoInplace`` is deliberately not used: shapes can be
 refined by Paddle's passes, and a copy of a prefill-sized tensor costs far less than
-a wrong token. A guarded read no longer meets condition 5 (``c`` has one reader), so
-running the pass twice changes nothing. On plain kernels the program computes the same
-bits (``concat`` of one tensor is an exact copy).
+a wrong token. A guarded read no longer meets condition 4 (``c`` has one reader and is
+defined beside ``P``), so running the pass twice changes nothing. On plain kernels the
+program computes the same bits (``concat`` of one tensor is an exact copy).
 """
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
 import paddle
 
 from ..paddle_modes import static_mode
-from .program_index import ProgramIndex, value_key
+from .program_index import FEED_OPS, PERSISTABLE_PRODUCERS, ProgramIndex, value_key
 
 # In-place versions that write no new data: their result is their input's buffer.
 VIEW_OPS = frozenset({"pd_op.unsqueeze", "pd_op.squeeze", "pd_op.reshape", "pd_op.flatten", "pd_op.assign"})
 CONTROL_FLOW = frozenset({"pd_op.while", "pd_op.if", "pd_op.select_input"})
 NEVER_INPLACED = frozenset({"pd_op.transpose"})  # inplace_pass's own exception
+# The dtypes Paddle's oneDNN kernels produce.
+ONEDNN_DTYPES = (paddle.float32, paddle.bfloat16, paddle.int8, paddle.uint8)
+# Plain tensors whatever the configuration: fed data, parameters, constants.
+PLAIN_PRODUCERS = FEED_OPS | PERSISTABLE_PRODUCERS
 
 
 @dataclass(frozen=True)
@@ -126,19 +139,8 @@ class OneDNNGuardReport:
         return f"guarded {self.guarded} reads" + (f": {named}" if named else "")
 
 
-@functools.lru_cache(maxsize=None)
-def onednn_kernels() -> frozenset:
-    """Phi kernel names with an ONEDNN registration in this Paddle build."""
-    kernels = paddle.base.core._get_registered_phi_kernels("function")
-    return frozenset(name for name, keys in kernels.items() if any("ONEDNN" in key for key in keys))
-
-
 def _kernel(op_name: str) -> str:
     return op_name.split(".", 1)[1] if "." in op_name else op_name
-
-
-def _has_onednn_kernel(op_name: str) -> bool:
-    return _kernel(op_name) in onednn_kernels()
 
 
 def _writes_in_place(op_name: str) -> bool:
@@ -156,10 +158,10 @@ def _dtype(value):
 
 
 def _may_write(index: ProgramIndex, op_id: int, operand: int, depth: int = 0) -> bool:
-    """Conditions 1-3 for ``op_id`` reading its ``operand``-th operand (views followed)."""
+    """Conditions 1 and 2 for ``op_id`` reading its ``operand``-th operand (views followed)."""
     info = index.ops[op_id]
     name = info.name
-    if _has_onednn_kernel(name) or info.op.num_results() == 0:
+    if info.op.num_results() == 0:
         return False
     source = index.values[info.operands[operand]]
     if _dtype(info.op.result(0)) != _dtype(source):
@@ -171,17 +173,30 @@ def _may_write(index: ProgramIndex, op_id: int, operand: int, depth: int = 0) ->
 
 
 def _may_be_onednn(index: ProgramIndex, key: str) -> bool:
-    """Condition 4."""
+    """Condition 3."""
     value = index.values[key]
-    if _dtype(value) == paddle.bool:  # no oneDNN kernel yields a bool tensor
+    if _dtype(value) not in ONEDNN_DTYPES:
         return False
+    producer = _producer(value)
+    return producer is None or producer.name() not in PLAIN_PRODUCERS
+
+
+def _producer(value):
     try:
-        producer = value.get_defining_op()
-    except Exception:
-        producer = None
-    if producer is None:  # a block argument
+        return value.get_defining_op()
+    except Exception:  # a block argument
+        return None
+
+
+def _read_again(index: ProgramIndex, key: str, reader: int, outputs: set) -> bool:
+    """Condition 4."""
+    if key in outputs or len({user for user, _ in index.uses.get(key, [])}) > 1:
         return True
-    return producer.name() in CONTROL_FLOW or _has_onednn_kernel(producer.name())
+    producer = _producer(index.values[key])
+    if producer is None or producer.name() in CONTROL_FLOW:
+        return True
+    inner = set(index.enclosing_loops(index.ops[reader].block))
+    return bool(inner - set(index.enclosing_loops(index.defined_in[key])))
 
 
 def _guarded_reads(index: ProgramIndex, outputs: set) -> list[tuple[int, int]]:
@@ -193,10 +208,7 @@ def _guarded_reads(index: ProgramIndex, outputs: set) -> list[tuple[int, int]]:
         for k, key in enumerate(info.operands):
             if key is None or not _may_be_onednn(index, key):
                 continue
-            readers = {user for user, _ in index.uses.get(key, [])}
-            if len(readers) < 2 and key not in outputs:  # condition 5
-                continue
-            if _may_write(index, op_id, k):
+            if _read_again(index, key, op_id, outputs) and _may_write(index, op_id, k):
                 found.append((op_id, k))
     return found
 

@@ -276,6 +276,30 @@ class ProgramIndex:
         self._mark_fed_or_carried((None, 0), found)
         return frozenset(found)
 
+    def derived_from(self, producers: frozenset) -> frozenset:
+        """Values computed, through any chain of ops, from a result of an op named in
+        ``producers``. A region op passes what it reads and what its regions yield on to
+        its block arguments and its results (all of them: a superset)."""
+        found: set[str] = set()
+        changed = True
+        while changed:  # a loop's yield reaches its own block arguments: to a fixpoint
+            changed = False
+            for op_id in self.order:
+                info = self.ops[op_id]
+                reads = [key for key in info.operands if key]
+                targets = list(info.results)
+                for n in range(info.op.num_regions()):
+                    targets += self.block_args[(op_id, n)]
+                    yield_id = self.yield_of((op_id, n))
+                    if yield_id is not None:
+                        reads += [key for key in self.ops[yield_id].operands if key]
+                if info.name in producers or any(key in found for key in reads):
+                    new = set(targets) - found
+                    if new:
+                        found |= new
+                        changed = True
+        return frozenset(found)
+
     def _mark_fed_or_carried(self, block: tuple, found: set) -> None:
         if block[0] is not None and self.name(block[0]) == WHILE:
             # Carried. (In iteration 1 an argument shares its init's buffer, which may be

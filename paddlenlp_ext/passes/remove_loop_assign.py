@@ -72,6 +72,12 @@ iteration by iteration instead). The chain is removed when all of these hold
 8. After all removals in W, the aliases of each chain's last source are yielded
    at one position at most: two loop variables never share one buffer.
    [_check_single_yield]
+9. No source is computed, through any chain of ops, from a kernel that oneDNN runs
+   with a blocked memory layout (``BLOCKED_LAYOUT_OPS``: convolutions, pooling,
+   normalisations). On oneDNN the copy is also what turns such a tensor back into a
+   plain one; without it the loop carries the blocked tensor into the next iteration,
+   which Paddle 3.3.1 reads wrongly or fails to reorder ("could not create a primitive
+   descriptor for a reorder primitive"). [_check_sources]
 
 The premises about the runtime, and where each is relied on: the executor shares
 buffers along a loop and copies nowhere else (conditions 5, 6, 8); a yielded body
@@ -120,6 +126,19 @@ SOURCE_CONSTANT = "source computed from constants only"
 SOURCE_MUTATED = "source mutated after copy"
 SOURCE_IN_NESTED_REGION = "source shared with nested region"
 SOURCE_YIELDED_TWICE = "source yielded at several positions"
+SOURCE_ONEDNN_LAYOUT = "source may have a oneDNN blocked layout"
+
+# Kernels oneDNN creates with a memory format of its own choosing (format_tag::any,
+# blocked formats such as nChw8c), and those that keep a blocked input's format. Every
+# other oneDNN kernel passes its input's format on, which derived_from follows.
+BLOCKED_LAYOUT_OPS = frozenset(
+    "pd_op." + name
+    for name in (
+        "conv2d", "depthwise_conv2d", "conv3d", "conv2d_transpose", "depthwise_conv2d_transpose",
+        "conv3d_transpose", "pool2d", "pool3d", "max_pool2d_with_index", "batch_norm", "batch_norm_",
+        "sync_batch_norm_", "lrn", "group_norm", "instance_norm", "fused_conv2d_add_act",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,7 @@ class _Sweep:
         self.index = index
         self.output_keys = output_keys
         self.fed_or_carried = fed_or_carried
+        self.blocked_layout = index.derived_from(BLOCKED_LAYOUT_OPS)
         self.gc_off = _garbage_collector_off()
         self.removable: list[CopyChain] = []
         self.kept: list[KeptCopy] = []
@@ -242,6 +262,7 @@ class _Loop:
         self.results = index.ops[loop].results
         self.output_keys = sweep.output_keys
         self.fed_or_carried = sweep.fed_or_carried
+        self.blocked_layout = sweep.blocked_layout
         # A loop enclosing this one that runs no iteration never runs this one, so
         # its init-to-result sharing says nothing about this loop's copies.
         enclosing = set(index.enclosing_loops(index.ops[loop].block))
@@ -517,6 +538,8 @@ def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
                 raise _Keep(SOURCE_NOT_LOCAL)
             if member not in ctx.fed_or_carried:
                 raise _Keep(SOURCE_CONSTANT)
+            if member in ctx.blocked_layout:  # condition 9
+                raise _Keep(SOURCE_ONEDNN_LAYOUT)
             for user, operand in index.reads(member):
                 if not _is_top_level_or_branch_read(ctx, user, operand):
                     raise _Keep(SOURCE_IN_NESTED_REGION)
