@@ -106,3 +106,19 @@ def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
         predictor = inference.create_predictor(paddlenlp_static_config(tmp_path))
     assert enabled.reports == []
     assert run_predictor(predictor, {"x": np.array([1.0, 2.0], "float32")})[0].tolist() == [2.0, 4.0]
+
+
+def test_the_hook_keeps_the_users_onednn_setting(exported):
+    """Issue 15, class 6: a config with oneDNN disabled stays disabled under the hook
+    (it used to be turned back on); one with oneDNN on keeps it, in our configuration."""
+    from paddlenlp_ext.inference import cleaned_legacy_config
+
+    directory, reference = exported
+    for onednn in (False, True):
+        config = paddlenlp_static_config(directory)
+        config.set_cpu_math_library_num_threads(2)
+        if not onednn:
+            config.disable_mkldnn()
+        cleaned, _ = cleaned_legacy_config(config)
+        assert cleaned.mkldnn_enabled() == onednn and config.mkldnn_enabled() == onednn
+        assert cleaned.cpu_math_library_num_threads() == 2 and cleaned.new_ir_enabled()
