@@ -16,17 +16,19 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   that ``onednn_to_paddle_layout`` shares with its oneDNN input (``scripts/onednn_bisect.py``
   found it; ``tests/test_inference.py`` shows it on a three-op program). Which reads it
   hits is decided after us, by Paddle's placement and fuse passes, so every configuration
-  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``):
-  the hazard is removed at its source, for any program. Programs saved for Paddle's own
-  default config (``convert``, the save hook) are guarded instead
-  (``passes.onednn_inplace_guard``).
+  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``),
+  and every program it runs on oneDNN, or saves (``convert``, the save hook, for Paddle's
+  default config), is guarded (``passes.onednn_inplace_guard``). Both are needed: the
+  differential test found programs (loops carrying convolutions) that Paddle's
+  placement gets wrong with ``inplace_pass`` deleted and right once guarded, and the
+  guard alone is a superset decided before Paddle's passes run.
 - Which kernels run on oneDNN (``ONEDNN_MODES``): ``"all"`` (the default) is Paddle's
   own placement, ``"off"`` plain kernels only. A third mode, oneDNN for the fused matmuls
   only (``onednn_placement_pass`` deleted), was faster per token but is a pipeline
   Paddle 3.3.1 gets wrong: a fused matmul with a residual computed in a loop body
   raises, and a plain op taking a vector (``concat``) gets no layout transform for a
   oneDNN input, so two such reads of one fused matmul's output give wrong values
-  (``tests/test_onednn_configs.py`` pins both).
+  (``tests/test_onednn_classes.py`` pins both).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .passes.program_index import ProgramIndex
 from .errors import error_line
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
+from .passes.onednn_inplace_guard import guard_onednn_inplace
 from .passes.report import LoopAssignReport
 
 logger = logging.getLogger("paddlenlp_ext")
@@ -67,6 +70,12 @@ ONEDNN_DELETED_PASSES = {
         # (wrong outputs, no error). Deleted, no kernel writes in place unless the program
         # says so.
         "inplace_pass",
+        # Paddle 3.3.1: a biased linear under two activations or two scales,
+        # act2(act1(x @ W + b)), gives wrong values (each pass fuses the second op into
+        # the oneDNN fc as well; seen for tanh, gelu, sigmoid, sqrt and scale).
+        # tests/test_onednn_classes.py pins it on Paddle's default config.
+        "fc_activation_fuse_pass",
+        "operator_scale_onednn_fuse_pass",
     ),
     "off": (),
 }
@@ -213,8 +222,11 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN):
-    """A predictor for ``loaded``: saved to a staging directory and handed to
+    """A predictor for ``loaded``: guarded when oneDNN will run it (this changes
+    ``loaded.program``), saved to a staging directory and handed to
     ``create_paddle_predictor``."""
+    if device == "cpu" and onednn != "off":
+        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
@@ -293,8 +305,8 @@ def cleaned_legacy_config(config):
     """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
     copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
     by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
-    user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (oneDNN's matmuls,
-    ``inplace_pass`` deleted).
+    user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
+    ``inplace_pass`` deleted) on the guarded program.
 
     Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
@@ -312,6 +324,8 @@ def cleaned_legacy_config(config):
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
+    if not config.use_gpu() and config.mkldnn_enabled():
+        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)

@@ -96,7 +96,7 @@ def inference_predictor(built: Built):
     with tempfile.TemporaryDirectory(prefix="loop_programs-") as staging:
         prefix = os.path.join(staging, "model")
         save_inference(built, prefix)
-        return predictor_for(load_files(prefix, "pir"))[0]
+        return predictor_for(load_files(prefix, "pir"))
 
 
 def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:

@@ -16,7 +16,8 @@ FEED = {"x": np.random.RandomState(0).randn(3, 1, HIDDEN).astype("float32")}
 
 
 def save(prefix: str, body, shape=(-1, 1, HIDDEN)) -> dict:
-    """Build ``body(x)`` in a fresh PIR program and save it as an inference model."""
+    """Build ``body(x)`` (one output, or a list) in a fresh PIR program and save it as
+    an inference model."""
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.pir_utils.IrGuard(), paddle.static.program_guard(main, startup):
         paddle.seed(0)
@@ -25,7 +26,8 @@ def save(prefix: str, body, shape=(-1, 1, HIDDEN)) -> dict:
         exe = paddle.static.Executor(paddle.CPUPlace())
         with paddle.static.scope_guard(paddle.static.Scope()):
             exe.run(startup)
-            paddle.static.save_inference_model(prefix, [x], [out], exe, program=main)
+            paddle.static.save_inference_model(prefix, [x], out if isinstance(out, list) else [out], exe,
+                                               program=main)
     return FEED
 
 
@@ -97,6 +99,10 @@ def residual_in_loop(x):  # class 7: a fused matmul whose residual is computed i
     return counted_loop(body, x)
 
 
+def stacked_activations(x):  # found by the differential test: two ops over one fc
+    return paddle.nn.functional.sigmoid(paddle.tanh(linear(x)))
+
+
 CLASSES = {
     "silu written out": silu_written_out,
     "gelu_new": gelu_new,
@@ -105,6 +111,7 @@ CLASSES = {
     "hardsigmoid fused": fused_activation,
     "read once in a loop": read_once_in_loop,
     "residual in a loop": residual_in_loop,
+    "stacked activations": stacked_activations,
 }
 
 

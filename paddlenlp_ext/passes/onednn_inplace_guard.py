@@ -31,20 +31,27 @@ A plain op whose in-place version only re-labels its input (unsqueeze, assign)
 passes the alias on: a writer of *its* output counts too.
 
 Rule. This pass guards every read that can be such a ``P`` (a superset, decided on
-the program before Paddle's passes): it inserts a copy ``c = pd_op.concat([h], axis)``
-in front of ``P`` and makes ``P`` read ``c``. ``concat`` has no in-place version, so
-``c`` is a fresh buffer whichever kernel runs it: under oneDNN ``P`` reads
-``onednn_to_paddle_layout(c)``, which shares ``c``'s buffer and nothing else reads ``c``;
-on plain kernels (oneDNN off, or ``onednn_placement_pass`` deleted, where concat stays
-plain) ``c`` is an ordinary tensor. (A copy that has an in-place version, such as
-``scale(h, 1.0)`` or ``assign``, is itself in-placed over ``h`` when ``onednn_placement_pass``
-is deleted, and the alias is back.) Two copies of one value are built differently
-(another axis, or nested concats): ``common_subexpression_elimination_pass`` would
-otherwise merge them into one ``c`` read by two guarded ops, the first of which writes
-over it. Rewriting ``pow(h, 2)`` as ``multiply(h, h)`` (an op with a oneDNN kernel) is
-no general fix: it changes bits (Paddle's pow kernel is Eigen's ``pow``, not ``x * x``,
-for about 4% of float32 inputs), and with ``onednn_placement_pass`` deleted the plain
-``multiply`` is in-placed over a fused matmul's output just the same.
+the program before Paddle's passes): it inserts a copy ``c = pd_op.roll(h, 0, axis)``
+in front of ``P`` and makes ``P`` read ``c``. ``roll`` has no in-place version and no
+oneDNN kernel, so ``c`` is a fresh plain buffer whichever configuration runs it: under
+oneDNN ``roll`` reads ``onednn_to_paddle_layout(h)`` (shared, but ``roll`` writes
+nothing in place) and ``P`` reads ``c``, which nothing else reads. Why not other copies
+(each seen on 3.3.1):
+
+- a copy with an in-place version (``scale(h, 1.0)``, ``assign``) is itself in-placed
+  over ``h``, and the alias is back;
+- ``concat([h])`` takes a vector: a value read before a loop by one concat and inside
+  the loop by another only through ``builtin.combine`` is freed by Paddle Inference's
+  executor before the loop reads it ("Tensor holds no memory", on plain kernels too),
+  and with ``onednn_placement_pass`` deleted a concat gets no layout transform for a
+  oneDNN input.
+
+Two copies of one value are built differently (another axis, or nested rolls):
+``common_subexpression_elimination_pass`` would otherwise merge them into one ``c``
+read by two guarded ops, the first of which writes over it. Rewriting ``pow(h, 2)`` as
+``multiply(h, h)`` is no general fix: it changes bits (Paddle's pow kernel is Eigen's
+``pow``, not ``x * x``, for about 4% of float32 inputs), and a plain ``multiply`` is
+in-placed over a oneDNN output just the same.
 
 Before::
 
@@ -57,18 +64,17 @@ Before::
 After::
 
     (%7) = "pd_op.cast" (%6) {dtype:float32}
-    (%20) = "pd_op.full" () {dtype:int32, shape:[1], value:0}
-    (%21) = "builtin.combine" (%7)
-    (%22) = "pd_op.concat" (%21, %20)                  # c
-    (%8) = "pd_op.pow" (%22) {y:2}                     # pow_ may overwrite c: nothing else reads it
+    (%20) = "pd_op.full_int_array" () {dtype:int64, value:[0]}
+    (%21) = "pd_op.roll" (%7, %20) {axis:[0]}           # c
+    (%8) = "pd_op.pow" (%21) {y:2}                     # pow_ may overwrite c: nothing else reads it
     ...
     (%12) = "pd_op.multiply" (%11, %7)                 # reads h
 
-Who needs it. ``paddlenlp_ext.inference`` deletes ``inplace_pass`` from every
-configuration it creates with oneDNN on, which removes the hazard at its source. This
-guard is for programs that leave our hands (``convert``, the save hook), which users
-run on Paddle Inference's default CPU config: placement, fuse passes and inplace_pass
-all on, deciding after us which ops run on oneDNN and which are made in place.
+Who runs it. ``paddlenlp_ext.inference`` guards every program it runs with oneDNN
+(and also deletes ``inplace_pass`` from those configurations), and every program that
+leaves our hands (``convert``, the save hook), which users run on Paddle Inference's
+default CPU config: placement, fuse passes and inplace_pass all on, deciding after us
+which ops run on oneDNN and which are made in place.
 
 So its conditions are a superset decided on the program as saved, and assume nothing
 about what Paddle's passes do to the kernels or the fusions (an adversarial review
@@ -102,7 +108,7 @@ The shape condition of ``CanDoInplace`` is deliberately not used: shapes can be
 refined by Paddle's passes, and a copy of a prefill-sized tensor costs far less than
 a wrong token. A guarded read no longer meets condition 4 (``c`` has one reader and is
 defined beside ``P``), so running the pass twice changes nothing. On plain kernels the
-program computes the same bits (``concat`` of one tensor is an exact copy).
+program computes the same bits (a roll by 0 is an exact copy).
 """
 
 from __future__ import annotations
@@ -214,8 +220,8 @@ def _guarded_reads(index: ProgramIndex, outputs: set) -> list[tuple[int, int]]:
 
 
 def _copy(value, n: int):
-    """A fresh tensor equal to ``value``: ``concat([value], axis)``, the ``n``-th copy of
-    ``value`` built differently from the others (axes, then nested concats: ``n`` written
+    """A fresh tensor equal to ``value``: ``roll(value, 0, axis)``, the ``n``-th copy of
+    ``value`` built differently from the others (axes, then nested rolls: ``n`` written
     in bijective base 2 * rank), so that common_subexpression_elimination_pass cannot
     merge two copies into one value read by two ops (which brings the hazard back). A
     0-D value is copied as a [1] view of it, then viewed back."""
@@ -225,7 +231,7 @@ def _copy(value, n: int):
     axes = list(range(rank)) + list(range(-rank, 0))
     copy = value
     while True:
-        copy = paddle._C_ops.concat([copy], axes[n % len(axes)])
+        copy = paddle._C_ops.roll(copy, [0], [axes[n % len(axes)]])
         n //= len(axes)
         if n == 0:
             return copy
