@@ -44,18 +44,25 @@ CONFIGS = {
     "g": ("guarded", {"onednn": True}, "guarded program, new IR, oneDNN, default passes"),
     "g'": ("guarded", {"default": True}, "guarded program, Paddle's default CPU config (disable_gpu only)"),
     "n": ("guarded", {"onednn": True, "delete": ["onednn_placement_pass"]},
-          "guarded program, oneDNN for the fused matmuls only (onednn_placement_pass deleted: StaticGenerationModel's default)"),
+          "guarded program, oneDNN for the fused matmuls only (onednn_placement_pass deleted: the removed \"matmul\" mode)"),
+    "o": ("guarded", {"ours": True},
+          "guarded program, create_paddle_predictor's default (StaticGenerationModel's configuration)"),
+    "oc": ("clean", {"ours": True}, "clean program (not guarded), create_paddle_predictor's default"),
     "ni": ("clean", {"onednn": True, "delete": ["onednn_placement_pass", "inplace_pass"]},
            "clean program, onednn_placement_pass and inplace_pass deleted"),
     "x": ("clean", {"default": True}, "clean program, Paddle's default CPU config (wrong tokens)"),
 }
-DEFAULT_CONFIGS = "a,P,b,c,g,g',n,ni"
+DEFAULT_CONFIGS = "a,P,b,g,n,o,oc"
 
 
-def create(prefix: str, onednn=False, delete=(), blacklist="", default=False, paddlenlp=False):
+def create(prefix: str, onednn=False, delete=(), blacklist="", default=False, paddlenlp=False, ours=False):
     import paddle
     from paddle import inference
 
+    if ours:
+        from paddlenlp_ext.inference import create_paddle_predictor
+
+        return create_paddle_predictor(prefix)
     config = inference.Config(prefix + (".pdmodel" if paddlenlp else ".json"), prefix + ".pdiparams")
     config.disable_gpu()
     config.disable_glog_info()

@@ -7,7 +7,8 @@
 - ``build_to_static``: ``paddle.jit.to_static`` in PIR mode.
 
 ``run`` runs a built program on ``paddle.static.Executor``; ``run_inference`` saves
-it and runs it on Paddle Inference, configured as ``paddlenlp_ext`` configures it.
+it and runs it on Paddle Inference, configured as ``paddlenlp_ext`` configures it
+(``INFERENCE_CONFIGS``: oneDNN as Paddle places it, the default, or off).
 Neither changes the program (no fetch ops are left in it; checked on 3.3.1).
 """
 
@@ -20,10 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddlenlp_ext.inference import load_files, predictor_for, run_predictor
+from paddlenlp_ext.inference import DEFAULT_ONEDNN, ONEDNN_MODES, load_files, predictor_for, run_predictor
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex
+
+
+# Every CPU configuration StaticGenerationModel can run (its onednn modes).
+INFERENCE_CONFIGS = ONEDNN_MODES
 
 
 @dataclass
@@ -90,16 +95,17 @@ def save_inference(built: Built, prefix: str) -> None:
         paddle.static.save_inference_model(prefix, feed_values(built), built.outputs, exe, program=built.program)
 
 
-def inference_predictor(built: Built):
+def inference_predictor(built: Built, onednn: str = DEFAULT_ONEDNN):
     """A Paddle Inference predictor for ``built`` as ``StaticGenerationModel`` makes one
-    (``predictor_for``: guarded, on a reloaded copy, so ``built`` is left as it is)."""
+    (``predictor_for``: guarded when oneDNN runs it, on a reloaded copy, so ``built`` is
+    left as it is)."""
     with tempfile.TemporaryDirectory(prefix="loop_programs-") as staging:
         prefix = os.path.join(staging, "model")
         save_inference(built, prefix)
-        return predictor_for(load_files(prefix, "pir"))
+        return predictor_for(load_files(prefix, "pir"), onednn=onednn)
 
 
-def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:
+def run_inference(built: Built, runs: int = 2, onednn: str = DEFAULT_ONEDNN) -> list[list[np.ndarray]]:
     """Save ``built`` and run it ``runs`` times in a row on one Paddle Inference predictor.
 
     State that leaks from one run into the next (a buffer Paddle Inference keeps,
@@ -107,7 +113,7 @@ def run_inference(built: Built, runs: int = 2) -> list[list[np.ndarray]]:
     """
     # Outputs in order: "fetch_name_<i>", or the name of a named value (a feed, a
     # parameter) when that is what save_inference_model fetches.
-    predictor = inference_predictor(built)
+    predictor = inference_predictor(built, onednn)
     return [run_predictor(predictor, built.feed) for _ in range(runs)]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loop_programs import count_loop_copies, run, run_inference, same_bits
+from loop_programs import INFERENCE_CONFIGS, count_loop_copies, run, run_inference, same_bits
 
 from paddlenlp_ext import remove_loop_assign
 from paddlenlp_ext.passes.copy_ops import SOURCE, loop_copies
@@ -15,8 +15,8 @@ def check_pass(make, *, removed: int, kept: dict | None = None, inference: bool 
     ``make`` builds a fresh program each call (the reference run and the rewritten
     run must not share one). The outputs must be bit-identical on the Executor and,
     unless ``inference`` is False (a program Paddle Inference cannot run itself),
-    on Paddle Inference as ``paddlenlp_ext.inference`` configures it, in two runs
-    in a row. Returns the report.
+    on Paddle Inference in every configuration ``paddlenlp_ext.inference`` creates
+    on CPU, in two runs in a row. Returns the report.
     """
     reference = run(make())
     built = make()
@@ -33,9 +33,10 @@ def check_pass(make, *, removed: int, kept: dict | None = None, inference: bool 
     assert again.kept_reasons == report.kept_reasons
     assert same_bits(reference, run(built)), "outputs changed"
     if inference and report.modified:
-        expected = run_inference(make())
-        got = run_inference(built)
-        assert all(same_bits(a, b) for a, b in zip(expected, got)), "outputs changed on Paddle Inference"
+        for onednn in INFERENCE_CONFIGS:
+            expected = run_inference(make(), onednn=onednn)
+            got = run_inference(built, onednn=onednn)
+            assert all(same_bits(a, b) for a, b in zip(expected, got)), f"outputs changed on Paddle Inference ({onednn})"
     return report
 
 
@@ -58,8 +59,11 @@ def outputs_change_under(rule, make) -> bool:
 
 def inference_outputs_change_under(rule, make) -> bool:
     """Whether applying ``rule`` changes ``make()``'s outputs on Paddle Inference, in
-    either of two runs in a row."""
-    reference = run_inference(make())
-    built = make()
-    rule(built.program)
-    return not all(same_bits(a, b) for a, b in zip(reference, run_inference(built)))
+    either of two runs in a row, in any configuration ``paddlenlp_ext`` creates."""
+    for onednn in INFERENCE_CONFIGS:
+        reference = run_inference(make(), onednn=onednn)
+        built = make()
+        rule(built.program)
+        if not all(same_bits(a, b) for a, b in zip(reference, run_inference(built, onednn=onednn))):
+            return True
+    return False

@@ -170,13 +170,14 @@ def _folded_invariant_written_through_argument():
 def test_inference_runner_sees_state_leaking_across_runs():
     """Paddle Inference folds the constant-only body value into a constant: once the
     copy is gone, the in-place write changes it within a run and across runs, while
-    the Executor recomputes it every iteration. The runner must show both."""
+    the Executor recomputes it every iteration. The runner must show both. (It shows on
+    plain kernels; the guarded program on oneDNN does not fold it this way.)"""
     make = lambda: build_pir(_folded_invariant_written_through_argument, FEED)  # noqa: E731
     reference = make()
     rewritten = make()
     remove_every_loop_copy(rewritten.program)
     assert same_bits(run(reference), run(rewritten))
-    before, after = run_inference(reference), run_inference(rewritten)
+    before, after = run_inference(reference, onednn="off"), run_inference(rewritten, onednn="off")
     assert same_bits(*before) and same_bits(before[0], run(reference))
     assert not same_bits(before[0], after[0]) and not same_bits(after[0], after[1])
 
