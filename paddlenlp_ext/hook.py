@@ -15,7 +15,7 @@ is disabled):
   ``.pdmodel`` + ``.pdiparams`` pair whose program has a while loop (a generation
   model: PaddleNLP 2.8's ``to_static`` export, say) gets a predictor for the
   translated, cleaned program, configured as ``StaticGenerationModel`` runs it (new
-  IR; on CPU oneDNN's matmuls only, with ``inplace_pass`` deleted, or oneDNN off when the
+  IR; on CPU Paddle's oneDNN placement with ``inplace_pass`` deleted, or oneDNN off when the
   caller's config disabled it); the caller's ``Config`` is left as it was and every other
   setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
   created as before. Code that imported ``create_predictor`` by name before the hook

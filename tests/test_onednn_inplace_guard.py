@@ -181,3 +181,25 @@ def test_paddlenlp_loop_scores_stay_bit_identical(paddlenlp_loop, tmp_path):
             np.testing.assert_array_equal(run[0], plain[0])
     # every RMSNorm's pow (2 layers x 2 + the final norm), before the loop and in it
     assert report.ops["pd_op.pow"] == 10
+
+
+def test_reads_in_a_loop_of_outer_values_and_block_arguments_are_guarded():
+    """Condition 4 across iterations: a value defined before the loop and read once in
+    its body is read again by the next iteration; a block argument shares its init's
+    (or the last yield's) buffer. Body values read once are not guarded."""
+    from paddle import _C_ops
+
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            h = x * 3.0  # read once, inside the loop
+            i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+            def body(i, y):
+                fresh = paddle.tanh(h.pow(2.0))  # h: guarded; h.pow(2.0) read once: not
+                return [i + 1, _C_ops.assign_out_(paddle.exp(y) * 0.1 + fresh, y)]  # y: guarded (exp)
+
+            out = paddle.static.nn.while_loop(lambda i, y: i < n, body, [i, x * 1.0])[1]
+        report = guard_onednn_inplace(main, [out])
+    assert report.ops == {"pd_op.pow": 1, "pd_op.exp": 1}

@@ -88,7 +88,7 @@ read once, but in every iteration of a loop). A read of ``h`` by op ``P`` at ope
    whose in-place version writes no new data (``unsqueeze``, ``squeeze``, ``reshape``,
    ``flatten``, ``assign``: the result is the input's buffer) and its result is itself
    read by such a ``P`` (followed transitively). Whatever kernel ``P`` has: with its
-   placement deleted, or for ops the placement leaves out (``divide``), a op with a
+   placement deleted, or for ops the placement leaves out (``divide``), an op with a
    oneDNN kernel runs a plain one. [_may_write]
 2. Operand ``k`` has ``P``'s result 0 dtype (``CanDoInplace``: an in-place op keeps
    the dtype; compare and cast ops are never in-placed over a float input). [_may_write]
