@@ -16,12 +16,12 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   that ``onednn_to_paddle_layout`` shares with its oneDNN input (``scripts/onednn_bisect.py``
   found it; ``tests/test_inference.py`` shows it on a three-op program). Which reads it
   hits is decided after us, by Paddle's placement and fuse passes, so every configuration
-  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``),
-  and every program it runs on oneDNN, or saves (``convert``, the save hook, for Paddle's
-  default config), is guarded (``passes.onednn_inplace_guard``). Both are needed: the
-  differential test found programs (loops carrying convolutions) that Paddle's
-  placement gets wrong with ``inplace_pass`` deleted and right once guarded, and the
-  guard alone is a superset decided before Paddle's passes run.
+  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``).
+  Programs saved for Paddle's default config (``convert``, the save hook) are guarded
+  (``passes.onednn_inplace_guard``), and so are the programs we run on oneDNN that hold
+  ops oneDNN may give a blocked layout (``guard_for_onednn``): the differential test
+  found loops carrying convolutions wrong with ``inplace_pass`` deleted and right once
+  guarded.
 - Which kernels run on oneDNN (``ONEDNN_MODES``): ``"all"`` (the default) is Paddle's
   own placement, ``"off"`` plain kernels only. A third mode, oneDNN for the fused matmuls
   only (``onednn_placement_pass`` deleted), was faster per token but is a pipeline
@@ -50,6 +50,7 @@ from .errors import error_line
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.onednn_inplace_guard import guard_onednn_inplace
+from .passes.onednn_layouts import has_blocked_layout_ops
 from .passes.report import LoopAssignReport
 
 logger = logging.getLogger("paddlenlp_ext")
@@ -222,17 +223,28 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN):
-    """A predictor for ``loaded``: guarded when oneDNN will run it (this changes
-    ``loaded.program``), saved to a staging directory and handed to
-    ``create_paddle_predictor``."""
+    """A predictor for ``loaded``: guarded where our oneDNN configuration needs it
+    (``guard_for_onednn``; this changes ``loaded.program``), saved to a staging
+    directory and handed to ``create_paddle_predictor``."""
     if device == "cpu" and onednn != "off":
-        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+        guard_for_onednn(loaded)
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
         return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
+
+
+def guard_for_onednn(loaded: LoadedProgram) -> None:
+    """Guard ``loaded`` for our oneDNN configuration: when it holds ops oneDNN may give
+    a blocked layout (``passes.onednn_layouts``). Without them ``inplace_pass``, which
+    our configuration deletes, is the only source of the alias the guard breaks, and
+    the guard's copies would cost time every step (12% of a token at 128 prompt tokens
+    on the benchmark's llama); with them the differential test found programs wrong
+    unguarded."""
+    if has_blocked_layout_ops(loaded.program):
+        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
@@ -306,7 +318,7 @@ def cleaned_legacy_config(config):
     copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
     by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
-    ``inplace_pass`` deleted) on the guarded program.
+    ``inplace_pass`` deleted; the program guarded as ``guard_for_onednn`` says).
 
     Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
@@ -325,7 +337,7 @@ def cleaned_legacy_config(config):
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
     if not config.use_gpu() and config.mkldnn_enabled():
-        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+        guard_for_onednn(loaded)
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)

@@ -21,6 +21,7 @@ from onednn_cases import CLASSES, CONV_FEED, CONV_SHAPE, FEED, conv_loop, paddle
 from test_onednn_inplace_guard import assert_bit_identical, twice
 
 from paddlenlp_ext.inference import create_paddle_predictor, load_files, run_predictor, run_program, save_program
+from paddlenlp_ext.passes import onednn_layouts
 from paddlenlp_ext.passes import remove_loop_assign as pass_module
 from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
 
@@ -80,7 +81,7 @@ def test_a_copy_of_a_blocked_onednn_layout_is_kept(tmp_path, monkeypatch):
     assert_close_twice(create_paddle_predictor(cleaned), CONV_FEED, reference)
     assert_close_twice(paddle_default_predictor(converted), CONV_FEED, reference)
     # Without the rule the copy goes, and oneDNN goes wrong from the second step on.
-    monkeypatch.setattr(pass_module, "BLOCKED_LAYOUT_OPS", frozenset())
+    monkeypatch.setattr(onednn_layouts, "BLOCKED_LAYOUT_OPS", frozenset())
     _, unsafe, _, report = variants(tmp_path / "unsafe", conv_loop, CONV_SHAPE)
     assert report.removed == 1
     assert_bit_identical(run_program(load_files(unsafe, "pir"), CONV_FEED), reference)

@@ -73,8 +73,8 @@ iteration by iteration instead). The chain is removed when all of these hold
    at one position at most: two loop variables never share one buffer.
    [_check_single_yield]
 9. No source is computed, through any chain of ops, from a kernel that oneDNN runs
-   with a blocked memory layout (``BLOCKED_LAYOUT_OPS``: convolutions, pooling,
-   normalisations). On oneDNN the copy is also what turns such a tensor back into a
+   with a blocked memory layout (``onednn_layouts.BLOCKED_LAYOUT_OPS``: convolutions,
+   pooling, normalisations). On oneDNN the copy is also what turns such a tensor back into a
    plain one; without it the loop carries the blocked tensor into the next iteration,
    which Paddle 3.3.1 reads wrongly or fails to reorder ("could not create a primitive
    descriptor for a reorder primitive"). [_check_sources]
@@ -101,6 +101,7 @@ from .copy_ops import (
     result_key,
     source_key,
 )
+from . import onednn_layouts
 from .program_index import ALIASING_OPS, IF, YIELD, ProgramIndex, inplace_map, value_key
 from .report import KeptCopy, LoopAssignReport
 
@@ -127,18 +128,6 @@ SOURCE_MUTATED = "source mutated after copy"
 SOURCE_IN_NESTED_REGION = "source shared with nested region"
 SOURCE_YIELDED_TWICE = "source yielded at several positions"
 SOURCE_ONEDNN_LAYOUT = "source may have a oneDNN blocked layout"
-
-# Kernels oneDNN creates with a memory format of its own choosing (format_tag::any,
-# blocked formats such as nChw8c), and those that keep a blocked input's format. Every
-# other oneDNN kernel passes its input's format on, which derived_from follows.
-BLOCKED_LAYOUT_OPS = frozenset(
-    "pd_op." + name
-    for name in (
-        "conv2d", "depthwise_conv2d", "conv3d", "conv2d_transpose", "depthwise_conv2d_transpose",
-        "conv3d_transpose", "pool2d", "pool3d", "max_pool2d_with_index", "batch_norm", "batch_norm_",
-        "sync_batch_norm_", "lrn", "group_norm", "instance_norm", "fused_conv2d_add_act",
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -217,7 +206,7 @@ class _Sweep:
         self.index = index
         self.output_keys = output_keys
         self.fed_or_carried = fed_or_carried
-        self.blocked_layout = index.derived_from(BLOCKED_LAYOUT_OPS)
+        self.blocked_layout = index.derived_from(onednn_layouts.BLOCKED_LAYOUT_OPS)
         self.gc_off = _garbage_collector_off()
         self.removable: list[CopyChain] = []
         self.kept: list[KeptCopy] = []
