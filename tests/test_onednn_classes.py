@@ -2,7 +2,8 @@
 configuration we ship. Each program runs on:
 
 - ``StaticGenerationModel``'s configuration (``create_paddle_predictor``: oneDNN as
-  Paddle places it, ``inplace_pass`` deleted), on the program cleaned by the pass;
+  Paddle places it, ``inplace_pass`` and two fc fuse passes deleted), on the program
+  cleaned by the pass and on the converted one;
 - Paddle's own default CPU config on the program as ``convert`` writes it (cleaned
   and guarded);
 - oneDNN off, on the cleaned program;
@@ -34,7 +35,10 @@ WRONG_ON_PADDLES_DEFAULT = {"gelu_new", "divide RMSNorm", "hardsigmoid fused", "
 def variants(tmp_path, body, shape=None):
     """(source, cleaned, converted) prefixes: as built, after the pass, after pass and guard."""
     source, cleaned, converted = (os.path.join(tmp_path, name, "model") for name in ("source", "cleaned", "converted"))
-    save(source, body, shape) if shape else save(source, body)
+    if shape:
+        save(source, body, shape)
+    else:
+        save(source, body)
     loaded = load_files(source, "pir")
     report = pass_module.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     save_program(loaded, cleaned)
