@@ -94,15 +94,7 @@ def test_a_copy_of_a_blocked_onednn_layout_is_kept(tmp_path, monkeypatch):
 
 
 def _placement_deleted(prefix):
-    from paddle import inference
-
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.enable_mkldnn()
-    config.delete_pass("onednn_placement_pass")
-    config.delete_pass("inplace_pass")
-    return inference.create_predictor(config)
+    return paddle_default_predictor(prefix, delete=("onednn_placement_pass", "inplace_pass"))
 
 
 def test_the_placement_deleted_pipeline_is_still_wrong(tmp_path):

@@ -70,14 +70,7 @@ PADDLE_FUSE_DEFECT = tuple(name for name in ONEDNN_DELETED_PASSES["all"] if name
 
 
 def _paddle_default_without_fuse_defect(prefix):
-    from paddle import inference
-
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.disable_glog_info()
-    for name in PADDLE_FUSE_DEFECT:
-        config.delete_pass(name)
-    return inference.create_predictor(config)
+    return paddle_default_predictor(prefix, delete=PADDLE_FUSE_DEFECT)
 
 
 def _flushed(array):

@@ -6,6 +6,7 @@ before on plain kernels."""
 import numpy as np
 import paddle
 import pytest
+from onednn_cases import paddle_default_predictor
 from test_inference import _scale_pow_add
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
@@ -13,15 +14,6 @@ from paddlenlp_ext.inference import load_files, load_program, run_program, run_p
 from paddlenlp_ext.paddle_modes import static_mode
 from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
 from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
-
-
-def default_predictor(prefix):
-    """What a user of a converted directory writes: Paddle's defaults on CPU."""
-    from paddle import inference
-
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    return inference.create_predictor(config)
 
 
 def our_predictor(prefix):
@@ -70,9 +62,9 @@ def test_three_op_program(tmp_path):
     x = np.array([[0.5, -0.0, 0.0, -2.0, 1e-3, 3e18, -7.25, 1.0]] * 2, dtype="float32")
     h = 3 * x
     expected = h ** 2 + h
-    (broken,) = run_predictor(default_predictor(unfixed), {"x": x})
+    (broken,) = run_predictor(paddle_default_predictor(unfixed), {"x": x})
     np.testing.assert_allclose(broken, 2 * h ** 2, rtol=1e-6)  # pow_ wrote h ** 2 over h
-    for run in twice(default_predictor(fixed), {"x": x}):
+    for run in twice(paddle_default_predictor(fixed), {"x": x}):
         np.testing.assert_allclose(run[0], expected, rtol=1e-6)
     assert_bit_identical(run_predictor(plain_predictor(fixed), {"x": x}),
                          run_predictor(plain_predictor(unfixed), {"x": x}))
@@ -116,8 +108,8 @@ def test_two_guarded_reads_of_one_value_get_copies_that_cannot_be_merged(tmp_pat
     x = {"x": np.arange(1, 17, dtype="float32").reshape(2, 8) / 8}
     h = 3 * x["x"]
     expected = h ** 2 + 1 / np.sqrt(h) + h
-    assert not np.allclose(run_predictor(default_predictor(unfixed), x)[0], expected, rtol=1e-5)
-    np.testing.assert_allclose(run_predictor(default_predictor(fixed), x)[0], expected, rtol=1e-5)
+    assert not np.allclose(run_predictor(paddle_default_predictor(unfixed), x)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(run_predictor(paddle_default_predictor(fixed), x)[0], expected, rtol=1e-5)
     assert_bit_identical(run_predictor(plain_predictor(fixed), x), run_predictor(plain_predictor(unfixed), x))
     assert report.ops == {"pd_op.pow": 1, "pd_op.rsqrt": 1, "pd_op.add": 1}
 
@@ -135,9 +127,9 @@ def test_llama_loop_on_the_default_config(exported, tmp_path):
 
     unfixed, fixed, report = save_both(cleaned, tmp_path)
     inputs = feed()
-    first, _ = twice(default_predictor(unfixed), inputs)
+    first, _ = twice(paddle_default_predictor(unfixed), inputs)
     assert first[0][0, 0] == reference[0, 0] and not np.array_equal(first[0], reference)  # the bug
-    for run in twice(default_predictor(fixed), inputs):
+    for run in twice(paddle_default_predictor(fixed), inputs):
         np.testing.assert_array_equal(run[0], reference)
     assert_bit_identical(run_predictor(plain_predictor(fixed), inputs), run_predictor(plain_predictor(unfixed), inputs))
     assert_bit_identical(run_program(load_files(fixed, "pir"), inputs), run_program(load_files(unfixed, "pir"), inputs))
@@ -171,9 +163,9 @@ def test_paddlenlp_loop_scores_stay_bit_identical(paddlenlp_loop, tmp_path):
     assert [a.dtype for a in plain] == [np.int64, np.float32]
     assert_bit_identical(run_predictor(plain_predictor(fixed), inputs), plain)
     assert_bit_identical(run_program(load_files(fixed, "pir"), inputs), run_program(load_files(unfixed, "pir"), inputs))
-    broken, _ = twice(default_predictor(unfixed), inputs)
+    broken, _ = twice(paddle_default_predictor(unfixed), inputs)
     assert not np.array_equal(broken[0], plain[0])
-    for run in twice(default_predictor(fixed), inputs):
+    for run in twice(paddle_default_predictor(fixed), inputs):
         np.testing.assert_array_equal(run[0], plain[0])
     # StaticGenerationModel's configuration needs no guard: it has no inplace_pass
     for prefix in (unfixed, fixed):
