@@ -281,7 +281,7 @@ class ProgramIndex:
         ``producers``. A region op passes what it reads and what its regions yield on to
         its block arguments and its results (all of them: a superset)."""
         found: set[str] = set()
-        changed = True
+        changed = any(self.ops[op_id].name in producers for op_id in self.order)  # most programs: none
         while changed:  # a loop's yield reaches its own block arguments: to a fixpoint
             changed = False
             for op_id in self.order:
