@@ -515,3 +515,14 @@ def static_cache_attention():
     finally:
         LlamaAttention.forward = original
         _paddlenlp_llama_attention_forward = saved_original
+
+
+# -- parameter scopes ----------------------------------------------------------------------
+
+# Paddle 3.3.1 keeps every scope made by `paddle.static.Scope()` in its ScopePool until the
+# process exits (`_Scope._remove_from_pool` is the only way out): dropping the Python
+# object frees nothing. A loaded program's parameters would stay in memory beside the
+# predictor's own copy, twice the weights. Erasing the scope's variables frees them.
+def empty_scope(scope) -> None:
+    """Free every variable of a ``paddle.static.Scope`` (the scope stays usable, empty)."""
+    scope.erase(scope.local_var_names())

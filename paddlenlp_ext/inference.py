@@ -37,13 +37,15 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import paddle
 from paddle import inference
 
+from .compat import empty_scope
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .errors import error_line
@@ -92,6 +94,16 @@ class LoadedProgram:
     inputs: list  # the values fed: pd_op.data results, or pd_op.feed results in a translated legacy program
     outputs: list  # values to fetch
     scope: object  # parameters
+    # Paddle never frees a scope (compat.empty_scope): its parameters go with this object.
+    _release: weakref.finalize = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._release = weakref.finalize(self, empty_scope, self.scope)
+        self._release.atexit = False  # at exit the process's memory goes anyway
+
+    def release(self) -> None:
+        """Free the parameters now (the program can no longer run or be saved)."""
+        self._release()
 
     @property
     def feed_names(self) -> list[str]:
@@ -190,6 +202,7 @@ class StaticGenerationModel:
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
         self.predictor = predictor_for(loaded, device, dump_optimized_to, onednn)
+        loaded.release()  # the predictor holds its own copy of the weights
         self.input_names = self.predictor.get_input_names()
 
     def run(self, feed: dict) -> np.ndarray:
@@ -342,6 +355,7 @@ def cleaned_legacy_config(config):
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)
     save_program(loaded, prefix)
+    loaded.release()  # the predictor reads the weights from the saved files
     cleaned = inference.Config(config)
     cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
     cleaned.enable_new_ir(True)

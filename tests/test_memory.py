@@ -1,0 +1,60 @@
+"""Issue 16: a predictor of ours holds the weights once, as PaddleNLP's config does.
+
+Each route runs in a fresh process on a loop model with a 256 MiB parameter; its RSS
+after the predictor is made, above the RSS before (Python, Paddle and our package
+loaded), must stay under 1.5x the weights: a second copy (the translated program's
+scope, kept by Paddle until exit) makes it 2x and more.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from memory_child import WEIGHT_ELEMENTS, build_legacy_model
+
+from paddlenlp_ext.inference import load_program
+
+WEIGHT_MIB = WEIGHT_ELEMENTS * 4 / 2**20
+ROUTES = ("model", "hook", "paddle-default", "paddlenlp")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """The legacy model, and the directory ``convert`` makes of it."""
+    from paddlenlp_ext.convert import convert
+
+    legacy = tmp_path_factory.mktemp("memory") / "legacy"
+    build_legacy_model(str(legacy))
+    converted = legacy.parent / "converted"
+    convert(legacy, converted)
+    return {"legacy": legacy, "converted": converted}
+
+
+def _predictor_mib(route: str, directory: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("memory_child.py")), route, str(directory)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_every_route_holds_the_weights_once(model_dirs):
+    # All children at once: each measures only its own process.
+    children = {route: _predictor_mib(route, model_dirs["converted" if route == "paddle-default" else "legacy"])
+                for route in ROUTES}
+    above = {}
+    for route, child in children.items():
+        out, err = child.communicate(timeout=600)
+        assert child.returncode == 0, err[-3000:]
+        sizes = json.loads(out.strip().splitlines()[-1])
+        above[route] = (sizes["after_kib"] - sizes["before_kib"]) / 1024
+    assert above["paddlenlp"] > 0.9 * WEIGHT_MIB, above  # the measure sees the weights at all
+    for route in ("model", "hook", "paddle-default"):
+        assert above[route] < 1.5 * WEIGHT_MIB, (route, above)
+
+
+def test_a_dropped_loaded_program_frees_its_parameters(model_dirs):
+    loaded = load_program(model_dirs["legacy"])
+    scope = loaded.scope
+    assert scope.local_var_names()  # the parameter, and Paddle's feed/fetch lists
+    del loaded
+    assert scope.local_var_names() == []
