@@ -261,10 +261,10 @@ def guard_for_onednn(loaded: LoadedProgram) -> None:
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
-                            onednn: str = DEFAULT_ONEDNN):
+                            onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
     """A Paddle Inference predictor for ``prefix``.json/.pdiparams, configured as
-    StaticGenerationModel runs it (new IR; on CPU, oneDNN as ``onednn`` says, Paddle's
-    default math threads)."""
+    StaticGenerationModel runs it (new IR; on CPU, oneDNN as ``onednn`` says, and
+    ``cpu_threads`` math threads, None for Paddle's default)."""
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.enable_new_ir(True)
     config.disable_glog_info()
@@ -273,6 +273,8 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     elif device == "cpu":
         config.disable_gpu()
         configure_cpu(config, onednn)
+        if cpu_threads is not None:
+            config.set_cpu_math_library_num_threads(cpu_threads)
     else:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if dump_optimized_to is not None:

@@ -18,14 +18,23 @@ variant runs the same weights on the same random prompts:
   ``GenerationLoop`` only: PaddleNLP's loop has its concat cache.
 
 All but the baseline are saved and run by their own predictor configured as
-``StaticGenerationModel`` does (``inference.create_paddle_predictor``). Neither
-configuration sets the math threads: Paddle Inference's default (one). Per loop and
-context, every variant is warmed up, then the repeats are interleaved across variants
-(A B C ... A B C ...), each a prefill run (1 new token) then a whole run, so that a slow
-phase of a shared machine hits every variant alike. Only ``predictor.run()`` is timed.
+``StaticGenerationModel`` does (``inference.create_paddle_predictor``). ``--threads``
+sets every predictor's CPU math threads (default: Paddle Inference's own, one on 3.3.1).
 
-    python scripts/benchmark.py --output docs/benchmark.json          # the full run
+The variants are timed in rounds (``bench.timing``): each round runs every variant in
+turn (A B C ... A B C ...), each in a fresh child process that creates its predictor
+and, at each context in increasing order, runs ``--warmup`` untimed pairs, then one
+timed prefill run (1 new token) and one timed whole run. So a slow phase of a shared
+machine hits every variant alike, and one predictor's weights are in memory at a time,
+whatever the model's size (``--preset llama2-7b --layers 1`` fits in 24 GB). Only
+``predictor.run()`` is timed. The temporary directory (exports, saved programs) goes
+on exit, on an error, on Ctrl-C and on SIGTERM.
+
+    python scripts/benchmark.py --output docs/benchmark.json          # the full run (toy shape)
     python scripts/benchmark.py --quick --output /tmp/bench/out.json  # a small model, a few minutes
+    python scripts/benchmark.py --preset llama2-7b --layers 1 --vocab-size 2000 --contexts 1024 \
+        --new-tokens 32 --repeats 2 --variants paddlenlp-default,legacy+pass,static-cache \
+        --pass-layers 0 --output /tmp/bench/7b.json                     # llama2-7B's layer shape
 
 It writes PATH.json, PATH.png (same stem) and prints a markdown table; the JSON holds
 everything printed. Each record of ``results`` is one (loop, variant, context):
@@ -55,14 +64,20 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
   last position's logits). That under-counts the attention mask (int64 [batch, seq]),
   8 bytes a position next to the cache's 8 * kv_heads * head_dim * layers, so the
   estimate is the cache's copies to within a fraction of a percent;
-- ``peak_rss_mib``: the peak resident set size during this context's whole run, in a
-  child process that holds this variant's predictor only. One child per variant, one
-  at a time, so the numbers are separable; it runs the contexts in increasing order,
-  resetting Linux's peak (VmHWM, through ``/proc/self/clear_refs``) before each run, so
-  what an earlier context left in Paddle's allocator cache is counted too, as in a
-  server. ``baseline_rss_mib`` is that child's RSS before it created the predictor
-  (Python and Paddle alone); peak - baseline is the predictor's weights, program and
-  run. Linux only;
+- ``weights_mib``, ``memory_bound_ms_per_token``, ``prefill_bound_ms``: the model's
+  float32 weights, and what the machine's limits allow for a decode step and for the
+  prefill (``bench.roofline`` says how each is computed, from ``limits``: the memory
+  bandwidth and GEMM throughput measured once per run at ``threads``);
+  ``roofline_ratio`` = ``decode_ms_per_token`` / ``memory_bound_ms_per_token`` and
+  ``prefill_roofline_ratio`` = ``prefill_ms`` / ``prefill_bound_ms`` (1 is the limit);
+- ``threads``: the predictor's CPU math threads;
+- ``baseline_rss_mib``: the first round's child's RSS before it created the predictor
+  (Python and Paddle alone); ``loaded_rss_mib``: its RSS once the predictor was made,
+  above that (the predictor's weights and program: about ``weights_mib`` when the
+  weights are held once); ``peak_rss_mib``: its peak resident set size during this
+  context's whole run (Linux's VmHWM, reset before the run; the contexts run in
+  increasing order, so what an earlier one left in Paddle's allocator cache is
+  counted too, as in a server). Linux only;
 - ``pass_ms``: the median wall time of the variant's pass over ``--repeats`` runs,
   each on a fresh translation of the legacy program, after ``--warmup`` untimed ones;
   None for the variants that run none. ``pass_report`` is its summary;
@@ -74,8 +89,8 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
 translated legacy export of ``--pass-layers`` layers (default 32; 0 skips it and
 leaves null) at the model's hidden size. Its export costs about 1.5 s per layer on a
 2-core machine whatever the hidden size (dy2static tracing dominates), so the hidden
-size is not reduced for it. ``machine``, ``versions``, ``model`` and ``args`` record
-where and what ran.
+size is not reduced for it. ``limits``, ``machine``, ``versions``, ``model`` and
+``args`` (with the ``preset``) record where and what ran.
 
 Variants whose tokens differ at any context make the run fail: the output is still
 written (so the difference can be read), then an ``error:`` line and exit code 1. Bad
@@ -87,25 +102,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.models import LOOPS, export_model, llama_config
+from bench.models import LOOPS, PRESETS, export_model, llama_config
 from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
-from bench.timing import measure_rss, time_context
+from bench.roofline import measure_machine
+from bench.timing import time_variants
 from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
-# --quick and the full run differ only in these settings; a flag given on the command
-# line overrides either.
-FULL = {"layers": 4, "hidden_size": 512, "contexts": [128, 512, 1024, 2048], "new_tokens": 64, "repeats": 5}
-QUICK = {"layers": 2, "hidden_size": 128, "contexts": [32, 64], "new_tokens": 16, "repeats": 3}
+# The run's settings, lowest precedence first: the full run's or --quick's, then
+# --preset's model shape (--quick makes the toy smaller), then every flag given.
+FULL = {"contexts": [128, 512, 1024, 2048], "new_tokens": 64, "repeats": 5, "threads": None}
+QUICK = {"contexts": [32, 64], "new_tokens": 16, "repeats": 3, "threads": None}
+QUICK_TOY = {"layers": 2, "hidden_size": 128}
 
 
 class BenchmarkError(Exception):
@@ -141,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the JSON file to write (a .json path); the plot goes beside it as .png "
                              "(default benchmark.json)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a small run: {QUICK['layers']} layers, hidden {QUICK['hidden_size']}, contexts "
+                        help=f"a small run: contexts "
                              f"{','.join(map(str, QUICK['contexts']))}, {QUICK['new_tokens']} new tokens, "
-                             f"{QUICK['repeats']} repeats (flags given override these)")
+                             f"{QUICK['repeats']} repeats; with the toy preset, {QUICK_TOY['layers']} layers, hidden "
+                             f"{QUICK_TOY['hidden_size']} (flags given override these)")
     parser.add_argument("--variants", type=_names(VARIANTS, "variant"), default=list(VARIANTS),
                         help=f"comma-separated, run in this order (default {','.join(VARIANTS)})")
     parser.add_argument("--loops", type=_names(LOOPS, "loop"), default=list(LOOPS),
@@ -157,15 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant and context first (default 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="paddle.seed for the weights; with the context, the numpy seed of the prompts (default 0)")
+    parser.add_argument("--threads", type=int,
+                        help="Paddle Inference's CPU math threads, for every variant and the roofline (default: "
+                             "Paddle's own)")
     model = parser.add_argument_group("model (PaddleNLP LlamaForCausalLM)")
-    model.add_argument("--layers", type=int, help=f"decoder layers (default {FULL['layers']})")
-    model.add_argument("--hidden-size", type=int, help=f"(default {FULL['hidden_size']})")
-    model.add_argument("--heads", type=int, default=8, help="attention heads (default 8)")
-    model.add_argument("--kv-heads", type=int, default=8, help="key/value heads (default 8)")
+    model.add_argument("--preset", choices=tuple(PRESETS), default="toy",
+                       help="the model's shape; the flags below override it. " + "; ".join(
+                           f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in shape.items())
+                           for name, shape in PRESETS.items()) + " (default toy)")
+    model.add_argument("--layers", type=int, help="decoder layers")
+    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--heads", type=int, help="attention heads")
+    model.add_argument("--kv-heads", type=int, help="key/value heads")
     model.add_argument("--intermediate-size", type=int,
-                       help="MLP size (default llama's 8/3 of the hidden size rounded up to a multiple of 32: "
-                            "1376 for 512)")
-    model.add_argument("--vocab-size", type=int, default=2000, help="(default 2000)")
+                       help="MLP size (toy: llama's 8/3 of the hidden size rounded up to a multiple of 32)")
+    model.add_argument("--vocab-size", type=int)
     model.add_argument("--max-position-embeddings", type=int,
                        help="(default the largest context + --new-tokens)")
     model.add_argument("--pass-layers", type=int, default=32,
@@ -175,9 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> dict:
-    """The run's settings: the full or quick defaults under the flags given. Checked."""
+    """The run's settings: the full or quick defaults, under the preset, under the flags
+    given. Checked."""
     given = {name: value for name, value in vars(args).items() if value is not None}
-    settings = {**(QUICK if args.quick else FULL), **given}
+    settings = {**(QUICK if args.quick else FULL), **PRESETS[args.preset],
+                **(QUICK_TOY if args.quick and args.preset == "toy" else {}), **given}
+    if settings["threads"] is not None and settings["threads"] <= 0:
+        raise BenchmarkError(f"--threads must be positive, got {settings['threads']}")
     for name in ("layers", "hidden_size", "heads", "kv_heads", "vocab_size", "batch_size", "repeats"):
         if settings[name] <= 0:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be positive, got {settings[name]}")
@@ -195,7 +224,8 @@ def resolve(args: argparse.Namespace) -> dict:
                              f"{settings['kv_heads']}")
     if settings["vocab_size"] <= 3:
         raise BenchmarkError(f"--vocab-size must be above 3 (prompts draw ids from 3 up), got {settings['vocab_size']}")
-    settings.setdefault("intermediate_size", 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32))
+    if settings["intermediate_size"] is None:  # the toy's: llama's 8/3 of the hidden size
+        settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
     if settings["intermediate_size"] <= 0:
         raise BenchmarkError(f"--intermediate-size must be positive, got {settings['intermediate_size']}")
     needed = max(settings["contexts"]) + settings["new_tokens"]
@@ -217,8 +247,13 @@ def progress(message: str) -> None:
 
 def benchmark(settings: dict) -> dict:
     import paddle
+    from paddle import inference
 
     quiet_paddlenlp()  # it logs every config it saves with the exports
+    if settings["threads"] is None:  # Paddle's own default, read rather than assumed
+        settings["threads"] = inference.Config().cpu_math_library_num_threads()
+    progress(f"measuring memory bandwidth and GEMM throughput at {settings['threads']} threads")
+    limits = measure_machine(settings["threads"])
     rows, deep = [], None
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-bench-") as scratch:
         workdir = Path(scratch)
@@ -232,22 +267,16 @@ def benchmark(settings: dict) -> dict:
             progress(f"{loop}: exported {' and '.join(formats)} in {time.perf_counter() - start:.1f} s")
             paddle.enable_static()
             variants = [RUNNERS[name](exports, workdir / loop, settings) for name in names]
-            timings = {}
-            for context in settings["contexts"]:
-                progress(f"{loop}: timing context {context}")
-                timings[context] = time_context(variants, settings, context)
-            rss = {}
-            for variant in variants:
-                progress(f"{loop}: peak RSS of {variant.name}")
-                rss[variant.name] = measure_rss(variant, settings)
-            rows += records(loop, variants, timings, rss, settings)
-            del variants  # free the predictors before the next loop's
+            progress(f"{loop}: timing {len(variants)} variants in {settings['repeats']} rounds of child processes")
+            timings = time_variants(variants, settings, workdir, lambda message: progress(f"{loop}: {message}"))
+            rows += records(loop, variants, timings, settings, limits)
         deep = deep_pass(settings, workdir, progress)
         model = llama_config(settings, settings["layers"]).to_dict()
     return {
         "results": rows,
         "tokens_identical": all(row["tokens_identical"] for row in rows),
         "deep_pass": deep,
+        "limits": {**limits, "threads": settings["threads"]},
         "machine": machine(),
         "versions": versions(),
         "model": {key: model[key] for key in ("num_hidden_layers", "hidden_size", "intermediate_size",
@@ -256,6 +285,10 @@ def benchmark(settings: dict) -> dict:
                  | {"seed": settings["seed"]},
         "args": settings,
     }
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -268,8 +301,18 @@ def main(argv=None) -> int:
     output = Path(settings["output"])
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with quiet_paddle():
-        result = benchmark(settings)
+    try:
+        with quiet_paddle():
+            # Imported first: on import, Paddle installs a SIGTERM handler that kills the
+            # process, and PaddleNLP resets SIGTERM to the default action (3.3.1, 2.8.1).
+            import paddle  # noqa: F401
+            import paddlenlp.transformers  # noqa: F401
+
+            signal.signal(signal.SIGTERM, _terminate)  # so that the temporary directory goes on SIGTERM too
+            result = benchmark(settings)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the child and the temporary files are gone
+        print("error: interrupted", file=sys.stderr)
+        return 130
     result["wall_s"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=2) + "\n"
     write_atomically(output, lambda tmp: Path(tmp).write_text(text))

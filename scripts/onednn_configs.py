@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.timing import run_once
+from bench.worker import run_once
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.quiet import quiet_paddle

@@ -2,7 +2,7 @@
 
     python scripts/profile_ops.py [--context 1024] [--decode-steps 8] [--variants paddlenlp-default,legacy+pass]
 
-The benchmark's llama (``bench.models``, the full run's size unless flags say otherwise)
+The benchmark's llama (``bench.models``, ``--preset``'s shape, the toy's by default)
 is exported by ``--loop``; each variant (``bench.variants``: the same predictors the
 benchmark times) runs once untimed, then twice under Paddle's profiler (CPU): with 1 new
 token (the prefill) and with 1 + ``--decode-steps``. Per op type the table gives the
@@ -25,15 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.models import LOOPS, export_model, prompt
-from bench.timing import run_once
+from bench.models import LOOPS, PRESETS, export_model, prompt
+from bench.worker import create_predictor, run_once
 from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
-SETTINGS = {"layers": 4, "hidden_size": 512, "intermediate_size": 1376, "heads": 8, "kv_heads": 8,
-            "vocab_size": 2000, "seed": 0, "batch_size": 1, "warmup": 0, "repeats": 1}
+SETTINGS = {"seed": 0, "batch_size": 1, "warmup": 0, "repeats": 1}
 
 
 def build_parser():
@@ -43,8 +42,12 @@ def build_parser():
     parser.add_argument("--variants", default="paddlenlp-default,legacy+pass",
                         help=f"comma-separated, from {','.join(VARIANTS)} (default paddlenlp-default,legacy+pass)")
     parser.add_argument("--loop", choices=LOOPS, default="generation_loop", help="(default generation_loop)")
-    parser.add_argument("--layers", type=int, default=SETTINGS["layers"])
-    parser.add_argument("--hidden-size", type=int, default=SETTINGS["hidden_size"])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="toy",
+                        help="the model's shape, as benchmark.py's (default toy); the flags below override it")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--hidden-size", type=int)
+    parser.add_argument("--vocab-size", type=int)
+    parser.add_argument("--threads", type=int, help="Paddle Inference's CPU math threads (default: Paddle's)")
     parser.add_argument("--top", type=int, default=12, help="op types listed per variant (default 12)")
     return parser
 
@@ -84,12 +87,12 @@ def profiled_run(predictor, feed: dict) -> dict:
         return op_self_times(trace_dir)
 
 
-def profile(variant, settings: dict, context: int, steps: int) -> tuple[dict, dict]:
+def profile(predictor, settings: dict, context: int, steps: int) -> tuple[dict, dict]:
     """(prefill µs per op type, one decode step's µs per op type)."""
     prefill_feed, long_feed = prompt(settings, context, 1), prompt(settings, context, 1 + steps)
-    run_once(variant.predictor, long_feed)  # untimed: first-run costs
-    prefill = profiled_run(variant.predictor, prefill_feed)
-    longer = profiled_run(variant.predictor, long_feed)
+    run_once(predictor, long_feed)  # untimed: first-run costs
+    prefill = profiled_run(predictor, prefill_feed)
+    longer = profiled_run(predictor, long_feed)
     step = {name: (longer[name] - prefill.get(name, 0)) / steps for name in longer}
     return prefill, step
 
@@ -109,9 +112,12 @@ def main(argv=None) -> int:
         print(f"error: unknown variant {unknown[0]!r} for --loop {args.loop}" if unknown else
               "error: --context and --decode-steps must be positive", file=sys.stderr)
         return 2
-    settings = {**SETTINGS, "layers": args.layers, "hidden_size": args.hidden_size,
-                "intermediate_size": 32 * math.ceil(8 * args.hidden_size / 3 / 32),
+    given = {name: getattr(args, name) for name in ("layers", "hidden_size", "vocab_size")
+             if getattr(args, name) is not None}
+    settings = {**SETTINGS, **PRESETS[args.preset], **given,
                 "max_position_embeddings": args.context + args.decode_steps + 1, "new_tokens": 1 + args.decode_steps}
+    if settings["intermediate_size"] is None:  # the toy's: llama's 8/3 of the hidden size
+        settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
     with quiet_paddle(), tempfile.TemporaryDirectory() as scratch:
         import paddle
 
@@ -120,7 +126,9 @@ def main(argv=None) -> int:
         paddle.enable_static()
         for name in names:
             variant = RUNNERS[name](exports, Path(scratch) / "variants", settings)
-            prefill, step = profile(variant, settings, args.context, args.decode_steps)
+            predictor = create_predictor(*variant.predictor_spec, args.threads)
+            prefill, step = profile(predictor, settings, args.context, args.decode_steps)
+            del predictor  # one predictor's weights in memory at a time
             print(f"\n{name} ({variant.runtime}), context {args.context}")
             print("| prefill | one decode step |\n|---|---|")
             for left, right in itertools.zip_longest(_top(prefill, args.top), _top(step, args.top), fillvalue=""):

@@ -2,6 +2,8 @@
 (its shape only: nothing here depends on timings), and a bad argument is one line."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +15,16 @@ VARIANTS = ["paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", 
 LOOPS = ["generation_loop", "paddlenlp"]
 LOOP_VARIANTS = {"generation_loop": VARIANTS, "paddlenlp": VARIANTS[:-1]}  # PaddleNLP's loop: concat cache only
 # --quick made smaller still: one layer, one short context, one repeat, a 1-layer deep program.
-TINY = ["--quick", "--layers", "1", "--hidden-size", "64", "--contexts", "16", "--new-tokens", "4", "--repeats", "1",
+TINY = ["--quick", "--threads", "1", "--layers", "1", "--hidden-size", "64", "--contexts", "16", "--new-tokens", "4", "--repeats", "1",
         "--pass-layers", "1"]
 RECORD_FIELDS = {"loop", "variant", "runtime", "context", "new_tokens", "batch_size", "tokens_per_s",
                  "min_tokens_per_s", "max_tokens_per_s", "iqr_tokens_per_s", "runs_s", "prefill_ms", "min_prefill_ms",
                  "max_prefill_ms", "prefill_runs_s", "decode_ms_per_token", "min_decode_ms_per_token",
                  "max_decode_ms_per_token", "ratio_to_legacy", "ratio_to_paddlenlp_default",
                  "prefill_speedup_vs_paddlenlp_default", "decode_speedup_vs_paddlenlp_default", "copies",
-                 "bytes_per_token", "peak_rss_mib", "baseline_rss_mib", "pass_ms", "pass_report", "tokens_identical"}
+                 "bytes_per_token", "peak_rss_mib", "baseline_rss_mib", "loaded_rss_mib", "pass_ms", "pass_report",
+                 "tokens_identical", "threads", "weights_mib", "memory_bound_ms_per_token", "roofline_ratio",
+                 "prefill_bound_ms", "prefill_roofline_ratio"}
 
 
 def bench(*args):
@@ -32,7 +36,9 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     result = bench(*TINY, "--output", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(output.read_text())
-    assert set(data) >= {"results", "tokens_identical", "deep_pass", "machine", "versions", "model", "args"}
+    assert set(data) >= {"results", "tokens_identical", "deep_pass", "limits", "machine", "versions", "model", "args"}
+    assert data["limits"]["threads"] == 1 and data["args"]["preset"] == "toy"
+    assert data["limits"]["bandwidth_gib_s"] > 0 and data["limits"]["gemm_gflops"] > 0
     assert set(data["machine"]) >= {"cpu", "cores", "os"}
     assert set(data["versions"]) == {"python", "paddle", "paddlenlp", "paddlenlp_ext"}
     assert data["model"]["num_hidden_layers"] == 1 and data["model"]["hidden_size"] == 64
@@ -47,7 +53,11 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
         assert row["decode_ms_per_token"] == pytest.approx(
             (row["runs_s"][0] - row["prefill_runs_s"][0]) / 3 * 1e3, abs=0.02)
         assert row["tokens_identical"] is True
-        assert row["peak_rss_mib"] > 0
+        assert row["peak_rss_mib"] > row["baseline_rss_mib"] > 0 and row["loaded_rss_mib"] > 0
+        assert row["threads"] == 1
+        assert row["roofline_ratio"] == pytest.approx(row["decode_ms_per_token"] / row["memory_bound_ms_per_token"],
+                                                      rel=0.01)
+        assert row["prefill_roofline_ratio"] == pytest.approx(row["prefill_ms"] / row["prefill_bound_ms"], rel=0.01)
         assert (row["pass_ms"] is None) == (row["variant"] in ("paddlenlp-default", "legacy", "pir"))
     for loop in LOOPS:
         by_variant = {row["variant"]: row for row in rows if row["loop"] == loop}
@@ -74,10 +84,72 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--loops", "paddlenlp,beam"], "argument --loops: unknown loop 'beam'"),
     (["--hidden-size", "60"], "--hidden-size must be an even multiple of --heads, got 60 and 8"),
     (["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
-], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token"])
+    (["--threads", "0"], "--threads must be positive, got 0"),
+    (["--preset", "llama4"], "argument --preset: invalid choice: 'llama4'"),
+], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset"])
 def test_bad_argument_is_one_error_line(tmp_path, args, message):
     result = bench("--quick", *args, "--output", str(tmp_path / "out.json"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _benchmark_module():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return benchmark
+
+
+def test_a_preset_sets_the_shape_and_flags_override_it():
+    benchmark = _benchmark_module()
+    settings = benchmark.resolve(benchmark.build_parser().parse_args(
+        ["--preset", "llama2-7b", "--layers", "1", "--vocab-size", "2000", "--contexts", "1024"]))
+    assert {key: settings[key] for key in ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size",
+                                           "vocab_size", "preset")} == {
+        "layers": 1, "hidden_size": 4096, "heads": 32, "kv_heads": 32, "intermediate_size": 11008,
+        "vocab_size": 2000, "preset": "llama2-7b"}
+    gqa = benchmark.resolve(benchmark.build_parser().parse_args(["--quick", "--preset", "llama3-8b"]))
+    assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads):
+    """bench.roofline's formula against the parameters of the PaddleNLP llama it describes."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from bench.models import random_llama
+        from bench.roofline import weight_bytes
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    settings = {"layers": 2, "hidden_size": 64, "heads": 4, "kv_heads": kv_heads, "intermediate_size": 96,
+                "vocab_size": 50, "max_position_embeddings": 32, "seed": 0}
+    with dygraph_mode():
+        model = random_llama(settings, settings["layers"])
+        parameters = sum(p.numel().item() * 4 for p in model.parameters())
+        embedding = model.llama.embed_tokens.weight.numel().item() * 4
+    assert weight_bytes(settings) == {"all": parameters, "embedding": embedding}
+
+
+def test_sigterm_stops_the_run_and_removes_its_files(tmp_path):
+    """SIGTERM during the timing rounds: exit 130, no temporary directory, no child left."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    run = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--loops", "generation_loop", "--output",
+                            str(tmp_path / "out" / "bench.json")], stderr=subprocess.PIPE, text=True, env=env)
+    for line in run.stderr:
+        if "round 1/1" in line:
+            break
+    scratch = [path for path in tmp_path.iterdir() if path.name.startswith("paddlenlp_ext-bench-")]
+    assert len(scratch) == 1 and any(scratch[0].rglob("job.json"))  # a child is at work
+    run.send_signal(signal.SIGTERM)
+    rest = run.stderr.read()
+    assert run.wait(timeout=60) == 130
+    assert rest.strip().splitlines()[-1] == "error: interrupted"
+    assert not scratch[0].exists() and not (tmp_path / "out" / "bench.json").exists()
+    workers = subprocess.run(["pgrep", "-f", str(scratch[0])], capture_output=True, text=True)
+    assert workers.stdout == ""

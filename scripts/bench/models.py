@@ -10,6 +10,16 @@ import numpy as np
 # this project's GenerationLoop, and PaddleNLP's own ``to_static`` (``sample_d2s``).
 LOOPS = ("generation_loop", "paddlenlp")
 
+# Model shapes (``--preset``). ``intermediate_size`` None: llama's 8/3 of the hidden size.
+PRESETS = {
+    "toy": {"layers": 4, "hidden_size": 512, "heads": 8, "kv_heads": 8, "intermediate_size": None,
+            "vocab_size": 2000},
+    "llama2-7b": {"layers": 32, "hidden_size": 4096, "heads": 32, "kv_heads": 32, "intermediate_size": 11008,
+                  "vocab_size": 32000},
+    "llama3-8b": {"layers": 32, "hidden_size": 4096, "heads": 32, "kv_heads": 8, "intermediate_size": 14336,
+                  "vocab_size": 128256},
+}
+
 
 def llama_config(settings: dict, layers: int):
     from paddlenlp.transformers import LlamaConfig

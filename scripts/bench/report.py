@@ -11,6 +11,7 @@ import numpy as np
 
 from paddlenlp_ext.files import write_atomically
 
+from .roofline import bounds
 from .variants import BASELINE, bytes_per_token
 
 LEGACY = "legacy"
@@ -47,11 +48,13 @@ def _spread(values: list, scale: float = 1.0, digits: int = 2) -> tuple:
     return tuple(round(v * scale, digits) for v in (statistics.median(values), min(values), max(values)))
 
 
-def records(loop: str, variants: list, timings: dict, rss: dict, settings: dict) -> list:
-    """One row per (variant, context) of one loop; ratios against the same loop's rows."""
+def records(loop: str, variants: list, timings: dict, settings: dict, limits: dict) -> list:
+    """One row per (variant, context) of one loop; ratios against the same loop's rows.
+    ``limits``: the machine's, from ``roofline.measure_machine``."""
     new_tokens, batch = settings["new_tokens"], settings["batch_size"]
     rows = []
     for context in settings["contexts"]:
+        bound = bounds(settings, limits, context)
         for variant in variants:
             timing = timings[context][variant.name]
             rates = [batch * new_tokens / s for s in timing.full_s]
@@ -60,10 +63,9 @@ def records(loop: str, variants: list, timings: dict, rss: dict, settings: dict)
             per_token = [(full - prefill) / (new_tokens - 1) for full, prefill in zip(timing.full_s, timing.prefill_s)]
             prefill = _spread(timing.prefill_s, 1e3, 1)
             decode = _spread(per_token, 1e3, 2)
-            baseline, peak = rss[variant.name][context]
             rows.append({
-                "loop": loop, "variant": variant.name, "runtime": variant.runtime, "context": context,
-                "new_tokens": new_tokens, "batch_size": batch,
+                "loop": loop, "variant": variant.name, "runtime": variant.runtime, "threads": settings["threads"],
+                "context": context, "new_tokens": new_tokens, "batch_size": batch,
                 "tokens_per_s": round(statistics.median(rates), 2),
                 "min_tokens_per_s": round(min(rates), 2), "max_tokens_per_s": round(max(rates), 2),
                 "iqr_tokens_per_s": round(float(q75 - q25), 2),
@@ -74,8 +76,12 @@ def records(loop: str, variants: list, timings: dict, rss: dict, settings: dict)
                 "max_decode_ms_per_token": decode[2],
                 "ratio_to_legacy": None, "ratio_to_paddlenlp_default": None,
                 "prefill_speedup_vs_paddlenlp_default": None, "decode_speedup_vs_paddlenlp_default": None,
+                **bound,
+                "roofline_ratio": round(decode[0] / bound["memory_bound_ms_per_token"], 2),
+                "prefill_roofline_ratio": round(prefill[0] / bound["prefill_bound_ms"], 2),
                 "copies": variant.copies, "bytes_per_token": bytes_per_token(variant, settings, context),
-                "peak_rss_mib": peak, "baseline_rss_mib": baseline,
+                "peak_rss_mib": timing.peak_rss_mib, "baseline_rss_mib": timing.baseline_rss_mib,
+                "loaded_rss_mib": timing.loaded_rss_mib,
                 "pass_ms": variant.pass_ms, "pass_report": variant.pass_report,
                 "tokens_identical": timing.tokens_identical,
             })
@@ -112,18 +118,25 @@ def table(result: dict) -> str:
     lines = [
         f"llama {m['num_hidden_layers']} layers, hidden {m['hidden_size']}, {m['num_attention_heads']} heads "
         f"({m['num_key_value_heads']} kv), vocab {m['vocab_size']}; batch {args['batch_size']}, "
-        f"{args['new_tokens']} new tokens, {args['repeats']} repeats; "
+        f"{args['new_tokens']} new tokens, {args['repeats']} repeats; preset {args['preset']}, "
+        f"{args['threads']} math threads; "
         f"{result['machine']['cpu']}, {result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}",
         "",
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
+        f"bounds, at {args['threads']} threads on this machine: memory bandwidth "
+        f"{result['limits']['bandwidth_gib_s']} GiB/s for the bytes a decode step reads, float32 GEMM "
+        f"{result['limits']['gemm_gflops']} GFLOP/s for the prefill's matmuls; weights "
+        f"{result['results'][0]['weights_mib'] if result['results'] else 0} MiB; "
+        "loaded MiB: a predictor's RSS once made, above Python and Paddle.",
     ]
     for loop in args["loops"]:
         lines += [
             "", f"loop: {loop}", "",
             "| context | variant | prefill ms | ms/token | tokens/s | min–max | vs default: e2e | prefill "
-            "| per token | vs legacy | copies | copied/token | peak RSS MiB | pass ms |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| per token | vs legacy | prefill ÷ bound | ms/token ÷ bound | copies | copied/token "
+            "| loaded MiB | peak RSS MiB | pass ms |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in (r for r in result["results"] if r["loop"] == loop):
             pass_ms = "–" if row["pass_ms"] is None else f"{row['pass_ms']:.2f}"
@@ -133,7 +146,9 @@ def table(result: dict) -> str:
                 f"{row['min_tokens_per_s']:.2f}–{row['max_tokens_per_s']:.2f} | "
                 f"{_ratio(row['ratio_to_paddlenlp_default'])} | {_ratio(row['prefill_speedup_vs_paddlenlp_default'])} "
                 f"| {_ratio(row['decode_speedup_vs_paddlenlp_default'])} | {_ratio(row['ratio_to_legacy'])} | "
-                f"{row['copies']} | {_size(row['bytes_per_token'])} | {row['peak_rss_mib']:.1f} | {pass_ms} |")
+                f"{row['prefill_roofline_ratio']:.2f} | {row['roofline_ratio']:.2f} | "
+                f"{row['copies']} | {_size(row['bytes_per_token'])} | {row['loaded_rss_mib']:.1f} | "
+                f"{row['peak_rss_mib']:.1f} | {pass_ms} |")
     lines.append("")
     deep = result["deep_pass"]
     if deep is not None:

@@ -1,4 +1,4 @@
-"""The benchmark's variants: one ``run_<variant>()`` each, turning an export into a predictor."""
+"""The benchmark's variants: one ``run_<variant>()`` each, turning an export into the files a predictor is made of."""
 
 from __future__ import annotations
 
@@ -21,24 +21,11 @@ OUR_RUNTIME = "StaticGenerationModel's config (create_paddle_predictor)"
 class Variant:
     name: str
     runtime: str  # which Paddle Inference configuration runs it
-    predictor_spec: tuple  # (kind, path): create_predictor's arguments, for the RSS child too
-    predictor: object
+    predictor_spec: tuple  # (kind, path): what worker.create_predictor makes the predictor of
     copies: int
     copy_sources: list  # (shape, bytes per element) of every copy left in the loop
     pass_ms: float | None
     pass_report: str | None
-
-
-def create_predictor(kind: str, path: str):
-    """``kind`` "paddlenlp": PaddleNLP's config on the legacy directory ``path``;
-    "ours": ``create_paddle_predictor`` on the saved PIR program ``path`` (a prefix)."""
-    from paddle import inference
-
-    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
-
-    if kind == "paddlenlp":
-        return inference.create_predictor(paddlenlp_static_config(path))
-    return create_paddle_predictor(path, "cpu", None)
 
 
 def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Variant:
@@ -47,8 +34,8 @@ def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Varia
     from paddlenlp_ext.inference import load_program
 
     translated = load_program(exports["legacy"]).program  # to count the copies the .pdmodel's loop has
-    spec = ("paddlenlp", str(exports["legacy"]))
-    return Variant(BASELINE, PADDLENLP_RUNTIME, spec, create_predictor(*spec), *_copies(translated), None, None)
+    return Variant(BASELINE, PADDLENLP_RUNTIME, ("paddlenlp", str(exports["legacy"])), *_copies(translated),
+                   None, None)
 
 
 def run_legacy(exports: dict, workdir: Path, settings: dict) -> Variant:
@@ -102,9 +89,8 @@ def exported_formats(variants) -> tuple:
 
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
-    """Load the program, time ``rewrite`` on fresh translations, save it, create its predictor."""
-    from paddlenlp_ext.inference import MODEL_PREFIX, load_program, save_program
-    from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
+    """Load the program, time ``rewrite`` on fresh translations, save it for its predictor."""
+    from paddlenlp_ext.inference import MODEL_PREFIX, guard_for_onednn, load_program, save_program
 
     from .pass_timing import time_rewrite
 
@@ -112,13 +98,13 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
         loaded, pass_ms, report = load_program(model_dir), None, None
     else:  # the last timed run's program is the one run
         pass_ms, report, loaded = time_rewrite(model_dir, rewrite, settings["warmup"], settings["repeats"])
-    # Guarded as StaticGenerationModel guards what it runs (oneDNN's in-place alias).
-    guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    guard_for_onednn(loaded)  # as StaticGenerationModel does before it runs a program on oneDNN
     prefix = str(workdir / name / MODEL_PREFIX)
     save_program(loaded, prefix)
+    copies = _copies(loaded.program)
+    loaded.release()  # the benchmark holds no weights while the children run
     # StaticGenerationModel's own configuration: the same predictor a user of the package gets.
-    spec = ("ours", prefix)
-    return Variant(name, OUR_RUNTIME, spec, create_predictor(*spec), *_copies(loaded.program), pass_ms, report)
+    return Variant(name, OUR_RUNTIME, ("ours", prefix), *copies, pass_ms, report)
 
 
 def _copies(program) -> tuple[int, list]:

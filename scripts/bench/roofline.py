@@ -1,0 +1,95 @@
+"""The machine's limits and what a llama needs of them: the benchmark's roofline columns.
+
+Measured once per run, in a child process whose BLAS uses the run's thread count
+(``python roofline.py THREADS`` prints the JSON):
+
+- ``bandwidth_gib_s``: memory read bandwidth: the best of 5 float32 matrix-vector
+  products (numpy's BLAS) over a 1 GiB matrix, far larger than any cache; such a
+  product reads the matrix once and does 2 flops per 4 bytes, so memory bounds it;
+- ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products.
+
+Per row (``bounds``), float32, from the model's shape:
+
+- ``weights_mib``: every parameter;
+- ``memory_bound_ms_per_token``: the bytes one decode step must read, over the
+  bandwidth: every weight but the embedding table (a step reads one row of it per
+  sequence), plus the KV cache of the batch at the average decoding length (context +
+  new_tokens / 2): 2 * layers * batch * length * kv_heads * head_dim values;
+- ``prefill_bound_ms``: the prefill's matmul FLOPs over ``gemm_gflops``: per layer the
+  projections and the MLP, 2 * batch * context * (2 h^2 + 2 h kv_dim + 3 h intermediate),
+  and attention's two products at full context x context (what the kernels compute),
+  4 * batch * context^2 * h; plus the lm_head for the last position only, which is all
+  the first token needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FLOAT32 = 4
+BANDWIDTH_MATRIX = 16384  # 16384^2 float32: 1 GiB
+GEMM_SIZE = 4096
+
+
+def measure_in_process() -> dict:
+    import numpy as np
+
+    matrix = np.random.default_rng(0).random((BANDWIDTH_MATRIX, BANDWIDTH_MATRIX), dtype=np.float32)
+    vector = np.ones(BANDWIDTH_MATRIX, np.float32)
+    matrix @ vector  # first touch
+    gemv = min(_seconds(lambda: matrix @ vector) for _ in range(5))
+    bandwidth = matrix.nbytes / 2**30 / gemv
+    del matrix
+    square = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+    square @ square
+    gemm = min(_seconds(lambda: square @ square) for _ in range(3))
+    return {"bandwidth_gib_s": round(bandwidth, 2), "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1)}
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def measure_machine(threads: int) -> dict:
+    """``{"bandwidth_gib_s", "gemm_gflops"}`` with ``threads`` BLAS threads, measured
+    in a child process (BLAS reads its thread count when it loads)."""
+    env = {**os.environ, **{name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}}
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True,
+                            text=True, timeout=600, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def weight_bytes(settings: dict) -> dict:
+    """``{"all": every parameter, "embedding": the embedding table}`` in bytes."""
+    h, layers, vocab = settings["hidden_size"], settings["layers"], settings["vocab_size"]
+    kv_dim = settings["kv_heads"] * (h // settings["heads"])
+    per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"] + 2 * h  # + the two norms
+    embedding = vocab * h
+    return {"all": FLOAT32 * (layers * per_layer + 2 * embedding + h), "embedding": FLOAT32 * embedding}
+
+
+def bounds(settings: dict, machine: dict, context: int) -> dict:
+    """The row's roofline columns but the ratios (see the module docstring)."""
+    h, layers, batch = settings["hidden_size"], settings["layers"], settings["batch_size"]
+    kv_dim = settings["kv_heads"] * (h // settings["heads"])
+    weights = weight_bytes(settings)
+    length = context + settings["new_tokens"] / 2
+    step_bytes = weights["all"] - weights["embedding"] + FLOAT32 * 2 * layers * batch * length * kv_dim
+    layer_flops = (2 * batch * context * (2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"])
+                   + 4 * batch * context**2 * h)
+    prefill_flops = layers * layer_flops + 2 * batch * h * settings["vocab_size"]
+    return {"weights_mib": round(weights["all"] / 2**20, 1),
+            "memory_bound_ms_per_token": round(step_bytes / (machine["bandwidth_gib_s"] * 2**30) * 1e3, 4),
+            "prefill_bound_ms": round(prefill_flops / (machine["gemm_gflops"] * 1e9) * 1e3, 4)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_in_process()))
