@@ -38,6 +38,7 @@ import logging
 import os
 import tempfile
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from .errors import error_line
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.onednn_inplace_guard import guard_onednn_inplace
+from .passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 from .passes.onednn_layouts import has_blocked_layout_ops
 from .passes.report import LoopAssignReport
 
@@ -236,17 +238,29 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN):
-    """A predictor for ``loaded``: guarded where our oneDNN configuration needs it
-    (``guard_for_onednn``; this changes ``loaded.program``), saved to a staging
-    directory and handed to ``create_paddle_predictor``."""
-    if device == "cpu" and onednn != "off":
-        guard_for_onednn(loaded)
+    """A predictor for ``loaded``: prepared for the CPU as ``prepare_for_cpu`` says (this
+    changes ``loaded.program``), saved to a staging directory and handed to
+    ``create_paddle_predictor``."""
+    if device == "cpu":
+        prepare_for_cpu(loaded, onednn)
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
         return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
+
+
+def prepare_for_cpu(loaded: LoadedProgram, onednn: str) -> None:
+    """What our CPU configuration runs of ``loaded.program``: the decode loop's weight
+    matmuls on the plain GEMM (``passes.loop_weight_matmul``: oneDNN's matmul reads the
+    weights at a third of the memory bandwidth there), then, with oneDNN on,
+    ``guard_for_onednn``."""
+    report = run_loop_weight_matmuls_as_addmm(loaded.program)
+    if report.modified:
+        logger.info("loop_weight_matmul: %s", report.summary())
+    if onednn != "off":
+        guard_for_onednn(loaded)
 
 
 def guard_for_onednn(loaded: LoadedProgram) -> None:
@@ -296,8 +310,9 @@ def paddlenlp_static_config(model_dir: str | os.PathLike):
     return config
 
 
-def executed_loop_copies(dump_dir: str) -> int:
-    """Loop copies in the program Paddle Inference optimized and ran (its own dump).
+def executed_loop_ops(dump_dir: str) -> Counter:
+    """``{op name: count}`` of the ops in while loops of the program Paddle Inference
+    optimized and ran (its own dump), names without their dialect (``assign_out_``).
 
     Read from the dump's JSON rather than loaded as a program: with oneDNN it holds
     ``onednn_op`` ops, which Paddle's program loader does not know. An op is
@@ -314,15 +329,22 @@ def executed_loop_copies(dump_dir: str) -> int:
             for block in region["blocks"]:
                 yield from block["ops"]
 
-    def copies(ops, in_loop: bool) -> int:
-        count = 0
+    counts = Counter()
+
+    def walk(ops, in_loop: bool) -> None:
         for op in ops:
             name = op["#"].split(".", 1)[-1]
-            count += in_loop and name == "assign_out_"
-            count += copies(ops_in(op.get("regions", [])), in_loop or name == "while")
-        return count
+            if in_loop:
+                counts[name] += 1
+            walk(ops_in(op.get("regions", [])), in_loop or name == "while")
 
-    return copies(ops_in(program["regions"]), False)
+    walk(ops_in(program["regions"]), False)
+    return counts
+
+
+def executed_loop_copies(dump_dir: str) -> int:
+    """Loop copies (``assign_out_``) in the program Paddle Inference optimized and ran."""
+    return executed_loop_ops(dump_dir)["assign_out_"]
 
 
 _kept_staging: list = []  # directories of cleaned programs that predictors were created from
@@ -351,8 +373,8 @@ def cleaned_legacy_config(config):
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
-    if not config.use_gpu() and config.mkldnn_enabled():
-        guard_for_onednn(loaded)
+    if not config.use_gpu():
+        prepare_for_cpu(loaded, DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)

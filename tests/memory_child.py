@@ -1,6 +1,7 @@
-"""A legacy loop model with one large parameter, and a fresh process's RSS once a
+"""A legacy loop model with one large parameter matrix, and a fresh process's RSS once a
 predictor is made on it by one route: ``python memory_child.py ROUTE DIR`` prints
-``{"before_kib": ..., "after_kib": ...}`` (VmRSS before and after the predictor).
+``{"before_kib": ..., "after_kib": ..., "after_run_kib": ...}`` (VmRSS before the
+predictor, once it is made, and after one run).
 
 Routes: ``model`` (StaticGenerationModel), ``hook`` (PaddleNLP's static config under
 ``paddlenlp_ext.enable()``), ``paddle-default`` (Paddle's default config on DIR's
@@ -13,23 +14,29 @@ import gc
 import json
 import sys
 
-WEIGHT_ELEMENTS = 64 * 1024 * 1024  # 256 MiB of float32
+import numpy as np
+
+WEIGHT_ROWS = 8192  # one 8192 x 8192 float32 matrix: 256 MiB
+WEIGHT_ELEMENTS = WEIGHT_ROWS * WEIGHT_ROWS
 
 
-def build_legacy_model(directory: str, elements: int = WEIGHT_ELEMENTS) -> None:
-    """``model.pdmodel``/``.pdiparams``: a while loop that scales its input by a parameter
-    of ``elements`` float32 values."""
+def build_legacy_model(directory: str) -> None:
+    """``model.pdmodel``/``.pdiparams``: a while loop that multiplies its input row by a
+    parameter matrix (the product ``passes.loop_weight_matmul`` rewrites)."""
     import paddle
 
-    with paddle.pir_utils.OldIrGuard():
+    from paddlenlp_ext.compat import legacy_export_patches
+
+    with paddle.pir_utils.OldIrGuard(), legacy_export_patches():
         main, startup = paddle.static.Program(), paddle.static.Program()
         with paddle.static.program_guard(main, startup):
-            x = paddle.static.data("x", [elements], "float32")
+            x = paddle.static.data("x", [1, WEIGHT_ROWS], "float32")
             weight = paddle.static.create_parameter(
-                [elements], "float32", default_initializer=paddle.nn.initializer.Constant(0.5))
+                [WEIGHT_ROWS, WEIGHT_ROWS], "float32", default_initializer=paddle.nn.initializer.Constant(1e-4))
             i = paddle.full([1], 0, "int64")
             limit = paddle.full([1], 2, "int64")
-            _, h = paddle.static.nn.while_loop(lambda i, h: i < limit, lambda i, h: [i + 1, h * weight], [i, x])
+            _, h = paddle.static.nn.while_loop(lambda i, h: i < limit,
+                                               lambda i, h: [i + 1, paddle.matmul(h, weight)], [i, x])
             exe = paddle.static.Executor(paddle.CPUPlace())
             exe.run(startup)
             paddle.static.save_inference_model(f"{directory}/model", [x], [h], exe, program=main)
@@ -45,7 +52,7 @@ def main(route: str, directory: str) -> None:
     from paddle import inference
 
     import paddlenlp_ext
-    from paddlenlp_ext.inference import StaticGenerationModel, paddlenlp_static_config
+    from paddlenlp_ext.inference import StaticGenerationModel, paddlenlp_static_config, run_predictor
 
     gc.collect()
     before = _rss_kib()
@@ -61,7 +68,10 @@ def main(route: str, directory: str) -> None:
     else:
         raise SystemExit(f"unknown route {route!r}")
     gc.collect()
-    print(json.dumps({"before_kib": before, "after_kib": _rss_kib(), "kept": type(kept).__name__}))
+    after = _rss_kib()
+    predictor = kept.predictor if route == "model" else kept
+    run_predictor(predictor, {"x": np.full([1, WEIGHT_ROWS], 0.5, "float32")})
+    print(json.dumps({"before_kib": before, "after_kib": after, "after_run_kib": _rss_kib()}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""loop_weight_matmul: a decode loop's weight matmuls on the plain CPU GEMM (``pd_op.addmm``).
+
+Rule. In a ``pd_op.while`` body (at any depth), a product of an activation and a
+parameter matrix, ``y = pd_op.matmul(x, W)``, becomes a ``pd_op.addmm`` on the rows of
+``x``, reshaped back::
+
+    (%y) = "pd_op.matmul" (%x, %W) {transpose_x:false, transpose_y:false}   # x [-1, -1, K], W [K, N]
+
+    (%x2) = "pd_op.reshape" (%x, [-1, K])
+    (%z) = "pd_op.full" () {shape:[1, N], value:0}
+    (%y2) = "pd_op.addmm" (%z, %x2, %W) {beta:0, alpha:1}                  # [rows, N]
+    (%y) = "pd_op.reshape" (%y2, x's leading dims + [N])                    # from shape64(x) if dynamic
+
+Why. A decode step multiplies one row per sequence by every weight matrix, so it is
+bound by reading the weights. On Paddle 3.3.1 with oneDNN (Paddle's placement), the
+oneDNN matmul takes about 3x the time the weights' bytes allow at llama2-7B's layer
+shape (hidden 4096: 100 ms a step for 0.8 GB of weights, against 40 ms at the measured
+bandwidth), while ``addmm``'s plain kernel (a BLAS GEMM) reads them at the bandwidth.
+``addmm`` is not in ``onednn_placement_pass``'s list and no fuse pass matches it, so it
+stays plain under every oneDNN configuration. The prefill (outside the loop) keeps
+oneDNN's GEMM, the faster one there.
+
+Safety conditions (each checked by ``_rewritable``, at the check):
+
+1. ``W`` is a ``builtin.parameter`` of rank 2: a matrix of weights, the same at every
+   step, passed to ``addmm`` as it is (no op touches the parameter, so nothing can
+   give Paddle a reason to make a second copy of it; ``bmm`` would need it reshaped to
+   3-D, and was no faster).
+2. No transposes: ``addmm`` has none.
+3. ``x`` has rank 2 or more with a static last dimension ``K`` equal to ``W``'s rows,
+   and its dtype is ``W``'s: the reshapes are exact.
+4. The value computed is the same product: the rows of ``x`` times ``W``, plus
+   ``0 * zeros``. The sums may be ordered differently from oneDNN's (last bits of the
+   logits), as between any two kernels; the tests check tokens on every runtime.
+5. The new values are each read once, by the next op: nothing can write over them
+   in between, and ``y``'s users read the reshaped result as they read the matmul's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import paddle
+
+from ..paddle_modes import static_mode
+
+MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
+
+
+@dataclass(frozen=True)
+class LoopWeightMatmulReport:
+    rewritten: int  # matmuls now run as addmm
+    kept: int  # matmuls in a loop body left as they are
+
+    @property
+    def modified(self) -> bool:
+        return self.rewritten > 0
+
+    def summary(self) -> str:
+        return f"{self.rewritten} loop weight matmuls run as addmm; kept {self.kept}"
+
+
+def _rewritable(op) -> bool:
+    weight = op.operand_source(1)
+    producer = weight.get_defining_op()
+    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
+        return False
+    attrs = op.attrs()
+    if attrs.get("transpose_x") or attrs.get("transpose_y"):  # condition 2
+        return False
+    x = op.operand_source(0)
+    return len(x.shape) >= 2 and x.shape[-1] == weight.shape[0] and x.dtype == weight.dtype  # condition 3
+
+
+def loop_weight_matmuls(program) -> tuple[list, int]:
+    """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
+    found, kept = [], 0
+
+    def walk(block, in_loop: bool) -> None:
+        nonlocal kept
+        for op in block.ops:
+            if in_loop and op.name() == MATMUL:
+                if _rewritable(op):
+                    found.append(op)
+                else:
+                    kept += 1
+            for sub in op.blocks():
+                walk(sub, in_loop or op.name() == WHILE)
+
+    walk(program.global_block(), False)
+    return found, kept
+
+
+def _rows_times_weight(x, weight):
+    """``x @ weight`` as an addmm on ``x``'s rows, reshaped to ``x``'s leading dims + [N]."""
+    k, n = weight.shape
+    rows = paddle._C_ops.reshape(x, [-1, k])
+    zeros = paddle._C_ops.full([1, n], 0.0, weight.dtype, paddle.CPUPlace())
+    product = paddle._C_ops.addmm(zeros, rows, weight, 0.0, 1.0)
+    leading = list(x.shape[:-1])
+    if all(d >= 0 for d in leading[1:]):  # only the first dimension is dynamic
+        return paddle._C_ops.reshape(product, [-1, *leading[1:], n])
+    shape = paddle._C_ops.slice(paddle._C_ops.shape64(x), [0], [0], [len(leading)], [1], [])
+    last = paddle._C_ops.full([1], n, paddle.int64, paddle.CPUPlace())
+    return paddle._C_ops.reshape(product, paddle._C_ops.concat([shape, last], 0))
+
+
+def run_loop_weight_matmuls_as_addmm(program) -> LoopWeightMatmulReport:
+    """Rewrite every matmul the rule selects (all are matched before any is changed)."""
+    matmuls, kept = loop_weight_matmuls(program)
+    with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
+        for op in matmuls:
+            paddle.pir.set_insertion_point(op)
+            result = _rows_times_weight(op.operand_source(0), op.operand_source(1))
+            op.result(0).replace_all_uses_with(result)
+            op.erase()
+        paddle.pir.reset_insertion_point_to_end()
+    return LoopWeightMatmulReport(len(matmuls), kept)

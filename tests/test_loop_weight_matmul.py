@@ -1,0 +1,78 @@
+"""passes.loop_weight_matmul: a loop body's weight matmuls become addmm, and nothing
+else changes: the delta, idempotence, and outputs on the Executor and on Paddle
+Inference in every CPU configuration we create."""
+
+import numpy as np
+import paddle
+from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference
+
+from paddlenlp_ext.passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
+
+K, N = 8, 6
+RNG = np.random.default_rng(0)
+WEIGHTS = {name: RNG.standard_normal(shape).astype("float32") / 3
+           for name, shape in (("w_kk", (K, K)), ("w_kn", (K, N)), ("w_t", (K, K)))}
+FEED = {"x": RNG.standard_normal((2, 3, K)).astype("float32")}
+
+
+def _parameter(name):
+    return paddle.static.create_parameter(list(WEIGHTS[name].shape), "float32", name=name,
+                                          default_initializer=paddle.nn.initializer.Assign(WEIGHTS[name]))
+
+
+def loop_with_weight_matmuls():
+    x = paddle.static.data("x", [-1, -1, K], "float32")
+    w_kk, w_kn, w_t = _parameter("w_kk"), _parameter("w_kn"), _parameter("w_t")
+    outside = paddle.matmul(x, w_kn)  # the prefill's: stays on oneDNN
+    i, steps = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def body(i, h):
+        dynamic = paddle.matmul(h, w_kk)  # [-1, -1, K]: rewritten, shape from shape64
+        last = paddle.matmul(h[:, -1:, :], w_kk)  # [-1, 1, K]: rewritten, static shape
+        transposed = paddle.matmul(h, w_t, transpose_y=True)  # kept: addmm has no transpose
+        activations = paddle.matmul(h, paddle.transpose(h, [0, 2, 1]))  # kept (and the next): no weight
+        h = paddle.tanh(dynamic + last + transposed) + 0.01 * paddle.matmul(activations, h)
+        return [i + 1, h]
+
+    _, h = paddle.static.nn.while_loop(lambda i, h: i < steps, body, [i, x])
+    projected = paddle.matmul(h, w_kn)  # after the loop: not rewritten
+    return [h, outside, projected]
+
+
+def _matmul_names(program):
+    names = []
+
+    def walk(block, in_loop):
+        for op in block.ops:
+            names.append((op.name(), in_loop))
+            for sub in op.blocks():
+                walk(sub, in_loop or op.name() == "pd_op.while")
+
+    walk(program.global_block(), False)
+    return names
+
+
+def test_weight_matmuls_in_the_loop_become_addmm_and_nothing_else_changes():
+    reference = run(build_pir(loop_with_weight_matmuls, FEED))
+    built = build_pir(loop_with_weight_matmuls, FEED)
+    report = run_loop_weight_matmuls_as_addmm(built.program)
+    assert (report.rewritten, report.kept, report.modified) == (2, 3, True), report.summary()
+    names = _matmul_names(built.program)
+    assert names.count(("pd_op.addmm", True)) == 2 and names.count(("pd_op.matmul", True)) == 3
+    assert names.count(("pd_op.matmul", False)) == 2  # before and after the loop
+    text = str(built.program)
+    again = run_loop_weight_matmuls_as_addmm(built.program)
+    assert (again.rewritten, again.modified) == (0, False) and str(built.program) == text
+    for got, expected in zip(run(built), reference):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_rewritten_loop_runs_right_on_every_inference_config():
+    """What StaticGenerationModel runs (``prepare_for_cpu`` applies the rewrite), twice
+    in a row, against the Executor on the program as built."""
+    reference = run(build_pir(loop_with_weight_matmuls, FEED))
+    for onednn in INFERENCE_CONFIGS:
+        for outputs in run_inference(build_pir(loop_with_weight_matmuls, FEED), onednn=onednn):
+            assert len(outputs) == len(reference)
+            for got, expected in zip(outputs, reference):
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=onednn)
