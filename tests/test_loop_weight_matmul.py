@@ -76,3 +76,9 @@ def test_the_rewritten_loop_runs_right_on_every_inference_config():
             assert len(outputs) == len(reference)
             for got, expected in zip(outputs, reference):
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=onednn)
+
+
+def test_a_matrix_under_the_size_threshold_is_kept():
+    built = build_pir(loop_with_weight_matmuls, FEED)
+    report = run_loop_weight_matmuls_as_addmm(built.program, min_elements=K * K + 1)
+    assert (report.rewritten, report.kept, report.modified) == (0, 5, False), report.summary()
