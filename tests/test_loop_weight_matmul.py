@@ -4,8 +4,9 @@ Inference in every CPU configuration we create."""
 
 import numpy as np
 import paddle
-from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference
+from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference, save_inference
 
+from paddlenlp_ext.inference import create_paddle_predictor, executed_loop_ops, load_files, prepare_for_cpu, save_program
 from paddlenlp_ext.passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 
 K, N = 8, 6
@@ -82,3 +83,17 @@ def test_a_matrix_under_the_size_threshold_is_kept():
     built = build_pir(loop_with_weight_matmuls, FEED)
     report = run_loop_weight_matmuls_as_addmm(built.program, min_elements=K * K + 1)
     assert (report.rewritten, report.kept, report.modified) == (0, 5, False), report.summary()
+
+
+def test_no_configuration_makes_addmm_write_in_place(tmp_path):
+    """Premise of condition 5: ``inplace_pass`` (it runs when oneDNN is off) leaves
+    ``addmm`` alone, so it never writes its product over the zeros, a constant Paddle may
+    fold and reuse (their shapes differ: [1, N] and [rows, N])."""
+    for onednn in INFERENCE_CONFIGS:
+        save_inference(build_pir(loop_with_weight_matmuls, FEED), str(tmp_path / onednn / "source"))
+        loaded = load_files(str(tmp_path / onednn / "source"), "pir")
+        prepare_for_cpu(loaded, onednn)
+        save_program(loaded, str(tmp_path / onednn / "model"))
+        create_paddle_predictor(str(tmp_path / onednn / "model"), "cpu", str(tmp_path / onednn / "dump"), onednn)
+        executed = executed_loop_ops(str(tmp_path / onednn / "dump"))
+        assert executed["addmm"] == 2 and executed["addmm_"] == 0, (onednn, executed)

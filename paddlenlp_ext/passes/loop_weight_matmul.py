@@ -39,6 +39,12 @@ Safety conditions (each checked by ``_rewritable``, at the check):
    logits), as between any two kernels; the tests check tokens on every runtime.
 5. The new values are each read once, by the next op: nothing can write over them
    in between, and ``y``'s users read the reshaped result as they read the matmul's.
+   ``addmm`` itself stays out of place: ``inplace_pass`` (which our configurations run
+   only with oneDNN off) could otherwise write the product over the zeros, a constant
+   Paddle may fold and reuse; it does not, since their shapes differ ([1, N] and
+   [rows, N]; checked on every configuration by the tests). ``convert`` does not apply
+   the rewrite: its directories are for Paddle's default config, whose passes we do
+   not control.
 """
 
 from __future__ import annotations
