@@ -258,7 +258,7 @@ def prepare_for_cpu(loaded: LoadedProgram, onednn: str) -> None:
     ``guard_for_onednn``."""
     report = run_loop_weight_matmuls_as_addmm(loaded.program)
     if report.modified:
-        logger.info("loop_weight_matmul: %s", report.summary())
+        logger.debug("loop_weight_matmul: %s", report.summary())
     if onednn != "off":
         guard_for_onednn(loaded)
 
