@@ -1,4 +1,5 @@
-"""Patches that let PaddleNLP 2.8.1 models export on Paddle 3.x; all of them live here.
+"""Patches that let PaddleNLP 2.8.1 models export on Paddle 3.x, and workarounds of
+Paddle behaviour; all of them live here.
 
 Each patch is applied only inside the context manager that needs it and restored on
 exit; nothing installed is edited.

@@ -29,6 +29,13 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   raises, and a plain op taking a vector (``concat``) gets no layout transform for a
   oneDNN input, so two such reads of one fused matmul's output give wrong values
   (``tests/test_onednn_classes.py`` pins both).
+- A decode step multiplies one row per sequence by every weight matrix, and oneDNN's
+  matmul reads the weights at about a third of the memory bandwidth there, so our CPU
+  configuration runs a loop's large weight products on the plain GEMM
+  (``prepare_for_cpu``, ``passes.loop_weight_matmul``).
+- Paddle keeps every parameter scope until the process exits, so a ``LoadedProgram``
+  empties its own when dropped or released (``compat.empty_scope``): a predictor made
+  from it holds the weights once.
 """
 
 from __future__ import annotations

@@ -11,14 +11,6 @@ paddle.enable_static()
 # (a while init, an outer buffer) races on its own, with or without the pass.
 paddle.set_flags({"FLAGS_new_executor_serial_run": True})
 
-# Our CPU configuration runs a decode loop's products with large weight matrices on the
-# plain GEMM (passes.loop_weight_matmul). The suite's models are tiny, so in this
-# process every matrix counts as large: each token test runs the rewrite as a
-# llama2-7B-sized model gets it. (CLI tests in child processes keep the threshold.)
-from paddlenlp_ext.passes import loop_weight_matmul  # noqa: E402
-
-loop_weight_matmul.MIN_WEIGHT_ELEMENTS = 0
-
 
 @pytest.fixture
 def garbage_collector_off():
@@ -32,6 +24,17 @@ def garbage_collector_off():
     paddle.set_flags({flag: -1.0})
     yield
     paddle.set_flags(previous)
+
+
+@pytest.fixture
+def every_weight_is_large(monkeypatch):
+    """Our CPU configuration runs a decode loop's products with large weight matrices
+    on the plain GEMM (passes.loop_weight_matmul); the suite's models are tiny, so a
+    test that should run the rewrite as a llama2-7B-sized model gets it counts every
+    matrix as large."""
+    from paddlenlp_ext.passes import loop_weight_matmul
+
+    monkeypatch.setattr(loop_weight_matmul, "MIN_WEIGHT_ELEMENTS", 0)
 
 
 @pytest.fixture(scope="module")

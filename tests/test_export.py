@@ -54,7 +54,7 @@ VARIANTS = {"pir": ("pir", False, False), "pir+pass": ("pir", True, False),
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", ["llama2", "llama2-gqa"])
-def test_greedy_tokens_are_identical_in_every_variant(models, exports, tmp_path, name, batch):
+def test_greedy_tokens_are_identical_in_every_variant(models, exports, tmp_path, name, batch, every_weight_is_large):
     model, tokenizer = models(name)
     ids, mask = encode(tokenizer, TEXTS[:batch])
     reference = paddlenlp_greedy(model, ids, mask, eos_token_id=tokenizer.eos_token_id)

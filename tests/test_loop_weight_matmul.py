@@ -53,7 +53,7 @@ def _matmul_names(program):
     return names
 
 
-def test_weight_matmuls_in_the_loop_become_addmm_and_nothing_else_changes():
+def test_weight_matmuls_in_the_loop_become_addmm_and_nothing_else_changes(every_weight_is_large):
     reference = run(build_pir(loop_with_weight_matmuls, FEED))
     built = build_pir(loop_with_weight_matmuls, FEED)
     report = run_loop_weight_matmuls_as_addmm(built.program)
@@ -68,7 +68,7 @@ def test_weight_matmuls_in_the_loop_become_addmm_and_nothing_else_changes():
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_rewritten_loop_runs_right_on_every_inference_config():
+def test_the_rewritten_loop_runs_right_on_every_inference_config(every_weight_is_large):
     """What StaticGenerationModel runs (``prepare_for_cpu`` applies the rewrite), twice
     in a row, against the Executor on the program as built."""
     reference = run(build_pir(loop_with_weight_matmuls, FEED))
@@ -85,7 +85,7 @@ def test_a_matrix_under_the_size_threshold_is_kept():
     assert (report.rewritten, report.kept, report.modified) == (0, 5, False), report.summary()
 
 
-def test_no_configuration_makes_addmm_write_in_place(tmp_path):
+def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_large):
     """Premise of condition 5: ``inplace_pass`` (it runs when oneDNN is off) leaves
     ``addmm`` alone, so it never writes its product over the zeros, a constant Paddle may
     fold and reuse (their shapes differ: [1, N] and [rows, N])."""

@@ -182,7 +182,7 @@ def format_summary(stats) -> str:
     return "\n".join(lines)
 
 
-def test_random_onednn_programs_are_right_on_every_shipped_configuration(tmp_path):
+def test_random_onednn_programs_are_right_on_every_shipped_configuration(tmp_path, every_weight_is_large):
     stats = differential(range(PROGRAMS), str(tmp_path))
     summary = format_summary(stats)
     print(summary)

@@ -23,9 +23,9 @@ oneDNN's GEMM, the faster one there.
 Only matrices of ``MIN_WEIGHT_ELEMENTS`` or more are rewritten: reading those from
 memory is what a step waits for. A small matrix stays in cache, and the extra ops
 (reshapes, the zeros) cost more than they save: on the benchmark's toy llama (hidden
-512, matrices of 1 to 2.8 MB) the static cache's step took 12% longer rewritten.
+512, matrices of 1 to 4 MB) the static cache's step took 12% longer rewritten.
 
-Safety conditions (each checked by ``_rewritable``, at the check):
+Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction):
 
 1. ``W`` is a ``builtin.parameter`` of rank 2: a matrix of weights, the same at every
    step, passed to ``addmm`` as it is (no op touches the parameter, so nothing can

@@ -29,7 +29,7 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "os": platform.platform(),
-            # neither configuration sets it: Paddle Inference's default, read rather than assumed
+            # Paddle Inference's default, read rather than assumed (--threads overrides it)
             "predictor_math_threads": inference.Config().cpu_math_library_num_threads()}
 
 
