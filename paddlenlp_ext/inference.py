@@ -362,7 +362,7 @@ def cleaned_legacy_config(config):
     copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
     by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
-    ``inplace_pass`` deleted; the program guarded as ``guard_for_onednn`` says).
+    ``inplace_pass`` deleted); the program prepared as ``prepare_for_cpu`` says.
 
     Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
