@@ -67,10 +67,15 @@ def measure_machine(threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _kv_dim(settings: dict) -> int:
+    """The width of a layer's keys (and values): key/value heads times the head size."""
+    return settings["kv_heads"] * (settings["hidden_size"] // settings["heads"])
+
+
 def weight_bytes(settings: dict) -> dict:
     """``{"all": every parameter, "embedding": the embedding table}`` in bytes."""
     h, layers, vocab = settings["hidden_size"], settings["layers"], settings["vocab_size"]
-    kv_dim = settings["kv_heads"] * (h // settings["heads"])
+    kv_dim = _kv_dim(settings)
     per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"] + 2 * h  # + the two norms
     embedding = vocab * h
     return {"all": FLOAT32 * (layers * per_layer + 2 * embedding + h), "embedding": FLOAT32 * embedding}
@@ -79,7 +84,7 @@ def weight_bytes(settings: dict) -> dict:
 def bounds(settings: dict, machine: dict, context: int) -> dict:
     """The row's roofline columns but the ratios (see the module docstring)."""
     h, layers, batch = settings["hidden_size"], settings["layers"], settings["batch_size"]
-    kv_dim = settings["kv_heads"] * (h // settings["heads"])
+    kv_dim = _kv_dim(settings)
     weights = weight_bytes(settings)
     length = context + settings["new_tokens"] / 2
     step_bytes = weights["all"] - weights["embedding"] + FLOAT32 * 2 * layers * batch * length * kv_dim
