@@ -527,3 +527,37 @@ def static_cache_attention():
 def empty_scope(scope) -> None:
     """Free every variable of a ``paddle.static.Scope`` (the scope stays usable, empty)."""
     scope.erase(scope.local_var_names())
+
+
+# -- translating legacy programs -----------------------------------------------------------
+
+# Paddle 3.3.1's ProgramDesc-to-PIR translator (ProgramTranslator::TranslateIfOperation in
+# paddle/fluid/ir_adaptor/translator/program_translator.cc) makes a `conditional_block` a
+# `pd_op.if` whose false branch yields, for each output the translation has no value
+# for yet, `pd_op.full(0)` of the variable's declared shape. A persistable variable gets
+# a value (a `builtin.parameter`) only where some op reads it. So a block that rebuilds a
+# saved buffer before anything reads it (PaddleNLP 2.8.1's qwen: `if seqlen >
+# self._seq_len_cached:` rebuilds the rotary cos/sin cache) means "zeros of the traced
+# shape" on PIR when the branch is not taken, where the old IR keeps the loaded value:
+# wrong tokens, or `Input(index[-1)] has wrong value` in gather_nd once a position passes
+# the traced rows. Listing the variable as an input of its block makes the translator
+# read the parameter first, and the false branch yield it; the old IR reads `Input` as a
+# declaration only. Seen on Paddle 3.3.1, for programs saved by 2.6.2 and 3.3.1.
+def read_persistables_written_in_branches(desc) -> list[str]:
+    """Add each persistable variable a ``conditional_block`` of the legacy
+    ``core.ProgramDesc`` writes to that block's ``Input`` (in place, before it is
+    translated to PIR); the names added."""
+    added = []
+    for block_index in range(desc.num_blocks()):
+        block = desc.block(block_index)
+        for op_index in range(block.op_size()):
+            op = block.op(op_index)
+            if op.type() != "conditional_block":
+                continue
+            inputs = list(op.input("Input"))
+            written = [name for name in dict.fromkeys(op.output("Out")) if name not in inputs
+                       and (var := block.find_var_recursive(name.encode())) is not None and var.persistable()]
+            if written:
+                op.set_input("Input", inputs + written)
+                added += written
+    return added

@@ -2,7 +2,9 @@
 
 ``GenerationLoop`` decodes a left-padded batch with the model's KV cache in one
 ``while`` loop, greedily or by sampling (top-k, top-p, temperature), and stops each
-row at its end-of-sequence token. It is built from ops that have CPU kernels, and its
+row at its end-of-sequence token. The decoding settings (top-k, top-p, temperature,
+repetition penalty, seed) are inputs, so one export serves every decoding. It is built
+from ops that have CPU kernels, and its
 sampling draws from a counter-based generator (``counter_uniform``) instead of
 Paddle's stateful random ops, so one seed gives the same tokens in dynamic mode and in
 both exported programs.
@@ -12,15 +14,17 @@ both exported programs.
 and PaddleNLP 2.8 exports; ``inference.load_program`` loads either (translating a
 legacy one to PIR, as Paddle 3.x does) and ``run_generation`` runs it.
 
-    loop = GenerationLoop(model, DecodingConfig("sampling", top_p=0.9, eos_token_id=2))
+    loop = GenerationLoop(model, DecodingConfig(eos_token_id=2))
     export_legacy(loop, "out/llama/model")
-    tokens = run_generation(load_program("out/llama"), input_ids, attention_mask, 32, seed=1)
+    sampling = DecodingConfig("sampling", top_p=0.9, eos_token_id=2)
+    tokens = run_generation(load_program("out/llama"), input_ids, attention_mask, 32, sampling, seed=1)
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import paddle
@@ -30,6 +34,7 @@ from .compat import (StaticCacheLayer, fresh_trace_records, legacy_export_patche
                      static_cache_attention)
 from .paddle_modes import dygraph_mode
 from .inference import LoadedProgram, run_program
+from .decoding_settings import SETTING_DTYPES, SETTING_INPUTS, check_settings, settings_feed
 
 DECODE_STRATEGIES = ("greedy_search", "sampling")
 # How GenerationLoop keeps the KV cache: PaddleNLP's (each step concatenates every
@@ -40,41 +45,57 @@ CACHES = ("concat", "static")
 
 @dataclass(frozen=True)
 class DecodingConfig:
-    """How ``GenerationLoop`` picks tokens; fixed when the loop is built (and exported).
+    """How ``GenerationLoop`` picks tokens.
+
+    ``eos_token_id`` (None: rows never finish early) and ``pad_token_id`` are built into
+    the loop. The other fields are the decoding settings a dynamic call of the loop uses
+    when it is not given them; an exported loop takes every one as an input
+    (``SETTING_INPUTS``), and these are the defaults its directory records
+    (``generation_config.json``).
 
     ``top_k`` = 0 and ``top_p`` = 1.0 switch those filters off; they and ``temperature``
-    apply to sampling only. ``eos_token_id`` None means rows never finish early.
+    apply to sampling only. Greedy search is ``top_k`` = 1 at run time (``feed``), as in
+    PaddleNLP's export. ``repetition_penalty`` is PaddleNLP's (1.0 = off).
     """
 
     decode_strategy: str = "greedy_search"
     top_k: int = 0
     top_p: float = 1.0
     temperature: float = 1.0
+    repetition_penalty: float = 1.0
     eos_token_id: int | None = None
     pad_token_id: int = 0
 
     def __post_init__(self):
         if self.decode_strategy not in DECODE_STRATEGIES:
             raise ValueError(f"decode_strategy must be one of {DECODE_STRATEGIES}, got {self.decode_strategy!r}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {self.top_p}")
-        if self.temperature <= 0.0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        check_settings(self.top_k, self.top_p, self.temperature, self.repetition_penalty)
+
+    def feed(self, seed: int = 0) -> dict:
+        """The settings inputs of an exported loop for this decoding, with ``seed``."""
+        top_k = 1 if self.decode_strategy == "greedy_search" else self.top_k
+        return settings_feed(top_k, self.top_p, self.temperature, self.repetition_penalty, seed)
 
 
-def generation_inputs(config: DecodingConfig) -> list:
-    """The exported loop's inputs. Greedy search has no ``seed``: it reads none, and
-    Paddle refuses to save a program with a feed that no output depends on."""
-    inputs = [
+def generation_inputs() -> list:
+    """The exported loop's inputs: the prompt, ``max_new_tokens``, then the decoding
+    settings (``SETTING_INPUTS``), with PaddleNLP's names and dtypes."""
+    token_inputs = [
         paddle.static.InputSpec([None, None], "int64", "input_ids"),
         paddle.static.InputSpec([None, None], "int64", "attention_mask"),
         paddle.static.InputSpec([1], "int64", "max_new_tokens"),
     ]
-    if config.decode_strategy == "sampling":
-        inputs.append(paddle.static.InputSpec([1], "int64", "seed"))
-    return inputs
+    return token_inputs + [paddle.static.InputSpec([1], SETTING_DTYPES[name], name) for name in SETTING_INPUTS]
+
+
+class DecodingInputs(NamedTuple):
+    """The decoding settings inside the loop: [1] tensors (``SETTING_INPUTS``)."""
+
+    seed: paddle.Tensor
+    top_k: paddle.Tensor
+    top_p: paddle.Tensor
+    temperature: paddle.Tensor
+    repetition_penalty: paddle.Tensor
 
 
 _UINT32 = 2**32
@@ -181,13 +202,19 @@ class GenerationLoop(paddle.nn.Layer):
         with _cache_patches(self):
             return super().__call__(*args, **kwargs)
 
-    def _next_token(self, logits, seed, step):
-        """int64 [B, 1]: the token each row picks from its last-position logits [B, V]."""
-        if self.config.decode_strategy == "greedy_search":
-            return paddle.argmax(logits, axis=-1, keepdim=True)
-        return self._sample(logits, seed, step)
+    def _next_token(self, logits, seen, settings: DecodingInputs, step):
+        """int64 [B, 1]: the token each row picks from its last-position logits [B, V].
 
-    def _sample(self, logits, seed, step):
+        The repetition penalty comes first, as PaddleNLP's logits processor does; then
+        ``top_k`` = 1 is greedy search (the penalized logits' argmax, which temperature
+        and rounding in the softmax cannot change), anything else is ``_sample``.
+        """
+        logits = _penalize(logits, seen, settings.repetition_penalty)
+        greedy = paddle.argmax(logits, axis=-1, keepdim=True)
+        is_greedy = settings.top_k == _int64(1)
+        return paddle.where(is_greedy, greedy, self._sample(logits, settings, step))
+
+    def _sample(self, logits, settings: DecodingInputs, step):
         """Inverse-CDF sampling over the candidates sorted by probability.
 
         The candidates are the ``top_k`` most probable tokens (all of them when
@@ -197,26 +224,26 @@ class GenerationLoop(paddle.nn.Layer):
         candidates are a prefix, and the draw is the first one whose cumulative mass
         exceeds ``u * kept mass`` for the row's ``counter_uniform`` number u.
         """
-        config = self.config
-        if config.temperature != 1.0:
-            # A tensor divisor: dividing by a Python float becomes a multiplication by
-            # its rounded reciprocal in static programs, and tokens would differ.
-            logits = logits / paddle.full([1], config.temperature, dtype=logits.dtype)
+        # Tensor divisors and bounds throughout: dividing by a Python float becomes a
+        # multiplication by its rounded reciprocal in static programs. Dividing by 1.0
+        # is exact, so temperature 1 changes nothing.
+        logits = logits / settings.temperature.astype(logits.dtype)
         probs = F.softmax(logits.astype("float32"), axis=-1)
-        candidates = config.top_k if config.top_k > 0 else self.vocab_size
-        sorted_probs, sorted_ids = paddle.topk(probs, k=min(candidates, self.vocab_size), axis=-1)
+        vocab = _int64(self.vocab_size)
+        # where and `&`, not paddle.minimum: it is PIR-only on Paddle 3.3.1 and fails while
+        # tracing a legacy program.
+        candidates = paddle.where((settings.top_k > _int64(0)) & (settings.top_k < vocab), settings.top_k, vocab)
+        sorted_probs, sorted_ids = paddle.topk(probs, k=candidates, axis=-1)
         ranks = paddle.arange(paddle.shape(sorted_probs)[1], dtype="int64").unsqueeze(0)
         cumulative = paddle.cumsum(sorted_probs, axis=-1)
-        if config.top_p < 1.0:
-            mass_before = cumulative - sorted_probs
-            kept = mass_before <= paddle.full([1], config.top_p, dtype="float32")
-            sorted_probs = paddle.where(kept, sorted_probs, paddle.zeros_like(sorted_probs))
-            cumulative = paddle.cumsum(sorted_probs, axis=-1)
-            last_kept = paddle.max(paddle.where(kept, ranks, paddle.zeros_like(ranks)), axis=-1, keepdim=True)
-        else:
-            last_kept = paddle.max(ranks, axis=-1, keepdim=True)
+        # top_p 1.0 keeps every candidate, even where the float sum of the probabilities
+        # before one exceeds 1.
+        kept = (cumulative - sorted_probs <= settings.top_p) | (settings.top_p >= paddle.full([1], 1.0))
+        sorted_probs = paddle.where(kept, sorted_probs, paddle.zeros_like(sorted_probs))
+        cumulative = paddle.cumsum(sorted_probs, axis=-1)
+        last_kept = paddle.max(paddle.where(kept, ranks, paddle.zeros_like(ranks)), axis=-1, keepdim=True)
         rows = paddle.arange(paddle.shape(logits)[0], dtype="int64").unsqueeze(1)
-        threshold = counter_uniform(seed, step, rows) * cumulative[:, -1:]
+        threshold = counter_uniform(settings.seed, step, rows) * cumulative[:, -1:]
         # Candidates at or below the threshold, by their rank + 1: the draw is the next one.
         below = paddle.where(cumulative <= threshold, ranks + _int64(1), paddle.zeros_like(ranks))
         drawn = paddle.max(below, axis=-1, keepdim=True)
@@ -240,11 +267,11 @@ class GenerationLoop(paddle.nn.Layer):
         unfinished = paddle.max((~finished).astype("int64")) > 0
         return (step < max_new_tokens) & unfinished
 
-    def forward(self, input_ids, attention_mask, max_new_tokens, seed=None):
-        if seed is None and self.config.decode_strategy == "sampling":
-            raise ValueError("sampling needs a seed (int64 [1])")
+    def forward(self, input_ids, attention_mask, max_new_tokens, seed=None, top_k=None, top_p=None,
+                temperature=None, repetition_penalty=None):
+        settings = self._settings(seed, top_k, top_p, temperature, repetition_penalty)
         if self.cache == "static":
-            return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, seed)
+            return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, settings)
         # Left padding: the first real token of each row is at position 0 (the pads get
         # position 0 too; they are masked out as keys and nothing reads their outputs).
         position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
@@ -252,9 +279,11 @@ class GenerationLoop(paddle.nn.Layer):
                          return_dict=False)
         logits, cache = out[0], out[1]
         step = paddle.full([1], 0, dtype="int64")
-        token = self._next_token(logits[:, -1, :], seed, step)
+        seen = self._seen_in_prompt(input_ids)
+        token = self._next_token(logits[:, -1, :], seen, settings, step)
         finished = paddle.zeros_like(token, dtype="bool")
         token, finished = self._finish(token, finished)
+        seen = _mark_seen(seen, token)
         # A copy, not `generated = token`: dy2static would carry both names as one
         # Variable and the loop would return the last token only.
         generated = paddle.assign(token)
@@ -266,15 +295,33 @@ class GenerationLoop(paddle.nn.Layer):
             out = self.model(token, position_ids=position, attention_mask=attention_mask, past_key_values=cache,
                              use_cache=True, return_dict=False)
             logits, cache = out[0], out[1]
-            token = self._next_token(logits[:, -1, :], seed, step)
+            token = self._next_token(logits[:, -1, :], seen, settings, step)
             token, finished = self._finish(token, finished)
+            seen = _mark_seen(seen, token)
             generated = paddle.concat([generated, token], axis=1)
             position = position + 1
             step = step + 1
             running = self._running(step, max_new_tokens, finished)
         return generated
 
-    def _decode_with_static_cache(self, input_ids, attention_mask, max_new_tokens, seed):
+    def _settings(self, seed, top_k, top_p, temperature, repetition_penalty) -> DecodingInputs:
+        """The settings as [1] tensors: those given (an export gives all), else
+        ``config``'s; greedy search reads no seed."""
+        if seed is None and self.config.decode_strategy == "sampling":
+            raise ValueError("sampling needs a seed (int64 [1])")
+        given = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
+                 "repetition_penalty": repetition_penalty}
+        defaults = self.config.feed()
+        return DecodingInputs(**{name: paddle.to_tensor(defaults[name]) if value is None else value
+                                 for name, value in given.items()})
+
+    def _seen_in_prompt(self, input_ids):
+        """int64 [B, V]: 1 for each token in the row's ids, padding included (the ids
+        PaddleNLP's repetition penalty reads)."""
+        seen = paddle.zeros([paddle.shape(input_ids)[0], self.vocab_size], dtype="int64")
+        return paddle.put_along_axis(seen, input_ids, paddle.ones_like(input_ids), axis=1)
+
+    def _decode_with_static_cache(self, input_ids, attention_mask, max_new_tokens, settings: DecodingInputs):
         """``forward`` with the static cache: the same prefill and token choice; the
         prompt's keys and values are then copied once into the buffers, which the
         steps write into in place."""
@@ -289,9 +336,11 @@ class GenerationLoop(paddle.nn.Layer):
         cache_positions = paddle.arange(paddle.shape(final_mask)[1], dtype="int64").unsqueeze(0)
         write_position = paddle.shape(input_ids)[1:2].astype("int64")
         step = paddle.full([1], 0, dtype="int64")
-        token = self._next_token(prefill[0][:, -1, :], seed, step)
+        seen = self._seen_in_prompt(input_ids)
+        token = self._next_token(prefill[0][:, -1, :], seen, settings, step)
         finished = paddle.zeros_like(token, dtype="bool")
         token, finished = self._finish(token, finished)
+        seen = _mark_seen(seen, token)
         generated = paddle.assign(token)  # a copy: see forward
         position = position_ids[:, -1:] + 1
         step = step + 1
@@ -299,8 +348,9 @@ class GenerationLoop(paddle.nn.Layer):
         while running:
             token, cache = self._static_cache_step(token, position, cache, write_position,
                                                    final_mask * (cache_positions <= write_position).astype("int64"),
-                                                   seed, step)
+                                                   seen, settings, step)
             token, finished = self._finish(token, finished)
+            seen = _mark_seen(seen, token)
             generated = paddle.concat([generated, token], axis=1)
             position = position + 1
             write_position = write_position + 1
@@ -308,7 +358,8 @@ class GenerationLoop(paddle.nn.Layer):
             running = self._running(step, max_new_tokens, finished)
         return generated
 
-    def _static_cache_step(self, token, position, cache, write_position, attention_mask, seed, step):
+    def _static_cache_step(self, token, position, cache, write_position, attention_mask, seen,
+                           settings: DecodingInputs, step):
         """One step on the static cache: the next token and the written buffers.
 
         A method of its own so that the loop body assigns loop state only: dy2static
@@ -319,7 +370,7 @@ class GenerationLoop(paddle.nn.Layer):
         out = self.model(token, position_ids=position, attention_mask=attention_mask,
                          past_key_values=_static_cache_layers(cache, write_position), use_cache=True,
                          return_dict=False)
-        return self._next_token(out[0][:, -1, :], seed, step), out[1]
+        return self._next_token(out[0][:, -1, :], seen, settings, step), out[1]
 
     def _allocate_static_cache(self, prompt_cache, max_new_tokens):
         """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens,
@@ -334,6 +385,19 @@ class GenerationLoop(paddle.nn.Layer):
             buffers.append((paddle.concat([key.transpose([0, 2, 1, 3]), unwritten], axis=2),
                             paddle.concat([value.transpose([0, 2, 1, 3]), unwritten], axis=2)))
         return tuple(buffers)
+
+
+def _penalize(logits, seen, penalty):
+    """PaddleNLP's repetition penalty on the logits of the ``seen`` tokens: negative
+    ones multiplied by ``penalty``, the others divided by it (penalty 1.0 changes no
+    value)."""
+    penalized = paddle.where(logits < paddle.zeros([1], dtype=logits.dtype), logits * penalty, logits / penalty)
+    return paddle.where(seen > _int64(0), penalized, logits)
+
+
+def _mark_seen(seen, token):
+    """``seen`` with each row's new token marked."""
+    return paddle.put_along_axis(seen, token, paddle.ones_like(token), axis=1)
 
 
 def _static_cache_layers(cache, write_position) -> list:
@@ -355,7 +419,7 @@ def export_pir(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in Paddle 3's PIR format: ``prefix``.json and ``prefix``.pdiparams."""
     with paddle.pir_utils.IrGuard(), pir_export_patches(), _cache_patches(loop), dygraph_mode(), \
             fresh_trace_records():
-        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
+        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(), full_graph=True)
         paddle.jit.save(static, prefix)
 
 
@@ -365,22 +429,20 @@ def export_legacy(loop: GenerationLoop, prefix: str) -> None:
     loads it)."""
     with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), _cache_patches(loop), dygraph_mode(), \
             fresh_trace_records():
-        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(loop.config), full_graph=True)
+        static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(), full_graph=True)
         paddle.jit.save(static, prefix)
 
 
 def run_generation(loaded: LoadedProgram, input_ids, attention_mask, max_new_tokens: int,
-                   seed: int | None = None) -> np.ndarray:
-    """The tokens an exported loop generates on the static executor, int64 [B, n];
-    ``seed`` only if it samples. ``loaded`` comes from ``inference.load_program``."""
+                   decoding: DecodingConfig | None = None, seed: int = 0) -> np.ndarray:
+    """The tokens an exported loop generates on the static executor, int64 [B, n], with
+    ``decoding``'s settings (greedy search by default) and ``seed``. ``loaded`` comes
+    from ``inference.load_program``."""
     inputs = {
         "input_ids": np.asarray(input_ids, dtype="int64"),
         "attention_mask": np.asarray(attention_mask, dtype="int64"),
         "max_new_tokens": np.array([max_new_tokens], dtype="int64"),
+        **(decoding or DecodingConfig()).feed(seed),
     }
-    if "seed" in loaded.feed_names:
-        if seed is None:
-            raise ValueError("this loop samples: give it a seed")
-        inputs["seed"] = np.array([seed], dtype="int64")
     (tokens,) = run_program(loaded, inputs)
     return tokens

@@ -85,8 +85,9 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     the tokenizer's files, and ``paddlenlp_ext.json`` (how it was exported). It is
     written to a hidden staging directory and renamed into place.
 
-    ``loop`` chooses the decoding loop: this project's ``GenerationLoop``
-    (``decoding`` baked in, a ``seed`` input), or ``"paddlenlp"``: PaddleNLP's own
+    ``loop`` chooses the decoding loop: this project's ``GenerationLoop`` (every
+    decoding setting an input, ``decoding``'s eos and pad ids built in, its settings
+    recorded as the defaults), or ``"paddlenlp"``: PaddleNLP's own
     ``model.to_static`` (``sample_d2s``, what its ``llm/export_model.py`` exports),
     with top-k sampling whose ``top_k`` is an input (top-p has no CPU kernel:
     ``decoding.top_p`` < 1 is an error there).
@@ -137,7 +138,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
             "loop": loop,
             "cache": cache,
             "decoding": asdict(decoding),
-            "inputs": PADDLENLP_INPUTS if loop == "paddlenlp" else [spec.name for spec in generation_inputs(decoding)],
+            "inputs": PADDLENLP_INPUTS if loop == "paddlenlp" else [spec.name for spec in generation_inputs()],
             "remove_loop_assign": "load" if format == "legacy" and remove_loop_assign else remove_loop_assign,
             "report": None if report is None else report.record(),
             "versions": library_versions(),

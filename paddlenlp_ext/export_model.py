@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(f"--{name}", type=int, default=None,
             help="accepted for PaddleNLP's command line; lengths are run-time inputs of the exported loop")
     add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
-        help="baked into the GenerationLoop export; the paddlenlp loop always samples top-k (feed top_k 1 for greedy)")
+        help="recorded in generation_config.json; both loops take the decoding settings as inputs at run time "
+             "(the paddlenlp loop top_k only, or top_p and temperature)")
     add("--top_k", type=int, default=1)
     add("--top_p", type=float, default=1.0, help="< 1 needs top_p_sampling, which has no CPU kernel for --loop paddlenlp")
     add("--temperature", type=float, default=0.95)

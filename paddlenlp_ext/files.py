@@ -1,10 +1,15 @@
-"""Writing files so that a file under its final name is always complete."""
+"""A static model directory's file names, and writing files so that a file under its
+final name is always complete. Imports no Paddle: the predictor checks paths with it
+first."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+MODEL_PREFIX = "model"
+PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
 
 
 def write_atomically(path: str | os.PathLike, write) -> None:

@@ -53,10 +53,11 @@ import numpy as np
 import paddle
 from paddle import inference
 
-from .compat import empty_scope
+from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .errors import error_line
+from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.onednn_inplace_guard import guard_onednn_inplace
@@ -66,8 +67,6 @@ from .passes.report import LoopAssignReport
 
 logger = logging.getLogger("paddlenlp_ext")
 
-MODEL_PREFIX = "model"
-PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
 
 # Which kernels run on oneDNN on CPU (see the module docstring): Paddle's placement
 # (every op with a oneDNN kernel), or none.
@@ -150,6 +149,7 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
             with paddle.pir_utils.OldIrGuard():
                 paddle.enable_static()
                 legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+                read_persistables_written_in_branches(legacy.desc)
                 program = paddle.pir.translate_to_pir(legacy.desc)
         else:
             program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))

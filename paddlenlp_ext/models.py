@@ -25,10 +25,11 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
-import paddle
 
 from .errors import error_line
-from .paddle_modes import dygraph_mode
+
+# Paddle and PaddleNLP are imported where a model is built or loaded: checking a name or a
+# directory (check_model_source) must stay fast, before any of them is imported.
 
 # Trained from data/tokenizer_corpus.txt by scripts/build_tokenizer.py.
 TOKENIZER_MODEL = Path(__file__).resolve().parent / "data" / "llama2_tokenizer.model"
@@ -97,6 +98,13 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str |
         directory = _checkpoint_directory(name_or_path)
         hint = ""
     return _load_pretrained(directory, hint)
+
+
+def check_model_source(name_or_path: str | os.PathLike) -> None:
+    """Raise ModelError unless ``load_model`` can start on ``name_or_path``: a known
+    name, or a directory with a checkpoint's files. Imports neither Paddle nor PaddleNLP."""
+    if not (isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS):
+        _checkpoint_directory(name_or_path)
 
 
 def _cache_home(cache_dir) -> Path:
@@ -173,6 +181,8 @@ def _cached_model(name: str, home: Path) -> Path:
 def _write_known_model(name: str, directory: Path, record: dict) -> None:
     from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
+    from .paddle_modes import dygraph_mode
+
     known = KNOWN_MODELS[name]
     with dygraph_mode():
         with _generator_kept():
@@ -210,6 +220,8 @@ def _draw_weights(model, seed: int) -> None:
 def _load_pretrained(directory: Path, hint: str):
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .paddle_modes import dygraph_mode
+
     with _loading("model", directory, hint), dygraph_mode(), _generator_kept():
         model = AutoModelForCausalLM.from_pretrained(str(directory))
         model.eval()
@@ -226,6 +238,8 @@ def _generator_kept():
     checkpoint's, or by ``_draw_weights``); the caller's random stream should not
     depend on whether a model was loaded.
     """
+    import paddle
+
     state = paddle.get_rng_state()
     try:
         yield

@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"
 CACHES = ("concat", "static")
 
 
-class PredictorError(Exception):
+class PredictorError(ValueError):
     """Bad input to the predictor: reported on one line, exit code 2."""
 
 
@@ -49,10 +50,13 @@ class PredictorArgument:
     model: str | None = None  # an embedded model name (llama2 when neither is given)
     src_length: int = 512  # prompt tokens kept (the last ones); PaddleNLP's 1024 + 64 overflows llama2's 1024 positions
     max_length: int = 64  # new tokens to generate
-    top_k: int = 1
-    top_p: float = 1.0
-    temperature: float = 0.95
-    repetition_penalty: float = 1.0
+    # The decoding settings. None: the value a static model fixes, if it fixes one, else
+    # PaddleNLP's default (decoding_settings.DEFAULTS: top_k 1, top_p 1.0, temperature
+    # 0.95, repetition_penalty 1.0; seed 42). A value a model cannot honour is an error.
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    repetition_penalty: float | None = None
     decode_strategy: str = "sampling"
     mode: str | None = None  # dynamic | static; static when --remove_loop_assign is given
     dtype: str | None = None
@@ -62,7 +66,7 @@ class PredictorArgument:
     remove_loop_assign: bool = False
     export_format: str = "legacy"
     cache: str | None = None  # the exported GenerationLoop's KV cache; None: export_generation_model's choice
-    seed: int = 42
+    seed: int | None = None  # of the sampling; see top_k
 
 
 @dataclass
@@ -80,11 +84,13 @@ class BasePredictor:
         self.config = config
         self.tokenizer = tokenizer
         tokenizer.padding_side = "left"
+        # A long prompt keeps its last src_length tokens. An attribute: PaddleNLP 2.8.1's
+        # tokenizer call ignores a truncation_side keyword and keeps the first ones.
+        tokenizer.truncation_side = "left"
 
     def _preprocess(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = self.tokenizer(texts, max_length=self.config.src_length, truncation=True,
-                                 truncation_side="left", padding=True, return_attention_mask=True,
-                                 return_tensors="np")
+        encoded = self.tokenizer(texts, max_length=self.config.src_length, truncation=True, padding=True,
+                                 return_attention_mask=True, return_tensors="np")
         return encoded["input_ids"].astype("int64"), encoded["attention_mask"].astype("int64")
 
     def generate_ids(self, texts: list[str]) -> np.ndarray:
@@ -99,8 +105,12 @@ class BasePredictor:
                                            clean_up_tokenization_spaces=False)
 
     def predict(self, texts: str | list[str]) -> list[str]:
+        """The outputs for a prompt or a list of prompts, ``batch_size`` at a time."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self._postprocess(self.generate_ids(texts))
+        if not texts or not all(isinstance(text, str) for text in texts):
+            raise PredictorError("predict() takes a prompt or a non-empty list of prompts (str)")
+        return [output for batch in batchfy_text(texts, self.config.batch_size)
+                for output in self._postprocess(self.generate_ids(batch))]
 
 
 class DygraphPredictor(BasePredictor):
@@ -116,16 +126,17 @@ class DygraphPredictor(BasePredictor):
         from .paddle_modes import dygraph_mode
 
         config = self.config
+        settings = decoding_settings(config)
         with dygraph_mode(), paddle.no_grad():
-            paddle.seed(config.seed)
+            paddle.seed(settings["seed"])
             mask = paddle.to_tensor(attention_mask)
             # Positions count real tokens only, as GenerationLoop does for left padding.
             positions = paddle.clip(paddle.cumsum(mask, axis=1) - 1, min=0)
             ids, _ = self.model.generate(
                 paddle.to_tensor(input_ids), attention_mask=mask, position_ids=positions,
                 max_new_tokens=config.max_length, decode_strategy=config.decode_strategy,
-                top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
-                repetition_penalty=config.repetition_penalty,
+                top_k=settings["top_k"], top_p=settings["top_p"], temperature=settings["temperature"],
+                repetition_penalty=settings["repetition_penalty"],
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         return ids.numpy()
 
@@ -137,7 +148,9 @@ class StaticGraphPredictor(BasePredictor):
     does: any of ``GENERATION_INPUTS`` (``model_inputs``), so a PaddleNLP
     ``to_static`` export (``input_ids``, ``attention_mask``, ``position_ids``,
     ``max_new_tokens``, ``top_k`` or ``top_p`` + ``temperature``) runs as well as
-    this project's (``seed`` instead of the sampling knobs, which it bakes in).
+    this project's (every decoding setting, ``repetition_penalty`` and ``seed`` too).
+    A setting asked for that the model takes no input for, and does not already use,
+    is an error (``decoding_settings.resolve_settings``).
     """
 
     def __init__(self, config: PredictorArgument, static_dir, tokenizer):
@@ -151,13 +164,14 @@ class StaticGraphPredictor(BasePredictor):
         if unknown:
             raise PredictorError(f"{static_dir}: the model takes input {unknown[0]!r}, which this predictor does "
                                  f"not know (it feeds {', '.join(GENERATION_INPUTS)})")
-        if config.decode_strategy == "greedy_search" and "top_p" in self.static_model.input_names \
-                and "top_k" not in self.static_model.input_names:
-            raise PredictorError(f"{static_dir}: the model samples with top-p (PaddleNLP's use_top_p export) and "
-                                 "cannot decode greedily; use --decode_strategy sampling or export with top-k")
+        self.settings = decoding_settings(config, self.static_model.input_names)
+        if "position_ids" in self.static_model.input_names and self.settings["top_k"] == 0:
+            # PaddleNLP's loop (sample_d2s) clips top_k to at least 1, so 0 would be greedy
+            # there; top-k over the whole vocabulary is "off", as 0 is everywhere else.
+            self.settings["top_k"] = _vocab_size(Path(static_dir))
 
     def _infer(self, input_ids, attention_mask):
-        inputs = model_inputs(input_ids, attention_mask, self.config)
+        inputs = model_inputs(input_ids, attention_mask, self.config.max_length, self.settings)
         return self.static_model.run({name: inputs[name] for name in self.static_model.input_names})
 
 
@@ -168,50 +182,59 @@ GENERATION_INPUTS = ("input_ids", "attention_mask", "position_ids", "max_new_tok
                      "temperature", "repetition_penalty", "seed")
 
 
-def model_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, config: PredictorArgument) -> dict:
-    """Every input of ``GENERATION_INPUTS`` for a left-padded batch, with PaddleNLP's
-    dtypes: int64 ``[B, S]`` token arrays, ``[1]`` settings (its export's InputSpec).
+def decoding_settings(config: PredictorArgument, input_names=GENERATION_INPUTS) -> dict:
+    """The value of each decoding setting (``SETTING_INPUTS``) for a model taking
+    ``input_names``; greedy search is top_k 1. PredictorError for one it cannot honour."""
+    from .decoding_settings import SETTING_INPUTS, fixed_settings, resolve_settings
+
+    requested = {name: getattr(config, name) for name in SETTING_INPUTS}
+    try:
+        return resolve_settings(requested, config.decode_strategy == "greedy_search", fixed_settings(input_names))
+    except ValueError as error:
+        raise PredictorError(str(error)) from None
+
+
+def model_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int, settings: dict) -> dict:
+    """Every input of ``GENERATION_INPUTS`` for a left-padded batch and the
+    ``decoding_settings``, with PaddleNLP's dtypes: int64 ``[B, S]`` token arrays,
+    ``[1]`` settings (its export's InputSpec).
 
     Position ids count real tokens from 0 and are 0 on the padding, as PaddleNLP's
-    tokenizer pads them on the left. Greedy search is top-k sampling with k = 1.
+    tokenizer pads them on the left.
     """
+    from .decoding_settings import settings_feed
+
     positions = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None).astype("int64")
-    top_k = 1 if config.decode_strategy == "greedy_search" else config.top_k
     return {
         "input_ids": input_ids.astype("int64"),
         "attention_mask": attention_mask.astype("int64"),
         "position_ids": positions,
-        "max_new_tokens": np.array([config.max_length], dtype="int64"),
-        "top_k": np.array([top_k], dtype="int64"),
-        "top_p": np.array([config.top_p], dtype="float32"),
-        "temperature": np.array([config.temperature], dtype="float32"),
-        "repetition_penalty": np.array([config.repetition_penalty], dtype="float32"),
-        "seed": np.array([config.seed], dtype="int64"),
+        "max_new_tokens": np.array([max_new_tokens], dtype="int64"),
+        **settings_feed(**settings),
     }
 
 
 def _is_static_dir(path: Path) -> bool:
-    from .inference import LEGACY_FILE, PIR_FILE
+    from .files import LEGACY_FILE, PIR_FILE
 
     return (path / PIR_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
 
 def _decoding(config: PredictorArgument, model_config):
+    """The DecodingConfig an export of ``model_config``'s model records (its settings
+    are inputs: the ones asked for here are its recorded defaults)."""
     from .decoding import DecodingConfig
 
-    if config.repetition_penalty != 1.0:
-        raise PredictorError("--repetition_penalty: this project's generation loop has none; use --mode dynamic "
-                             "or a static model exported with it")
-    try:
-        return DecodingConfig(config.decode_strategy, top_k=config.top_k, top_p=config.top_p,
-                              temperature=config.temperature, eos_token_id=model_config.eos_token_id,
-                              pad_token_id=model_config.pad_token_id or 0)
-    except ValueError as error:
-        raise PredictorError(str(error)) from None
+    settings = decoding_settings(config)
+    return DecodingConfig("greedy_search" if settings["top_k"] == 1 else "sampling", top_k=settings["top_k"],
+                          top_p=settings["top_p"], temperature=settings["temperature"],
+                          repetition_penalty=settings["repetition_penalty"], eos_token_id=model_config.eos_token_id,
+                          pad_token_id=model_config.pad_token_id or 0)
 
 
 def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgument | None = None) -> BasePredictor:
-    """The predictor ``predictor_args`` describe; raises PredictorError for bad input.
+    """The predictor ``predictor_args`` describe; raises PredictorError (a ValueError)
+    for bad input, checked first (``validate``).
 
     ``model_args`` is accepted for PaddleNLP's signature; prompts and outputs are
     ``predict``'s business here.
@@ -219,22 +242,14 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
     from .inference import ModelDirectoryError
     from .models import DEFAULT_MODEL, ModelError, load_model
 
-    config = predictor_args
+    config = validate(predictor_args)
     source = config.model_name_or_path
     if source is not None and _is_static_dir(Path(source)):
-        if config.mode == "dynamic":
-            raise PredictorError(f"{source} is a static model directory: run it with --mode static")
-        if config.cache is not None:
-            raise PredictorError(f"--cache {config.cache}: {source} is a static model directory, whose cache was "
-                                 "chosen when it was exported")
-        tokenizer = _static_tokenizer(Path(source))
-        _check_lengths(config, _max_positions(Path(source)))
-        return StaticGraphPredictor(config, source, tokenizer)
+        return StaticGraphPredictor(config, source, _static_tokenizer(Path(source)))
     try:
         model, tokenizer = load_model(source if source is not None else (config.model or DEFAULT_MODEL))
     except ModelError as error:
         raise PredictorError(str(error)) from None
-    _check_lengths(config, model.config.max_position_embeddings)
     if config.mode == "dynamic":
         return DygraphPredictor(config, model, tokenizer)
     from .export import export_generation_model
@@ -257,19 +272,35 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
 def _static_tokenizer(directory: Path):
     from paddlenlp.transformers import AutoTokenizer
 
-    if not (directory / "tokenizer_config.json").is_file():
-        raise PredictorError(f"{directory}: no tokenizer (tokenizer_config.json) beside the static model")
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as error:  # PaddleNLP and sentencepiece raise many types for bad files
         raise PredictorError(f"{directory}: cannot load the tokenizer: {error_line(error)}") from None
 
 
-def _max_positions(directory: Path) -> int | None:
+def _model_config(directory: Path) -> dict:
+    """The directory's ``config.json``, or {} when it has none that parses."""
     try:
-        return json.loads((directory / "config.json").read_text()).get("max_position_embeddings")
+        config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _max_positions(config: PredictorArgument) -> int | None:
+    """The model's position limit, from its files (no model is loaded)."""
+    from .models import DEFAULT_MODEL, KNOWN_MODELS
+
+    if config.model_name_or_path is not None:
+        return _model_config(Path(config.model_name_or_path)).get("max_position_embeddings")
+    return KNOWN_MODELS[config.model or DEFAULT_MODEL].config.get("max_position_embeddings")
+
+
+def _vocab_size(directory: Path) -> int:
+    vocab_size = _model_config(directory).get("vocab_size")
+    if not isinstance(vocab_size, int):
+        raise PredictorError(f"--top_k 0 (off): {directory} has no config.json with the vocab_size it needs")
+    return vocab_size
 
 
 def _check_lengths(config: PredictorArgument, max_positions: int | None) -> None:
@@ -288,12 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", help="an embedded model: llama2 (the default) or llama2-gqa")
     add("--src_length", type=int, default=512, help="prompt tokens kept, the last ones (default 512)")
     add("--max_length", type=int, default=64, help="new tokens to generate (default 64)")
-    add("--top_k", type=int, default=1)
-    add("--top_p", type=float, default=1.0)
-    add("--temperature", type=float, default=0.95)
-    add("--repetition_penalty", type=float, default=1.0,
-        help="PaddleNLP's repetition penalty (dynamic mode, and static models that take it)")
-    add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling")
+    unset = "; unset: what a static model fixes, else "
+    add("--top_k", type=int, help=f"sample from the k most likely tokens (0: off, 1: greedy){unset}1")
+    add("--top_p", type=float, help=f"sample from the smallest set of this mass (1.0: off){unset}1.0")
+    add("--temperature", type=float, help=f"divides the logits before sampling{unset}0.95")
+    add("--repetition_penalty", type=float, help=f"PaddleNLP's repetition penalty (1.0: off){unset}1.0")
+    add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
+        help="greedy_search is top_k 1 (default sampling)")
     add("--mode", choices=["dynamic", "static"], help="default dynamic; static with --remove_loop_assign")
     add("--dtype", help="float32 (the only dtype on CPU)")
     add("--device", choices=["cpu", "gpu"], default="cpu")
@@ -308,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cache", default=None,
         help="KV cache of the loop exported from a dygraph checkpoint: static (preallocated, written in place; "
              "the default where the model's attention allows it) or concat (PaddleNLP's, grown every step)")
-    add("--seed", type=int, default=42, help="sampling seed (default 42)")
+    add("--seed", type=int, help=f"sampling seed{unset}42")
     return parser
 
 
@@ -316,36 +348,114 @@ def parse_arguments(argv=None) -> tuple[PredictorArgument, ModelArgument]:
     namespace = vars(build_parser().parse_args(argv))
     predictor_args = PredictorArgument(**{f.name: namespace[f.name] for f in fields(PredictorArgument)})
     model_args = ModelArgument(**{f.name: namespace[f.name] for f in fields(ModelArgument)})
-    _validate(predictor_args)
-    return predictor_args, model_args
+    return validate(predictor_args, model_args), model_args
 
 
-def _validate(config: PredictorArgument) -> None:
+DECODE_STRATEGIES = ("sampling", "greedy_search")  # decoding.DECODE_STRATEGIES, without importing Paddle
+MODES = ("dynamic", "static")
+EXPORT_FORMATS = ("legacy", "pir")
+DEVICES = ("cpu", "gpu")
+
+
+def validate(config: PredictorArgument, model_args: ModelArgument | None = None) -> PredictorArgument:
+    """Check the arguments, the same way for the command line and ``create_predictor``,
+    before Paddle is imported or a model is loaded: a copy with the mode resolved.
+
+    The mode left unset is static for a static model directory or with
+    ``remove_loop_assign``, else dynamic. PredictorError (a ValueError), one line, for
+    anything wrong; ``model_args``' data file is read and its output file's directory
+    checked too.
+    """
     for name in ("src_length", "max_length", "batch_size"):
-        if getattr(config, name) <= 0:
-            raise PredictorError(f"--{name} must be positive, got {getattr(config, name)}")
-    if config.remove_loop_assign:
-        if config.mode == "dynamic":
-            raise PredictorError("--remove_loop_assign rewrites the static graph; it cannot be used with "
-                                 "--mode dynamic")
-        config.mode = "static"
-    config.mode = config.mode or "dynamic"
-    if config.cache not in (None, *CACHES):
-        raise PredictorError(f"--cache must be one of {', '.join(CACHES)}, got {config.cache!r}")
-    if config.cache is not None and config.mode == "dynamic":
-        raise PredictorError(f"--cache {config.cache} is the static loop's: use --mode static (--mode dynamic runs "
-                             "PaddleNLP's generate)")
-    if config.model is not None and config.model_name_or_path is not None:
-        raise PredictorError("give --model or --model_name_or_path, not both")
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise PredictorError(f"--{name} must be a positive integer, got {value!r}")
+    for name, choices in (("decode_strategy", DECODE_STRATEGIES), ("mode", (None, *MODES)),
+                          ("export_format", EXPORT_FORMATS), ("device", DEVICES), ("cache", (None, *CACHES))):
+        if getattr(config, name) not in choices:
+            raise PredictorError(f"--{name} must be one of {', '.join(c for c in choices if c)}, "
+                                 f"got {getattr(config, name)!r}")
+    _check_settings(config)
     if config.dtype not in (None, "float32"):
         raise PredictorError(f"--dtype {config.dtype}: only float32 is supported (the embedded models and CPU)")
-    if config.device == "gpu":
-        import paddle
+    if config.device == "gpu" and not _paddle_gpu_installed():
+        raise PredictorError("--device gpu needs paddlepaddle-gpu (see the README's GPU section)")
+    if config.model is not None and config.model_name_or_path is not None:
+        raise PredictorError("give --model or --model_name_or_path, not both")
+    mode = _check_source(config)
+    _check_lengths(config, _max_positions(config))
+    if config.remove_loop_assign and mode == "dynamic":
+        raise PredictorError("--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic")
+    if config.cache is not None and mode == "dynamic":
+        raise PredictorError(f"--cache {config.cache} is the static loop's: use --mode static (--mode dynamic runs "
+                             "PaddleNLP's generate)")
+    if model_args is not None:
+        read_prompts(model_args.data_file)
+        check_writable(model_args.output_file)
+    return replace(config, mode=mode)
 
-        if not paddle.is_compiled_with_cuda():
-            raise PredictorError("--device gpu needs paddlepaddle-gpu (see the README's GPU section)")
-    if config.model_name_or_path is not None and not Path(config.model_name_or_path).exists():
-        raise PredictorError(f"{config.model_name_or_path}: no such model directory")
+
+def _check_settings(config: PredictorArgument) -> None:
+    from .decoding_settings import DEFAULTS, check_settings
+
+    values = {name: DEFAULTS[name] if getattr(config, name) is None else getattr(config, name)
+              for name in ("top_k", "top_p", "temperature", "repetition_penalty", "seed")}
+    for name, value in values.items():
+        kind = int if name in ("top_k", "seed") else (int, float)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise PredictorError(f"--{name} must be a number, got {value!r}")
+    try:
+        check_settings(values["top_k"], values["top_p"], values["temperature"], values["repetition_penalty"])
+    except ValueError as error:
+        raise PredictorError(f"--{error}") from None
+
+
+def _paddle_gpu_installed() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("paddlepaddle-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _check_source(config: PredictorArgument) -> str:
+    """The mode for the model ``config`` names, which must exist."""
+    from .models import DEFAULT_MODEL, ModelError, check_model_source
+
+    source = config.model_name_or_path
+    if source is not None and _is_static_dir(Path(source)):
+        if config.mode == "dynamic":
+            raise PredictorError(f"{source} is a static model directory: run it with --mode static")
+        if config.cache is not None:
+            raise PredictorError(f"--cache {config.cache}: {source} is a static model directory, whose cache was "
+                                 "chosen when it was exported")
+        if not (Path(source) / "tokenizer_config.json").is_file():
+            raise PredictorError(f"{source}: no tokenizer (tokenizer_config.json) beside the static model")
+        return "static"
+    if source is not None and not Path(source).exists():
+        raise PredictorError(f"{source}: no such model directory")
+    try:
+        check_model_source(source if source is not None else (config.model or DEFAULT_MODEL))
+    except ModelError as error:
+        raise PredictorError(str(error)) from None
+    return config.mode or ("static" if config.remove_loop_assign else "dynamic")
+
+
+def check_writable(path: str) -> None:
+    """PredictorError unless a file can be written at ``path`` (its directory may not
+    exist yet): found before any prompt is generated."""
+    target = Path(path)
+    if target.is_dir():
+        raise PredictorError(f"cannot write {path}: it is a directory")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PredictorError(f"cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PredictorError(f"cannot write {path}: {parent} is not writable")
 
 
 def read_prompts(data_file: str | None) -> tuple[list[str], list[str]]:

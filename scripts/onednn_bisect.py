@@ -195,11 +195,11 @@ def _native_stdout_to_stderr():
 
 def feed_for(prompt: list[int], max_new_tokens: int) -> dict:
     """Greedy inputs for one prompt, by the names a generation export may take."""
-    from paddlenlp_ext.predictor import PredictorArgument, model_inputs
+    from paddlenlp_ext.predictor import PredictorArgument, decoding_settings, model_inputs
 
     ids = np.array([prompt], dtype="int64")
-    settings = PredictorArgument(max_length=max_new_tokens, decode_strategy="greedy_search")
-    return model_inputs(ids, np.ones_like(ids), settings)
+    greedy = decoding_settings(PredictorArgument(decode_strategy="greedy_search"))
+    return model_inputs(ids, np.ones_like(ids), max_new_tokens, greedy)
 
 
 def run(predictor, feed: dict) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.models import GREEDY_SETTINGS
 from bench.worker import run_once
 
 from paddlenlp_ext.cli_flags import OneLineParser
@@ -104,8 +105,8 @@ def prepare(settings: dict, workdir: Path) -> dict:
 
 def measure(prefixes: dict, names: list, repeats: int, context: int, vocab: int) -> dict:
     ids = np.random.default_rng([0, context]).integers(3, vocab, size=(1, context), dtype="int64")
-    feeds = {n: {"input_ids": ids, "attention_mask": np.ones_like(ids), "max_new_tokens": np.array([n], "int64")}
-             for n in (1, 65)}
+    feeds = {n: {"input_ids": ids, "attention_mask": np.ones_like(ids), "max_new_tokens": np.array([n], "int64"),
+                 **GREEDY_SETTINGS} for n in (1, 65)}
     predictors = {name: create(prefixes[CONFIGS[name][0]], **CONFIGS[name][1]) for name in names}
     reference, correct = None, {}
     for name, predictor in predictors.items():  # warm-up: two runs in a row must both be right

@@ -92,3 +92,41 @@ def test_export_after_a_failed_trace_in_the_same_process(tmp_path, program_forma
             f"test_compat.export_after_a_failed_trace({program_format!r}, {str(tmp_path)!r})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def branch_written_buffer(tmp_path_factory):
+    import branch_written_buffer
+
+    directory = tmp_path_factory.mktemp("branch_written_buffer")
+    branch_written_buffer.build(directory)
+    return directory
+
+
+def test_a_buffer_a_branch_may_rebuild_keeps_its_saved_value_on_every_route(branch_written_buffer):
+    from branch_written_buffer import SAVED_ROWS, TRACED_ROWS, saved_row
+
+    from paddlenlp_ext.inference import (StaticGenerationModel, load_program, paddlenlp_static_config,
+                                         run_predictor, run_program)
+
+    def feed(k):
+        return {"k": np.array([[k]], dtype="int64")}
+
+    old_ir = paddle.inference.create_predictor(paddlenlp_static_config(branch_written_buffer))
+    translated = load_program(branch_written_buffer)
+    predictor = StaticGenerationModel(branch_written_buffer, remove_loop_assign=False)
+    for k in (5, TRACED_ROWS, SAVED_ROWS - 1):
+        np.testing.assert_array_equal(run_predictor(old_ir, feed(k))[0], saved_row(k))  # the user's route today
+        np.testing.assert_array_equal(run_program(translated, feed(k))[0], saved_row(k))
+        np.testing.assert_array_equal(predictor.run(feed(k)), saved_row(k))
+
+
+def test_without_the_patch_the_translated_buffer_is_zeros_then_an_error(branch_written_buffer, monkeypatch):
+    import paddlenlp_ext.inference as inference
+    from branch_written_buffer import TRACED_ROWS
+
+    monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
+    predictor = inference.StaticGenerationModel(branch_written_buffer, remove_loop_assign=False)
+    assert not predictor.run({"k": np.array([[5]], dtype="int64")}).any()  # silently wrong
+    with pytest.raises(Exception, match=r"Input\(index\[-1\)\] has wrong value, it is \[16\]"):
+        predictor.run({"k": np.array([[TRACED_ROWS]], dtype="int64")})

@@ -13,6 +13,7 @@ from paddle import inference
 from test_decoding import paddlenlp_greedy
 from test_export import TEXTS, encode, feed
 
+from paddlenlp_ext.decoding_settings import SETTING_INPUTS
 from paddlenlp_ext.export import METADATA_FILE, export_generation_model
 from paddlenlp_ext.files import current_umask
 from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
@@ -20,7 +21,7 @@ from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, e
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
-REPORT = "remove_loop_assign: removed 18 copies from 1 loops; kept 0"
+REPORT = "remove_loop_assign: removed 19 copies from 1 loops; kept 0"
 
 
 def run_convert(*args):
@@ -79,7 +80,7 @@ def test_convert_reports_the_pass_and_writes_a_pir_directory(source, converted):
     exported = json.loads((src / METADATA_FILE).read_text())
     metadata = json.loads((dst / METADATA_FILE).read_text())
     assert metadata["format"] == "pir" and metadata["remove_loop_assign"] == "convert"
-    assert metadata["report"] == {"removed": 18, "kept": {}}
+    assert metadata["report"] == {"removed": 19, "kept": {}}
     assert metadata["onednn_guard"].startswith("guarded ") and "pd_op.pow" in metadata["onednn_guard"]
     assert metadata["conversion"]["source"] == str(src.resolve())
     assert metadata["conversion"]["source_format"] == "legacy"
@@ -92,7 +93,7 @@ def test_converted_inputs_keep_the_source_order_and_the_directory_the_umask(sour
     """Issue 9: the translator emits legacy feed ops in reverse, and Paddle Inference
     names inputs in op order; the staging directory was created private (0700)."""
     src, dst = source[0], converted[0]
-    order = ["input_ids", "attention_mask", "max_new_tokens"]
+    order = ["input_ids", "attention_mask", "max_new_tokens", *SETTING_INPUTS]
     assert StaticGenerationModel(src, remove_loop_assign=False).input_names == order
     assert StaticGenerationModel(dst, remove_loop_assign=False).input_names == order
     # the CLI ran in a child process with this process's umask
@@ -100,7 +101,7 @@ def test_converted_inputs_keep_the_source_order_and_the_directory_the_umask(sour
 
 
 def test_converted_loop_has_no_copies(source, converted):
-    assert count_loop_copies(load_program(source[0]).program) == 18
+    assert count_loop_copies(load_program(source[0]).program) == 19
     assert count_loop_copies(load_program(converted[0]).program) == 0
 
 

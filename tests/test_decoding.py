@@ -60,7 +60,7 @@ def run_dynamic(loop, ids, mask, new_tokens=NEW_TOKENS, seed=None):
         return tokens.numpy()
 
 
-def paddlenlp_greedy(model, ids, mask, eos_token_id=None):
+def paddlenlp_greedy(model, ids, mask, eos_token_id=None, repetition_penalty=1.0):
     """PaddleNLP's own dynamic generate(). Given position ids that start at 0 at each
     row's first real token, it extends them by one per step, as the loop does; without
     them it would count the padding as positions."""
@@ -69,7 +69,8 @@ def paddlenlp_greedy(model, ids, mask, eos_token_id=None):
         positions = paddle.clip(paddle.cumsum(mask, axis=1) - 1, min=0)
         out, _ = model.generate(paddle.to_tensor(ids), attention_mask=mask, position_ids=positions,
                                 max_new_tokens=NEW_TOKENS, decode_strategy="greedy_search",
-                                eos_token_id=eos_token_id, pad_token_id=PAD)
+                                eos_token_id=eos_token_id, pad_token_id=PAD,
+                                repetition_penalty=repetition_penalty)
         return out.numpy()
 
 
@@ -97,17 +98,18 @@ def models():
 
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
-    """``exported(model name, DecodingConfig)``: the loop, exported once in each format."""
+    """``exported(model name, eos_token_id)``: the greedy loop, exported once in each
+    format (the decoding settings are run-time inputs: one export serves them all)."""
     done = {}
 
-    def get(name, config):
-        if (name, config) not in done:
-            loop = GenerationLoop(models(name), config)
+    def get(name, eos_token_id=GREEDY.eos_token_id):
+        if (name, eos_token_id) not in done:
+            loop = GenerationLoop(models(name), DecodingConfig(eos_token_id=eos_token_id, pad_token_id=PAD))
             root = tmp_path_factory.mktemp(name)
             export_pir(loop, str(root / "pir" / "model"))
             export_legacy(loop, str(root / "legacy" / "model"))
-            done[name, config] = Exported(loop, str(root / "pir"), str(root / "legacy"))
-        return done[name, config]
+            done[name, eos_token_id] = Exported(loop, str(root / "pir"), str(root / "legacy"))
+        return done[name, eos_token_id]
 
     return get
 
@@ -119,7 +121,7 @@ def test_greedy_tokens_match_paddlenlp_generate_in_every_format(exported, models
     reference = paddlenlp_greedy(models(name), ids, mask, eos_token_id=GREEDY.eos_token_id)
     # No row meets eos, so the comparison covers every step of every row.
     assert reference.shape == (len(ids), NEW_TOKENS) and (reference != GREEDY.eos_token_id).all()
-    export = exported(name, GREEDY)
+    export = exported(name)
     np.testing.assert_array_equal(run_dynamic(export.loop, ids, mask), reference)
     for program_format in ("pir", "legacy"):
         tokens = run_generation(export.load(program_format), ids, mask, NEW_TOKENS)
@@ -137,7 +139,7 @@ def test_left_padding_leaves_each_rows_tokens_as_alone(models, name):
 
 
 def test_max_new_tokens_is_a_runtime_input(exported):
-    export = exported("tiny", GREEDY)
+    export = exported("tiny")
     ids, mask = BATCHES["batch2"]
     full = run_dynamic(export.loop, ids, mask)
     for program_format in ("pir", "legacy"):
@@ -147,20 +149,60 @@ def test_max_new_tokens_is_a_runtime_input(exported):
 
 
 def test_sampling_gives_the_same_tokens_for_a_seed_in_every_format(exported):
-    export = exported("tiny", SAMPLING)
+    export = exported("tiny")
+    sampling = GenerationLoop(export.loop.model, SAMPLING)
     ids, mask = BATCHES["batch2"]
-    tokens = run_dynamic(export.loop, ids, mask, seed=SEED)
+    tokens = run_dynamic(sampling, ids, mask, seed=SEED)
     assert tokens.shape == (2, NEW_TOKENS)
-    other_seed = run_dynamic(export.loop, ids, mask, seed=SEED + 1)
+    other_seed = run_dynamic(sampling, ids, mask, seed=SEED + 1)
     assert (tokens != other_seed).any()
-    greedy = run_dynamic(GenerationLoop(export.loop.model, GREEDY), ids, mask)
+    greedy = run_dynamic(export.loop, ids, mask)
     assert (tokens != greedy).any()
     for program_format in ("pir", "legacy"):
         model = export.load(program_format)
-        np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, seed=SEED), tokens,
+        np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, SAMPLING, seed=SEED), tokens,
                                       err_msg=program_format)
-        np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, seed=SEED + 1), other_seed,
-                                      err_msg=program_format)
+        np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, SAMPLING, seed=SEED + 1),
+                                      other_seed, err_msg=program_format)
+
+
+# Prompts whose greedy continuation repeats one of their tokens (this tiny llama follows
+# 534 with 100), so that a repetition penalty above 1 changes the tokens, as one below
+# 1 does.
+PENALTY_PROMPTS = left_padded([[1, 17, 45, 100, 534], [1, 17, 45, 300, 999, 100, 534]])
+# Decodings one export must reproduce at run time, each with tokens of its own.
+DECODINGS = {
+    "greedy": GREEDY,
+    "greedy-penalty": DecodingConfig(repetition_penalty=2.0, eos_token_id=2, pad_token_id=PAD),
+    "top-k-top-p": SAMPLING,
+    "full-vocabulary-hot": DecodingConfig("sampling", temperature=1.3, eos_token_id=2, pad_token_id=PAD),
+    "top-k-penalty": DecodingConfig("sampling", top_k=3, temperature=0.5, repetition_penalty=1.3, eos_token_id=2,
+                                    pad_token_id=PAD),
+}
+
+
+def test_one_export_serves_every_decoding_with_the_tokens_of_dynamic_mode(exported):
+    export = exported("tiny")
+    ids, mask = PENALTY_PROMPTS
+    expected = {name: run_dynamic(GenerationLoop(export.loop.model, config), ids, mask, seed=SEED)
+                for name, config in DECODINGS.items()}
+    assert len({tokens.tobytes() for tokens in expected.values()}) == len(DECODINGS)
+    for program_format in ("pir", "legacy"):
+        model = export.load(program_format)
+        for name, config in DECODINGS.items():
+            np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, config, seed=SEED),
+                                          expected[name], err_msg=f"{program_format} {name}")
+
+
+@pytest.mark.parametrize("penalty", [0.5, 2.0])
+def test_greedy_repetition_penalty_matches_paddlenlp_generate(exported, models, penalty):
+    ids, mask = PENALTY_PROMPTS
+    reference = paddlenlp_greedy(models("tiny"), ids, mask, eos_token_id=GREEDY.eos_token_id,
+                                 repetition_penalty=penalty)
+    assert (reference != paddlenlp_greedy(models("tiny"), ids, mask, eos_token_id=GREEDY.eos_token_id)).any()
+    config = DecodingConfig(repetition_penalty=penalty, eos_token_id=GREEDY.eos_token_id, pad_token_id=PAD)
+    np.testing.assert_array_equal(run_generation(exported("tiny").load("legacy"), ids, mask, NEW_TOKENS, config),
+                                  reference)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -199,7 +241,7 @@ def test_eos_stops_each_row_and_pads_it(exported, models):
     expected = greedy[:, :length].copy()
     for row, stop in enumerate(stops):
         expected[row, stop + 1:] = PAD
-    export = exported("tiny", DecodingConfig(eos_token_id=eos, pad_token_id=PAD))
+    export = exported("tiny", eos_token_id=eos)
     np.testing.assert_array_equal(run_dynamic(export.loop, ids, mask), expected)
     np.testing.assert_array_equal(paddlenlp_greedy(models("tiny"), ids, mask, eos_token_id=eos), expected)
     for program_format in ("pir", "legacy"):
@@ -208,30 +250,31 @@ def test_eos_stops_each_row_and_pads_it(exported, models):
 
 
 # Loop copies of the translated legacy loop: one each for the generated tokens, the last
-# token, the mask, the positions, the step and the finished flags, two for the loop
-# condition, and two (the `out[...]` chains) for the logits and each cache tensor:
-# 8 + 2 + 2 * 2 * layers. The pass removes every one. The PIR export has none.
-LEGACY_LOOP_COPIES = {"tiny": 18, "gqa": 22}
+# token, the tokens seen (the repetition penalty's), the mask, the positions, the step
+# and the finished flags, two for the loop condition, and two (the `out[...]` chains)
+# for the logits and each cache tensor: 9 + 2 + 2 * 2 * layers. The pass removes every
+# one. The PIR export has none.
+LEGACY_LOOP_COPIES = {"tiny": 19, "gqa": 23}
 
 
 @pytest.mark.parametrize("name, config", [("tiny", GREEDY), ("gqa", GREEDY), ("tiny", SAMPLING)],
                          ids=["tiny-greedy", "gqa-greedy", "tiny-sampling"])
 def test_pass_removes_every_copy_of_the_legacy_loop_and_keeps_the_tokens(exported, name, config):
-    export = exported(name, config)
+    export = exported(name)
     ids, mask = BATCHES["batch2"]
     model = export.load("legacy")
-    tokens = run_generation(model, ids, mask, NEW_TOKENS, seed=SEED)
+    tokens = run_generation(model, ids, mask, NEW_TOKENS, config, seed=SEED)
     assert count_loop_copies(model.program) == LEGACY_LOOP_COPIES[name]
     report = remove_loop_assign(model.program, outputs=model.outputs)
     assert report.removed == LEGACY_LOOP_COPIES[name] and report.kept == () and report.loops == 1
     assert count_loop_copies(model.program) == 0
     assert analyze_loop_assign(model.program, outputs=model.outputs).removable == ()
-    np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, seed=SEED), tokens)
+    np.testing.assert_array_equal(run_generation(model, ids, mask, NEW_TOKENS, config, seed=SEED), tokens)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_pir_export_loop_has_no_copies(exported, name):
-    export = exported(name, GREEDY)
+    export = exported(name)
     ids, mask = BATCHES["batch2"]
     model = export.load("pir")
     tokens = run_generation(model, ids, mask, NEW_TOKENS)
@@ -285,7 +328,7 @@ def test_translator_rounds_large_int64_constants():
 
 def test_decoding_config_rejects_bad_values(models):
     for bad in ({"decode_strategy": "beam_search"}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
-                {"temperature": 0.0}):
+                {"temperature": 0.0}, {"temperature": -1.0}, {"repetition_penalty": 0.0}):
         with pytest.raises(ValueError):
             DecodingConfig(**bad)
     with dygraph_mode(), pytest.raises(ValueError, match="seed"):

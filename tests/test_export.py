@@ -9,6 +9,7 @@ from paddlenlp.generation import GenerationConfig
 from test_decoding import left_padded, paddlenlp_greedy
 
 from paddlenlp_ext.decoding import DecodingConfig
+from paddlenlp_ext.decoding_settings import SETTING_INPUTS
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, executed_loop_ops
 from paddlenlp_ext.paddle_modes import dygraph_mode
@@ -20,17 +21,18 @@ SAMPLING = DecodingConfig("sampling", top_k=20, top_p=0.9, temperature=0.8, eos_
 
 @pytest.fixture(scope="module")
 def exports(models, tmp_path_factory):
-    """``exports(name, format, clean_at_export, decoding)``: exported once each."""
+    """``exports(name, format, clean_at_export)``: exported once each (the decoding
+    settings are inputs)."""
     done = {}
 
-    def get(name, fmt, clean=False, decoding=None):
-        key = (name, fmt, clean, decoding)
+    def get(name, fmt, clean=False):
+        key = (name, fmt, clean)
         if key not in done:
             model, tokenizer = models(name)
             directory = tmp_path_factory.mktemp(f"{name}-{fmt}") / "export"
             with dygraph_mode():
-                done[key] = export_generation_model(model, directory, tokenizer=tokenizer, decoding=decoding,
-                                                    format=fmt, remove_loop_assign=clean)
+                done[key] = export_generation_model(model, directory, tokenizer=tokenizer, format=fmt,
+                                                    remove_loop_assign=clean)
         return done[key]
 
     return get
@@ -40,11 +42,10 @@ def encode(tokenizer, texts):
     return left_padded([tokenizer(text)["input_ids"] for text in texts])
 
 
-def feed(ids, mask, seed=None):
-    inputs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": np.array([NEW_TOKENS], dtype="int64")}
-    if seed is not None:
-        inputs["seed"] = np.array([seed], dtype="int64")
-    return inputs
+def feed(ids, mask, decoding=None, seed=0):
+    """The loop's inputs: the prompt, NEW_TOKENS and ``decoding``'s settings (greedy)."""
+    return {"input_ids": ids, "attention_mask": mask, "max_new_tokens": np.array([NEW_TOKENS], dtype="int64"),
+            **(decoding or DecodingConfig()).feed(seed)}
 
 
 # (format, pass at export, pass at load): the four static variants of the issue
@@ -82,14 +83,14 @@ def test_sampling_with_a_seed_gives_the_same_tokens_with_and_without_the_pass(mo
     _, tokenizer = models("llama2")
     ids, mask = encode(tokenizer, TEXTS)
     if fmt == "pir":
-        runs = [StaticGenerationModel(exports("llama2", "pir", clean, SAMPLING).directory, remove_loop_assign=False)
+        runs = [StaticGenerationModel(exports("llama2", "pir", clean).directory, remove_loop_assign=False)
                 for clean in (False, True)]
     else:
-        directory = exports("llama2", "legacy", False, SAMPLING).directory
+        directory = exports("llama2", "legacy", False).directory
         runs = [StaticGenerationModel(directory, remove_loop_assign=clean) for clean in (False, True)]
-    plain, cleaned = (run.run(feed(ids, mask, seed=11)) for run in runs)
+    plain, cleaned = (run.run(feed(ids, mask, SAMPLING, seed=11)) for run in runs)
     np.testing.assert_array_equal(plain, cleaned)
-    assert not np.array_equal(plain, runs[0].run(feed(ids, mask, seed=12)))  # the seed matters
+    assert not np.array_equal(plain, runs[0].run(feed(ids, mask, SAMPLING, seed=12)))  # the seed matters
 
 
 def test_export_directory_holds_what_paddlenlp_saves_and_how_it_was_made(exports):
@@ -100,7 +101,7 @@ def test_export_directory_holds_what_paddlenlp_saves_and_how_it_was_made(exports
                 "sentencepiece.bpe.model", METADATA_FILE} <= files
         metadata = json.loads((exported.directory / METADATA_FILE).read_text())
         assert metadata["format"] == fmt
-        assert metadata["inputs"] == ["input_ids", "attention_mask", "max_new_tokens"]
+        assert metadata["inputs"] == ["input_ids", "attention_mask", "max_new_tokens", *SETTING_INPUTS]
         assert metadata["decoding"]["decode_strategy"] == "greedy_search"
         generation = GenerationConfig.from_pretrained(str(exported.directory))  # as PaddleNLP reads it
         assert (generation.decode_strategy, generation.eos_token_id, generation.pad_token_id) == ("greedy_search", 2, 0)

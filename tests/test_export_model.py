@@ -19,7 +19,7 @@ from paddlenlp_ext.files import current_umask
 from paddlenlp_ext.inference import (StaticGenerationModel, executed_loop_copies, paddlenlp_static_config,
                                      run_predictor)
 from paddlenlp_ext.models import load_model
-from paddlenlp_ext.predictor import PredictorArgument, create_predictor, model_inputs
+from paddlenlp_ext.predictor import PredictorArgument, create_predictor, decoding_settings, model_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "llm" / "export_model.py"
@@ -51,7 +51,7 @@ def reference(native):
     ids, mask = encoded["input_ids"].astype("int64"), encoded["attention_mask"].astype("int64")
     assert mask[0].sum() < mask[1].sum()  # left padding in the batch
     tokens = paddlenlp_greedy(model, ids, mask, eos_token_id=tokenizer.eos_token_id)
-    return config, tokens, model_inputs(ids, mask, config)
+    return config, tokens, model_inputs(ids, mask, NEW_TOKENS, decoding_settings(config))
 
 
 def test_cli_writes_paddlenlps_layout(native):

@@ -48,7 +48,8 @@ def exported(tmp_path_factory):
 
 
 def feed(n=NEW_TOKENS):
-    return {"input_ids": PROMPT, "attention_mask": np.ones_like(PROMPT), "max_new_tokens": np.array([n], dtype="int64")}
+    return {"input_ids": PROMPT, "attention_mask": np.ones_like(PROMPT), "max_new_tokens": np.array([n], dtype="int64"),
+            **DecodingConfig().feed()}
 
 
 def test_translated_loop_tokens_match_paddlenlp_generate(exported):
@@ -62,9 +63,9 @@ def test_pass_removes_every_copy_of_the_loop_and_keeps_the_tokens(exported):
     directory, reference = exported
     model = load_program(directory)
     before = count_loop_copies(model.program)
-    # generated, token, mask, position, step and finished once, the condition, the
-    # logits and the 4 cache tensors twice
-    assert before == 18
+    # generated, token, tokens seen, mask, position, step and finished once, the
+    # condition, the logits and the 4 cache tensors twice
+    assert before == 19
     report = remove_loop_assign(model.program, outputs=model.outputs)
     assert report.removed == before and report.kept == () and report.loops == 1
     assert count_loop_copies(model.program) == 0
@@ -81,7 +82,7 @@ def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
     report = remove_loop_assign_pr9002(model.program)
     # Only single copies into block arguments. Neither copy of a chain, nor the
     # condition (written into the outer condition value).
-    assert report.removed == 6 and len(report.kept) == 12
+    assert report.removed == 7 and len(report.kept) == 12
     (tokens,) = run_program(model, feed())
     np.testing.assert_array_equal(tokens, reference)
 
@@ -102,8 +103,8 @@ def test_inspect_script_reports_the_loop(exported):
     result = inspect(str(directory), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
-        "model": str(directory), "format": "legacy", "loops": 1, "copies": 18, "removable": 18, "kept": {},
-        "pr9002_removable": 6}
+        "model": str(directory), "format": "legacy", "loops": 1, "copies": 19, "removable": 19, "kept": {},
+        "pr9002_removable": 7}
 
 
 def test_inspect_script_rejects_a_missing_model(tmp_path):

@@ -154,11 +154,11 @@ def paddlenlp_loop(tmp_path_factory):
 
 
 def test_paddlenlp_loop_scores_stay_bit_identical(paddlenlp_loop, tmp_path):
-    from paddlenlp_ext.predictor import PredictorArgument, model_inputs
+    from paddlenlp_ext.predictor import PredictorArgument, decoding_settings, model_inputs
 
     unfixed, fixed, report = save_both(lambda: load_program(paddlenlp_loop), tmp_path)
     ids = np.array([[1, 17, 45, 300, 999, 5, 7, 80]], dtype="int64")
-    inputs = model_inputs(ids, np.ones_like(ids), PredictorArgument(max_length=12, decode_strategy="greedy_search"))
+    inputs = model_inputs(ids, np.ones_like(ids), 12, decoding_settings(PredictorArgument(decode_strategy="greedy_search")))
     plain = run_predictor(plain_predictor(unfixed), inputs)
     assert [a.dtype for a in plain] == [np.int64, np.float32]
     assert_bit_identical(run_predictor(plain_predictor(fixed), inputs), plain)

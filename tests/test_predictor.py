@@ -2,10 +2,12 @@
 clear error for every bad input, through the real CLI."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from paddlenlp_ext.predictor import main
@@ -45,8 +47,8 @@ def data_file(tmp_path_factory):
 def test_main_command_prints_outputs_and_the_report(home, tmp_path):
     result = cli("--model", "llama2", "--remove_loop_assign", "--max_length", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    # the static KV cache by default: its loop copies no cache (the concat loop has 18 copies)
-    assert "remove_loop_assign: removed 8 copies from 1 loops; kept 0" in result.stdout
+    # the static KV cache by default: its loop copies no cache (the concat loop has 19 copies)
+    assert "remove_loop_assign: removed 9 copies from 1 loops; kept 0" in result.stdout
     assert result.stdout.count("***********Output**********") == 2
     lines = (tmp_path / "output.json").read_text().splitlines()
     assert [set(json.loads(line)) for line in lines] == [{"src", "tgt", "output"}] * 2
@@ -77,10 +79,10 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
     for name, records in results.items():
         assert records == reference, name
     printed = capsys.readouterr().out
-    assert "remove_loop_assign: removed 8 copies from 1 loops; kept 0" in printed  # legacy+pass, static cache
-    assert "remove_loop_assign: off (8 copies in the loop)" in printed  # legacy, static cache
-    assert "remove_loop_assign: removed 18 copies from 1 loops; kept 0" in printed  # legacy+pass concat
-    assert "remove_loop_assign: off (18 copies in the loop)" in printed  # legacy concat
+    assert "remove_loop_assign: removed 9 copies from 1 loops; kept 0" in printed  # legacy+pass, static cache
+    assert "remove_loop_assign: off (9 copies in the loop)" in printed  # legacy, static cache
+    assert "remove_loop_assign: removed 19 copies from 1 loops; kept 0" in printed  # legacy+pass concat
+    assert "remove_loop_assign: off (19 copies in the loop)" in printed  # legacy concat
 
 
 def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
@@ -104,9 +106,23 @@ def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
         ("empty data file", ["--data_file", "{tmp}/empty.jsonl"], "{tmp}/empty.jsonl: no prompts"),
         ("missing model dir", ["--model_name_or_path", "{tmp}/nomodel"], "{tmp}/nomodel: no such model directory"),
         ("unknown model", ["--model", "gpt5"], "unknown model 'gpt5': known models are llama2, llama2-gqa, or give a save_pretrained directory"),
-        ("zero max_length", ["--max_length", "0"], "--max_length must be positive, got 0"),
-        ("negative src_length", ["--src_length", "-3"], "--src_length must be positive, got -3"),
-        ("zero batch", ["--batch_size", "0"], "--batch_size must be positive, got 0"),
+        ("zero max_length", ["--max_length", "0"], "--max_length must be a positive integer, got 0"),
+        ("negative src_length", ["--src_length", "-3"], "--src_length must be a positive integer, got -3"),
+        ("zero batch", ["--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+        ("top_p 0", ["--top_p", "0"], "--top_p must be in (0, 1] (1.0 = off), got 0.0"),
+        ("top_p 1.5", ["--top_p", "1.5", "--mode", "static"], "--top_p must be in (0, 1] (1.0 = off), got 1.5"),
+        ("temperature 0", ["--temperature", "0"],
+         "--temperature must be positive (for greedy decoding use greedy_search or top_k 1), got 0.0"),
+        ("temperature -1", ["--temperature", "-1", "--mode", "static"],
+         "--temperature must be positive (for greedy decoding use greedy_search or top_k 1), got -1.0"),
+        ("negative top_k", ["--top_k", "-1"], "--top_k must be >= 0 (0 = off), got -1"),
+        ("zero penalty", ["--repetition_penalty", "0"], "--repetition_penalty must be positive (1.0 = off), got 0.0"),
+        ("float16", ["--dtype", "float16"], "--dtype float16: only float32 is supported (the embedded models and CPU)"),
+        ("output under a file", ["--output_file", "{tmp}/bad.jsonl/out.json"],
+         "cannot write {tmp}/bad.jsonl/out.json: {tmp}/bad.jsonl is not a directory"),
+        ("output is a directory", ["--output_file", "{tmp}"], "cannot write {tmp}: it is a directory"),
+        ("static directory, dynamic mode", ["--model_name_or_path", "{tmp}/static", "--mode", "dynamic"],
+         "{tmp}/static is a static model directory: run it with --mode static"),
         ("pass in dynamic mode", ["--remove_loop_assign", "--mode", "dynamic"],
          "--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic"),
         ("too long", ["--src_length", "1000", "--max_length", "100"],
@@ -117,6 +133,8 @@ def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case
     (tmp_path / "bad.jsonl").write_text('{"src": "fine"}\n{"src": broken\n')
     (tmp_path / "nosrc.jsonl").write_text('{"tgt": "x"}\n')
     (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "model.pdmodel").write_bytes(b"")
     output = tmp_path / "out.json"
     args = [a.format(tmp=tmp_path) for a in args]
     result = cli("--output_file", str(output), *args, cwd=tmp_path)
@@ -148,25 +166,25 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 def test_model_inputs_have_paddlenlps_names_dtypes_and_left_padded_positions():
     import numpy as np
 
-    from paddlenlp_ext.predictor import GENERATION_INPUTS, PredictorArgument, model_inputs
+    from paddlenlp_ext.predictor import GENERATION_INPUTS, PredictorArgument, decoding_settings, model_inputs
 
     mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
-    config = PredictorArgument(max_length=5, top_k=3, top_p=0.7, temperature=0.5, seed=9)
-    inputs = model_inputs(np.array([[0, 0, 7, 8], [4, 5, 6, 7]]), mask, config)
-    assert tuple(inputs) == GENERATION_INPUTS
+    config = PredictorArgument(top_k=3, top_p=0.7, temperature=0.5, seed=9)
+    inputs = model_inputs(np.array([[0, 0, 7, 8], [4, 5, 6, 7]]), mask, 5, decoding_settings(config))
+    assert set(inputs) == set(GENERATION_INPUTS)
     assert inputs["position_ids"].tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
     assert {name: (a.dtype.name, a.shape) for name, a in inputs.items() if a.ndim == 1} == {
         "max_new_tokens": ("int64", (1,)), "top_k": ("int64", (1,)), "top_p": ("float32", (1,)),
         "temperature": ("float32", (1,)), "repetition_penalty": ("float32", (1,)), "seed": ("int64", (1,))}
     assert inputs["top_k"][0] == 3 and inputs["top_p"][0] == np.float32(0.7) and inputs["max_new_tokens"][0] == 5
-    greedy = model_inputs(inputs["input_ids"], mask, PredictorArgument(decode_strategy="greedy_search", top_k=3))
-    assert greedy["top_k"][0] == 1
+    greedy = decoding_settings(PredictorArgument(decode_strategy="greedy_search", top_k=3))
+    assert greedy["top_k"] == 1
 
 
 @pytest.mark.parametrize("names, message", [
     (["input_ids", "attention_mask", "max_new_tokens", "stop_words"], "takes input 'stop_words'"),
     (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_p", "temperature"],
-     "cannot decode greedily"),
+     "^--decode_strategy greedy_search: the model takes no top_k input; it decodes with top_k 0$"),
 ], ids=["unknown input", "greedy on a top-p model"])
 def test_a_model_the_predictor_cannot_feed_is_one_error(monkeypatch, tmp_path, names, message):
     import paddlenlp_ext.inference as inference
@@ -183,3 +201,75 @@ def test_a_model_the_predictor_cannot_feed_is_one_error(monkeypatch, tmp_path, n
     with pytest.raises(PredictorError, match=message) as error:
         StaticGraphPredictor(PredictorArgument(decode_strategy="greedy_search"), tmp_path, Tokenizer())
     assert "\n" not in str(error.value)
+
+
+def test_a_long_prompt_keeps_its_last_src_length_tokens():
+    from paddlenlp.transformers import LlamaTokenizer
+
+    from paddlenlp_ext.models import TOKENIZER_MODEL
+    from paddlenlp_ext.predictor import BasePredictor, PredictorArgument
+
+    text = "one two three four five six seven eight nine ten"
+    tokenizer = LlamaTokenizer(vocab_file=str(TOKENIZER_MODEL), pad_token="<unk>")
+    whole = tokenizer(text)["input_ids"]
+    assert len(whole) > 4
+    ids, mask = BasePredictor(PredictorArgument(src_length=4), tokenizer)._preprocess([text, "one"])
+    # <s>, then the text's last 3 tokens (the tokenizer keeps its special tokens)
+    assert whole[0] == tokenizer.bos_token_id
+    assert ids[0].tolist() == whole[:1] + whole[-3:] and mask[0].tolist() == [1] * 4
+    assert mask[1].tolist() == [0] * (4 - mask[1].sum()) + [1] * mask[1].sum()  # the short one, left-padded
+
+
+def test_bad_arguments_are_refused_before_paddle_is_imported(tmp_path):
+    """Each bad input above is found by validate(), which imports neither Paddle nor
+    PaddleNLP: the line comes in a fraction of a second, not after a model is built."""
+    code = ("import sys; from paddlenlp_ext.predictor import main; "
+            "code = main(sys.argv[1:]); print(code, 'paddle' in sys.modules, 'paddlenlp' in sys.modules)")
+    for args in (["--model", "gpt5"], ["--data_file", str(tmp_path / "nope.jsonl")], ["--top_p", "1.5"],
+                 ["--model_name_or_path", str(tmp_path)], ["--output_file", str(tmp_path)]):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        assert result.stdout.split() == ["2", "False", "False"], (args, result.stderr[-1000:])
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"max_length": 0}, "--max_length must be a positive integer, got 0"),
+    ({"src_length": -5}, "--src_length must be a positive integer, got -5"),
+    ({"mode": "bogus"}, "--mode must be one of dynamic, static, got 'bogus'"),
+    ({"dtype": "float16"}, "--dtype float16: only float32 is supported"),
+    ({"mode": "dynamic", "remove_loop_assign": True}, "--remove_loop_assign rewrites the static graph"),
+    ({"decode_strategy": "beam_search"}, "--decode_strategy must be one of sampling, greedy_search"),
+    ({"top_k": 2.5}, "--top_k must be a number, got 2.5"),
+])
+def test_the_python_api_validates_as_the_command_line_does(arguments, message):
+    from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        create_predictor(PredictorArgument(**arguments))
+
+
+def test_the_apis_defaults_are_the_command_lines():
+    from paddlenlp_ext.predictor import PredictorArgument, parse_arguments, validate
+
+    assert validate(PredictorArgument()) == parse_arguments([])[0]
+    assert validate(PredictorArgument()).mode == "dynamic"
+
+
+def test_predict_refuses_no_prompts_and_batches_by_batch_size():
+    from paddlenlp.transformers import LlamaTokenizer
+
+    from paddlenlp_ext.models import TOKENIZER_MODEL
+    from paddlenlp_ext.predictor import BasePredictor, PredictorArgument
+
+    class Recording(BasePredictor):
+        def generate_ids(self, texts):
+            batches.append(list(texts))
+            return np.full((len(texts), 1), 5, dtype="int64")
+
+    batches = []
+    predictor = Recording(PredictorArgument(batch_size=2),
+                          LlamaTokenizer(vocab_file=str(TOKENIZER_MODEL), pad_token="<unk>"))
+    with pytest.raises(ValueError, match="non-empty list of prompts"):
+        predictor.predict([])
+    assert len(predictor.predict(["a", "b", "c"])) == 3
+    assert batches == [["a", "b"], ["c"]]

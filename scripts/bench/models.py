@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from paddlenlp_ext.decoding_settings import settings_feed
+
+# Greedy search (top_k 1), fed to either loop; a numpy-only module, so that the timing
+# child does not import PaddleNLP.
+GREEDY_SETTINGS = settings_feed(top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0, seed=0)
+
 # The decoding loops a model is exported with (``--loops``), as export_model.py's --loop:
 # this project's GenerationLoop, and PaddleNLP's own ``to_static`` (``sample_d2s``).
 LOOPS = ("generation_loop", "paddlenlp")
@@ -74,10 +80,10 @@ def export_model(settings: dict, layers: int, directory: Path, loop: str = "gene
 
 
 def prompt(settings: dict, context: int, new_tokens: int) -> dict:
-    """Random prompt ids (3 and up: no special tokens) and every input either loop takes:
-    greedy search is top-k sampling with k = 1 in PaddleNLP's loop."""
+    """Random prompt ids (3 and up: no special tokens) and every input either loop takes,
+    for greedy search (top-k sampling with k = 1, in both loops)."""
     ids = np.random.default_rng([settings["seed"], context]).integers(
         3, settings["vocab_size"], size=(settings["batch_size"], context), dtype="int64")
     return {"input_ids": ids, "attention_mask": np.ones_like(ids),
             "position_ids": np.broadcast_to(np.arange(context, dtype="int64"), ids.shape).copy(),
-            "max_new_tokens": np.array([new_tokens], dtype="int64"), "top_k": np.array([1], dtype="int64")}
+            "max_new_tokens": np.array([new_tokens], dtype="int64"), **GREEDY_SETTINGS}
