@@ -18,7 +18,8 @@ is disabled):
   IR; on CPU Paddle's oneDNN placement with ``inplace_pass`` deleted, or oneDNN off when the
   caller's config disabled it); the caller's ``Config`` is left as it was and every other
   setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
-  created as before. Code that imported ``create_predictor`` by name before the hook
+  created as before, and so is a loop whose translated program cannot be built (one
+  warning on the ``paddlenlp_ext`` logger says why). Code that imported ``create_predictor`` by name before the hook
   was enabled keeps Paddle's own.
 
     with paddlenlp_ext.enable():
@@ -61,15 +62,24 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
 
 
 def _create_cleaned_predictor(config):
-    from .inference import cleaned_legacy_config
+    from .errors import error_line
+    from .inference import ModelDirectoryError, cleaned_legacy_config
 
-    cleaned = cleaned_legacy_config(config)
-    if cleaned is None:
+    try:
+        cleaned = cleaned_legacy_config(config)
+        if cleaned is None:
+            return _original_create_predictor(config)
+        cleaned_config, report = cleaned
+        predictor = _original_create_predictor(cleaned_config)
+    except ModelDirectoryError:
+        raise  # damaged files: Paddle's own predictor would run on them
+    except Exception as error:  # never worse than Paddle: the caller's config, as it was
+        logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (the translated "
+                       "program could not be built: %s)", config.prog_file(), error_line(error))
         return _original_create_predictor(config)
-    cleaned_config, report = cleaned
     _reports.append((config.prog_file(), report))
     logger.info("remove_loop_assign on %s: %s", config.prog_file(), report.summary())
-    return _original_create_predictor(cleaned_config)
+    return predictor
 
 
 class _Enabled:

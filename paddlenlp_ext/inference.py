@@ -57,6 +57,7 @@ from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .errors import error_line
+from .params_file import ParamsFileError, check_params_file
 from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
@@ -96,6 +97,10 @@ class ModelDirectoryError(Exception):
     """A static model directory that cannot be loaded: one line says why."""
 
 
+class TranslationError(Exception):
+    """A legacy program Paddle reads but cannot translate to PIR (its translator fails)."""
+
+
 @dataclass
 class LoadedProgram:
     program: object  # paddle.pir.Program
@@ -129,6 +134,10 @@ def model_format(model_dir: str | os.PathLike) -> str:
         raise ModelDirectoryError(f"{path}: expected one of {PIR_FILE} or {LEGACY_FILE}, found {what}")
     if not (path / PARAMS_FILE).is_file():
         raise ModelDirectoryError(f"{path}: {PARAMS_FILE} is missing")
+    try:
+        check_params_file(path / PARAMS_FILE)
+    except ParamsFileError as error:
+        raise ModelDirectoryError(f"{path}: {PARAMS_FILE}: {error}") from None
     return "pir" if found[0] == PIR_FILE else "legacy"
 
 
@@ -137,6 +146,8 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     fmt = model_format(model_dir)
     try:
         return load_files(str(Path(model_dir) / MODEL_PREFIX), fmt)
+    except TranslationError:
+        raise
     except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
         raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {error_line(error)}") from None
 
@@ -150,7 +161,10 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
                 paddle.enable_static()
                 legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
                 read_persistables_written_in_branches(legacy.desc)
-                program = paddle.pir.translate_to_pir(legacy.desc)
+                try:
+                    program = paddle.pir.translate_to_pir(legacy.desc)
+                except Exception as error:  # the translator raises what its C++ code throws
+                    raise TranslationError(error_line(error)) from None
         else:
             program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
     block = program.global_block()
@@ -197,26 +211,82 @@ def count_loop_copies(program) -> int:
 
 
 class StaticGenerationModel:
-    """A static model directory running on a Paddle Inference predictor."""
+    """A static model directory running on a Paddle Inference predictor.
+
+    The program is loaded (a legacy one translated to PIR), cleaned by
+    ``remove_loop_assign`` unless told not to, prepared for the CPU (``prepare_for_cpu``)
+    and run on the new IR. Where that program cannot be built or run while the model's
+    files are sound (Paddle's translator or a pass fails on a program shape we have not
+    met), the model runs the way its users run it without us, as ``fallback_config``
+    configures Paddle Inference: one warning on the ``paddlenlp_ext`` logger says so and
+    why (``fallback_reason``), and the outputs are Paddle's. ``fall_back=False`` raises
+    instead. A damaged directory is a ModelDirectoryError either way.
+    """
 
     def __init__(self, model_dir, *, remove_loop_assign: bool = True, device: str = "cpu",
-                 dump_optimized_to: str | None = None, onednn: str = DEFAULT_ONEDNN):
+                 dump_optimized_to: str | None = None, onednn: str = DEFAULT_ONEDNN, fall_back: bool = True):
         self.model_dir = Path(model_dir)
         self.format = model_format(model_dir)
+        self.device = device
+        self.fall_back = fall_back
+        self.fallback_reason: str | None = None
         self.report: LoopAssignReport | None = None
-        loaded = load_program(model_dir)
+        self.copies_before = self.copies_after = 0
+        self.has_loop: bool | None = None  # a while loop in the program (None: not known, after a fallback)
+        try:
+            self.predictor = self._cleaned_predictor(remove_loop_assign, dump_optimized_to, onednn)
+        except ModelDirectoryError:
+            raise
+        except Exception as error:
+            if not fall_back:
+                raise
+            self._use_fallback("built", error)
+        self.input_names = self.predictor.get_input_names()
+
+    def _cleaned_predictor(self, remove_loop_assign: bool, dump_optimized_to: str | None, onednn: str):
+        loaded = load_program(self.model_dir)
+        self.has_loop = any(op.name() == "pd_op.while" for op in loaded.program.global_block().ops)
         self.copies_before = count_loop_copies(loaded.program)
         if remove_loop_assign:
             self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        self.predictor = predictor_for(loaded, device, dump_optimized_to, onednn)
+        predictor = predictor_for(loaded, self.device, dump_optimized_to, onednn)
         loaded.release()  # the predictor holds its own copy of the weights
-        self.input_names = self.predictor.get_input_names()
+        return predictor
+
+    def _use_fallback(self, stage: str, error: Exception) -> None:
+        self.fallback_reason = f"the translated program could not be {stage}: {error_line(error)}"
+        self.report, self.copies_after = None, self.copies_before
+        self.predictor = None  # one predictor's weights in memory at a time
+        logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", self.model_dir,
+                       self.fallback_reason)
+        self.predictor = inference.create_predictor(fallback_config(self.model_dir, self.device))
 
     def run(self, feed: dict) -> np.ndarray:
         """The program's first output (a generation model's token ids) for ``feed``."""
+        _check_inputs(self.input_names, feed)
+        try:
+            return run_predictor(self.predictor, feed)[0]
+        except Exception as error:
+            if self.fallback_reason is not None or not self.fall_back:
+                raise
+            self._use_fallback("run", error)
         return run_predictor(self.predictor, feed)[0]
+
+
+def fallback_config(model_dir: str | os.PathLike, device: str = "cpu"):
+    """Paddle Inference configured for ``model_dir`` as it runs without this package: a
+    legacy directory as PaddleNLP 2.8's static predictor configures it
+    (``paddlenlp_static_config``), a PIR one with Paddle's defaults."""
+    directory = Path(model_dir)
+    if model_format(directory) == "legacy":
+        config = paddlenlp_static_config(directory)
+    else:
+        config = inference.Config(str(directory / PIR_FILE), str(directory / PARAMS_FILE))
+    if device == "gpu":
+        config.enable_use_gpu(100, 0)
+    return config
 
 
 def run_predictor(predictor, feed: dict) -> list[np.ndarray]:
@@ -364,7 +434,8 @@ def cleaned_legacy_config(config):
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
     ``inplace_pass`` deleted); the program prepared as ``prepare_for_cpu`` says.
 
-    Returns ``(config, report)``, or None for anything else (a PIR model, a model
+    A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
+    whatever its buffer held). Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
     which the caller runs as it is. The user's config is not changed; every other
     setting (device, threads, logging...) is kept. The cleaned files stay until the
@@ -374,7 +445,15 @@ def cleaned_legacy_config(config):
     if not prog.endswith(".pdmodel") or params != prog[: -len(".pdmodel")] + ".pdiparams":
         return None
     try:
+        check_params_file(params)
+    except ParamsFileError as error:  # Paddle would run on whatever the buffer held
+        raise ModelDirectoryError(f"{params}: {error}") from None
+    except OSError:
+        return None  # no such file: Paddle's own predictor reports it
+    try:
         loaded = load_files(prog[: -len(".pdmodel")], "legacy")
+    except TranslationError:
+        raise
     except Exception:  # not a program we can read: Paddle's own predictor reports it
         return None
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)

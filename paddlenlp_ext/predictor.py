@@ -159,7 +159,10 @@ class StaticGraphPredictor(BasePredictor):
 
         self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
                                                   device=config.device)
-        self.report = self.static_model.report
+        if "input_ids" not in self.static_model.input_names or self.static_model.has_loop is False:
+            raise PredictorError(f"{static_dir}: not a generation model (it needs input_ids and a decoding loop; "
+                                 f"it takes {', '.join(self.static_model.input_names)}"
+                                 f"{'' if self.static_model.has_loop else ' and has no loop'})")
         unknown = [name for name in self.static_model.input_names if name not in GENERATION_INPUTS]
         if unknown:
             raise PredictorError(f"{static_dir}: the model takes input {unknown[0]!r}, which this predictor does "
@@ -180,6 +183,14 @@ class StaticGraphPredictor(BasePredictor):
 # the decoding settings), and this project's ``seed``.
 GENERATION_INPUTS = ("input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k", "top_p",
                      "temperature", "repetition_penalty", "seed")
+
+
+def _pass_line(static_model) -> str:
+    if static_model.fallback_reason is not None:
+        return "not applied: Paddle's own configuration runs the model (see the warning above)"
+    if static_model.report is not None:
+        return static_model.report.summary()
+    return f"off ({static_model.copies_before} copies in the loop)"
 
 
 def decoding_settings(config: PredictorArgument, input_names=GENERATION_INPUTS) -> dict:
@@ -245,7 +256,10 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
     config = validate(predictor_args)
     source = config.model_name_or_path
     if source is not None and _is_static_dir(Path(source)):
-        return StaticGraphPredictor(config, source, _static_tokenizer(Path(source)))
+        try:
+            return StaticGraphPredictor(config, source, _static_tokenizer(Path(source)))
+        except ModelDirectoryError as error:
+            raise PredictorError(str(error)) from None
     try:
         model, tokenizer = load_model(source if source is not None else (config.model or DEFAULT_MODEL))
     except ModelError as error:
@@ -433,6 +447,7 @@ def _check_source(config: PredictorArgument) -> str:
                                  "chosen when it was exported")
         if not (Path(source) / "tokenizer_config.json").is_file():
             raise PredictorError(f"{source}: no tokenizer (tokenizer_config.json) beside the static model")
+        _check_params(Path(source))
         return "static"
     if source is not None and not Path(source).exists():
         raise PredictorError(f"{source}: no such model directory")
@@ -441,6 +456,18 @@ def _check_source(config: PredictorArgument) -> str:
     except ModelError as error:
         raise PredictorError(str(error)) from None
     return config.mode or ("static" if config.remove_loop_assign else "dynamic")
+
+
+def _check_params(directory: Path) -> None:
+    from .files import PARAMS_FILE
+    from .params_file import ParamsFileError, check_params_file
+
+    if not (directory / PARAMS_FILE).is_file():
+        raise PredictorError(f"{directory}: {PARAMS_FILE} is missing")
+    try:
+        check_params_file(directory / PARAMS_FILE)
+    except ParamsFileError as error:
+        raise PredictorError(f"{directory}: {PARAMS_FILE}: {error}") from None
 
 
 def check_writable(path: str) -> None:
@@ -531,9 +558,7 @@ def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> Non
     sources, targets = read_prompts(model_args.data_file)
     predictor = create_predictor(predictor_args, model_args)
     if isinstance(predictor, StaticGraphPredictor):
-        report = predictor.report
-        print(f"remove_loop_assign: {report.summary()}" if report is not None
-              else f"remove_loop_assign: off ({predictor.static_model.copies_before} copies in the loop)")
+        print(f"remove_loop_assign: {_pass_line(predictor.static_model)}")
     records = []
     batches = list(zip(batchfy_text(sources, predictor_args.batch_size), batchfy_text(targets, predictor_args.batch_size)))
     for batch_sources, batch_targets in tqdm(batches, disable=len(batches) <= 1, desc="batches"):

@@ -123,6 +123,10 @@ def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
         ("output is a directory", ["--output_file", "{tmp}"], "cannot write {tmp}: it is a directory"),
         ("static directory, dynamic mode", ["--model_name_or_path", "{tmp}/static", "--mode", "dynamic"],
          "{tmp}/static is a static model directory: run it with --mode static"),
+        ("static directory, no tokenizer", ["--model_name_or_path", "{tmp}/static"],
+         "{tmp}/static: no tokenizer (tokenizer_config.json) beside the static model"),
+        ("truncated parameters", ["--model_name_or_path", "{tmp}/truncated"],
+         "{tmp}/truncated: model.pdiparams: tensor 1: the file ends 4 bytes early (truncated?)"),
         ("pass in dynamic mode", ["--remove_loop_assign", "--mode", "dynamic"],
          "--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic"),
         ("too long", ["--src_length", "1000", "--max_length", "100"],
@@ -135,6 +139,9 @@ def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "static").mkdir()
     (tmp_path / "static" / "model.pdmodel").write_bytes(b"")
+    (tmp_path / "truncated").mkdir()
+    for name, data in (("model.pdmodel", b""), ("tokenizer_config.json", b"{}"), ("model.pdiparams", b"\0" * 8)):
+        (tmp_path / "truncated" / name).write_bytes(data)
     output = tmp_path / "out.json"
     args = [a.format(tmp=tmp_path) for a in args]
     result = cli("--output_file", str(output), *args, cwd=tmp_path)
@@ -191,6 +198,8 @@ def test_a_model_the_predictor_cannot_feed_is_one_error(monkeypatch, tmp_path, n
     from paddlenlp_ext.predictor import PredictorArgument, PredictorError, StaticGraphPredictor
 
     class Model:
+        has_loop = True
+
         def __init__(self, *args, **kwargs):
             self.input_names, self.report = names, None
 
@@ -273,3 +282,121 @@ def test_predict_refuses_no_prompts_and_batches_by_batch_size():
         predictor.predict([])
     assert len(predictor.predict(["a", "b", "c"])) == 3
     assert batches == [["a", "b"], ["c"]]
+
+
+@pytest.fixture(scope="module")
+def sampling_export(home, tmp_path_factory):
+    """The embedded llama2's loop, exported with sampling (top_k 20) as its recorded
+    default: what `export_model.py --top_k 20` writes."""
+    from paddlenlp_ext.decoding import DecodingConfig
+    from paddlenlp_ext.export import export_generation_model
+    from paddlenlp_ext.models import load_model
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    model, tokenizer = load_model("llama2")
+    directory = tmp_path_factory.mktemp("sampling") / "llama2"
+    with dygraph_mode():
+        export_generation_model(model, directory, tokenizer=tokenizer, format="legacy",
+                                decoding=DecodingConfig("sampling", top_k=20, eos_token_id=2, pad_token_id=0))
+    return directory, model
+
+
+def test_every_decoding_flag_is_honoured_on_our_export(sampling_export):
+    from test_decoding import run_dynamic
+
+    from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop
+    from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+
+    directory, model = sampling_export
+    texts = [PROMPTS[1]["src"]]
+
+    def tokens(mode, **flags):
+        source = {"model_name_or_path": str(directory)} if mode == "static" else {"model": "llama2"}
+        return create_predictor(PredictorArgument(mode=mode, max_length=12, **source, **flags)).generate_ids(texts)
+
+    greedy = tokens("dynamic", decode_strategy="greedy_search")  # PaddleNLP's generate
+    np.testing.assert_array_equal(tokens("static", decode_strategy="greedy_search"), greedy)
+    penalized = tokens("dynamic", decode_strategy="greedy_search", repetition_penalty=0.5)
+    assert not np.array_equal(penalized, greedy)
+    np.testing.assert_array_equal(tokens("static", decode_strategy="greedy_search", repetition_penalty=0.5),
+                                  penalized)
+    # Sampling: this project's sampler, as the loop draws in dynamic mode for the same settings.
+    sampled = tokens("static", top_k=5, temperature=1.5, top_p=0.9, seed=3)
+    predictor = create_predictor(PredictorArgument(mode="static", model_name_or_path=str(directory)))
+    ids, mask = predictor._preprocess(texts)
+    settings = DecodingConfig("sampling", top_k=5, temperature=1.5, top_p=0.9, eos_token_id=2, pad_token_id=0)
+    np.testing.assert_array_equal(sampled, run_dynamic(GenerationLoop(model, settings), ids, mask, 12, seed=3))
+    assert not np.array_equal(sampled, tokens("static", top_k=5, temperature=1.5, top_p=0.9, seed=4))
+    assert not np.array_equal(sampled[:, :greedy.shape[1]], greedy[:, :sampled.shape[1]])
+
+
+@pytest.mark.parametrize("names, flags, message", [
+    (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"], {"temperature": 0.7, "top_k": 5},
+     "^--temperature 0.7: the model takes no temperature input; it decodes with temperature 1.0$"),
+    (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"], {"repetition_penalty": 1.2},
+     "^--repetition_penalty 1.2: the model takes no repetition_penalty input; it decodes with repetition_penalty 1.0$"),
+    (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"], {"seed": 3, "top_k": 5},
+     "^--seed 3: the model takes no seed input and does not record the seed it uses$"),
+    (["input_ids", "attention_mask", "max_new_tokens", "seed"], {"top_k": 5},
+     "^--top_k 5: the model takes no top_k input and does not record the top_k it uses$"),
+], ids=["temperature", "penalty", "seed", "an older export of ours"])
+def test_a_decoding_flag_a_model_cannot_take_is_one_error(monkeypatch, tmp_path, names, flags, message):
+    import paddlenlp_ext.inference as inference
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, StaticGraphPredictor
+
+    class Model:
+        has_loop = True
+
+        def __init__(self, *args, **kwargs):
+            self.input_names, self.report = names, None
+
+    class Tokenizer:
+        padding_side = "right"
+
+    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
+    with pytest.raises(PredictorError, match=message):
+        StaticGraphPredictor(PredictorArgument(**flags), tmp_path, Tokenizer())
+    StaticGraphPredictor(PredictorArgument(), tmp_path, Tokenizer())  # unset, the model's own: no error
+
+
+def test_top_k_0_is_off_on_paddlenlps_loop_too(monkeypatch, tmp_path):
+    """PaddleNLP's loop clips top_k to at least 1 (greedy); off is the whole vocabulary."""
+    import paddlenlp_ext.inference as inference
+    from paddlenlp_ext.predictor import PredictorArgument, StaticGraphPredictor
+
+    class Model:
+        has_loop = True
+
+        def __init__(self, *args, **kwargs):
+            self.input_names = ["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"]
+            self.report = None
+
+    class Tokenizer:
+        padding_side = "right"
+
+    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 2000}))
+    assert StaticGraphPredictor(PredictorArgument(top_k=0), tmp_path, Tokenizer()).settings["top_k"] == 2000
+    assert StaticGraphPredictor(PredictorArgument(top_k=7), tmp_path, Tokenizer()).settings["top_k"] == 7
+
+
+def test_a_static_model_that_does_not_generate_is_one_error(home, tmp_path, capsys):
+    """A model saved with paddle.jit.save that takes input_ids but has no decoding loop
+    (a classifier, say) is refused, not run into an empty output."""
+    import paddle
+
+    from paddlenlp_ext.models import load_model
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    _, tokenizer = load_model("llama2")
+    with dygraph_mode():
+        classifier = paddle.nn.Embedding(100, 2)
+        paddle.jit.save(classifier, str(tmp_path / "model"),
+                        input_spec=[paddle.static.InputSpec([None, None], "int64", "input_ids")])
+    tokenizer.save_pretrained(str(tmp_path))
+    capsys.readouterr()
+    assert main(["--model_name_or_path", str(tmp_path), "--output_file", str(tmp_path / "out.json")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {tmp_path}: not a generation model (it needs input_ids and a decoding loop; it takes input_ids "
+        "and has no loop)")
+    assert not (tmp_path / "out.json").exists()
