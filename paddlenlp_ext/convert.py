@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     """Write ``dst_dir`` as SRC's model in the PIR format, after ``remove_loop_assign``."""
     # Imported here, not at the top: they import Paddle, which main() configures first.
-    from .export import METADATA_FILE, ExportError, library_versions, staged_directory
+    from .export import METADATA_FILE, DirectoryExistsError, ExportError, library_versions, staged_directory
     from .inference import MODEL_PREFIX, ModelDirectoryError, load_program, model_format, save_program
     from .passes.onednn_inplace_guard import guard_onednn_inplace
     from .passes.remove_loop_assign import remove_loop_assign
@@ -94,14 +94,35 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     try:
         with staged_directory(dst, overwrite=force) as staging:
             save_program(loaded, str(staging / MODEL_PREFIX))
+            loaded.release()  # one copy of the weights: the check below loads them again
+            _check_loads_on_paddle_inference(staging, src)
             # DST's model files are the ones just saved; its metadata is written below.
             _copy_files(src, staging, skip=lambda name: name.startswith(MODEL_PREFIX + ".") or name == METADATA_FILE)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    except ExportError as error:  # DST is a file, or was filled while we converted
+    except DirectoryExistsError as error:  # filled by another process while we converted
+        raise ConvertError(error.message("--force")) from None
+    except ExportError as error:  # DST is a file
         raise ConvertError(str(error)) from None
     except OSError as error:  # unwritable DST, unreadable companion file, full disk
         raise ConvertError(f"cannot write {dst}: {error}") from None
     return ConversionResult(dst, source_format, report)
+
+
+def _check_loads_on_paddle_inference(staging: Path, src: Path) -> None:
+    """Refuse to write a directory whose program Paddle Inference cannot load, with its
+    default config (what a user of DST runs): the source runs as it is."""
+    from paddle import inference
+
+    from .errors import error_line
+    from .files import PARAMS_FILE, PIR_FILE
+
+    config = inference.Config(str(staging / PIR_FILE), str(staging / PARAMS_FILE))
+    config.disable_glog_info()
+    try:
+        inference.create_predictor(config)
+    except Exception as error:  # Paddle raises what its C++ code throws
+        raise ConvertError(f"the converted program does not load on Paddle Inference ({error_line(error)}); "
+                           f"run {src} as it is") from None
 
 
 def _check_destination(src: Path, dst: Path, force: bool) -> None:
@@ -117,7 +138,7 @@ def _check_destination(src: Path, dst: Path, force: bool) -> None:
     # staged_directory checks this too, but only once the model is loaded; here the
     # refusal is immediate and names the flag that overrides it.
     if dst.is_dir() and any(dst.iterdir()) and not force:
-        raise ConvertError(f"{dst} already exists and is not empty (use --force to replace it)")
+        raise ConvertError(f"{dst} already exists and is not empty: choose a new directory or use --force")
 
 
 def _read_metadata(path: Path) -> dict:

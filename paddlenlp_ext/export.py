@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -27,19 +28,33 @@ class ExportError(Exception):
     """An export that cannot be written: one line says why."""
 
 
+class DirectoryExistsError(ExportError):
+    """The output directory is not empty (or was filled by another export meanwhile)."""
+
+    def __init__(self, target: Path, meanwhile: bool = False):
+        self.target, self.meanwhile = target, meanwhile
+        super().__init__(self.message("overwrite=True"))
+
+    def message(self, replace_with: str) -> str:
+        """The error line, naming how the caller's interface replaces a directory."""
+        meanwhile = " (another export wrote it meanwhile)" if self.meanwhile else ""
+        return f"{self.target} already exists and is not empty{meanwhile}: choose a new directory or use {replace_with}"
+
+
 @contextlib.contextmanager
 def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     """Yield a hidden sibling directory to write into; it becomes ``output_dir`` only
     when the block finishes, so a half-written export never looks complete.
 
     A non-empty ``output_dir`` is an error unless ``overwrite``; then it is replaced
-    as a whole, after the new export is complete.
+    as a whole, after the new export is complete. Without ``overwrite`` the rename
+    never replaces a directory another process filled meanwhile (DirectoryExistsError).
     """
     target = Path(output_dir)
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ExportError(f"{target} already exists and is not empty (choose a new directory or overwrite it)")
+        raise DirectoryExistsError(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -48,13 +63,19 @@ def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp made it private; mkdir would not
-    if target.exists():
+    if overwrite and target.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.rename(target, retired / "previous")
         os.rename(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, target)
+        return
+    try:
+        os.rename(staging, target)  # replaces an empty directory, never a filled one
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise DirectoryExistsError(target, meanwhile=True) from None
+        raise
 
 
 FORMATS = ("pir", "legacy")

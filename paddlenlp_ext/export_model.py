@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli_flags import boolean_flag
 from .quiet import quiet_paddle, quiet_paddlenlp
@@ -77,12 +78,17 @@ def _validate(args: argparse.Namespace) -> None:
     if args.cache == "static" and args.loop == "paddlenlp":
         raise ExportModelError(f"--cache {args.cache} needs --loop generation_loop: PaddleNLP's own loop keeps its "
                                "concat cache")
+    output = Path(args.output_path)
+    if output.exists() and not output.is_dir():
+        raise ExportModelError(f"{output} exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        raise ExportModelError(f"{output} already exists and is not empty: choose a new directory or use --overwrite")
 
 
 def export(args: argparse.Namespace):
     """Load the model and export it as ``args`` say; raises ExportModelError for bad input."""
     from .decoding import DecodingConfig
-    from .export import ExportError, export_generation_model
+    from .export import DirectoryExistsError, ExportError, export_generation_model
     from .models import DEFAULT_MODEL, ModelError, load_model
     from .paddle_modes import dygraph_mode
 
@@ -97,6 +103,8 @@ def export(args: argparse.Namespace):
             return export_generation_model(model, args.output_path, tokenizer=tokenizer, decoding=decoding,
                                            format=args.export_format, remove_loop_assign=args.remove_loop_assign,
                                            overwrite=args.overwrite, loop=args.loop, cache=args.cache)
+    except DirectoryExistsError as error:  # filled by another export while this one ran
+        raise ExportModelError(error.message("--overwrite")) from None
     except (ModelError, ExportError, ValueError) as error:  # ValueError: DecodingConfig's checks
         raise ExportModelError(str(error)) from None
 

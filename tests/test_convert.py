@@ -157,7 +157,7 @@ def test_a_non_empty_destination_is_replaced_only_with_force(source, tmp_path):
     dst.mkdir()
     (dst / "stale.txt").write_text("from an earlier run")
     refused = run_convert(src, dst)
-    assert_one_line_error(refused, f"{dst} already exists and is not empty (use --force to replace it)")
+    assert_one_line_error(refused, f"{dst} already exists and is not empty: choose a new directory or use --force")
     assert snapshot(dst) == {"stale.txt": hashlib.sha256(b"from an earlier run").hexdigest()}
     replaced = run_convert(src, dst, "--force")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
@@ -224,3 +224,19 @@ def test_bad_input_is_one_line_and_writes_nothing(source, tmp_path, case):
     before = snapshot(tmp_path)
     assert_one_line_error(run_convert(src, dst, "--force"), message)
     assert snapshot(tmp_path) == before
+
+
+def test_a_conversion_paddle_inference_cannot_load_is_refused(source, tmp_path, monkeypatch):
+    """Never a directory that cannot run: the staged program is loaded on Paddle
+    Inference's default config before it is renamed into place."""
+    from paddlenlp_ext.convert import ConvertError, convert
+
+    def refuse(config):
+        raise RuntimeError("(Unimplemented) an op this build lacks")
+
+    monkeypatch.setattr(inference, "create_predictor", refuse)
+    src = source[0]
+    with pytest.raises(ConvertError, match=rf"^the converted program does not load on Paddle Inference "
+                                           rf"\(\(Unimplemented\) an op this build lacks\); run {src} as it is$"):
+        convert(src, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -55,3 +55,21 @@ def test_a_file_in_the_way_is_an_error(tmp_path):
 def test_enable_and_disable_are_on_the_package():
     assert paddlenlp_ext.enable is paddlenlp_ext.hook.enable
     assert paddlenlp_ext.disable is paddlenlp_ext.hook.disable
+
+
+def test_two_exports_racing_for_one_new_directory_keep_the_first(tmp_path):
+    """Both start while the directory does not exist; the one that finishes second is
+    refused, names the flag that would replace it, and leaves the first's files."""
+    from paddlenlp_ext.export import DirectoryExistsError
+
+    target = tmp_path / "out"
+    with pytest.raises(DirectoryExistsError) as refused:
+        with staged_directory(target) as second:
+            (second / "model.json").write_text("second")
+            with staged_directory(target) as first:
+                (first / "model.json").write_text("first")
+    assert (target / "model.json").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the second's staging is gone
+    assert refused.value.message("--overwrite") == (
+        f"{target} already exists and is not empty (another export wrote it meanwhile): choose a new directory "
+        "or use --overwrite")

@@ -126,5 +126,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
 def test_a_non_empty_output_path_needs_overwrite(native, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep").write_text("x")
-    assert_one_line_error(cli("--model", "llama2", "--output_path", tmp_path / "out"), "not empty")
+    assert_one_line_error(cli("--model", "llama2", "--output_path", tmp_path / "out"),
+                          f"{tmp_path / 'out'} already exists and is not empty: choose a new directory or use "
+                          "--overwrite")
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["keep"]
