@@ -22,8 +22,8 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -93,11 +93,12 @@ class BasePredictor:
                                  return_attention_mask=True, return_tensors="np")
         return encoded["input_ids"].astype("int64"), encoded["attention_mask"].astype("int64")
 
-    def generate_ids(self, texts: list[str]) -> np.ndarray:
-        """The new token ids, int64 [B, n]; rows that stopped early end in padding."""
-        return self._infer(*self._preprocess(texts))
+    def generate_ids(self, texts: list[str], max_new_tokens: int | None = None) -> np.ndarray:
+        """The new token ids, int64 [B, n], n <= ``max_new_tokens`` (default: the
+        config's ``max_length``); rows that stopped early end in padding."""
+        return self._infer(*self._preprocess(texts), max_new_tokens or self.config.max_length)
 
-    def _infer(self, input_ids, attention_mask) -> np.ndarray:
+    def _infer(self, input_ids, attention_mask, max_new_tokens: int) -> np.ndarray:
         raise NotImplementedError
 
     def _postprocess(self, ids: np.ndarray) -> list[str]:
@@ -120,7 +121,7 @@ class DygraphPredictor(BasePredictor):
         super().__init__(config, tokenizer)
         self.model = model
 
-    def _infer(self, input_ids, attention_mask):
+    def _infer(self, input_ids, attention_mask, max_new_tokens):
         import paddle
 
         from .paddle_modes import dygraph_mode
@@ -134,7 +135,7 @@ class DygraphPredictor(BasePredictor):
             positions = paddle.clip(paddle.cumsum(mask, axis=1) - 1, min=0)
             ids, _ = self.model.generate(
                 paddle.to_tensor(input_ids), attention_mask=mask, position_ids=positions,
-                max_new_tokens=config.max_length, decode_strategy=config.decode_strategy,
+                max_new_tokens=max_new_tokens, decode_strategy=config.decode_strategy,
                 top_k=settings["top_k"], top_p=settings["top_p"], temperature=settings["temperature"],
                 repetition_penalty=settings["repetition_penalty"],
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
@@ -173,8 +174,8 @@ class StaticGraphPredictor(BasePredictor):
             # there; top-k over the whole vocabulary is "off", as 0 is everywhere else.
             self.settings["top_k"] = _vocab_size(Path(static_dir))
 
-    def _infer(self, input_ids, attention_mask):
-        inputs = model_inputs(input_ids, attention_mask, self.config.max_length, self.settings)
+    def _infer(self, input_ids, attention_mask, max_new_tokens):
+        inputs = model_inputs(input_ids, attention_mask, max_new_tokens, self.settings)
         return self.static_model.run({name: inputs[name] for name in self.static_model.input_names})
 
 
@@ -231,56 +232,80 @@ def _is_static_dir(path: Path) -> bool:
     return (path / PIR_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
 
-def _decoding(config: PredictorArgument, model_config):
-    """The DecodingConfig an export of ``model_config``'s model records (its settings
-    are inputs: the ones asked for here are its recorded defaults)."""
-    from .decoding import DecodingConfig
-
-    settings = decoding_settings(config)
-    return DecodingConfig("greedy_search" if settings["top_k"] == 1 else "sampling", top_k=settings["top_k"],
-                          top_p=settings["top_p"], temperature=settings["temperature"],
-                          repetition_penalty=settings["repetition_penalty"], eos_token_id=model_config.eos_token_id,
-                          pad_token_id=model_config.pad_token_id or 0)
-
-
-def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgument | None = None) -> BasePredictor:
+def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgument | None = None, *,
+                     progress=None) -> BasePredictor:
     """The predictor ``predictor_args`` describe; raises PredictorError (a ValueError)
     for bad input, checked first (``validate``).
 
-    ``model_args`` is accepted for PaddleNLP's signature; prompts and outputs are
-    ``predict``'s business here.
+    In static mode a dygraph model (an embedded one or a checkpoint) is exported once
+    and kept (``export_cache``); later calls load the kept directory. ``progress(line)``
+    is called before each long step. ``model_args`` is accepted for PaddleNLP's
+    signature; prompts and outputs are ``predict``'s business here.
     """
-    from .inference import ModelDirectoryError
-    from .models import DEFAULT_MODEL, ModelError, load_model
+    from .models import DEFAULT_MODEL
 
     config = validate(predictor_args)
+    say = progress or (lambda line: None)
     source = config.model_name_or_path
     if source is not None and _is_static_dir(Path(source)):
-        try:
-            return StaticGraphPredictor(config, source, _static_tokenizer(Path(source)))
-        except ModelDirectoryError as error:
-            raise PredictorError(str(error)) from None
+        say(f"loading {source} on Paddle Inference")
+        return _static_predictor(config, Path(source))
+    source = source if source is not None else (config.model or DEFAULT_MODEL)
+    if config.mode == "dynamic":
+        say(f"loading {source}")
+        model, tokenizer = _load(source)
+        return DygraphPredictor(config, model, tokenizer)
+    return _static_predictor(config, _cached_export(config, source, say))
+
+
+def _load(source: str):
+    from .models import ModelError, load_model
+
     try:
-        model, tokenizer = load_model(source if source is not None else (config.model or DEFAULT_MODEL))
+        return load_model(source)
     except ModelError as error:
         raise PredictorError(str(error)) from None
-    if config.mode == "dynamic":
-        return DygraphPredictor(config, model, tokenizer)
-    from .export import export_generation_model
+
+
+def _static_predictor(config: PredictorArgument, directory: Path) -> StaticGraphPredictor:
+    from .inference import ModelDirectoryError
+
+    try:
+        return StaticGraphPredictor(config, directory, _static_tokenizer(directory))
+    except ModelDirectoryError as error:
+        raise PredictorError(str(error)) from None
+
+
+def _cached_export(config: PredictorArgument, source: str, say) -> Path:
+    """The static directory of ``source``'s export for ``config``, exported first if no
+    earlier run kept one."""
+    from .export_cache import cached_export_directory
+    from .models import _cache_home
+
+    directory = cached_export_directory(source, _cache_home(None), format=config.export_format, cache=config.cache,
+                                        remove_loop_assign=config.remove_loop_assign)
+    if directory.is_dir():
+        say(f"loading {directory} on Paddle Inference (kept from an earlier export)")
+        return directory
+    say(f"exporting {source} ({config.export_format}) to {directory}, once")
+    model, tokenizer = _load(source)
+    from .decoding import DecodingConfig
+    from .export import DirectoryExistsError, ExportError, export_generation_model
     from .paddle_modes import dygraph_mode
 
-    decoding = _decoding(config, model.config)
-    with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-export-") as staging:
-        static_dir = Path(staging) / "model"
+    # The decoding settings are inputs: the ones recorded are the model's defaults.
+    decoding = DecodingConfig(eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id or 0)
+    try:
         with dygraph_mode():
-            export_generation_model(model, static_dir, tokenizer=tokenizer, decoding=decoding,
+            export_generation_model(model, directory, tokenizer=tokenizer, decoding=decoding,
                                     format=config.export_format, remove_loop_assign=config.remove_loop_assign,
                                     cache=config.cache)
-        try:
-            # Paddle Inference reads the files when it creates the predictor.
-            return StaticGraphPredictor(config, static_dir, tokenizer)
-        except ModelDirectoryError as error:
-            raise PredictorError(str(error)) from None
+    except DirectoryExistsError:
+        pass  # another process exported the same model meanwhile: its directory is as good
+    except ExportError as error:
+        raise PredictorError(str(error)) from None
+    say(f"loading {directory} on Paddle Inference")
+    return directory
 
 
 def _static_tokenizer(directory: Path):
@@ -523,6 +548,64 @@ def write_results(path: str, records: list[dict]) -> None:
         raise PredictorError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """``--benchmark``'s timing of the prompts: medians and ranges over the repeats."""
+
+    prompts: int
+    batches: int
+    repeats: int
+    prefill_ms: tuple[float, float, float]  # (median, min, max): every batch's first token
+    decode_ms_per_token: tuple[float, float, float]  # each later step of a batch
+    tokens: int  # generated per repeat, each row up to its eos
+
+    def line(self) -> str:
+        def spread(values):
+            median, low, high = values
+            return f"{median:.1f} ms (min {low:.1f}, max {high:.1f})"
+
+        per_second = 1000 / self.decode_ms_per_token[0] if self.decode_ms_per_token[0] > 0 else float("inf")
+        return (f"benchmark: {self.prompts} prompts in {self.batches} batches, {self.repeats} repeats after a "
+                f"warm-up: prefill {spread(self.prefill_ms)} per batch; decode {spread(self.decode_ms_per_token)} "
+                f"per token ({per_second:.1f} tokens/s per batch); {self.tokens} tokens generated per repeat")
+
+
+def benchmark(predictor: BasePredictor, sources: list[str], repeats: int = 3) -> BenchmarkResult:
+    """Time the prefill and the decode of ``sources`` apart, in the predictor's batches.
+
+    Each batch runs twice per repeat: with one new token (the prefill: the prompt and
+    the first token) and with ``max_length`` (everything). A decode step costs the
+    difference over the steps after the first. A warm-up pass runs first. Repeats are
+    reported by their median, min and max: these machines are noisy.
+    """
+    batches = batchfy_text(sources, predictor.config.batch_size)
+    eos = predictor.tokenizer.eos_token_id
+    for batch in batches:  # warm-up
+        predictor.generate_ids(batch, 1)
+    prefill, decode, tokens = [], [], 0
+    for _ in range(repeats):
+        prefill_s = decode_s = 0.0
+        steps = tokens = 0
+        for batch in batches:
+            start = time.perf_counter()
+            predictor.generate_ids(batch, 1)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            ids = predictor.generate_ids(batch)
+            whole = time.perf_counter() - start
+            prefill_s += first
+            decode_s += max(whole - first, 0.0)
+            steps += ids.shape[1] - 1
+            tokens += count_generated(ids, eos)
+        prefill.append(1000 * prefill_s / len(batches))
+        decode.append(1000 * decode_s / steps if steps else 0.0)
+
+    def summary(values):
+        return (statistics.median(values), min(values), max(values))
+
+    return BenchmarkResult(len(sources), len(batches), repeats, summary(prefill), summary(decode), tokens)
+
+
 def count_generated(ids: np.ndarray, eos_token_id: int | None) -> int:
     """Generated tokens: each row up to and including its eos, not the padding after."""
     total = 0
@@ -534,55 +617,47 @@ def count_generated(ids: np.ndarray, eos_token_id: int | None) -> int:
     return total
 
 
-def benchmark(predictor: BasePredictor, config: PredictorArgument, repeats: int = 3) -> str:
-    """PaddleNLP's benchmark line, counting generated tokens (not characters)."""
-    prompt = "hello world, how are you? " * config.src_length
-    texts = [prompt] * config.batch_size
-    predictor.generate_ids(texts)  # warm-up
-    start = time.perf_counter()
-    generated = sum(count_generated(predictor.generate_ids(texts), predictor.tokenizer.eos_token_id)
-                    for _ in range(repeats))
-    seconds = time.perf_counter() - start
-    input_length = len(predictor._preprocess(texts[:1])[0][0])
-    return (f"Input length is: {input_length}, Output length is: {config.max_length}, bs is: {config.batch_size}, "
-            f"Generate speed is: {generated / seconds:.3f} tokens/s(ips), "
-            f"QPS: {repeats * config.batch_size / seconds:.3f} requests/s. ")
+def progress(line: str) -> None:
+    """A line of progress, on stderr (stdout holds the outputs)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> None:
     from tqdm import tqdm
 
-    quiet_paddlenlp()
-    logging.getLogger("paddlenlp_ext").setLevel(logging.WARNING)  # the pass report is printed below
-
     sources, targets = read_prompts(model_args.data_file)
-    predictor = create_predictor(predictor_args, model_args)
-    if isinstance(predictor, StaticGraphPredictor):
-        print(f"remove_loop_assign: {_pass_line(predictor.static_model)}")
-    records = []
-    batches = list(zip(batchfy_text(sources, predictor_args.batch_size), batchfy_text(targets, predictor_args.batch_size)))
-    for batch_sources, batch_targets in tqdm(batches, disable=len(batches) <= 1, desc="batches"):
-        for source, target, output in zip(batch_sources, batch_targets, predictor.predict(batch_sources)):
-            print("***********Source**********")
-            print(source)
-            print("***********Target**********")
-            print(target)
-            print("***********Output**********")
-            print(output)
-            records.append({"src": source, "tgt": target, "output": output})
-    write_results(model_args.output_file, records)
-    if predictor_args.benchmark:
-        print(benchmark(predictor, predictor_args))
+    progress(f"{len(sources)} prompts; starting Paddle")
+    with quiet_paddle():
+        quiet_paddlenlp()
+        logging.getLogger("paddlenlp_ext").setLevel(logging.WARNING)  # the pass report is printed below
+        predictor = create_predictor(predictor_args, model_args, progress=progress)
+        if isinstance(predictor, StaticGraphPredictor):
+            print(f"remove_loop_assign: {_pass_line(predictor.static_model)}", flush=True)
+        records = []
+        batches = list(zip(batchfy_text(sources, predictor_args.batch_size),
+                           batchfy_text(targets, predictor_args.batch_size)))
+        # The bar goes to stderr; tqdm.write puts each output on its own lines above it.
+        for batch_sources, batch_targets in tqdm(batches, disable=len(batches) <= 1, desc="batches"):
+            for source, target, output in zip(batch_sources, batch_targets, predictor.predict(batch_sources)):
+                tqdm.write("\n".join(["***********Source**********", source, "***********Target**********", target,
+                                      "***********Output**********", output]))
+                records.append({"src": source, "tgt": target, "output": output})
+        write_results(model_args.output_file, records)
+        if predictor_args.benchmark:
+            progress("benchmarking")
+            print(benchmark(predictor, sources).line())
 
 
 def main(argv=None) -> int:
     try:
         predictor_args, model_args = parse_arguments(argv)
-        with quiet_paddle():
-            predict(predictor_args, model_args)
+        predict(predictor_args, model_args)
     except PredictorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # temporary directories and staged exports are gone; no output file is half-written
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +86,43 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
     assert "remove_loop_assign: off (19 copies in the loop)" in printed  # legacy concat
 
 
-def test_benchmark_prints_paddlenlps_line(home, tmp_path, capsys):
-    assert main(["--model", "llama2", "--mode", "static", "--src_length", "16", "--max_length", "8", "--benchmark",
-                 "--output_file", str(tmp_path / "out.json")]) == 0
-    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("Input length is:")]
-    assert len(line) == 1
-    assert ", Output length is: 8, bs is: 1, Generate speed is: " in line[0]
-    assert line[0].rstrip().endswith("requests/s.")
+def test_benchmark_reports_prefill_and_decode_apart_on_the_given_prompts(home, tmp_path, data_file, capsys):
+    assert main(["--model", "llama2", "--mode", "static", "--max_length", "8", "--benchmark", "--data_file",
+                 str(data_file), "--output_file", str(tmp_path / "out.json")]) == 0
+    (line,) = [text for text in capsys.readouterr().out.splitlines() if text.startswith("benchmark: ")]
+    number = r"[0-9]+\.[0-9]"
+    assert re.fullmatch(
+        rf"benchmark: 2 prompts in 2 batches, 3 repeats after a warm-up: prefill {number} ms \(min {number}, max "
+        rf"{number}\) per batch; decode {number} ms \(min {number}, max {number}\) per token \({number} tokens/s per "
+        rf"batch\); [0-9]+ tokens generated per repeat", line), line
+
+
+def test_benchmark_takes_the_prefill_from_the_whole_run(monkeypatch):
+    """On a clock that a fake predictor advances by 10 ms for its prompt and 5 ms per
+    later token, the prefill is 10 ms and a decode step 5 ms."""
+    import paddlenlp_ext.predictor as predictor_module
+
+    clock = [0.0]
+    monkeypatch.setattr(predictor_module.time, "perf_counter", lambda: clock[0])
+
+    class Timed:
+        config = predictor_module.PredictorArgument(batch_size=2, max_length=6)
+
+        class tokenizer:
+            eos_token_id = 2
+
+        def generate_ids(self, texts, max_new_tokens=None):
+            steps = max_new_tokens or self.config.max_length
+            clock[0] += 0.010 + 0.005 * (steps - 1)
+            ids = np.full((len(texts), steps), 7)
+            ids[0, 3:] = [2] + [0] * (steps - 4) if steps > 3 else ids[0, 3:]  # row 0 stops at its eos
+            return ids
+
+    result = predictor_module.benchmark(Timed(), ["a", "b", "c"], repeats=2)
+    assert (result.prompts, result.batches, result.repeats) == (3, 2, 2)
+    assert result.prefill_ms == pytest.approx((10.0, 10.0, 10.0))
+    assert result.decode_ms_per_token == pytest.approx((5.0, 5.0, 5.0))
+    assert result.tokens == 4 + 6 + 4  # batch [a, b]: a to its eos, b whole; batch [c]: c to its eos
 
 
 @pytest.mark.parametrize(
@@ -400,3 +431,54 @@ def test_a_static_model_that_does_not_generate_is_one_error(home, tmp_path, caps
         f"error: {tmp_path}: not a generation model (it needs input_ids and a decoding loop; it takes input_ids "
         "and has no loop)")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_static_run_of_a_dygraph_model_exports_it_once(tmp_path, monkeypatch):
+    import paddlenlp_ext.export as export_module
+    from paddlenlp_ext.models import HOME_VARIABLE
+    from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+
+    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path))
+    exports = []
+    original = export_module.export_generation_model
+
+    def export_and_race(model, output_dir, **kwargs):
+        exports.append(kwargs["format"])
+        original(model, output_dir, **kwargs)
+        if kwargs["format"] == "pir":  # as if another process had finished first
+            raise export_module.DirectoryExistsError(output_dir, meanwhile=True)
+
+    monkeypatch.setattr(export_module, "export_generation_model", export_and_race)
+    config = PredictorArgument(model="llama2", mode="static", max_length=4, decode_strategy="greedy_search")
+    lines = []
+    first = create_predictor(config, progress=lines.append).generate_ids(["hello"])
+    assert exports == ["legacy"] and lines[0].startswith("exporting llama2 (legacy) to ")
+    second = create_predictor(config, progress=lines.append).generate_ids(["hello"])
+    assert exports == ["legacy"] and lines[-1].endswith("(kept from an earlier export)")
+    np.testing.assert_array_equal(first, second)
+    pir = create_predictor(PredictorArgument(**{**config.__dict__, "export_format": "pir"})).generate_ids(["hello"])
+    assert exports == ["legacy", "pir"]
+    np.testing.assert_array_equal(pir, first)
+    kept = sorted(path.name for path in (tmp_path / "exports").iterdir())
+    assert len(kept) == 2 and kept[0].startswith("llama2-legacy-") and kept[1].startswith("llama2-pir-")
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
+    import os
+    import signal
+
+    env = {**os.environ, "PADDLENLP_EXT_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "--model", "llama2", "--mode", "static"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    exports = tmp_path / "home" / "exports"
+    for _ in range(1200):  # until the export is being written (its staging directory exists)
+        if exports.is_dir() and any(exports.iterdir()):
+            break
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 130, stderr
+    assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
+    assert not (tmp_path / "output.json").exists()
+    assert list(exports.iterdir()) == []  # no staging directory, no export

@@ -1,0 +1,69 @@
+"""Where ``llm/predictor.py --mode static`` keeps the exports it makes of a dygraph model.
+
+An export is kept under ``<home>/exports/<name>-<key>`` (``<home>`` as for the embedded
+models: ``$PADDLENLP_EXT_HOME``, else ``~/.cache/paddlenlp_ext``). The key hashes
+everything that changes the exported program: the model (an embedded model's build
+record; a checkpoint directory's path and the size and modification time of its
+files), the format, the KV cache asked for, the pass at export (PIR only: a legacy
+program is cleaned where it is loaded), the installed Paddle and PaddleNLP, and the
+source of this package's modules that write the program. The decoding settings are
+run-time inputs, so they are not in it. Nothing here imports Paddle.
+
+A directory appears complete or not at all (``export.staged_directory``); when two
+processes export the same key at once, the second finds the first's and uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from importlib import metadata
+from pathlib import Path
+
+# The modules whose code is in an exported program.
+PROGRAM_MODULES = ("decoding.py", "decoding_settings.py", "export.py", "compat.py", "passes/remove_loop_assign.py")
+
+
+def cached_export_directory(source: str, home: Path, *, format: str, cache: str | None,
+                            remove_loop_assign: bool) -> Path:
+    """The directory the export of ``source`` (an embedded model name or a checkpoint
+    directory) with these settings is kept in; it exists once the export is complete."""
+    from .models import KNOWN_MODELS, _build_record
+
+    if source in KNOWN_MODELS:
+        model = {"embedded": _build_record(source)}
+        name = source
+    else:
+        directory = Path(source).resolve()
+        files = sorted(path for path in directory.iterdir() if path.is_file())
+        model = {"directory": str(directory),
+                 "files": {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files}}
+        name = directory.name
+    key = {
+        "model": model,
+        "format": format,
+        "cache": cache,
+        "remove_loop_assign": remove_loop_assign and format == "pir",
+        "packages": {package: _version(package) for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp")},
+        "code": _code_digest(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return home / "exports" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{format}-{digest}"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _code_digest() -> str:
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for module in PROGRAM_MODULES:
+        digest.update((package / module).read_bytes())
+    return digest.hexdigest()
+
