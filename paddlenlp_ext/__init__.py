@@ -1,12 +1,17 @@
 """paddlenlp_ext: remove redundant loop copies from static-graph LLM decoding in PaddlePaddle.
 
 The names below load on first use, so a command-line entry point can configure
-Paddle's logging before Paddle is imported.
+Paddle's logging before Paddle is imported. Paddle's and PaddleNLP's chatter stays
+quiet unless ``PADDLENLP_EXT_VERBOSE=1`` (``quiet``).
 """
 
 import importlib
 
+from .quiet import quiet_imports
+
 __version__ = "0.1.0"
+
+quiet_imports()
 
 _EXPORTS = {
     "remove_loop_assign": ".passes.remove_loop_assign",

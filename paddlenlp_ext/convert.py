@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .quiet import quiet_paddle
+from .quiet import library_quiet, quiet_paddle
 
 if TYPE_CHECKING:
     from .passes.report import LoopAssignReport
@@ -119,7 +119,8 @@ def _check_loads_on_paddle_inference(staging: Path, src: Path) -> None:
     config = inference.Config(str(staging / PIR_FILE), str(staging / PARAMS_FILE))
     config.disable_glog_info()
     try:
-        inference.create_predictor(config)
+        with library_quiet():
+            inference.create_predictor(config)
     except Exception as error:  # Paddle raises what its C++ code throws
         raise ConvertError(f"the converted program does not load on Paddle Inference ({error_line(error)}); "
                            f"run {src} as it is") from None

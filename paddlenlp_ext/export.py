@@ -20,6 +20,7 @@ from . import hook
 from .compat import supports_static_cache
 from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
+from .quiet import library_quiet
 from .passes.report import LoopAssignReport
 
 
@@ -142,7 +143,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     save = _save_paddlenlp_loop if loop == "paddlenlp" else functools.partial(_save_generation_loop, cache=cache)
     start = time.perf_counter()
     report = None
-    with staged_directory(output_dir, overwrite=overwrite) as staging:
+    with library_quiet(paddlenlp=True), staged_directory(output_dir, overwrite=overwrite) as staging:
         prefix = str(staging / MODEL_PREFIX)
         if format == "pir" and remove_loop_assign:
             with hook.enable() as cleaning:

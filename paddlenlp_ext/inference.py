@@ -57,6 +57,7 @@ from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .errors import error_line
+from .quiet import library_quiet
 from .params_file import ParamsFileError, check_params_file
 from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
@@ -162,7 +163,8 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
                 legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
                 read_persistables_written_in_branches(legacy.desc)
                 try:
-                    program = paddle.pir.translate_to_pir(legacy.desc)
+                    with library_quiet():  # the translator logs each control-flow op
+                        program = paddle.pir.translate_to_pir(legacy.desc)
                 except Exception as error:  # the translator raises what its C++ code throws
                     raise TranslationError(error_line(error)) from None
         else:
@@ -261,7 +263,8 @@ class StaticGenerationModel:
         self.predictor = None  # one predictor's weights in memory at a time
         logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", self.model_dir,
                        self.fallback_reason)
-        self.predictor = inference.create_predictor(fallback_config(self.model_dir, self.device))
+        with library_quiet():
+            self.predictor = inference.create_predictor(fallback_config(self.model_dir, self.device))
 
     def run(self, feed: dict) -> np.ndarray:
         """The program's first output (a generation model's token ids) for ``feed``."""
@@ -296,7 +299,8 @@ def run_predictor(predictor, feed: dict) -> list[np.ndarray]:
     _check_inputs(names, feed)
     for name in names:
         predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-    predictor.run()
+    with library_quiet():  # oneDNN's kernel choice prints to stdout on Paddle 3.3.1 (ReduceMeanCheckIfOneDNNSupport)
+        predictor.run()
     return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
 
 
@@ -371,7 +375,8 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     if dump_optimized_to is not None:
         config.set_optim_cache_dir(dump_optimized_to)
         config.enable_save_optim_model(True)
-    return inference.create_predictor(config)
+    with library_quiet():  # glog lines, and oneDNN's passes print to stdout
+        return inference.create_predictor(config)
 
 
 def paddlenlp_static_config(model_dir: str | os.PathLike):

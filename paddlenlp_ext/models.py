@@ -91,13 +91,16 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str |
     mode, though loading works in static mode too. ``cache_dir`` is for known names.
     A known name wins over a directory of the same name: pass ``./llama2`` for that.
     """
-    if isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS:
-        directory = _cached_model(name_or_path, _cache_home(cache_dir))
-        hint = " (delete the directory to rebuild it)"
-    else:
-        directory = _checkpoint_directory(name_or_path)
-        hint = ""
-    return _load_pretrained(directory, hint)
+    from .quiet import library_quiet
+
+    with library_quiet(paddlenlp=True):
+        if isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS:
+            directory = _cached_model(name_or_path, _cache_home(cache_dir))
+            hint = " (delete the directory to rebuild it)"
+        else:
+            directory = _checkpoint_directory(name_or_path)
+            hint = ""
+        return _load_pretrained(directory, hint)
 
 
 def check_model_source(name_or_path: str | os.PathLike) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import error_line
 from .cli_flags import boolean_flag
-from .quiet import quiet_paddle, quiet_paddlenlp
+from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
 # decoding.CACHES, spelled out so that parsing the flags does not import Paddle (which
@@ -312,7 +312,8 @@ def _static_tokenizer(directory: Path):
     from paddlenlp.transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory))
+        with library_quiet(paddlenlp=True):
+            return AutoTokenizer.from_pretrained(str(directory))
     except Exception as error:  # PaddleNLP and sentencepiece raise many types for bad files
         raise PredictorError(f"{directory}: cannot load the tokenizer: {error_line(error)}") from None
 
@@ -636,8 +637,10 @@ def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> Non
         records = []
         batches = list(zip(batchfy_text(sources, predictor_args.batch_size),
                            batchfy_text(targets, predictor_args.batch_size)))
-        # The bar goes to stderr; tqdm.write puts each output on its own lines above it.
-        for batch_sources, batch_targets in tqdm(batches, disable=len(batches) <= 1, desc="batches"):
+        # The bar goes to stderr, on a terminal only (disable=None); tqdm.write puts each
+        # output on its own lines above it.
+        for batch_sources, batch_targets in tqdm(batches, disable=True if len(batches) <= 1 else None,
+                                                 desc="batches"):
             for source, target, output in zip(batch_sources, batch_targets, predictor.predict(batch_sources)):
                 tqdm.write("\n".join(["***********Source**********", source, "***********Target**********", target,
                                       "***********Output**********", output]))

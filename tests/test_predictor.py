@@ -482,3 +482,13 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
     assert not (tmp_path / "output.json").exists()
     assert list(exports.iterdir()) == []  # no staging directory, no export
+
+
+def test_the_first_line_comes_before_paddle_is_imported(tmp_path):
+    """The main command says what it does before the seconds Paddle takes to import."""
+    code = ("import sys; import paddlenlp_ext.predictor as p\n"
+            "def stop(*args, **kwargs):\n"
+            "    print('paddle loaded:', 'paddle' in sys.modules, file=sys.stderr); sys.exit(0)\n"
+            "p.quiet_paddlenlp = p.create_predictor = stop; p.main(['--model', 'llama2', '--mode', 'static'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.stderr.splitlines()[:2] == ["2 prompts; starting Paddle", "paddle loaded: False"], result.stderr
