@@ -89,13 +89,15 @@ def generation_inputs() -> list:
 
 
 class DecodingInputs(NamedTuple):
-    """The decoding settings inside the loop: [1] tensors (``SETTING_INPUTS``)."""
+    """The decoding settings inside the loop: [1] tensors (``SETTING_INPUTS``), and the
+    sampling's uniform numbers for every row and step, drawn before the loop."""
 
     seed: paddle.Tensor
     top_k: paddle.Tensor
     top_p: paddle.Tensor
     temperature: paddle.Tensor
     repetition_penalty: paddle.Tensor
+    draws: paddle.Tensor | None = None  # float32 [B, max_new_tokens]: counter_uniform(seed, step, row)
 
 
 _UINT32 = 2**32
@@ -148,7 +150,8 @@ def counter_uniform(seed, step, rows):
     program and any rewrite of one draw the same numbers for the same seed; a different
     seed or step gives unrelated numbers.
 
-    seed, step: int64 [1]; rows: int64 [B, 1] (0..B-1). Returns float32 [B, 1].
+    seed: int64 [1]; step: int64 [1], or [1, T] for T steps at once; rows: int64 [B, 1]
+    (0..B-1). Returns float32 [B, 1], or [B, T].
     """
     uint32 = _int64(_UINT32)
     low = seed % uint32
@@ -242,8 +245,7 @@ class GenerationLoop(paddle.nn.Layer):
         sorted_probs = paddle.where(kept, sorted_probs, paddle.zeros_like(sorted_probs))
         cumulative = paddle.cumsum(sorted_probs, axis=-1)
         last_kept = paddle.max(paddle.where(kept, ranks, paddle.zeros_like(ranks)), axis=-1, keepdim=True)
-        rows = paddle.arange(paddle.shape(logits)[0], dtype="int64").unsqueeze(1)
-        threshold = counter_uniform(settings.seed, step, rows) * cumulative[:, -1:]
+        threshold = paddle.gather(settings.draws, step, axis=1) * cumulative[:, -1:]
         # Candidates at or below the threshold, by their rank + 1: the draw is the next one.
         below = paddle.where(cumulative <= threshold, ranks + _int64(1), paddle.zeros_like(ranks))
         drawn = paddle.max(below, axis=-1, keepdim=True)
@@ -270,6 +272,10 @@ class GenerationLoop(paddle.nn.Layer):
     def forward(self, input_ids, attention_mask, max_new_tokens, seed=None, top_k=None, top_p=None,
                 temperature=None, repetition_penalty=None):
         settings = self._settings(seed, top_k, top_p, temperature, repetition_penalty)
+        # Every step's draws at once: a step then reads its column instead of hashing.
+        steps = paddle.arange(max_new_tokens[0], dtype="int64").unsqueeze(0)
+        rows = paddle.arange(paddle.shape(input_ids)[0], dtype="int64").unsqueeze(1)
+        settings = settings._replace(draws=counter_uniform(settings.seed, steps, rows))
         if self.cache == "static":
             return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, settings)
         # Left padding: the first real token of each row is at position 0 (the pads get

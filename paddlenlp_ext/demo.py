@@ -78,7 +78,7 @@ def run_demo(args) -> int:
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 1000, size=(1, args.prompt_length), dtype="int64")
     feed = {"input_ids": prompt, "attention_mask": np.ones_like(prompt),
-            "max_new_tokens": np.array([args.new_tokens], dtype="int64")}
+            "max_new_tokens": np.array([args.new_tokens], dtype="int64"), **DecodingConfig().feed()}
     with tempfile.TemporaryDirectory() as tmp:
         with dygraph_mode():
             model = _demo_llama(args.layers, args.hidden_size)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,3 +46,16 @@ def test_demo_rejects_bad_arguments_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --new-tokens must be positive, got 0"
     assert "Traceback" not in result.stderr
+
+
+def test_what_the_commands_write_is_not_in_the_repository():
+    """The main command writes output.json, the README's routes write under out/: neither
+    is tracked, and git ignores both (a clean clone stays clean after the README)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    if git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        pytest.skip("not a git checkout")
+    assert git("ls-files", "output.json", "out").stdout == ""
+    ignored = git("check-ignore", "output.json", "out/llama2-pir/model.json").stdout.split()
+    assert ignored == ["output.json", "out/llama2-pir/model.json"]
