@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,13 @@ def test_sigterm_stops_the_run_and_removes_its_files(tmp_path):
         if "round 1/1" in line:
             break
     scratch = [path for path in tmp_path.iterdir() if path.name.startswith("paddlenlp_ext-bench-")]
-    assert len(scratch) == 1 and any(scratch[0].rglob("job.json"))  # a child is at work
+    assert len(scratch) == 1
+    for _ in range(600):  # the round's line comes just before its job is written
+        if any(scratch[0].rglob("job.json")):  # a child is at work
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no job was started")
     run.send_signal(signal.SIGTERM)
     rest = run.stderr.read()
     assert run.wait(timeout=60) == 130

@@ -126,7 +126,7 @@ def test_without_the_patch_the_translated_buffer_is_zeros_then_an_error(branch_w
     from branch_written_buffer import TRACED_ROWS
 
     monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
-    predictor = inference.StaticGenerationModel(branch_written_buffer, remove_loop_assign=False)
+    predictor = inference.StaticGenerationModel(branch_written_buffer, remove_loop_assign=False, fall_back=False)
     assert not predictor.run({"k": np.array([[5]], dtype="int64")}).any()  # silently wrong
     with pytest.raises(Exception, match=r"Input\(index\[-1\)\] has wrong value, it is \[16\]"):
         predictor.run({"k": np.array([[TRACED_ROWS]], dtype="int64")})
