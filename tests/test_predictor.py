@@ -219,27 +219,34 @@ def test_model_inputs_have_paddlenlps_names_dtypes_and_left_padded_positions():
     assert greedy["top_k"] == 1
 
 
+def predictor_for_inputs(monkeypatch, directory, names, config):
+    """A StaticGraphPredictor on a stand-in model that takes ``names`` (no program is loaded)."""
+    import paddlenlp_ext.inference as inference
+    from paddlenlp_ext.predictor import StaticGraphPredictor
+
+    class Model:
+        has_loop, report = True, None
+
+        def __init__(self, *args, **kwargs):
+            self.input_names = names
+
+    class Tokenizer:
+        padding_side = "right"
+
+    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
+    return StaticGraphPredictor(config, directory, Tokenizer())
+
+
 @pytest.mark.parametrize("names, message", [
     (["input_ids", "attention_mask", "max_new_tokens", "stop_words"], "takes input 'stop_words'"),
     (["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_p", "temperature"],
      "^--decode_strategy greedy_search: the model takes no top_k input; it decodes with top_k 0$"),
 ], ids=["unknown input", "greedy on a top-p model"])
 def test_a_model_the_predictor_cannot_feed_is_one_error(monkeypatch, tmp_path, names, message):
-    import paddlenlp_ext.inference as inference
-    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, StaticGraphPredictor
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError
 
-    class Model:
-        has_loop = True
-
-        def __init__(self, *args, **kwargs):
-            self.input_names, self.report = names, None
-
-    class Tokenizer:
-        padding_side = "right"
-
-    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
     with pytest.raises(PredictorError, match=message) as error:
-        StaticGraphPredictor(PredictorArgument(decode_strategy="greedy_search"), tmp_path, Tokenizer())
+        predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(decode_strategy="greedy_search"))
     assert "\n" not in str(error.value)
 
 
@@ -372,43 +379,21 @@ def test_every_decoding_flag_is_honoured_on_our_export(sampling_export):
      "^--top_k 5: the model takes no top_k input and does not record the top_k it uses$"),
 ], ids=["temperature", "penalty", "seed", "an older export of ours"])
 def test_a_decoding_flag_a_model_cannot_take_is_one_error(monkeypatch, tmp_path, names, flags, message):
-    import paddlenlp_ext.inference as inference
-    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, StaticGraphPredictor
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError
 
-    class Model:
-        has_loop = True
-
-        def __init__(self, *args, **kwargs):
-            self.input_names, self.report = names, None
-
-    class Tokenizer:
-        padding_side = "right"
-
-    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
     with pytest.raises(PredictorError, match=message):
-        StaticGraphPredictor(PredictorArgument(**flags), tmp_path, Tokenizer())
-    StaticGraphPredictor(PredictorArgument(), tmp_path, Tokenizer())  # unset, the model's own: no error
+        predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(**flags))
+    predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument())  # unset, the model's own: no error
 
 
 def test_top_k_0_is_off_on_paddlenlps_loop_too(monkeypatch, tmp_path):
     """PaddleNLP's loop clips top_k to at least 1 (greedy); off is the whole vocabulary."""
-    import paddlenlp_ext.inference as inference
-    from paddlenlp_ext.predictor import PredictorArgument, StaticGraphPredictor
+    from paddlenlp_ext.predictor import PredictorArgument
 
-    class Model:
-        has_loop = True
-
-        def __init__(self, *args, **kwargs):
-            self.input_names = ["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"]
-            self.report = None
-
-    class Tokenizer:
-        padding_side = "right"
-
-    monkeypatch.setattr(inference, "StaticGenerationModel", Model)
+    names = ["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"]
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 2000}))
-    assert StaticGraphPredictor(PredictorArgument(top_k=0), tmp_path, Tokenizer()).settings["top_k"] == 2000
-    assert StaticGraphPredictor(PredictorArgument(top_k=7), tmp_path, Tokenizer()).settings["top_k"] == 7
+    assert predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(top_k=0)).settings["top_k"] == 2000
+    assert predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(top_k=7)).settings["top_k"] == 7
 
 
 def test_a_static_model_that_does_not_generate_is_one_error(home, tmp_path, capsys):
