@@ -336,17 +336,26 @@ def sampling_export(home, tmp_path_factory):
     with dygraph_mode():
         export_generation_model(model, directory, tokenizer=tokenizer, format="legacy",
                                 decoding=DecodingConfig("sampling", top_k=20, eos_token_id=2, pad_token_id=0))
-    return directory, model
+    return directory, model, tokenizer
 
 
-def test_every_decoding_flag_is_honoured_on_our_export(sampling_export):
+def test_every_decoding_flag_is_honoured_on_our_export(sampling_export, monkeypatch):
     from test_decoding import run_dynamic
 
+    import paddlenlp_ext.inference as inference
+    import paddlenlp_ext.predictor as predictor_module
     from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop
     from paddlenlp_ext.predictor import PredictorArgument, create_predictor
 
-    directory, model = sampling_export
+    directory, model, tokenizer = sampling_export
     texts = [PROMPTS[1]["src"]]
+    # Every predictor resolves its flags anew; the program is loaded once, the model too.
+    loaded = {}
+    load_program = inference.StaticGenerationModel
+    monkeypatch.setattr(inference, "StaticGenerationModel",
+                        lambda path, **kwargs: loaded.get(str(path)) or loaded.setdefault(str(path),
+                                                                                           load_program(path, **kwargs)))
+    monkeypatch.setattr(predictor_module, "_load", lambda source: (model, tokenizer))
 
     def tokens(mode, **flags):
         source = {"model_name_or_path": str(directory)} if mode == "static" else {"model": "llama2"}
@@ -484,7 +493,6 @@ def test_on_a_terminal_the_progress_bar_keeps_off_the_output_lines(home, tmp_pat
     import os
     import pty
 
-    main(["--model", "llama2", "--mode", "static", "--max_length", "2", "--output_file", str(tmp_path / "warm.json")])
     pid, terminal = pty.fork()
     if pid == 0:  # the child: stdout and stderr are the terminal, 100 columns wide
         import fcntl
