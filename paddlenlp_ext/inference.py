@@ -40,6 +40,7 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -235,6 +236,7 @@ class StaticGenerationModel:
         self.report: LoopAssignReport | None = None
         self.copies_before = self.copies_after = 0
         self.has_loop: bool | None = None  # a while loop in the program (None: not known, after a fallback)
+        self._runs = 0  # of self.predictor
         try:
             self.predictor = self._cleaned_predictor(remove_loop_assign, dump_optimized_to, onednn)
         except ModelDirectoryError:
@@ -260,7 +262,7 @@ class StaticGenerationModel:
     def _use_fallback(self, stage: str, error: Exception) -> None:
         self.fallback_reason = f"the translated program could not be {stage}: {error_line(error)}"
         self.report, self.copies_after = None, self.copies_before
-        self.predictor = None  # one predictor's weights in memory at a time
+        self.predictor, self._runs = None, 0  # one predictor's weights in memory at a time
         logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", self.model_dir,
                        self.fallback_reason)
         with library_quiet():
@@ -270,12 +272,16 @@ class StaticGenerationModel:
         """The program's first output (a generation model's token ids) for ``feed``."""
         _check_inputs(self.input_names, feed)
         try:
-            return run_predictor(self.predictor, feed)[0]
+            return self._run(feed)
         except Exception as error:
             if self.fallback_reason is not None or not self.fall_back:
                 raise
             self._use_fallback("run", error)
-        return run_predictor(self.predictor, feed)[0]
+        return self._run(feed)
+
+    def _run(self, feed: dict) -> np.ndarray:
+        first, self._runs = self._runs == 0, self._runs + 1
+        return run_predictor(self.predictor, feed, quiet=first)[0]
 
 
 def fallback_config(model_dir: str | os.PathLike, device: str = "cpu"):
@@ -292,14 +298,17 @@ def fallback_config(model_dir: str | os.PathLike, device: str = "cpu"):
     return config
 
 
-def run_predictor(predictor, feed: dict) -> list[np.ndarray]:
+def run_predictor(predictor, feed: dict, quiet: bool = False) -> list[np.ndarray]:
     """Feed a Paddle Inference predictor by its input names (``feed`` may hold more),
-    run it once, and return every output in order."""
+    run it once, and return every output in order. ``quiet``: with its C++ output
+    dropped (``library_quiet``), for a predictor's first run, where Paddle 3.3.1's
+    oneDNN kernel choice prints ``ReduceMeanCheckIfOneDNNSupport`` to stdout; later runs
+    print nothing, and other threads' output is not held up by them."""
     names = predictor.get_input_names()
     _check_inputs(names, feed)
     for name in names:
         predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-    with library_quiet():  # oneDNN's kernel choice prints to stdout on Paddle 3.3.1 (ReduceMeanCheckIfOneDNNSupport)
+    with library_quiet() if quiet else contextlib.nullcontext():
         predictor.run()
     return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
 

@@ -2,7 +2,7 @@
 
 The command-line tools turn it off for their whole run (``quiet_paddle``,
 ``quiet_paddlenlp``). Library calls that make Paddle or PaddleNLP talk (loading and
-exporting a model, translating a program, creating a predictor) run under
+exporting a model, translating a program, creating a predictor and its first run) run under
 ``library_quiet``: Python warnings, PaddleNLP's INFO lines and the C++ output (glog
 lines, and oneDNN's debug prints to stdout) are dropped for that call. Setting
 ``PADDLENLP_EXT_VERBOSE=1`` keeps all of it.
