@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import numbers
 import os
 import statistics
 import sys
@@ -408,7 +409,7 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     """
     for name in ("src_length", "max_length", "batch_size"):
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
             raise PredictorError(f"--{name} must be a positive integer, got {value!r}")
     for name, choices in (("decode_strategy", DECODE_STRATEGIES), ("mode", (None, *MODES)),
                           ("export_format", EXPORT_FORMATS), ("device", DEVICES), ("cache", (None, *CACHES))):
@@ -441,9 +442,9 @@ def _check_settings(config: PredictorArgument) -> None:
     values = {name: DEFAULTS[name] if getattr(config, name) is None else getattr(config, name)
               for name in ("top_k", "top_p", "temperature", "repetition_penalty", "seed")}
     for name, value in values.items():
-        kind = int if name in ("top_k", "seed") else (int, float)
+        kind, what = (numbers.Integral, "an integer") if name in ("top_k", "seed") else (numbers.Real, "a number")
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise PredictorError(f"--{name} must be a number, got {value!r}")
+            raise PredictorError(f"--{name} must be {what}, got {value!r}")
     try:
         check_settings(values["top_k"], values["top_p"], values["temperature"], values["repetition_penalty"])
     except ValueError as error:

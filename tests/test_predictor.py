@@ -286,7 +286,8 @@ def test_bad_arguments_are_refused_before_paddle_is_imported(tmp_path):
     ({"dtype": "float16"}, "--dtype float16: only float32 is supported"),
     ({"mode": "dynamic", "remove_loop_assign": True}, "--remove_loop_assign rewrites the static graph"),
     ({"decode_strategy": "beam_search"}, "--decode_strategy must be one of sampling, greedy_search"),
-    ({"top_k": 2.5}, "--top_k must be a number, got 2.5"),
+    ({"top_k": 2.5}, "--top_k must be an integer, got 2.5"),
+    ({"temperature": "hot"}, "--temperature must be a number, got 'hot'"),
 ])
 def test_the_python_api_validates_as_the_command_line_does(arguments, message):
     from paddlenlp_ext.predictor import PredictorArgument, create_predictor
