@@ -59,7 +59,7 @@ from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
 from .errors import error_line
 from .quiet import library_quiet
-from .params_file import ParamsFileError, check_params_file
+from .params_file import ParamsFileError, check_directory_params, check_params_file
 from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
@@ -134,12 +134,10 @@ def model_format(model_dir: str | os.PathLike) -> str:
     if len(found) != 1:
         what = "both" if found else "neither"
         raise ModelDirectoryError(f"{path}: expected one of {PIR_FILE} or {LEGACY_FILE}, found {what}")
-    if not (path / PARAMS_FILE).is_file():
-        raise ModelDirectoryError(f"{path}: {PARAMS_FILE} is missing")
     try:
-        check_params_file(path / PARAMS_FILE)
+        check_directory_params(path)
     except ParamsFileError as error:
-        raise ModelDirectoryError(f"{path}: {PARAMS_FILE}: {error}") from None
+        raise ModelDirectoryError(str(error)) from None
     return "pir" if found[0] == PIR_FILE else "legacy"
 
 

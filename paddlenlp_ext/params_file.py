@@ -83,6 +83,20 @@ def check_params_file(path: str | os.PathLike) -> int:
     return count
 
 
+def check_directory_params(directory: str | os.PathLike) -> None:
+    """ParamsFileError, naming the directory and the file, unless the model directory's
+    ``model.pdiparams`` is there and whole."""
+    from .files import PARAMS_FILE
+
+    path = os.path.join(directory, PARAMS_FILE)
+    if not os.path.isfile(path):
+        raise ParamsFileError(f"{directory}: {PARAMS_FILE} is missing")
+    try:
+        check_params_file(path)
+    except ParamsFileError as error:
+        raise ParamsFileError(f"{directory}: {PARAMS_FILE}: {error}") from None
+
+
 def _read_record(file, size: int) -> None:
     def take(n: int) -> bytes:
         data = file.read(n)

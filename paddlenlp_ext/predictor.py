@@ -486,15 +486,12 @@ def _check_source(config: PredictorArgument) -> str:
 
 
 def _check_params(directory: Path) -> None:
-    from .files import PARAMS_FILE
-    from .params_file import ParamsFileError, check_params_file
+    from .params_file import ParamsFileError, check_directory_params
 
-    if not (directory / PARAMS_FILE).is_file():
-        raise PredictorError(f"{directory}: {PARAMS_FILE} is missing")
     try:
-        check_params_file(directory / PARAMS_FILE)
+        check_directory_params(directory)
     except ParamsFileError as error:
-        raise PredictorError(f"{directory}: {PARAMS_FILE}: {error}") from None
+        raise PredictorError(str(error)) from None
 
 
 def check_writable(path: str) -> None:
