@@ -100,6 +100,23 @@ class DecodingInputs(NamedTuple):
     draws: paddle.Tensor | None = None  # float32 [B, max_new_tokens]: counter_uniform(seed, step, row)
 
 
+class TokenChoice(NamedTuple):
+    """What every step's token choice reads that no step changes, built once before the
+    loop (``GenerationLoop._token_choice``): ops inside the loop run at every token,
+    and the settings are inputs, so each value derived from them alone would otherwise
+    be recomputed per token."""
+
+    settings: DecodingInputs
+    temperature: paddle.Tensor  # [1], the logits' dtype
+    greedy: paddle.Tensor  # int64 [1]: 1 when top_k == 1, else 0
+    sampling: paddle.Tensor  # int64 [1]: 1 - greedy
+    candidates: paddle.Tensor  # int64 [1]: top_k, or the vocabulary size when top_k is 0 or above it
+    keep_all: paddle.Tensor  # bool [1]: top_p >= 1
+    ranks: paddle.Tensor  # int64 [1, candidates]: 0, 1, ...
+    ranks_plus_one: paddle.Tensor  # int64 [1, candidates]: 1, 2, ...
+    zero: paddle.Tensor  # int64 [1]
+
+
 _UINT32 = 2**32
 _EXACT_FLOAT32_INTEGERS = 2**24  # float32 holds every integer up to this one
 
@@ -205,19 +222,43 @@ class GenerationLoop(paddle.nn.Layer):
         with _cache_patches(self):
             return super().__call__(*args, **kwargs)
 
-    def _next_token(self, logits, seen, settings: DecodingInputs, step):
+    def _token_choice(self, settings: DecodingInputs, logits_dtype) -> TokenChoice:
+        """The loop invariants of ``_next_token`` for these settings."""
+        vocab = _int64(self.vocab_size)
+        zero = _int64(0)
+        # where and `&`, not paddle.minimum: it is PIR-only on Paddle 3.3.1 and fails while
+        # tracing a legacy program.
+        candidates = paddle.where((settings.top_k > zero) & (settings.top_k < vocab), settings.top_k, vocab)
+        greedy = (settings.top_k == _int64(1)).astype("int64")
+        ranks = paddle.arange(candidates[0], dtype="int64").unsqueeze(0)
+        return TokenChoice(
+            settings=settings,
+            temperature=settings.temperature.astype(logits_dtype),
+            greedy=greedy,
+            sampling=_int64(1) - greedy,
+            candidates=candidates,
+            # top_p 1.0 keeps every candidate, even where the float sum of the
+            # probabilities before one exceeds 1.
+            keep_all=settings.top_p >= paddle.full([1], 1.0),
+            ranks=ranks,
+            ranks_plus_one=ranks + _int64(1),
+            zero=zero,
+        )
+
+    def _next_token(self, logits, seen, choice: TokenChoice, step):
         """int64 [B, 1]: the token each row picks from its last-position logits [B, V].
 
         The repetition penalty comes first, as PaddleNLP's logits processor does; then
         ``top_k`` = 1 is greedy search (the penalized logits' argmax, which temperature
         and rounding in the softmax cannot change), anything else is ``_sample``.
         """
-        logits = _penalize(logits, seen, settings.repetition_penalty)
+        logits = _penalize(logits, seen > choice.zero, choice.settings.repetition_penalty)
         greedy = paddle.argmax(logits, axis=-1, keepdim=True)
-        is_greedy = settings.top_k == _int64(1)
-        return paddle.where(is_greedy, greedy, self._sample(logits, settings, step))
+        # Products with the [1] flags, not paddle.where: with a [1] condition and [B, 1]
+        # values a static program broadcasts all three first, about ten ops per step.
+        return greedy * choice.greedy + self._sample(logits, choice, step) * choice.sampling
 
-    def _sample(self, logits, settings: DecodingInputs, step):
+    def _sample(self, logits, choice: TokenChoice, step):
         """Inverse-CDF sampling over the candidates sorted by probability.
 
         The candidates are the ``top_k`` most probable tokens (all of them when
@@ -230,28 +271,22 @@ class GenerationLoop(paddle.nn.Layer):
         # Tensor divisors and bounds throughout: dividing by a Python float becomes a
         # multiplication by its rounded reciprocal in static programs. Dividing by 1.0
         # is exact, so temperature 1 changes nothing.
-        logits = logits / settings.temperature.astype(logits.dtype)
-        probs = F.softmax(logits.astype("float32"), axis=-1)
-        vocab = _int64(self.vocab_size)
-        # where and `&`, not paddle.minimum: it is PIR-only on Paddle 3.3.1 and fails while
-        # tracing a legacy program.
-        candidates = paddle.where((settings.top_k > _int64(0)) & (settings.top_k < vocab), settings.top_k, vocab)
-        sorted_probs, sorted_ids = paddle.topk(probs, k=candidates, axis=-1)
-        ranks = paddle.arange(paddle.shape(sorted_probs)[1], dtype="int64").unsqueeze(0)
+        probs = F.softmax((logits / choice.temperature).astype("float32"), axis=-1)
+        sorted_probs, sorted_ids = paddle.topk(probs, k=choice.candidates, axis=-1)
         cumulative = paddle.cumsum(sorted_probs, axis=-1)
-        # top_p 1.0 keeps every candidate, even where the float sum of the probabilities
-        # before one exceeds 1.
-        kept = (cumulative - sorted_probs <= settings.top_p) | (settings.top_p >= paddle.full([1], 1.0))
+        kept = (cumulative - sorted_probs <= choice.settings.top_p) | choice.keep_all
         sorted_probs = paddle.where(kept, sorted_probs, paddle.zeros_like(sorted_probs))
         cumulative = paddle.cumsum(sorted_probs, axis=-1)
-        last_kept = paddle.max(paddle.where(kept, ranks, paddle.zeros_like(ranks)), axis=-1, keepdim=True)
-        threshold = paddle.gather(settings.draws, step, axis=1) * cumulative[:, -1:]
-        # Candidates at or below the threshold, by their rank + 1: the draw is the next one.
-        below = paddle.where(cumulative <= threshold, ranks + _int64(1), paddle.zeros_like(ranks))
+        # Ranks times 0/1 flags rather than paddle.where on [1, k] ranks: see _next_token.
+        last_kept = paddle.max(kept.astype("int64") * choice.ranks, axis=-1, keepdim=True)
+        threshold = paddle.gather(choice.settings.draws, step, axis=1) * cumulative[:, -1:]
+        # The draw is the candidate after the last one at or below the threshold: the
+        # largest rank + 1 among those (0 when there is none).
+        below = (cumulative <= threshold).astype("int64") * choice.ranks_plus_one
         drawn = paddle.max(below, axis=-1, keepdim=True)
         # u * mass can round up to the mass itself: stay on a kept candidate.
         drawn = paddle.where(drawn > last_kept, last_kept, drawn)
-        return paddle.take_along_axis(sorted_ids, drawn, axis=-1)
+        return paddle.take_along_axis(sorted_ids, drawn, axis=-1, broadcast=False)
 
     def _finish(self, token, finished):
         """Pad the rows that had finished, then mark the rows that produce eos now."""
@@ -286,7 +321,8 @@ class GenerationLoop(paddle.nn.Layer):
         logits, cache = out[0], out[1]
         step = paddle.full([1], 0, dtype="int64")
         seen = self._seen_in_prompt(input_ids)
-        token = self._next_token(logits[:, -1, :], seen, settings, step)
+        choice = self._token_choice(settings, logits.dtype)
+        token = self._next_token(logits[:, -1, :], seen, choice, step)
         finished = paddle.zeros_like(token, dtype="bool")
         token, finished = self._finish(token, finished)
         seen = _mark_seen(seen, token)
@@ -301,7 +337,7 @@ class GenerationLoop(paddle.nn.Layer):
             out = self.model(token, position_ids=position, attention_mask=attention_mask, past_key_values=cache,
                              use_cache=True, return_dict=False)
             logits, cache = out[0], out[1]
-            token = self._next_token(logits[:, -1, :], seen, settings, step)
+            token = self._next_token(logits[:, -1, :], seen, choice, step)
             token, finished = self._finish(token, finished)
             seen = _mark_seen(seen, token)
             generated = paddle.concat([generated, token], axis=1)
@@ -343,7 +379,8 @@ class GenerationLoop(paddle.nn.Layer):
         write_position = paddle.shape(input_ids)[1:2].astype("int64")
         step = paddle.full([1], 0, dtype="int64")
         seen = self._seen_in_prompt(input_ids)
-        token = self._next_token(prefill[0][:, -1, :], seen, settings, step)
+        choice = self._token_choice(settings, prefill[0].dtype)
+        token = self._next_token(prefill[0][:, -1, :], seen, choice, step)
         finished = paddle.zeros_like(token, dtype="bool")
         token, finished = self._finish(token, finished)
         seen = _mark_seen(seen, token)
@@ -354,7 +391,7 @@ class GenerationLoop(paddle.nn.Layer):
         while running:
             token, cache = self._static_cache_step(token, position, cache, write_position,
                                                    final_mask * (cache_positions <= write_position).astype("int64"),
-                                                   seen, settings, step)
+                                                   seen, choice, step)
             token, finished = self._finish(token, finished)
             seen = _mark_seen(seen, token)
             generated = paddle.concat([generated, token], axis=1)
@@ -365,7 +402,7 @@ class GenerationLoop(paddle.nn.Layer):
         return generated
 
     def _static_cache_step(self, token, position, cache, write_position, attention_mask, seen,
-                           settings: DecodingInputs, step):
+                           choice: TokenChoice, step):
         """One step on the static cache: the next token and the written buffers.
 
         A method of its own so that the loop body assigns loop state only: dy2static
@@ -376,7 +413,7 @@ class GenerationLoop(paddle.nn.Layer):
         out = self.model(token, position_ids=position, attention_mask=attention_mask,
                          past_key_values=_static_cache_layers(cache, write_position), use_cache=True,
                          return_dict=False)
-        return self._next_token(out[0][:, -1, :], seen, settings, step), out[1]
+        return self._next_token(out[0][:, -1, :], seen, choice, step), out[1]
 
     def _allocate_static_cache(self, prompt_cache, max_new_tokens):
         """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens,
@@ -394,16 +431,17 @@ class GenerationLoop(paddle.nn.Layer):
 
 
 def _penalize(logits, seen, penalty):
-    """PaddleNLP's repetition penalty on the logits of the ``seen`` tokens: negative
-    ones multiplied by ``penalty``, the others divided by it (penalty 1.0 changes no
-    value)."""
+    """PaddleNLP's repetition penalty on the logits of the ``seen`` tokens (bool [B, V]):
+    negative ones multiplied by ``penalty``, the others divided by it (penalty 1.0
+    changes no value)."""
     penalized = paddle.where(logits < paddle.zeros([1], dtype=logits.dtype), logits * penalty, logits / penalty)
-    return paddle.where(seen > _int64(0), penalized, logits)
+    return paddle.where(seen, penalized, logits)
 
 
 def _mark_seen(seen, token):
     """``seen`` with each row's new token marked."""
-    return paddle.put_along_axis(seen, token, paddle.ones_like(token), axis=1)
+    # broadcast=False: token is [B, 1] already, and broadcasting adds eight ops per step.
+    return paddle.put_along_axis(seen, token, paddle.ones_like(token), axis=1, broadcast=False)
 
 
 def _static_cache_layers(cache, write_position) -> list:
