@@ -60,6 +60,7 @@ from .passes.program_index import ProgramIndex
 from .errors import error_line
 from .quiet import library_quiet
 from .params_file import ParamsFileError, check_directory_params, check_params_file
+from .unknown_ops import unknown_legacy_ops, unknown_ops_message, unknown_pir_file_ops, unknown_pir_ops
 from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
@@ -146,20 +147,24 @@ def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
     fmt = model_format(model_dir)
     try:
         return load_files(str(Path(model_dir) / MODEL_PREFIX), fmt)
-    except TranslationError:
+    except (TranslationError, ModelDirectoryError):
         raise
     except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
         raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {error_line(error)}") from None
 
 
 def load_files(prefix: str, fmt: str) -> LoadedProgram:
-    """``prefix``.pdmodel (``fmt`` legacy, translated) or .json (pir) with ``prefix``.pdiparams."""
+    """``prefix``.pdmodel (``fmt`` legacy, translated) or .json (pir) with ``prefix``.pdiparams.
+
+    A program naming ops this Paddle does not have is a ModelDirectoryError.
+    """
     scope = paddle.static.Scope()
     with static_mode(), paddle.static.scope_guard(scope):
         if fmt == "legacy":
             with paddle.pir_utils.OldIrGuard():
                 paddle.enable_static()
                 legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+                _refuse_unknown_ops(prefix + ".pdmodel", unknown_legacy_ops(legacy.desc))
                 read_persistables_written_in_branches(legacy.desc)
                 try:
                     with library_quiet():  # the translator logs each control-flow op
@@ -168,6 +173,7 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
                     raise TranslationError(error_line(error)) from None
         else:
             program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+            _refuse_unknown_ops(prefix + ".json", unknown_pir_ops(program, prefix + ".json"))
     block = program.global_block()
     feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
     # A legacy program feeds by column; the translator emits its feed ops in reverse.
@@ -184,6 +190,11 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
     for op in fetches:  # the executor and save_inference_model add their own
         op.erase()
     return LoadedProgram(program, inputs, outputs, scope)
+
+
+def _refuse_unknown_ops(path: str, unknown: list[str]) -> None:
+    if unknown:
+        raise ModelDirectoryError(unknown_ops_message(path, unknown))
 
 
 def _check_inputs(names, feed: dict) -> None:
@@ -447,13 +458,16 @@ def cleaned_legacy_config(config):
     ``inplace_pass`` deleted); the program prepared as ``prepare_for_cpu`` says.
 
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
-    whatever its buffer held). Returns ``(config, report)``, or None for anything else (a PIR model, a model
+    whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
+    does not have (Paddle Inference's own error does not say so). Returns ``(config, report)``, or None for anything else (a PIR model, a model
     directory, a program without a while loop, a params file not beside the model),
     which the caller runs as it is. The user's config is not changed; every other
     setting (device, threads, logging...) is kept. The cleaned files stay until the
     process exits, so the copy can create more predictors.
     """
     prog, params = config.prog_file(), config.params_file()
+    if prog.endswith(".json") and os.path.isfile(prog):
+        _refuse_unknown_ops(prog, unknown_pir_file_ops(prog))
     if not prog.endswith(".pdmodel") or params != prog[: -len(".pdmodel")] + ".pdiparams":
         return None
     try:
@@ -464,7 +478,7 @@ def cleaned_legacy_config(config):
         return None  # no such file: Paddle's own predictor reports it
     try:
         loaded = load_files(prog[: -len(".pdmodel")], "legacy")
-    except TranslationError:
+    except (TranslationError, ModelDirectoryError):
         raise
     except Exception:  # not a program we can read: Paddle's own predictor reports it
         return None
