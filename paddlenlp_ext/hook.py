@@ -19,7 +19,9 @@ is disabled):
   caller's config disabled it); the caller's ``Config`` is left as it was and every other
   setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
   created as before, and so is a loop whose translated program cannot be built (one
-  warning on the ``paddlenlp_ext`` logger says why). Code that imported ``create_predictor`` by name before the hook
+  warning on the ``paddlenlp_ext`` logger says why); if a run of the cleaned program
+  fails, that run and every later one go to the caller's own config
+  (``FallbackPredictor``). Code that imported ``create_predictor`` by name before the hook
   was enabled keeps Paddle's own.
 
     with paddlenlp_ext.enable():
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
 import paddle.inference as paddle_inference
 import paddle.jit.api as jit_api
 
@@ -74,12 +77,95 @@ def _create_cleaned_predictor(config):
     except ModelDirectoryError:
         raise  # damaged files: Paddle's own predictor would run on them
     except Exception as error:  # never worse than Paddle: the caller's config, as it was
-        logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (the translated "
-                       "program could not be built: %s)", config.prog_file(), error_line(error))
+        _warn_fallback(config, "built", error_line(error))
         return _original_create_predictor(config)
     _reports.append((config.prog_file(), report))
     logger.info("remove_loop_assign on %s: %s", config.prog_file(), report.summary())
-    return predictor
+    return FallbackPredictor(predictor, config)
+
+
+def _warn_fallback(config, stage: str, reason: str) -> None:
+    logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (the translated "
+                   "program could not be %s: %s)", config.prog_file(), stage, reason)
+
+
+class FallbackPredictor:
+    """The hook's predictor: the cleaned program's, until one of its runs fails. That
+    run is then made again, with the same inputs, on a predictor from the caller's own
+    config (one warning says why), which serves every later call: never worse than
+    Paddle as the caller configured it.
+
+    Everything else is the Paddle predictor's. Input handles remember what they were
+    given, to feed it again; output handles are taken by position at each use, since
+    the two programs may name their outputs differently.
+    """
+
+    def __init__(self, cleaned, config):
+        self._predictor = cleaned
+        self._config = config  # the caller's, as given
+        self._fell_back = False
+        self._fed: dict = {}  # input name -> [(handle method, args)]: the calls that set its value
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def get_input_handle(self, name: str):
+        return _InputHandle(self, name)
+
+    def get_output_handle(self, name: str):
+        return _OutputHandle(self, self._predictor.get_output_names().index(name))
+
+    def run(self, *args):
+        try:
+            return self._predictor.run(*args)
+        except Exception as error:
+            if self._fell_back:
+                raise
+            self._fall_back(error)
+        return self._predictor.run(*args)
+
+    def _fall_back(self, error: Exception) -> None:
+        from .errors import error_line
+
+        _warn_fallback(self._config, "run", error_line(error))
+        self._predictor = None  # one predictor's weights in memory at a time
+        self._predictor = _original_create_predictor(self._config)
+        self._fell_back = True
+        for name, calls in self._fed.items():
+            handle = self._predictor.get_input_handle(name)
+            for method, args in calls:
+                getattr(handle, method)(*args)
+
+
+class _InputHandle:
+    _REMEMBERED = ("reshape", "copy_from_cpu", "share_external_data")
+
+    def __init__(self, owner: FallbackPredictor, name: str):
+        self._owner, self._name = owner, name
+
+    def __getattr__(self, attribute):
+        value = getattr(self._owner._predictor.get_input_handle(self._name), attribute)
+        if attribute not in self._REMEMBERED or self._owner._fell_back:
+            return value
+
+        def remembered(*args):
+            if attribute == "copy_from_cpu":  # the caller may reuse its array
+                args = tuple(np.array(arg, copy=True) for arg in args)
+            if attribute != "reshape":  # new data replaces what came before
+                self._owner._fed[self._name] = []
+            self._owner._fed.setdefault(self._name, []).append((attribute, args))
+            return value(*args)
+
+        return remembered
+
+
+class _OutputHandle:
+    def __init__(self, owner: FallbackPredictor, position: int):
+        self._owner, self._position = owner, position
+
+    def __getattr__(self, attribute):
+        predictor = self._owner._predictor
+        return getattr(predictor.get_output_handle(predictor.get_output_names()[self._position]), attribute)
 
 
 class _Enabled:

@@ -91,3 +91,34 @@ def test_the_hook_refuses_a_truncated_parameters_file(directory, tmp_path):
     message = f"^{params}: tensor 1: the file ends 8 bytes early \\(truncated\\?\\)$"
     with paddlenlp_ext.enable(), pytest.raises(inference.ModelDirectoryError, match=message):
         paddle.inference.create_predictor(inference.paddlenlp_static_config(damaged))
+
+
+def test_the_hook_falls_back_when_a_run_fails(directory, monkeypatch, caplog):
+    """Inputs are fed again to the caller's config's predictor, by the handles the caller
+    already holds, and the outputs are read by position (the names differ)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
+    # The hook cleans loops only; this program has none, but it fails the same way.
+    monkeypatch.setattr(inference.loop_assign_pass, "remove_loop_assign",
+                        lambda program, outputs: SimpleNamespace(loops=["a loop"], summary=lambda: "cleaned"))
+    with paddlenlp_ext.enable():
+        predictor = paddle.inference.create_predictor(inference.paddlenlp_static_config(directory))
+    (name,) = predictor.get_input_names()
+    inputs = predictor.get_input_handle(name)
+    output = predictor.get_output_handle(predictor.get_output_names()[0])
+    k = feed(TRACED_ROWS)["k"]
+    inputs.copy_from_cpu(k)
+    k[0, 0] = 0  # the fallback must feed what was given, not the caller's array now
+    assert warnings_of(caplog) == []
+    predictor.run()  # fails on the cleaned program, then runs on the caller's config
+    np.testing.assert_array_equal(output.copy_to_cpu(), saved_row(TRACED_ROWS))
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith(f"{directory / 'model.pdmodel'}: running on Paddle Inference as configured without "
+                              "paddlenlp_ext (the translated program could not be run: ")
+    assert "has wrong value" in warning and "\n" not in warning
+    for k in (5, SAVED_ROWS - 1):
+        inputs.copy_from_cpu(feed(k)["k"])
+        predictor.run()
+        np.testing.assert_array_equal(output.copy_to_cpu(), saved_row(k))
+    assert len(warnings_of(caplog)) == 1
