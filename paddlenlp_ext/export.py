@@ -20,6 +20,7 @@ from . import hook
 from .compat import supports_static_cache
 from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
+from .interrupts import raise_if_interrupted
 from .quiet import library_quiet
 from .passes.report import LoopAssignReport
 
@@ -60,6 +61,7 @@ def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield staging
+        raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing goes into place
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -110,13 +110,18 @@ def export(args: argparse.Namespace):
 
 
 def main(argv=None) -> int:
+    from .interrupts import recording_interrupts
+
     args = build_parser().parse_args(argv)
     try:
-        with quiet_paddle():
+        with recording_interrupts(), quiet_paddle():
             result = export(args)
     except ExportModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the staging directory is gone; nothing went into place
+        print("interrupted", file=sys.stderr)
+        return 130
     if result.report is not None:
         print(f"remove_loop_assign: {result.report.summary()}")
     files = sorted(path.name for path in result.directory.iterdir() if path.name.startswith("model."))

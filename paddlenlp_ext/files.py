@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .interrupts import raise_if_interrupted
+
 MODEL_PREFIX = "model"
 PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
 
@@ -23,6 +25,7 @@ def write_atomically(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(partial)
+        raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing goes into place
         os.chmod(partial, 0o666 & ~current_umask())
         os.replace(partial, target)
     except BaseException:

@@ -650,9 +650,12 @@ def predict(predictor_args: PredictorArgument, model_args: ModelArgument) -> Non
 
 
 def main(argv=None) -> int:
+    from .interrupts import recording_interrupts
+
     try:
-        predictor_args, model_args = parse_arguments(argv)
-        predict(predictor_args, model_args)
+        with recording_interrupts():
+            predictor_args, model_args = parse_arguments(argv)
+            predict(predictor_args, model_args)
     except PredictorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

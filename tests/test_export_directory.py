@@ -73,3 +73,30 @@ def test_two_exports_racing_for_one_new_directory_keep_the_first(tmp_path):
     assert refused.value.message("--overwrite") == (
         f"{target} already exists and is not empty (another export wrote it meanwhile): choose a new directory "
         "or use --overwrite")
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_ctrl_c_a_library_swallowed_still_stops_the_commit(tmp_path, kind):
+    """Paddle's dy2static catches everything (``except:``) while it traces; a Ctrl-C that
+    lands there must still keep the export, or the output file, out of place."""
+    import signal
+
+    from paddlenlp_ext.files import write_atomically
+    from paddlenlp_ext.interrupts import recording_interrupts
+
+    def swallowed_ctrl_c():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except:  # noqa: E722 (what the library does)
+            pass
+
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), recording_interrupts():
+        if kind == "directory":
+            with staged_directory(target) as staging:
+                (staging / "model.json").write_text("{}")
+                swallowed_ctrl_c()
+        else:
+            write_atomically(target, lambda path: (open(path, "w").write("{}"), swallowed_ctrl_c()))
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
