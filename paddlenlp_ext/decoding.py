@@ -183,11 +183,15 @@ def counter_uniform(seed, step, rows):
 class GenerationLoop(paddle.nn.Layer):
     """Greedy or sampled decoding of a left-padded batch, KV cache in one ``while`` loop.
 
-    ``forward(input_ids, attention_mask, max_new_tokens, seed)``:
+    ``forward(input_ids, attention_mask, max_new_tokens, seed, top_k, top_p, temperature,
+    repetition_penalty)``:
 
     - ``input_ids`` int64 [B, L], left-padded with ``pad_token_id``;
     - ``attention_mask`` int64 [B, L], 0 on the padding;
-    - ``max_new_tokens`` int64 [1], ``seed`` int64 [1] (read by sampling only).
+    - ``max_new_tokens`` int64 [1];
+    - the decoding settings, [1] tensors of ``SETTING_DTYPES`` (an export takes them
+      all; a dynamic call may leave them to ``config``). ``seed`` is read by sampling
+      only.
 
     Returns the new tokens, int64 [B, n], n <= max_new_tokens: decoding stops when every
     row has produced ``eos_token_id`` (a finished row emits ``pad_token_id`` from then
