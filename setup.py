@@ -30,6 +30,7 @@ setup(
         # through visualdl; 3.7 to 3.11 ask for numpy >= 1.25 at most, so numpy 1.26.4 stays
         # (3.11.2, the one visualdl brought in, is what the benchmark was run with).
         "bench": ["matplotlib>=3.7,<3.12"],
-        "test": ["pytest>=7", "matplotlib>=3.7,<3.12"],
+        # pytest-xdist: the README's test command runs the suite in two workers.
+        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.7,<3.12"],
     },
 )
