@@ -104,7 +104,7 @@ class FallbackPredictor:
         self._predictor = cleaned
         self._config = config  # the caller's, as given
         self._fell_back = False
-        self._fed: dict = {}  # input name -> [(handle method, args)]: the calls that set its value
+        self._fed: dict = {}  # input name -> {handle method: args}: the last reshape and the last data given
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
@@ -133,7 +133,7 @@ class FallbackPredictor:
         self._fell_back = True
         for name, calls in self._fed.items():
             handle = self._predictor.get_input_handle(name)
-            for method, args in calls:
+            for method, args in calls.items():  # in the order the caller first made them
                 getattr(handle, method)(*args)
 
 
@@ -151,9 +151,11 @@ class _InputHandle:
         def remembered(*args):
             if attribute == "copy_from_cpu":  # the caller may reuse its array
                 args = tuple(np.array(arg, copy=True) for arg in args)
+            calls = self._owner._fed.setdefault(self._name, {})
             if attribute != "reshape":  # new data replaces what came before
-                self._owner._fed[self._name] = []
-            self._owner._fed.setdefault(self._name, []).append((attribute, args))
+                calls.pop("copy_from_cpu", None)
+                calls.pop("share_external_data", None)
+            calls[attribute] = args
             return value(*args)
 
         return remembered

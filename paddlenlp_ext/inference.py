@@ -459,9 +459,10 @@ def cleaned_legacy_config(config):
 
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
     whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
-    does not have (Paddle Inference's own error does not say so). Returns ``(config, report)``, or None for anything else (a PIR model, a model
-    directory, a program without a while loop, a params file not beside the model),
-    which the caller runs as it is. The user's config is not changed; every other
+    does not have (Paddle Inference's own error does not say so). Returns ``(config,
+    report)``, or None for anything else (a PIR model, a model directory, a program
+    without a while loop, a params file not beside the model), which the caller runs as
+    it is. The user's config is not changed; every other
     setting (device, threads, logging...) is kept. The cleaned files stay until the
     process exits, so the copy can create more predictors.
     """
