@@ -199,9 +199,6 @@ def test_top_p_fails_obscurely_without_the_check(llama, tmp_path, monkeypatch, f
         to_static(llama[0], tmp_path, fmt, TOP_P)
 
 
-OWN_PROCESS = "PADDLENLP_EXT_TEST_OWN_PROCESS"
-
-
 def test_retry_with_the_patches_after_a_failed_export(tmp_path):
     """In a pytest process of its own: in a pytest-xdist worker (the suite runs in two)
     the failed unpatched conversion is not reused even without the isolation, so the
@@ -210,9 +207,9 @@ def test_retry_with_the_patches_after_a_failed_export(tmp_path):
     import sys
 
     test = f"{__file__}::check_retry_with_the_patches_after_a_failed_export"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "python_functions=check_*", test,
-                             "--basetemp", str(tmp_path / "own")], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, OWN_PROCESS: "1"})
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                             "-o", "python_functions=check_*", test, "--basetemp", str(tmp_path / "own")],
+                            capture_output=True, text=True, timeout=600)
     summary = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 0 and summary.startswith("1 passed"), result.stdout[-3000:]
 
