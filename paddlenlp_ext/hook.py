@@ -65,8 +65,7 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
 
 
 def _create_cleaned_predictor(config):
-    from .errors import error_line
-    from .inference import ModelDirectoryError, cleaned_legacy_config
+    from .inference import ModelDirectoryError, cleaned_legacy_config, warn_fallback
 
     try:
         cleaned = cleaned_legacy_config(config)
@@ -77,16 +76,11 @@ def _create_cleaned_predictor(config):
     except ModelDirectoryError:
         raise  # damaged files: Paddle's own predictor would run on them
     except Exception as error:  # never worse than Paddle: the caller's config, as it was
-        _warn_fallback(config, "built", error_line(error))
+        warn_fallback(config.prog_file(), "built", error)
         return _original_create_predictor(config)
     _reports.append((config.prog_file(), report))
     logger.info("remove_loop_assign on %s: %s", config.prog_file(), report.summary())
     return FallbackPredictor(predictor, config)
-
-
-def _warn_fallback(config, stage: str, reason: str) -> None:
-    logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (the translated "
-                   "program could not be %s: %s)", config.prog_file(), stage, reason)
 
 
 class FallbackPredictor:
@@ -125,9 +119,9 @@ class FallbackPredictor:
         return self._predictor.run(*args)
 
     def _fall_back(self, error: Exception) -> None:
-        from .errors import error_line
+        from .inference import warn_fallback
 
-        _warn_fallback(self._config, "run", error_line(error))
+        warn_fallback(self._config.prog_file(), "run", error)
         self._predictor = None  # one predictor's weights in memory at a time
         self._predictor = _original_create_predictor(self._config)
         self._fell_back = True

@@ -269,11 +269,9 @@ class StaticGenerationModel:
         return predictor
 
     def _use_fallback(self, stage: str, error: Exception) -> None:
-        self.fallback_reason = f"the translated program could not be {stage}: {error_line(error)}"
+        self.fallback_reason = warn_fallback(self.model_dir, stage, error)
         self.report, self.copies_after = None, self.copies_before
         self.predictor, self._runs = None, 0  # one predictor's weights in memory at a time
-        logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", self.model_dir,
-                       self.fallback_reason)
         with library_quiet():
             self.predictor = inference.create_predictor(fallback_config(self.model_dir, self.device))
 
@@ -291,6 +289,14 @@ class StaticGenerationModel:
     def _run(self, feed: dict) -> np.ndarray:
         first, self._runs = self._runs == 0, self._runs + 1
         return run_predictor(self.predictor, feed, quiet=first)[0]
+
+
+def warn_fallback(path, stage: str, error: Exception) -> str:
+    """Log, once, that ``path`` now runs as Paddle runs it without us because the
+    translated program could not be ``stage`` ("built" or "run"); returns the reason."""
+    reason = f"the translated program could not be {stage}: {error_line(error)}"
+    logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", path, reason)
+    return reason
 
 
 def fallback_config(model_dir: str | os.PathLike, device: str = "cpu"):
