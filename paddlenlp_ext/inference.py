@@ -33,6 +33,8 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   matmul reads the weights at about a third of the memory bandwidth there, so our CPU
   configuration runs a loop's large weight products on the plain GEMM
   (``prepare_for_cpu``, ``passes.loop_weight_matmul``).
+- On every device, a loop's concat cache is carried in the layout its attention reads,
+  so no step permutes the whole cache (``prepare_program``, ``passes.loop_cache_layout``).
 - Paddle keeps every parameter scope until the process exits, so a ``LoadedProgram``
   empties its own when dropped or released (``compat.empty_scope``): a predictor made
   from it holds the weights once.
@@ -65,6 +67,7 @@ from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F40
 from .paddle_modes import static_mode
 from .passes import remove_loop_assign as loop_assign_pass
 from .passes.onednn_inplace_guard import guard_onednn_inplace
+from .passes.loop_cache_layout import carry_loop_caches_permuted
 from .passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 from .passes.onednn_layouts import has_blocked_layout_ops
 from .passes.report import LoopAssignReport
@@ -226,7 +229,7 @@ class StaticGenerationModel:
     """A static model directory running on a Paddle Inference predictor.
 
     The program is loaded (a legacy one translated to PIR), cleaned by
-    ``remove_loop_assign`` unless told not to, prepared for the CPU (``prepare_for_cpu``)
+    ``remove_loop_assign`` unless told not to, prepared as ``prepare_program`` says
     and run on the new IR. Where that program cannot be built or run while the model's
     files are sound (Paddle's translator or a pass fails on a program shape we have not
     met), the model runs the way its users run it without us, as ``fallback_config``
@@ -343,17 +346,28 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN):
-    """A predictor for ``loaded``: prepared for the CPU as ``prepare_for_cpu`` says (this
-    changes ``loaded.program``), saved to a staging directory and handed to
+    """A predictor for ``loaded``: prepared as ``prepare_program`` says (this changes
+    ``loaded.program``), saved to a staging directory and handed to
     ``create_paddle_predictor``."""
-    if device == "cpu":
-        prepare_for_cpu(loaded, onednn)
+    prepare_program(loaded, device, onednn)
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
         return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
+
+
+def prepare_program(loaded: LoadedProgram, device: str, onednn: str) -> None:
+    """What our predictors run of ``loaded.program`` on ``device``: a loop's concat caches
+    carried in their attention's layout (``passes.loop_cache_layout``: at llama2-7B's
+    layer shape, permuting the whole cache took about half of a concat loop's step),
+    then, on CPU, ``prepare_for_cpu``. Both rewrites leave the outputs as they were."""
+    report = carry_loop_caches_permuted(loaded.program, outputs=loaded.outputs)
+    if report.modified:
+        logger.debug("loop_cache_layout: %s", report.summary())
+    if device == "cpu":
+        prepare_for_cpu(loaded, onednn)
 
 
 def prepare_for_cpu(loaded: LoadedProgram, onednn: str) -> None:
@@ -461,7 +475,7 @@ def cleaned_legacy_config(config):
     copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
     by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
-    ``inplace_pass`` deleted); the program prepared as ``prepare_for_cpu`` says.
+    ``inplace_pass`` deleted); the program prepared as ``prepare_program`` says.
 
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
     whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
@@ -492,8 +506,7 @@ def cleaned_legacy_config(config):
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
-    if not config.use_gpu():
-        prepare_for_cpu(loaded, DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
+    prepare_program(loaded, "gpu" if config.use_gpu() else "cpu", DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)

@@ -9,6 +9,7 @@ from loop_programs import count_loop_copies
 from paddlenlp_ext import analyze_loop_assign, remove_loop_assign, remove_loop_assign_pr9002
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy
 from paddlenlp_ext.paddle_modes import dygraph_mode
+from paddlenlp_ext.passes.loop_cache_layout import carry_loop_caches_permuted
 from paddlenlp_ext.inference import load_program, run_program
 
 PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")
@@ -85,6 +86,38 @@ def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
     assert report.removed == 7 and len(report.kept) == 12
     (tokens,) = run_program(model, feed())
     np.testing.assert_array_equal(tokens, reference)
+
+
+def _whole_cache_transposes(program) -> int:
+    """Transposes in the loop body of a value that grows by a concat (the cache)."""
+    body = next(op for op in program.global_block().ops if op.name() == "pd_op.while").as_while_op().body()
+    count = 0
+    for op in body.ops:
+        if op.name() == "pd_op.transpose":
+            source = op.operand_source(0).get_defining_op()
+            while source is not None and source.name() == "pd_op.transpose":
+                source = source.operand_source(0).get_defining_op()
+            count += source is not None and source.name() == "pd_op.concat"
+    return count
+
+
+def test_the_cleaned_loop_carries_its_caches_in_the_attention_layout(exported):
+    """After remove_loop_assign, loop_cache_layout carries each of the 4 caches (2
+    layers, keys and values) permuted: no step transposes a whole cache, and the
+    tokens are PaddleNLP's. Before remove_loop_assign the copies read the caches as
+    they are, so nothing is rewritten."""
+    directory, reference = exported
+    model = load_program(directory)
+    assert carry_loop_caches_permuted(model.program, outputs=model.outputs).rewritten == 0
+    remove_loop_assign(model.program, outputs=model.outputs)
+    assert _whole_cache_transposes(model.program) == 6  # values once, keys twice, per layer
+    report = carry_loop_caches_permuted(model.program, outputs=model.outputs)
+    assert (report.rewritten, report.loops) == (4, 1), report.summary()
+    assert _whole_cache_transposes(model.program) == 0
+    assert not carry_loop_caches_permuted(model.program, outputs=model.outputs).modified
+    for n in (1, 4, NEW_TOKENS):
+        (tokens,) = run_program(model, feed(n))
+        np.testing.assert_array_equal(tokens, reference[:, :n])
 
 
 def inspect(*args):

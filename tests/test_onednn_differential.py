@@ -4,7 +4,7 @@ and the guard, each predictor run twice in a row, against the unmodified program
 ``paddle.static.Executor``.
 
 Configurations (``CONFIGS``): StaticGenerationModel's (oneDNN as Paddle places it,
-``inplace_pass`` deleted, the program prepared as ``prepare_for_cpu`` says: loop weight
+``inplace_pass`` deleted, the program prepared as ``prepare_program`` says: loop weight
 matmuls as ``addmm``, guarded where ``guard_for_onednn`` says; also what the load-time
 hook creates) on the program as built and cleaned by the pass; oneDNN off on the program as built
 and cleaned (bit for bit: the same plain kernels as the Executor, subnormals flushed:
@@ -36,7 +36,7 @@ from onednn_random import build_onednn_program
 from paddlenlp_ext.inference import (
     ONEDNN_DELETED_PASSES,
     create_paddle_predictor,
-    prepare_for_cpu,
+    prepare_program,
     load_files,
     run_predictor,
     run_program,
@@ -104,13 +104,13 @@ def check_program(seed: int, workdir: str) -> dict:
     except Exception:
         return None
     loaded = load_files(prefixes["source"], "pir")  # as StaticGenerationModel(remove_loop_assign=False) runs it
-    prepare_for_cpu(loaded, "all")
+    prepare_program(loaded, "cpu", "all")
     save_program(loaded, prefixes["ours, as built"])
     loaded = load_files(prefixes["source"], "pir")
     report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
     save_program(loaded, prefixes["cleaned"])
     loaded = load_files(prefixes["cleaned"], "pir")  # as StaticGenerationModel runs it
-    prepare_for_cpu(loaded, "all")
+    prepare_program(loaded, "cpu", "all")
     save_program(loaded, prefixes["ours, cleaned"])
     loaded = load_files(prefixes["cleaned"], "pir")  # as convert writes it
     guarded = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)

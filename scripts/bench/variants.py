@@ -90,7 +90,7 @@ def exported_formats(variants) -> tuple:
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
     """Load the program, time ``rewrite`` on fresh translations, save it for its predictor."""
-    from paddlenlp_ext.inference import MODEL_PREFIX, load_program, prepare_for_cpu, save_program
+    from paddlenlp_ext.inference import MODEL_PREFIX, load_program, prepare_program, save_program
 
     from .pass_timing import time_rewrite
 
@@ -98,7 +98,7 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
         loaded, pass_ms, report = load_program(model_dir), None, None
     else:  # the last timed run's program is the one run
         pass_ms, report, loaded = time_rewrite(model_dir, rewrite, settings["warmup"], settings["repeats"])
-    prepare_for_cpu(loaded, "all")  # as StaticGenerationModel does before it runs a program on oneDNN
+    prepare_program(loaded, "cpu", "all")  # as StaticGenerationModel does before it runs a program on oneDNN
     prefix = str(workdir / name / MODEL_PREFIX)
     save_program(loaded, prefix)
     copies = _copies(loaded.program)
