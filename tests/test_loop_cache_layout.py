@@ -23,10 +23,12 @@ FEED = {"q": RNG.standard_normal((B, H, 1, D)).astype("float32"),
 
 def attention_loop(variant: str = "eligible"):
     """PaddleNLP's attention over a key and a value cache grown by concat each step;
-    ``variant`` breaks one safety condition for the key cache only."""
+    ``variant`` breaks one safety condition for the key cache only ("static-init" breaks
+    none: the caches start from inputs of a static length)."""
+    prompt = PROMPT if variant == "static-init" else -1
     q = paddle.static.data("q", [B, H, 1, D], "float32")
-    k0 = paddle.static.data("k0", [B, -1, H, D], "float32")
-    v0 = paddle.static.data("v0", [B, -1, H, D], "float32")
+    k0 = paddle.static.data("k0", [B, prompt, H, D], "float32")
+    v0 = paddle.static.data("v0", [B, prompt, H, D], "float32")
     i, steps = paddle.full([1], 0, "int64"), paddle.full([1], STEPS, "int64")
     acc = paddle.zeros([B, H, 1, D], "float32")
 
@@ -57,6 +59,10 @@ def attention_loop(variant: str = "eligible"):
 
     spare = paddle.zeros([B, 1, H, D], "float32") if variant != "yielded-twice" else paddle.assign(k0)
     _, k, v, acc, spare = paddle.static.nn.while_loop(lambda i, *_: i < steps, body, [i, k0, v0, acc, spare])
+    if variant == "static-init":  # while_loop made the inits dynamic; a translated or edited program need not
+        static = paddle.zeros([B, PROMPT, H, D], "float32").type()
+        k0.set_type(static)
+        v0.set_type(static)
     after = paddle.sum(k[:, -2:], axis=1) + v[:, 0]  # read after the loop: the inverse transpose
     outputs = [acc, after, spare]
     if variant == "fetched":  # condition 4: the caller holds the loop's result
@@ -93,6 +99,18 @@ def check_layout(variant: str, rewritten: int):
 
 def test_both_caches_are_carried_permuted_and_nothing_changes():
     check_layout("eligible", rewritten=2)
+
+
+def test_a_static_init_leaves_the_carried_length_dynamic():
+    """The loop variable's type is its own permuted, not its init's: a cache that starts
+    at a static length still grows."""
+    check_layout("static-init", rewritten=2)
+    built = build_pir(lambda: attention_loop("static-init"), dict(FEED))
+    carry_loop_caches_permuted(built.program, outputs=built.outputs)
+    loop = next(op for op in built.program.global_block().ops if op.name() == "pd_op.while")
+    args = loop.as_while_op().body().args()
+    assert [list(args[1].shape), list(args[2].shape)] == [[B, H, D, -1], [B, H, -1, D]]
+    assert [list(loop.result(1).shape), list(loop.result(2).shape)] == [[B, H, D, -1], [B, H, -1, D]]
 
 
 @pytest.mark.parametrize("variant", ["not-concat", "arg-read", "concat-read", "two-perms", "yielded-twice", "fetched"])

@@ -133,9 +133,11 @@ def _match_position(loop, position: int, output_keys: set) -> PermutedCache | No
     body = loop.as_while_op().body()
     arg = body.args()[position]
     yield_op = list(body.ops)[-1]
+    if yield_op.name() != YIELD or not arg.is_dense_tensor_type() or len(arg.shape) == 0:  # condition 1
+        return None
     carried = yield_op.operand_source(position + 1)
     concat = carried.get_defining_op()
-    if concat is None or concat.name() != CONCAT or len(arg.shape) == 0:  # condition 1
+    if concat is None or concat.name() != CONCAT:
         return None
     combine = concat.operand_source(0).get_defining_op()
     if combine is None or combine.name() != COMBINE or len(combine.result(0).all_used_ops()) != 1:
@@ -201,10 +203,16 @@ def _rewrite(match: PermutedCache) -> None:
     arg, result = body.args()[position], loop.result(position)
     inverse = [perm.index(j) for j in range(len(perm))]
 
+    # The loop variable's own type, permuted (its dims may be less static than the init's).
+    paddle.pir.set_insertion_point(match.concat)
+    probe = paddle._C_ops.transpose(arg, perm)
+    permuted_type = probe.type()
+    probe.get_defining_op().erase()
+
     paddle.pir.set_insertion_point(loop)
     init = paddle._C_ops.transpose(loop.operand_source(position + 1), perm)
     loop.operand(position + 1).set_source(init)
-    arg.set_type(init.type())
+    arg.set_type(permuted_type)
 
     for reader in [op for op in arg.all_used_ops() if op.name() in SHAPE_READERS]:
         paddle.pir.set_insertion_point(reader)
@@ -230,7 +238,7 @@ def _rewrite(match: PermutedCache) -> None:
     combine.erase()
 
     readers = list(result.all_used_ops())
-    result.set_type(init.type())
+    result.set_type(permuted_type)
     if readers:
         paddle.pir.set_insertion_point_after(loop)
         restored = paddle._C_ops.transpose(result, inverse)
