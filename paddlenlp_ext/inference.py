@@ -506,7 +506,8 @@ def cleaned_legacy_config(config):
     report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
     if not report.loops:  # not a decoding loop: nothing for us to do
         return None
-    prepare_program(loaded, "gpu" if config.use_gpu() else "cpu", DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
+    onednn = DEFAULT_ONEDNN if config.mkldnn_enabled() else "off"  # as the user set it
+    prepare_program(loaded, "gpu" if config.use_gpu() else "cpu", onednn)
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)
@@ -516,5 +517,5 @@ def cleaned_legacy_config(config):
     cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
     cleaned.enable_new_ir(True)
     if not cleaned.use_gpu():
-        configure_cpu(cleaned, DEFAULT_ONEDNN if config.mkldnn_enabled() else "off")
+        configure_cpu(cleaned, onednn)
     return cleaned, report

@@ -112,6 +112,9 @@ def test_enabled_hook_leaves_other_models_to_paddle(tmp_path):
 def test_the_hook_keeps_the_users_onednn_setting(exported):
     """Issue 15, class 6: a config with oneDNN disabled stays disabled under the hook
     (it used to be turned back on); one with oneDNN on keeps it, in our configuration."""
+    from paddle import inference
+    from test_llama_loop import feed
+
     from paddlenlp_ext.inference import cleaned_legacy_config
 
     directory, reference = exported
@@ -123,3 +126,5 @@ def test_the_hook_keeps_the_users_onednn_setting(exported):
         cleaned, _ = cleaned_legacy_config(config)
         assert cleaned.mkldnn_enabled() == onednn and config.mkldnn_enabled() == onednn
         assert cleaned.cpu_math_library_num_threads() == 2 and cleaned.new_ir_enabled()
+        # the concat loop, its caches carried permuted, on either runtime
+        np.testing.assert_array_equal(run_predictor(inference.create_predictor(cleaned), feed())[0], reference)

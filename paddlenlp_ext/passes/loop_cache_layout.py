@@ -190,11 +190,16 @@ def permuted_caches(program, outputs=None) -> tuple[list[PermutedCache], int]:
     return found, loops
 
 
-def _permuted_shape(shape_reader, value, perm) -> object:
-    """``shape_reader``'s op applied to ``value`` (carried permuted), in the original order."""
-    reader = getattr(paddle._C_ops, shape_reader.name().split(".")[1])
-    order = paddle.assign(np.array([perm.index(j) for j in range(len(perm))], dtype="int64"))
-    return paddle._C_ops.gather(reader(value), order, 0)
+def _read_shapes_from(old, new, perm) -> None:
+    """Every shape reader of ``old`` reads ``new`` (``old`` permuted by ``perm``) instead,
+    its result put back in ``old``'s order."""
+    order = [perm.index(j) for j in range(len(perm))]
+    for shape_reader in [op for op in old.all_used_ops() if op.name() in SHAPE_READERS]:
+        paddle.pir.set_insertion_point(shape_reader)
+        reader = getattr(paddle._C_ops, shape_reader.name().split(".")[1])
+        reordered = paddle._C_ops.gather(reader(new), paddle.assign(np.array(order, dtype="int64")), 0)
+        shape_reader.result(0).replace_all_uses_with(reordered)
+        shape_reader.erase()
 
 
 def _rewrite(match: PermutedCache) -> None:
@@ -213,11 +218,7 @@ def _rewrite(match: PermutedCache) -> None:
     init = paddle._C_ops.transpose(loop.operand_source(position + 1), perm)
     loop.operand(position + 1).set_source(init)
     arg.set_type(permuted_type)
-
-    for reader in [op for op in arg.all_used_ops() if op.name() in SHAPE_READERS]:
-        paddle.pir.set_insertion_point(reader)
-        reader.result(0).replace_all_uses_with(_permuted_shape(reader, arg, perm))
-        reader.erase()
+    _read_shapes_from(arg, arg, perm)
 
     concat = match.concat
     combine = concat.operand_source(0).get_defining_op()
@@ -229,10 +230,7 @@ def _rewrite(match: PermutedCache) -> None:
         transpose.result(0).replace_all_uses_with(permuted)
     for transpose in match.dead_transposes:
         transpose.erase()
-    for reader in [op for op in concat.result(0).all_used_ops() if op.name() in SHAPE_READERS]:
-        paddle.pir.set_insertion_point(reader)
-        reader.result(0).replace_all_uses_with(_permuted_shape(reader, permuted, perm))
-        reader.erase()
+    _read_shapes_from(concat.result(0), permuted, perm)
     concat.result(0).replace_all_uses_with(permuted)  # the yield is its last reader
     concat.erase()
     combine.erase()
