@@ -65,6 +65,7 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
 
 
 def _create_cleaned_predictor(config):
+    from .host_memory import return_free_memory
     from .inference import ModelDirectoryError, cleaned_legacy_config, warn_fallback
 
     try:
@@ -73,6 +74,7 @@ def _create_cleaned_predictor(config):
             return _original_create_predictor(config)
         cleaned_config, report = cleaned
         predictor = _original_create_predictor(cleaned_config)
+        return_free_memory()  # what loading the predictor freed
     except ModelDirectoryError:
         raise  # damaged files: Paddle's own predictor would run on them
     except Exception as error:  # never worse than Paddle: the caller's config, as it was

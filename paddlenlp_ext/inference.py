@@ -38,6 +38,9 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
 - Paddle keeps every parameter scope until the process exits, so a ``LoadedProgram``
   empties its own when dropped or released (``compat.empty_scope``): a predictor made
   from it holds the weights once.
+- Paddle's CPU tensors come from glibc's ``malloc``, which maps every large block afresh
+  and unmaps it when freed: at llama2-7B's layer shape the page faults were about half of
+  a concat loop's step. Our CPU predictors keep freed memory mapped (``host_memory``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import numpy as np
 import paddle
 from paddle import inference
 
+from . import host_memory
 from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
@@ -121,8 +125,10 @@ class LoadedProgram:
         self._release.atexit = False  # at exit the process's memory goes anyway
 
     def release(self) -> None:
-        """Free the parameters now (the program can no longer run or be saved)."""
+        """Free the parameters now (the program can no longer run or be saved), and give
+        their memory back to the system (``host_memory.return_free_memory``)."""
         self._release()
+        host_memory.return_free_memory()
 
     @property
     def feed_names(self) -> list[str]:
@@ -413,8 +419,19 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     if dump_optimized_to is not None:
         config.set_optim_cache_dir(dump_optimized_to)
         config.enable_save_optim_model(True)
+    return _create_predictor(config)
+
+
+def _create_predictor(config):
+    """Paddle Inference's predictor for ``config``. On CPU, host memory its runs free
+    stays mapped for their next allocations (``host_memory.keep_freed_memory``), and what
+    loading it freed is given back."""
+    if not config.use_gpu():
+        host_memory.keep_freed_memory()
     with library_quiet():  # glog lines, and oneDNN's passes print to stdout
-        return inference.create_predictor(config)
+        predictor = inference.create_predictor(config)
+    host_memory.return_free_memory()
+    return predictor
 
 
 def paddlenlp_static_config(model_dir: str | os.PathLike):
@@ -477,14 +494,17 @@ def cleaned_legacy_config(config):
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
     ``inplace_pass`` deleted); the program prepared as ``prepare_program`` says.
 
+    On CPU, the process keeps freed host memory mapped, as for our own predictors
+    (``host_memory.keep_freed_memory``).
+
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
     whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
     does not have (Paddle Inference's own error does not say so). Returns ``(config,
     report)``, or None for anything else (a PIR model, a model directory, a program
     without a while loop, a params file not beside the model), which the caller runs as
-    it is. The user's config is not changed; every other
-    setting (device, threads, logging...) is kept. The cleaned files stay until the
-    process exits, so the copy can create more predictors.
+    it is. The user's config is not changed; every other setting (device, threads,
+    logging...) is kept. The cleaned files stay until the process exits, so the copy can
+    create more predictors.
     """
     prog, params = config.prog_file(), config.params_file()
     if prog.endswith(".json") and os.path.isfile(prog):
@@ -518,4 +538,5 @@ def cleaned_legacy_config(config):
     cleaned.enable_new_ir(True)
     if not cleaned.use_gpu():
         configure_cpu(cleaned, onednn)
+        host_memory.keep_freed_memory()
     return cleaned, report

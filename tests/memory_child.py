@@ -3,7 +3,10 @@ predictor is made on it by one route: ``python memory_child.py ROUTE DIR`` print
 ``{"before_kib": ..., "after_kib": ..., "after_run_kib": ...}`` (VmRSS before the
 predictor, once it is made, and after one run).
 
-Routes: ``model`` (StaticGenerationModel), ``hook`` (PaddleNLP's static config under
+Routes: ``model`` (StaticGenerationModel), ``second model`` (a StaticGenerationModel made
+after another one was made and dropped in the same process: what our predictors free
+stays mapped for reuse, ``host_memory``, so the translated weights the second one frees
+must be given back), ``hook`` (PaddleNLP's static config under
 ``paddlenlp_ext.enable()``), ``paddle-default`` (Paddle's default config on DIR's
 ``model.json``: a converted directory), ``paddlenlp`` (PaddleNLP's config as it is).
 """
@@ -58,6 +61,11 @@ def main(route: str, directory: str) -> None:
     before = _rss_kib()
     if route == "model":
         kept = StaticGenerationModel(directory)
+    elif route == "second model":
+        first = StaticGenerationModel(directory)
+        del first
+        gc.collect()
+        kept = StaticGenerationModel(directory)
     elif route == "hook":
         with paddlenlp_ext.enable():
             kept = inference.create_predictor(paddlenlp_static_config(directory))
@@ -69,7 +77,7 @@ def main(route: str, directory: str) -> None:
         raise SystemExit(f"unknown route {route!r}")
     gc.collect()
     after = _rss_kib()
-    predictor = kept.predictor if route == "model" else kept
+    predictor = kept.predictor if isinstance(kept, StaticGenerationModel) else kept
     run_predictor(predictor, {"x": np.full([1, WEIGHT_ROWS], 0.5, "float32")})
     print(json.dumps({"before_kib": before, "after_kib": after, "after_run_kib": _rss_kib()}))
 

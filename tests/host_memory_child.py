@@ -1,0 +1,83 @@
+"""Page faults in a fresh process once a predictor is made by one route:
+``python host_memory_child.py ROUTE DIR`` prints ``{"run_faults": ..., "block_faults": ...}``:
+the minor page faults of a predictor's sixth run on a 64 MiB input (glibc's heap grows
+for the first few runs, until its free blocks fit what a run allocates), and of
+allocating, filling and freeing a 64 MiB block with ``malloc`` for the second time.
+
+Routes: ``ours`` (``create_paddle_predictor`` on DIR's ``scale/model.json``), ``hook``
+(PaddleNLP's static config on DIR's ``legacy`` loop model under ``paddlenlp_ext.enable()``),
+``paddlenlp`` (the same config without the hook).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import resource
+import sys
+
+import numpy as np
+
+ROWS, COLUMNS = 2048, 8192  # a float32 block of 64 MiB: 16,384 pages of 4 KiB
+
+
+def build_scale_model(prefix: str) -> None:
+    """``out = 3 * x + 1`` for x of shape [-1, COLUMNS], saved as PIR."""
+    import paddle
+
+    from paddlenlp_ext.paddle_modes import static_mode
+
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [-1, COLUMNS], "float32")
+            out = x * 3.0 + 1.0
+        paddle.static.save_inference_model(prefix, [x], [out], paddle.static.Executor(paddle.CPUPlace()),
+                                           program=main)
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _block_faults() -> int:
+    """Faults of a 64 MiB block allocated, filled and freed, measured the second time
+    (with C's malloc: numpy asks for huge pages, which fault 512 times less)."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    size = ROWS * COLUMNS * 4
+    for _ in range(2):
+        before = _faults()
+        block = libc.malloc(ctypes.c_size_t(size))
+        ctypes.memset(block, 1, size)
+        libc.free(ctypes.c_void_p(block))
+    return _faults() - before
+
+
+def main(route: str, directory: str) -> None:
+    from paddle import inference
+
+    import paddlenlp_ext
+    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config, run_predictor
+
+    run_faults = None
+    if route == "ours":
+        predictor = create_paddle_predictor(f"{directory}/scale/model", "cpu")
+        x = {"x": np.full([ROWS, COLUMNS], 0.5, "float32")}
+        for _ in range(6):
+            before = _faults()
+            out = run_predictor(predictor, x)[0]
+            del out
+        run_faults = _faults() - before
+    elif route == "hook":
+        with paddlenlp_ext.enable():
+            predictor = inference.create_predictor(paddlenlp_static_config(f"{directory}/legacy"))
+    elif route == "paddlenlp":
+        predictor = inference.create_predictor(paddlenlp_static_config(f"{directory}/legacy"))
+    else:
+        raise SystemExit(f"unknown route {route!r}")
+    print(json.dumps({"run_faults": run_faults, "block_faults": _block_faults()}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
