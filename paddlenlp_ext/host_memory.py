@@ -20,8 +20,9 @@ the free pages back to the system (``malloc_trim``).
 
 It changes the whole process, so it is left alone when the user has tuned glibc's
 allocator themselves (any ``MALLOC_*`` tunable or ``GLIBC_TUNABLES`` in the
-environment; ``MALLOC_MMAP_MAX_=65536`` restores glibc's default), and it does nothing
-where the C library is not glibc.
+environment) or opted out (``PADDLENLP_EXT_KEEP_FREED_MEMORY=0``: glibc's default
+behaviour, which any tunable would change), and it does nothing where the C library is
+not glibc.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ M_MMAP_MAX = -4
 # Environment variables through which a user tunes glibc's allocator (mallopt(3)).
 USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
                  "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+OPT_OUT_VARIABLE = "PADDLENLP_EXT_KEEP_FREED_MEMORY"  # "0": leave glibc as it is
 
 _kept = False
 
@@ -50,9 +52,11 @@ def _glibc():
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
-def user_tuned_allocator() -> str | None:
-    """The first of ``USER_TUNABLES`` set in the environment, if any."""
-    return next((name for name in USER_TUNABLES if name in os.environ), None)
+def user_choice() -> str | None:
+    """Why the user's environment says to leave glibc's allocator alone, if it does."""
+    if os.environ.get(OPT_OUT_VARIABLE) == "0":
+        return f"{OPT_OUT_VARIABLE}=0"
+    return next((f"{name} is set" for name in USER_TUNABLES if name in os.environ), None)
 
 
 def keep_freed_memory() -> bool:
@@ -62,10 +66,9 @@ def keep_freed_memory() -> bool:
     if _kept:
         return True
     libc = _glibc()
-    tuned = user_tuned_allocator()
-    if libc is None or tuned is not None:
-        logger.debug("host memory: glibc's allocator left as it is (%s)",
-                     f"{tuned} is set" if tuned else "not glibc")
+    reason = user_choice() or (None if libc else "not glibc")
+    if reason is not None:
+        logger.debug("host memory: the C allocator left as it is (%s)", reason)
         return False
     # mallopt returns 1 on success. glibc reads the trim threshold as a size_t, so -1 is
     # the largest: the heap's free top is never trimmed by free().

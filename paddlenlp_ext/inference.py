@@ -84,6 +84,15 @@ logger = logging.getLogger("paddlenlp_ext")
 ONEDNN_MODES = ("all", "off")
 DEFAULT_ONEDNN = "all"
 
+# Up to this many sequences per run, our oneDNN configuration runs a decode loop's weight
+# products on the plain GEMM (prepare_for_cpu). That GEMM (MKL) streams the weights once
+# for one row, but its time grows with the rows (at llama2-7B's MLP shape, one thread:
+# 10.4 ms for 1 row, 19.4 for 2, 41.4 for 4), while oneDNN's matmul costs about the same
+# for a few rows as for one. A llama2-7B-shaped layer's step (static cache, 256 prompt
+# tokens, medians of 3, same tokens), plain GEMM against oneDNN: 108 against 128 ms at
+# batch 2, 168 against 136 at batch 3, 178 against 122 at batch 4.
+ADDMM_MAX_BATCH = 2
+
 # Paddle Inference passes each oneDNN mode deletes.
 ONEDNN_DELETED_PASSES = {
     "all": (
@@ -242,10 +251,17 @@ class StaticGenerationModel:
     configures Paddle Inference: one warning on the ``paddlenlp_ext`` logger says so and
     why (``fallback_reason``), and the outputs are Paddle's. ``fall_back=False`` raises
     instead. A damaged directory is a ModelDirectoryError either way.
+
+    ``batch_size``: how many sequences a run is fed (PaddleNLP's ``--batch_size``). It
+    picks the decode's weight-product kernel on CPU (``prepare_for_cpu``); any batch
+    runs, and gives the same tokens, whatever it is set to.
     """
 
     def __init__(self, model_dir, *, remove_loop_assign: bool = True, device: str = "cpu",
-                 dump_optimized_to: str | None = None, onednn: str = DEFAULT_ONEDNN, fall_back: bool = True):
+                 dump_optimized_to: str | None = None, onednn: str = DEFAULT_ONEDNN, fall_back: bool = True,
+                 batch_size: int = 1):
+        if batch_size < 1:  # before the try below: a caller's mistake, not a reason to fall back
+            raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
         self.model_dir = Path(model_dir)
         self.format = model_format(model_dir)
         self.device = device
@@ -256,7 +272,7 @@ class StaticGenerationModel:
         self.has_loop: bool | None = None  # a while loop in the program (None: not known, after a fallback)
         self._runs = 0  # of self.predictor
         try:
-            self.predictor = self._cleaned_predictor(remove_loop_assign, dump_optimized_to, onednn)
+            self.predictor = self._cleaned_predictor(remove_loop_assign, dump_optimized_to, onednn, batch_size)
         except ModelDirectoryError:
             raise
         except Exception as error:
@@ -265,7 +281,8 @@ class StaticGenerationModel:
             self._use_fallback("built", error)
         self.input_names = self.predictor.get_input_names()
 
-    def _cleaned_predictor(self, remove_loop_assign: bool, dump_optimized_to: str | None, onednn: str):
+    def _cleaned_predictor(self, remove_loop_assign: bool, dump_optimized_to: str | None, onednn: str,
+                           batch_size: int):
         loaded = load_program(self.model_dir)
         self.has_loop = any(op.name() == "pd_op.while" for op in loaded.program.global_block().ops)
         self.copies_before = count_loop_copies(loaded.program)
@@ -273,7 +290,7 @@ class StaticGenerationModel:
             self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        predictor = predictor_for(loaded, self.device, dump_optimized_to, onednn)
+        predictor = predictor_for(loaded, self.device, dump_optimized_to, onednn, batch_size)
         loaded.release()  # the predictor holds its own copy of the weights
         return predictor
 
@@ -351,11 +368,11 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
 
 
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
-                  onednn: str = DEFAULT_ONEDNN):
+                  onednn: str = DEFAULT_ONEDNN, batch_size: int = 1):
     """A predictor for ``loaded``: prepared as ``prepare_program`` says (this changes
     ``loaded.program``), saved to a staging directory and handed to
     ``create_paddle_predictor``."""
-    prepare_program(loaded, device, onednn)
+    prepare_program(loaded, device, onednn, batch_size)
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
@@ -364,26 +381,31 @@ def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to:
         return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
 
 
-def prepare_program(loaded: LoadedProgram, device: str, onednn: str) -> None:
+def prepare_program(loaded: LoadedProgram, device: str, onednn: str, batch_size: int = 1) -> None:
     """What our predictors run of ``loaded.program`` on ``device``: a loop's concat caches
     carried in their attention's layout (``passes.loop_cache_layout``: at llama2-7B's
     layer shape, permuting the whole cache took about half of a concat loop's step),
-    then, on CPU, ``prepare_for_cpu``. Both rewrites leave the outputs as they were."""
+    then, on CPU, ``prepare_for_cpu`` for ``batch_size`` sequences at a time. The
+    rewrites leave the outputs as they were, at every batch size."""
     report = carry_loop_caches_permuted(loaded.program, outputs=loaded.outputs)
     if report.modified:
         logger.debug("loop_cache_layout: %s", report.summary())
     if device == "cpu":
-        prepare_for_cpu(loaded, onednn)
+        prepare_for_cpu(loaded, onednn, batch_size)
 
 
-def prepare_for_cpu(loaded: LoadedProgram, onednn: str) -> None:
-    """What our CPU configuration runs of ``loaded.program``: the decode loop's weight
-    matmuls on the plain GEMM (``passes.loop_weight_matmul``: oneDNN's matmul reads the
-    weights at a third of the memory bandwidth there), then, with oneDNN on,
-    ``guard_for_onednn``."""
-    report = run_loop_weight_matmuls_as_addmm(loaded.program)
-    if report.modified:
-        logger.debug("loop_weight_matmul: %s", report.summary())
+def prepare_for_cpu(loaded: LoadedProgram, onednn: str, batch_size: int = 1) -> None:
+    """What our CPU configuration runs of ``loaded.program``, fed ``batch_size``
+    sequences at a time: up to ``ADDMM_MAX_BATCH`` of them (or with oneDNN off), the
+    decode loop's weight matmuls on the plain GEMM (``passes.loop_weight_matmul``:
+    oneDNN's matmul reads the weights at a third of the memory bandwidth for one row);
+    then, with oneDNN on, ``guard_for_onednn``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
+    if onednn == "off" or batch_size <= ADDMM_MAX_BATCH:
+        report = run_loop_weight_matmuls_as_addmm(loaded.program)
+        if report.modified:
+            logger.debug("loop_weight_matmul: %s", report.summary())
     if onednn != "off":
         guard_for_onednn(loaded)
 

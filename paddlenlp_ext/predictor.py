@@ -160,7 +160,7 @@ class StaticGraphPredictor(BasePredictor):
         from .inference import StaticGenerationModel
 
         self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
-                                                  device=config.device)
+                                                  device=config.device, batch_size=config.batch_size)
         if "input_ids" not in self.static_model.input_names or self.static_model.has_loop is False:
             raise PredictorError(f"{static_dir}: not a generation model (it needs input_ids and a decoding loop; "
                                  f"it takes {', '.join(self.static_model.input_names)}"

@@ -2,11 +2,22 @@
 else changes: the delta, idempotence, and outputs on the Executor and on Paddle
 Inference in every CPU configuration we create."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import paddle
+import pytest
 from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference, save_inference
 
-from paddlenlp_ext.inference import create_paddle_predictor, executed_loop_ops, load_files, prepare_for_cpu, save_program
+from paddlenlp_ext.inference import (
+    ADDMM_MAX_BATCH,
+    StaticGenerationModel,
+    create_paddle_predictor,
+    executed_loop_ops,
+    load_files,
+    prepare_for_cpu,
+    save_program,
+)
 from paddlenlp_ext.passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 
 K, N = 8, 6
@@ -97,3 +108,42 @@ def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_l
         create_paddle_predictor(str(tmp_path / onednn / "model"), "cpu", str(tmp_path / onednn / "dump"), onednn)
         executed = executed_loop_ops(str(tmp_path / onednn / "dump"))
         assert executed["addmm"] == 2 and executed["addmm_"] == 0, (onednn, executed)
+
+
+@pytest.mark.parametrize("batch_size, onednn, rewritten", [
+    (1, "all", 2),
+    (ADDMM_MAX_BATCH + 1, "all", 0),  # oneDNN's matmul: the plain GEMM's time grows with the rows
+    (ADDMM_MAX_BATCH + 1, "off", 2),  # no oneDNN to run them on
+])
+def test_the_batch_size_picks_the_loop_weight_kernel(tmp_path, every_weight_is_large, batch_size, onednn, rewritten):
+    """StaticGenerationModel(batch_size=...) prepares the program for that many sequences:
+    what its predictor executes, and its outputs, which are the same for any batch fed."""
+    save_inference(build_pir(loop_with_weight_matmuls, FEED), str(tmp_path / "model" / "model"))
+    model = StaticGenerationModel(tmp_path / "model", batch_size=batch_size, onednn=onednn,
+                                  dump_optimized_to=str(tmp_path / "dump"), fall_back=False)
+    executed = executed_loop_ops(str(tmp_path / "dump"))
+    products = executed["matmul"] + executed["fused_matmul"]  # oneDNN's fuse passes may fuse an add in
+    assert executed["addmm"] == rewritten and products == 5 - rewritten, executed
+    reference = run(build_pir(loop_with_weight_matmuls, FEED))[0]
+    np.testing.assert_allclose(model.run(FEED), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_predictor_prepares_its_static_model_for_its_batch_size(monkeypatch):
+    import paddlenlp_ext.inference as inference_module
+    from paddlenlp_ext.predictor import PredictorArgument, StaticGraphPredictor
+
+    class Recorded(Exception):
+        pass
+
+    def recording(model_dir, **kwargs):
+        raise Recorded(kwargs)
+
+    monkeypatch.setattr(inference_module, "StaticGenerationModel", recording)
+    with pytest.raises(Recorded) as recorded:
+        StaticGraphPredictor(PredictorArgument(batch_size=3), "unused", tokenizer=SimpleNamespace())
+    assert recorded.value.args[0]["batch_size"] == 3
+
+
+def test_a_batch_size_under_one_is_refused_before_anything_is_loaded(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be 1 or more, got 0"):
+        StaticGenerationModel(tmp_path / "nothing here", batch_size=0)

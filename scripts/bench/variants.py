@@ -98,7 +98,8 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
         loaded, pass_ms, report = load_program(model_dir), None, None
     else:  # the last timed run's program is the one run
         pass_ms, report, loaded = time_rewrite(model_dir, rewrite, settings["warmup"], settings["repeats"])
-    prepare_program(loaded, "cpu", "all")  # as StaticGenerationModel does before it runs a program on oneDNN
+    # as StaticGenerationModel(batch_size=...) does before it runs a program on oneDNN
+    prepare_program(loaded, "cpu", "all", settings["batch_size"])
     prefix = str(workdir / name / MODEL_PREFIX)
     save_program(loaded, prefix)
     copies = _copies(loaded.program)
