@@ -6,15 +6,16 @@ threshold (128 KiB at first, raised up to 32 MiB as such blocks are freed) with 
 ``mmap`` and unmaps it on ``free``, so the kernel zero-fills every page of it again on
 first touch. A decode step at llama2-7B's layer shape allocates its grown concat caches
 (32 MiB each at 2048 positions), and a prefill its [batch, heads, L, L] attention
-products (512 MiB at 2048 prompt tokens); measured here on one such layer, a concat
-loop's step took 12,000-14,000 page faults and 95-112 ms at 2048 positions, and 5-121
-faults and 59-63 ms once freed memory stayed mapped for the next step (prefill: 690,000
-faults and 12.1-12.5 s, against none and 10.7-11.1 s).
+products (512 MiB at 2048 prompt tokens). Measured here on one such layer at 2048
+positions, a concat loop's step took 5,000-18,000 page faults and 85-133 ms, and about
+none and 56-82 ms once freed memory stayed mapped for the next step; its prefill, up to
+870,000 faults and 0-2 s of 12-15 s (``docs/benchmark-llama2-7b.md``).
 
 ``keep_freed_memory`` sets glibc to serve every block from its heap (``M_MMAP_MAX`` 0)
 and keep freed heap memory mapped (``M_TRIM_THRESHOLD``), the way Paddle's own GPU
-allocator caches device memory: a predictor's resident memory stays at its peak
-between runs instead of dropping back, and the peak itself does not change. Where we
+allocator caches device memory. The price: a predictor's resident memory stays at its
+peak between runs instead of dropping back, and the peak grows (the heap cannot always
+fit a new block into freed ones: 3.4-3.8 against 2.5-2.6 GiB in those runs). Where we
 free something big on purpose (a copy of the weights), ``return_free_memory`` hands
 the free pages back to the system (``malloc_trim``).
 
