@@ -1,6 +1,6 @@
 """host_memory: a process running one of our CPU predictors keeps freed host memory
 mapped, so a run's large tensors do not page-fault afresh every time (at llama2-7B's
-layer shape that was 12,000-18,000 faults and about half of a concat loop's step); a
+layer shape that was 5,000-18,000 faults and 25-70 ms of a concat loop's step); a
 process that has not asked for our predictors, or whose user tuned glibc's allocator
 or opted out, is left as it was.
 
