@@ -44,7 +44,7 @@ USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRE
                  "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 OPT_OUT_VARIABLE = "PADDLENLP_EXT_KEEP_FREED_MEMORY"  # "0": leave glibc as it is
 
-_kept = False
+_kept_by = None  # the glibc whose allocator keep_freed_memory set, once it has
 
 
 def _glibc():
@@ -64,8 +64,8 @@ def user_choice() -> str | None:
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory mapped for the process's next allocations (see the
     module docstring). Done once per process; returns whether the setting is in force."""
-    global _kept
-    if _kept:
+    global _kept_by
+    if _kept_by is not None:
         return True
     libc = _glibc()
     reason = user_choice() or (None if libc else "not glibc")
@@ -74,12 +74,13 @@ def keep_freed_memory() -> bool:
         return False
     # mallopt returns 1 on success. glibc reads the trim threshold as a size_t, so -1 is
     # the largest: the heap's free top is never trimmed by free().
-    _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
-    return _kept
+    if libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1):
+        _kept_by = libc
+    return _kept_by is not None
 
 
 def return_free_memory() -> None:
     """Give the free pages of glibc's heaps back to the system: after freeing something
     big on purpose, while ``keep_freed_memory`` is in force."""
-    if _kept:
-        _glibc().malloc_trim(0)
+    if _kept_by is not None:
+        _kept_by.malloc_trim(0)

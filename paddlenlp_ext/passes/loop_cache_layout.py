@@ -190,14 +190,13 @@ def permuted_caches(program, outputs=None) -> tuple[list[PermutedCache], int]:
     return found, loops
 
 
-def _read_shapes_from(old, new, perm) -> None:
-    """Every shape reader of ``old`` reads ``new`` (``old`` permuted by ``perm``) instead,
-    its result put back in ``old``'s order."""
-    order = [perm.index(j) for j in range(len(perm))]
+def _read_shapes_from(old, new, inverse) -> None:
+    """Every shape reader of ``old`` reads ``new`` (``old`` permuted by the inverse of
+    ``inverse``) instead, its result put back in ``old``'s order by ``inverse``."""
     for shape_reader in [op for op in old.all_used_ops() if op.name() in SHAPE_READERS]:
         paddle.pir.set_insertion_point(shape_reader)
         reader = getattr(paddle._C_ops, shape_reader.name().split(".")[1])
-        reordered = paddle._C_ops.gather(reader(new), paddle.assign(np.array(order, dtype="int64")), 0)
+        reordered = paddle._C_ops.gather(reader(new), paddle.assign(np.array(inverse, dtype="int64")), 0)
         shape_reader.result(0).replace_all_uses_with(reordered)
         shape_reader.erase()
 
@@ -218,7 +217,7 @@ def _rewrite(match: PermutedCache) -> None:
     init = paddle._C_ops.transpose(loop.operand_source(position + 1), perm)
     loop.operand(position + 1).set_source(init)
     arg.set_type(permuted_type)
-    _read_shapes_from(arg, arg, perm)
+    _read_shapes_from(arg, arg, inverse)
 
     concat = match.concat
     combine = concat.operand_source(0).get_defining_op()
@@ -230,7 +229,7 @@ def _rewrite(match: PermutedCache) -> None:
         transpose.result(0).replace_all_uses_with(permuted)
     for transpose in match.dead_transposes:
         transpose.erase()
-    _read_shapes_from(concat.result(0), permuted, perm)
+    _read_shapes_from(concat.result(0), permuted, inverse)
     concat.result(0).replace_all_uses_with(permuted)  # the yield is its last reader
     concat.erase()
     combine.erase()
