@@ -16,13 +16,13 @@ PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")
 NEW_TOKENS = 10
 
 
-def tiny_llama(layers=2):
+def tiny_llama(layers=2, key_value_heads=4):
     from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
     paddle.seed(0)
     config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                         num_attention_heads=4, num_key_value_heads=key_value_heads, max_position_embeddings=256,
+                         rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = LlamaForCausalLM(config)
     model.eval()
     return model
@@ -36,16 +36,25 @@ def paddlenlp_greedy(model, prompt, new_tokens):
     return out.numpy()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def export_greedy(directory, **llama):
     """A legacy export of greedy decoding: (model directory, PaddleNLP's tokens)."""
-    directory = tmp_path_factory.mktemp("llama")
     with dygraph_mode():
-        model = tiny_llama()
+        model = tiny_llama(**llama)
         reference = paddlenlp_greedy(model, PROMPT, NEW_TOKENS)
         loop = GenerationLoop(model, DecodingConfig(eos_token_id=model.config.eos_token_id))
         export_legacy(loop, str(directory / "model"))
     return directory, reference
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_greedy(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def exported_gqa(tmp_path_factory):
+    """Grouped-query attention: 2 key/value heads for 4 query heads."""
+    return export_greedy(tmp_path_factory.mktemp("llama-gqa"), key_value_heads=2)
 
 
 def feed(n=NEW_TOKENS):
@@ -88,32 +97,38 @@ def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
     np.testing.assert_array_equal(tokens, reference)
 
 
-def _whole_cache_transposes(program) -> int:
-    """Transposes in the loop body of a value that grows by a concat (the cache)."""
+def _whole_cache_reads(program) -> int:
+    """Transposes and head repeats (tiles) in the loop body of a value that grows by a
+    concat (the cache), through the unsqueeze of a repeat."""
     body = next(op for op in program.global_block().ops if op.name() == "pd_op.while").as_while_op().body()
     count = 0
     for op in body.ops:
-        if op.name() == "pd_op.transpose":
+        if op.name() in ("pd_op.transpose", "pd_op.tile"):
             source = op.operand_source(0).get_defining_op()
-            while source is not None and source.name() == "pd_op.transpose":
+            while source is not None and source.name() in ("pd_op.transpose", "pd_op.reshape", "pd_op.tile",
+                                                           "pd_op.unsqueeze"):
                 source = source.operand_source(0).get_defining_op()
             count += source is not None and source.name() == "pd_op.concat"
     return count
 
 
-def test_the_cleaned_loop_carries_its_caches_in_the_attention_layout(exported):
+@pytest.mark.parametrize("fixture, before, after", [("exported", 6, 0), ("exported_gqa", 10, 4)],
+                         ids=["mha", "gqa"])
+def test_the_cleaned_loop_carries_its_caches_in_the_attention_layout(request, fixture, before, after):
     """After remove_loop_assign, loop_cache_layout carries each of the 4 caches (2
     layers, keys and values) permuted: no step transposes a whole cache, and the
-    tokens are PaddleNLP's. Before remove_loop_assign the copies read the caches as
-    they are, so nothing is rewritten."""
-    directory, reference = exported
+    tokens are PaddleNLP's. With grouped-query attention the caches' heads are still
+    repeated every step (one tile per cache), but what is repeated is the permuted
+    cache. Before remove_loop_assign the copies read the caches as they are, so
+    nothing is rewritten."""
+    directory, reference = request.getfixturevalue(fixture)
     model = load_program(directory)
     assert carry_loop_caches_permuted(model.program, outputs=model.outputs).rewritten == 0
     remove_loop_assign(model.program, outputs=model.outputs)
-    assert _whole_cache_transposes(model.program) == 6  # values once, keys twice, per layer
+    assert _whole_cache_reads(model.program) == before  # values once, keys twice (+ a tile each), per layer
     report = carry_loop_caches_permuted(model.program, outputs=model.outputs)
     assert (report.rewritten, report.loops) == (4, 1), report.summary()
-    assert _whole_cache_transposes(model.program) == 0
+    assert _whole_cache_reads(model.program) == after
     assert not carry_loop_caches_permuted(model.program, outputs=model.outputs).modified
     for n in (1, 4, NEW_TOKENS):
         (tokens,) = run_program(model, feed(n))

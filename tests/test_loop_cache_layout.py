@@ -118,6 +118,101 @@ def test_a_broken_condition_keeps_that_cache_as_it_is(variant):
     check_layout(variant, rewritten=1)
 
 
+# --- grouped-query attention: the heads repeated between the concat and the transposes ---
+
+G, N = 2, 3  # key/value heads, and how many query heads share each
+GQA_FEED = {"q": RNG.standard_normal((B, G * N, 1, D)).astype("float32"),
+            "k0": RNG.standard_normal((B, PROMPT, G, D)).astype("float32"),
+            "v0": RNG.standard_normal((B, PROMPT, G, D)).astype("float32")}
+
+
+def repeat_heads(x, times: int, variant: str = "each"):
+    """PaddleNLP's ``repeat_kv`` on [B, L, G, D] in a static program: the target's batch
+    and length read from ``x``'s shape. "whole" repeats the whole heads axis (the new axis
+    before it); the other variants break condition 5. Returns the repeat and a scalar
+    the loop adds to its output (a second reader of the unsqueezed or the tiled value)."""
+    dims = paddle.shape(x)
+    inserted = {"whole": 2, "new-axis-elsewhere": 0}.get(variant, 3)
+    unsqueezed = paddle.unsqueeze(x, inserted)
+    tiled = paddle.tile(unsqueezed, [times if k == inserted else 1 for k in range(5)])
+    side = {"tile-read": tiled, "unsqueeze-read": unsqueezed}.get(variant)
+    side = paddle.zeros([], "float32") if side is None else paddle.sum(side)
+    target = [dims[0], dims[1], G * times, D]
+    if variant == "swapped-target":  # a valid reshape that is not a merge (batch and length swapped)
+        target = [dims[1], dims[0], G * times, D]
+    return paddle.reshape(tiled, target), side
+
+
+def grouped_attention_loop(variant: str = "each"):
+    """``attention_loop`` with grouped-query attention: both caches' heads repeated
+    (``repeat_heads``) before their transposes. Variants other than "each" and "whole"
+    break condition 5 for the key cache only."""
+    q = paddle.static.data("q", [B, G * N, 1, D], "float32")
+    k0 = paddle.static.data("k0", [B, -1, G, D], "float32")
+    v0 = paddle.static.data("v0", [B, -1, G, D], "float32")
+    i, steps = paddle.full([1], 0, "int64"), paddle.full([1], STEPS, "int64")
+    acc = paddle.zeros([B, G * N, 1, D], "float32")
+
+    def body(i, k, v, acc):
+        step = paddle.cast(i, "float32")
+        new_k = paddle.transpose(q[:, :G], [0, 2, 1, 3]) * (0.5 + step)  # [B, 1, G, D]
+        new_v = paddle.tanh(new_k + 1.0)
+        keys = paddle.concat([k, new_k], axis=1)
+        values = paddle.concat([v, new_v], axis=1)
+        repeated_keys, side = repeat_heads(keys, N, variant)
+        acc = acc + side
+        if variant == "repeat-read":  # the repeat read as it is, not through a transpose
+            acc = acc + paddle.transpose(repeated_keys[:, :1], [0, 2, 1, 3])
+        if variant == "concat-transposed":  # the concat read by a transpose besides the repeat
+            acc = acc + paddle.sum(paddle.transpose(keys, [0, 2, 1, 3]))
+        keys_t = paddle.transpose(paddle.transpose(repeated_keys, [0, 2, 1, 3]), [0, 1, 3, 2])
+        values_t = paddle.transpose(repeat_heads(values, N, "whole" if variant == "whole" else "each")[0],
+                                    [0, 2, 1, 3])
+        if variant == "swapped-target":  # keys of shape [L, G*N, D, B]: read in an order-sensitive sum
+            flat = paddle.reshape(keys_t, [-1])
+            acc = acc + paddle.sum(flat * paddle.cast(paddle.arange(paddle.shape(flat)[0]), "float32"))
+            keys_t = paddle.transpose(values_t, [0, 1, 3, 2])
+        scores = paddle.nn.functional.softmax(paddle.matmul(q, keys_t) / 2.0)
+        out = paddle.matmul(scores, values_t)
+        length = paddle.cast(paddle.shape(repeated_keys)[1], "float32")  # a shape reader of the repeat
+        return [i + 1, keys, values, acc + out * length]
+
+    _, k, v, acc = paddle.static.nn.while_loop(lambda i, *_: i < steps, body, [i, k0, v0, acc])
+    return [acc, paddle.sum(k[:, -2:], axis=1) + v[:, 0]]
+
+
+def _loop_ops(program, name: str) -> int:
+    body = next(op for op in program.global_block().ops if op.name() == "pd_op.while").as_while_op().body()
+    return sum(op.name() == name for op in body.ops)
+
+
+GROUPED_VARIANTS = [("each", 2), ("whole", 2), ("new-axis-elsewhere", 1), ("unsqueeze-read", 1), ("tile-read", 1),
+                    ("swapped-target", 1), ("repeat-read", 1), ("concat-transposed", 1)]
+
+
+@pytest.mark.parametrize("variant, rewritten", GROUPED_VARIANTS)
+def test_grouped_attention_repeats_the_permuted_cache(variant, rewritten):
+    """The heads' repeat made of the permuted cache, on the Executor and every Paddle
+    Inference configuration, with its delta; each condition 5 variant keeps the key cache
+    as it is."""
+    reference = run(build_pir(lambda: grouped_attention_loop(variant), GQA_FEED))
+    built = build_pir(lambda: grouped_attention_loop(variant), GQA_FEED)
+    transposes, tiles = _loop_ops(built.program, "pd_op.transpose"), _loop_ops(built.program, "pd_op.tile")
+    report = carry_loop_caches_permuted(built.program, outputs=built.outputs)
+    assert (report.rewritten, report.loops) == (rewritten, 1), report.summary()
+    assert _loop_ops(built.program, "pd_op.tile") == tiles  # one repeat per cache, before and after
+    if variant in ("each", "whole"):  # the caches' 3 transposes went, the new entries' 2 came
+        assert _loop_ops(built.program, "pd_op.transpose") == transposes - 3 + 2
+    text = str(built.program)
+    assert not carry_loop_caches_permuted(built.program, outputs=built.outputs).modified
+    assert str(built.program) == text
+    assert same_bits(reference, run(built)), "outputs changed on the Executor"
+    for onednn in INFERENCE_CONFIGS:
+        for outputs in run_inference(build_pir(lambda: grouped_attention_loop(variant), GQA_FEED), onednn=onednn):
+            for got, expected in zip(outputs, reference):
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{variant}, {onednn}")
+
+
 # --- random cache loops --------------------------------------------------------------
 
 def _random_perm(rng: random.Random, rank: int) -> list[int]:
@@ -129,9 +224,9 @@ def _random_perm(rng: random.Random, rank: int) -> list[int]:
 
 def random_cache_loop(seed: int):
     """(builder, feed, caches the rule must rewrite): 1-3 caches of rank 3 or 4, each
-    grown on a random axis and read through 1-3 levels of random transposes; each may
-    also have shape readers, a reader the rule must refuse, be yielded twice, be read
-    after the loop or be fetched."""
+    grown on a random axis and read through 1-3 levels of random transposes, half of
+    them through a repeat of another axis first; each may also have shape readers, a
+    reader the rule must refuse, be yielded twice, be read after the loop or be fetched."""
     rng = random.Random(seed)
     caches = []
     for c in range(rng.randint(1, 3)):
@@ -144,6 +239,10 @@ def random_cache_loop(seed: int):
             "refuse": rng.choice([None, None, "arg-read", "concat-read", "mid-read", "yielded-twice", "fetched"]),
             "after": rng.random() < 0.5,
         })
+        axis = caches[-1]["axis"]
+        if rng.random() < 0.5:  # a repeat (condition 5) of one static axis, each entry or the whole axis
+            repeated = rng.choice([a for a in range(rank) if a != axis])
+            caches[-1]["repeat"] = (repeated, repeated + rng.choice([0, 1]), rng.randint(1, 3))
     feed = {c["name"]: np.random.default_rng([seed, k]).standard_normal(c["shape"]).astype("float32")
             for k, c in enumerate(caches)}
     # a chain whose levels compose nowhere is still one rewrite (the first level's);
@@ -166,6 +265,13 @@ def random_cache_loop(seed: int):
                 new = paddle.full(one, 0.25, "float32") * (step + 1.0 + k)
                 grown = paddle.concat([arg, new], axis=c["axis"])
                 read = grown
+                if "repeat" in c:
+                    repeated, inserted, times = c["repeat"]
+                    tiled = paddle.tile(paddle.unsqueeze(grown, inserted),
+                                        [times if a == inserted else 1 for a in range(c["rank"] + 1)])
+                    dims = paddle.shape(grown)
+                    read = paddle.reshape(tiled, [dims[a] if a == c["axis"] else d * times if a == repeated else d
+                                                  for a, d in enumerate(c["shape"])])
                 for level, perm in enumerate(c["levels"]):
                     read = paddle.transpose(read, perm)
                     if c["refuse"] == "mid-read" and level == 0 and len(c["levels"]) > 1:

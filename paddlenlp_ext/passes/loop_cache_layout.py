@@ -29,6 +29,27 @@ permuted axis, and the attention reads the concat directly::
     }
     (%k_out) = "pd_op.transpose" (%k_out') {perm:[0, 3, 1, 2]}      # only if %k_out is read
 
+Grouped-query attention. PaddleNLP's ``repeat_kv`` repeats the cache's heads between
+the concat and the transposes (unsqueeze after the heads axis, tile there, reshape
+merging the two). The repeat is then made of the permuted concat, on the heads' new
+axis, and the attention reads it::
+
+        (%cat) = "pd_op.concat" (%kv, 1)                            # [B, L, G, D]
+        (%u) = "pd_op.unsqueeze" (%cat, [-2])                       # [B, L, G, 1, D]
+        (%r) = "pd_op.tile" (%u, [1, 1, 1, n, 1])
+        (%rep) = "pd_op.reshape" (%r, [shape(%cat)[0], shape(%cat)[1], G·n, D])
+        (%t1) = "pd_op.transpose" (%rep) {perm:[0, 2, 1, 3]}        # [B, G·n, L, D]
+
+        (%cat') = "pd_op.concat" (%kv', 2)                          # [B, G, L, D]
+        (%u') = "pd_op.unsqueeze" (%cat', [2])                      # [B, G, 1, L, D]
+        (%r') = "pd_op.tile" (%u', [1, 1, n, 1, 1])
+        (%rep') = "pd_op.reshape" (%r', [shape(%cat')[0], G·n, shape(%cat')[2], D])
+
+A repeat of one axis (each entry n times in a row, or the whole axis n times over)
+commutes with a permutation that moves that axis along, so ``%rep'`` is ``%t1``
+element for element. The tile still writes the repeated cache every step; what goes
+is the strided transpose of it (n times the cache, twice for the keys).
+
 Why. At llama2-7B's layer shape and 2048 positions the transposes of the whole
 cache took about 60 of a decode step's 130 ms (a strided copy on oneDNN, far below
 the memory bandwidth); the static cache, which holds the permuted layout, takes 53.
@@ -47,13 +68,23 @@ changes):
    permuted layout.
 3. The concat is read only by the yield, at ``%k``'s position and nowhere else (another
    loop variable would receive the permuted layout), by shape readers, and by at least
-   one transpose; every transpose that reads it has one and the same ``perm``. The chain
-   is followed a level further while every reader of the current transposes is a
-   transpose of one common ``perm``: the permutation carried is their composition, and
-   the last level's results are what the concat replaces.
+   one transpose (or by a repeat, condition 5, and the repeat by them); every transpose
+   that reads it has one and the same ``perm``. The chain is followed a level further
+   while every reader of the current transposes is a transpose of one common ``perm``:
+   the permutation carried is their composition, and the last level's results are what
+   the concat (or its repeat) replaces.
 4. The loop's result for ``%k`` is not one of the caller's ``outputs`` (values read
    after the run that are not yet fetch ops: the caller holds that value, which would
    now be permuted). Every reader of it in the program gets the inverse transpose.
+5. Through a repeat (checked in ``_head_repeat``), the concat is read by one
+   ``pd_op.unsqueeze`` (and by the yield and shape readers, not by transposes), of one
+   constant axis ``u``; the unsqueezed value only by a ``pd_op.tile`` whose constant
+   repeat times are 1 except at ``u``; the tiled value only by a ``pd_op.reshape``
+   whose target is the concat's shape with one axis ``a`` (``u - 1`` or ``u``, the two
+   that merge with the new one) multiplied by the repeat times: each other entry is
+   the concat's static dim or reads the concat's own dim at that index (a slice of its
+   ``pd_op.shape``), and ``a``'s is a constant over a static dim. The reshape's result
+   is read only by the transposes of condition 3 and by shape readers.
 """
 
 from __future__ import annotations
@@ -68,7 +99,11 @@ from .program_index import value_key
 
 WHILE, CONCAT, COMBINE, TRANSPOSE, FULL, YIELD = (
     "pd_op.while", "pd_op.concat", "builtin.combine", "pd_op.transpose", "pd_op.full", "cf.yield")
+UNSQUEEZE, TILE, RESHAPE, SLICE, STACK, FULL_INT_ARRAY = (
+    "pd_op.unsqueeze", "pd_op.tile", "pd_op.reshape", "pd_op.slice", "pd_op.stack", "pd_op.full_int_array")
 SHAPE_READERS = ("pd_op.shape", "pd_op.shape64")
+# Ops that only compute shapes and constants: erased once nothing reads them.
+SHAPE_COMPUTATIONS = (COMBINE, STACK, SLICE, FULL, FULL_INT_ARRAY, *SHAPE_READERS)
 
 
 @dataclass(frozen=True)
@@ -85,6 +120,19 @@ class LoopCacheLayoutReport:
 
 
 @dataclass(frozen=True)
+class HeadRepeat:
+    """A repeat of the cache's heads between its concat and its transposes (condition 5):
+    unsqueeze at ``inserted``, tile ``times`` there, reshape merging it with ``axis``."""
+
+    unsqueeze: object
+    tile: object
+    reshape: object
+    axis: int  # the concat's axis the reshape multiplies by ``times``
+    inserted: int  # the unsqueezed axis: ``axis + 1`` (each entry repeated) or ``axis`` (the whole axis)
+    times: int
+
+
+@dataclass(frozen=True)
 class PermutedCache:
     """One loop variable the rule rewrites, as matched."""
 
@@ -93,8 +141,9 @@ class PermutedCache:
     concat: object
     axis: int  # the concat's axis, in the carried layout
     perm: tuple[int, ...]  # composed permutation: permuted dim j is carried dim perm[j]
-    last_transposes: tuple  # the transposes whose results the permuted concat replaces
+    last_transposes: tuple  # the transposes whose results the permuted concat (or its repeat) replaces
     dead_transposes: tuple  # every matched transpose, readers before the ops they read
+    repeat: HeadRepeat | None  # the heads' repeat between the concat and the transposes
 
 
 def _perm(op) -> tuple[int, ...]:
@@ -106,6 +155,104 @@ def _constant_axis(concat) -> int | None:
     if producer is None or producer.name() != FULL:
         return None
     return int(producer.attrs()["value"])
+
+
+def _constant_ints(value) -> list[int] | None:
+    """The ints a ``pd_op.full_int_array`` (or a one-element ``pd_op.full``) makes, or None."""
+    producer = value.get_defining_op()
+    if producer is None:
+        return None
+    if producer.name() == FULL_INT_ARRAY:
+        return [int(v) for v in producer.attrs()["value"]]
+    if producer.name() == FULL and list(value.shape) in ([], [1]):
+        return [int(producer.attrs()["value"])]
+    return None
+
+
+def _sole_reader(value):
+    readers = list(value.all_used_ops())
+    return readers[0] if len(readers) == 1 else None
+
+
+def _dim_read_from_shape(part) -> tuple | None:
+    """(value, index) when ``part`` is ``shape(value)[index]`` (one entry sliced out of a
+    shape reader's result), else None."""
+    slice_op = part.get_defining_op()
+    if slice_op is None or slice_op.name() != SLICE or [int(a) for a in slice_op.attrs()["axes"]] != [0]:
+        return None
+    starts, ends = _constant_ints(slice_op.operand_source(1)), _constant_ints(slice_op.operand_source(2))
+    if starts is None or len(starts) != 1 or starts[0] < 0 or ends != [starts[0] + 1]:
+        return None
+    reader = slice_op.operand_source(0).get_defining_op()
+    if reader is None or reader.name() not in SHAPE_READERS:
+        return None
+    return reader.operand_source(0), starts[0]
+
+
+def _reshape_target(reshape) -> list | None:
+    """The reshape's target, one entry per dim: an int or ``(value, index)`` (see
+    ``_dim_read_from_shape``); None when some entry is neither."""
+    target = reshape.operand_source(1)
+    constant = _constant_ints(target)
+    if constant is not None:
+        return constant
+    combine = target.get_defining_op()
+    scalars = combine is not None and combine.name() == STACK and int(combine.attrs()["axis"]) == 0
+    if scalars:  # PIR's own reshape: the entries stacked into one tensor, so each must be a scalar
+        combine = combine.operand_source(0).get_defining_op()
+    if combine is None or combine.name() != COMBINE:
+        return None
+    entries = []
+    for i in range(combine.num_operands()):
+        part = combine.operand_source(i)
+        if scalars and len(part.shape) != 0:
+            return None
+        value = _constant_ints(part)
+        entry = value[0] if value is not None and len(value) == 1 else _dim_read_from_shape(part)
+        if entry is None:
+            return None
+        entries.append(entry)
+    return entries
+
+
+def _multiplies_one_axis(reshape, cache, axis: int, times: int) -> bool:
+    """Condition 5's target: ``cache``'s shape with ``axis`` (static) multiplied by ``times``."""
+    target, dims = _reshape_target(reshape), list(cache.shape)
+    if target is None or len(target) != len(dims):
+        return False
+    for k, (entry, dim) in enumerate(zip(target, dims)):
+        if isinstance(entry, tuple):
+            same = k != axis and entry[0].is_same(cache) and entry[1] == k
+        else:
+            same = dim >= 0 and entry == (dim * times if k == axis else dim)
+        if not same:
+            return False
+    return True
+
+
+def _head_repeat(cache, readers) -> HeadRepeat | None:
+    """The repeat of condition 5 reading ``cache`` (among ``readers``), or None."""
+    unsqueezes = [op for op in readers if op.name() == UNSQUEEZE]
+    if len(unsqueezes) != 1:
+        return None
+    unsqueeze, rank = unsqueezes[0], len(cache.shape)
+    axes = _constant_ints(unsqueeze.operand_source(1))
+    if axes is None or len(axes) != 1 or not -rank - 1 <= axes[0] <= rank:
+        return None
+    inserted = axes[0] % (rank + 1)
+    tile = _sole_reader(unsqueeze.result(0))
+    if tile is None or tile.name() != TILE or not tile.operand_source(0).is_same(unsqueeze.result(0)):
+        return None
+    times = _constant_ints(tile.operand_source(1))
+    if times is None or len(times) != rank + 1 or any(t != 1 for k, t in enumerate(times) if k != inserted):
+        return None
+    reshape = _sole_reader(tile.result(0))
+    if reshape is None or reshape.name() != RESHAPE or not reshape.operand_source(0).is_same(tile.result(0)):
+        return None
+    for axis in (inserted - 1, inserted):  # the two axes a reshape can merge the new one with
+        if 0 <= axis < rank and _multiplies_one_axis(reshape, cache, axis, times[inserted]):
+            return HeadRepeat(unsqueeze, tile, reshape, axis, inserted, times[inserted])
+    return None
 
 
 def _transpose_levels(value) -> tuple[tuple[int, ...], list[list]] | None:
@@ -151,22 +298,27 @@ def _match_position(loop, position: int, output_keys: set) -> PermutedCache | No
     axis %= rank
     if any(op.name() not in SHAPE_READERS and op != combine for op in arg.all_used_ops()):  # condition 2
         return None
-    chain = _transpose_levels(carried)  # condition 3
+    readers = list(carried.all_used_ops())
+    repeat = _head_repeat(carried, readers)  # condition 5
+    attention_input = carried if repeat is None else repeat.reshape.result(0)
+    chain = _transpose_levels(attention_input)  # condition 3
     if chain is None:
         return None
     perm, levels = chain
-    for op in carried.all_used_ops():
-        if op.name() in SHAPE_READERS or op.name() == TRANSPOSE:
-            continue
-        if op != yield_op:
-            return None
+    allowed = (TRANSPOSE, *SHAPE_READERS) if repeat is None else SHAPE_READERS
+    if any(op.name() not in allowed and op != yield_op and (repeat is None or op != repeat.unsqueeze)
+           for op in readers):
+        return None
+    if repeat is not None and any(op.name() not in (TRANSPOSE, *SHAPE_READERS)
+                                  for op in attention_input.all_used_ops()):
+        return None
     yielded_at = [i for i in range(1, yield_op.num_operands()) if yield_op.operand_source(i).is_same(carried)]
     if yielded_at != [position + 1]:
         return None
     if value_key(loop.result(position)) in output_keys:  # condition 4
         return None
     dead = tuple(op for level in reversed(levels) for op in level)
-    return PermutedCache(loop, position, concat, perm.index(axis), perm, tuple(levels[-1]), dead)
+    return PermutedCache(loop, position, concat, perm.index(axis), perm, tuple(levels[-1]), dead, repeat)
 
 
 def permuted_caches(program, outputs=None) -> tuple[list[PermutedCache], int]:
@@ -201,6 +353,34 @@ def _read_shapes_from(old, new, inverse) -> None:
         shape_reader.erase()
 
 
+def _erase_with_unused_shape_computations(op) -> None:
+    """Erase ``op``, then every shape computation (``SHAPE_COMPUTATIONS``) it read that
+    nothing reads any more."""
+    producers = []
+    for i in range(op.num_operands()):
+        producer = op.operand_source(i).get_defining_op()
+        if producer is not None and producer.name() in SHAPE_COMPUTATIONS and all(producer != p for p in producers):
+            producers.append(producer)
+    op.erase()
+    for producer in producers:
+        if all(not producer.result(i).all_used_ops() for i in range(producer.num_results())):
+            _erase_with_unused_shape_computations(producer)
+
+
+def _repeat_permuted(repeat: HeadRepeat, permuted, perm: list[int], cache_dims: list[int]):
+    """``repeat`` made of the permuted concat: on the repeated axis's permuted position,
+    the new axis on the same side of it. ``cache_dims`` is the concat's static shape
+    before the rewrite (condition 5 checked the repeated axis static there)."""
+    axis = perm.index(repeat.axis)
+    inserted = axis + (repeat.inserted - repeat.axis)
+    tiled = paddle._C_ops.tile(paddle._C_ops.unsqueeze(permuted, [inserted]),
+                               [repeat.times if k == inserted else 1 for k in range(len(perm) + 1)])
+    dims = paddle.shape(permuted)
+    static = [cache_dims[p] for p in perm]
+    target = [dim * repeat.times if k == axis else (dim if dim >= 0 else dims[k]) for k, dim in enumerate(static)]
+    return paddle.reshape(tiled, target)
+
+
 def _rewrite(match: PermutedCache) -> None:
     loop, position, perm = match.loop, match.position, list(match.perm)
     body = loop.as_while_op().body()
@@ -225,10 +405,17 @@ def _rewrite(match: PermutedCache) -> None:
     parts = [arg if v.is_same(arg) else paddle._C_ops.transpose(v, perm)
              for v in (combine.operand_source(i) for i in range(combine.num_operands()))]
     permuted = paddle._C_ops.concat(parts, match.axis)
+    read = permuted
+    if match.repeat is not None:
+        read = _repeat_permuted(match.repeat, permuted, perm, list(concat.result(0).shape))
     for transpose in match.last_transposes:
-        transpose.result(0).replace_all_uses_with(permuted)
+        transpose.result(0).replace_all_uses_with(read)
     for transpose in match.dead_transposes:
         transpose.erase()
+    if match.repeat is not None:
+        _read_shapes_from(match.repeat.reshape.result(0), read, inverse)
+        for op in (match.repeat.reshape, match.repeat.tile, match.repeat.unsqueeze):
+            _erase_with_unused_shape_computations(op)
     _read_shapes_from(concat.result(0), permuted, inverse)
     concat.result(0).replace_all_uses_with(permuted)  # the yield is its last reader
     concat.erase()
