@@ -11,9 +11,10 @@ positions, a concat loop's step took 5,000-18,000 page faults and 85-133 ms, and
 none and 56-82 ms once freed memory stayed mapped for the next step; its prefill, up to
 870,000 faults and 0-2 s of 12-15 s (``docs/benchmark-llama2-7b.md``).
 
-``keep_freed_memory`` sets glibc to serve every block from its heap (``M_MMAP_MAX`` 0)
-and keep freed heap memory mapped (``M_TRIM_THRESHOLD``), the way Paddle's own GPU
-allocator caches device memory. The price: a predictor's resident memory stays at its
+``keep_freed_memory`` sets glibc to serve every block from its heap (``M_MMAP_MAX`` 0),
+keep freed heap memory mapped (``M_TRIM_THRESHOLD``), and give every thread the same
+heap (``M_ARENA_MAX`` 1: what one of the executor's threads frees, another allocates
+next), the way Paddle's own GPU allocator caches device memory. The price: a predictor's resident memory stays at its
 peak between runs instead of dropping back, and the peak grows (the heap cannot always
 fit a new block into freed ones: 3.4-3.8 against 2.5-2.6 GiB in those runs), and now
 and then a run still faults in one block afresh (seen in the tests, not explained). Where we
@@ -38,6 +39,7 @@ logger = logging.getLogger("paddlenlp_ext")
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 
 # Environment variables through which a user tunes glibc's allocator (mallopt(3)).
 USER_TUNABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
@@ -73,8 +75,13 @@ def keep_freed_memory() -> bool:
         logger.debug("host memory: the C allocator left as it is (%s)", reason)
         return False
     # mallopt returns 1 on success. glibc reads the trim threshold as a size_t, so -1 is
-    # the largest: the heap's free top is never trimmed by free().
-    if libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1):
+    # the largest: the heap's free top is never trimmed by free(). One arena for every
+    # thread: a predictor's ops run on several threads, and a block one thread frees
+    # must serve the next one another thread allocates (with an arena per thread, at
+    # two math threads a concat loop's process grew to 10 GiB, faulting in fresh pages
+    # every step). glibc fixes its arena limit when the limit is first needed, which
+    # the test checks has not happened in our processes by the time we set it.
+    if libc.mallopt(M_ARENA_MAX, 1) and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1):
         _kept_by = libc
     return _kept_by is not None
 

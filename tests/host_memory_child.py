@@ -1,10 +1,11 @@
 """Page faults in a fresh process once a predictor is made by one route:
-``python host_memory_child.py ROUTE DIR`` prints ``{"run_faults": ..., "block_faults": ...}``:
+``python host_memory_child.py ROUTE DIR`` prints ``{"run_faults": ..., "block_faults": ...,
+"threads_block_faults": ...}``:
 the fewest minor page faults of a predictor's runs 4 to 9 on a 64 MiB input (glibc's
 heap grows for the first few runs, until its free blocks fit what a run allocates, and
 in about one suite run of five a later run still faulted one block's pages: not
-explained), and those of allocating, filling and freeing a 64 MiB block with ``malloc``
-for the second time.
+explained), those of allocating, filling and freeing a 64 MiB block with ``malloc``
+for the second time, and those of one thread's block after another's (``_threads_block_faults``).
 
 Routes: ``ours`` (``create_paddle_predictor`` on DIR's ``scale/model.json``), ``hook``
 (PaddleNLP's static config on DIR's ``legacy`` loop model under ``paddlenlp_ext.enable()``),
@@ -56,6 +57,42 @@ def _block_faults() -> int:
     return _faults() - before
 
 
+def _threads_block_faults() -> int:
+    """Faults of a 64 MiB block allocated and filled in one thread after another thread,
+    still alive, allocated, filled and freed one: as a predictor's ops run on several
+    threads, one frees what another allocates next (glibc gives each thread an arena of
+    its own unless their number is capped)."""
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    size = ROWS * COLUMNS * 4
+    freed, done, faults = threading.Event(), threading.Event(), []
+
+    def first():
+        block = libc.malloc(ctypes.c_size_t(size))
+        ctypes.memset(block, 1, size)
+        libc.free(ctypes.c_void_p(block))
+        freed.set()
+        done.wait()
+
+    def second():
+        freed.wait()
+        before = _faults()
+        block = libc.malloc(ctypes.c_size_t(size))
+        ctypes.memset(block, 1, size)
+        faults.append(_faults() - before)
+        libc.free(ctypes.c_void_p(block))
+        done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return faults[0]
+
+
 def main(route: str, directory: str) -> None:
     from paddle import inference
 
@@ -80,7 +117,8 @@ def main(route: str, directory: str) -> None:
         predictor = inference.create_predictor(paddlenlp_static_config(f"{directory}/legacy"))
     else:
         raise SystemExit(f"unknown route {route!r}")
-    print(json.dumps({"run_faults": run_faults, "block_faults": _block_faults()}))
+    print(json.dumps({"run_faults": run_faults, "block_faults": _block_faults(),
+                      "threads_block_faults": _threads_block_faults()}))
 
 
 if __name__ == "__main__":

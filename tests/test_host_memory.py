@@ -57,5 +57,8 @@ def test_our_predictors_keep_freed_memory_mapped_unless_the_user_tuned_the_alloc
         assert faults[route]["run_faults"] > BLOCK_PAGES, (route, faults)
     for route in ("ours", "hook"):
         assert faults[route]["block_faults"] < BLOCK_PAGES // 8, (route, faults)
+        # what one thread freed serves another thread's next block (one arena)
+        assert faults[route]["threads_block_faults"] < BLOCK_PAGES // 8, (route, faults)
     for route in ("ours, user-tuned", "ours, opted out", "paddlenlp"):
         assert faults[route]["block_faults"] >= BLOCK_PAGES, (route, faults)
+        assert faults[route]["threads_block_faults"] >= BLOCK_PAGES, (route, faults)
