@@ -14,12 +14,13 @@ none and 56-82 ms once freed memory stayed mapped for the next step; its prefill
 ``keep_freed_memory`` sets glibc to serve every block from its heap (``M_MMAP_MAX`` 0),
 keep freed heap memory mapped (``M_TRIM_THRESHOLD``), and give every thread the same
 heap (``M_ARENA_MAX`` 1: what one of the executor's threads frees, another allocates
-next), the way Paddle's own GPU allocator caches device memory. The price: a predictor's resident memory stays at its
-peak between runs instead of dropping back, and the peak grows (the heap cannot always
-fit a new block into freed ones: 3.4-3.8 against 2.5-2.6 GiB in those runs), and now
-and then a run still faults in one block afresh (seen in the tests, not explained). Where we
-free something big on purpose (a copy of the weights), ``return_free_memory`` hands
-the free pages back to the system (``malloc_trim``).
+next), the way Paddle's own GPU allocator caches device memory. The price: a
+predictor's resident memory stays at its peak between runs instead of dropping back,
+and the peak grows (the heap cannot always fit a new block into freed ones: 3.4-3.8
+against 2.5-2.6 GiB in those runs), and now and then a run still faults in one block
+afresh (seen in the tests, not explained). Where we free something big on purpose (a
+copy of the weights), ``return_free_memory`` hands the free pages back to the system
+(``malloc_trim``).
 
 It changes the whole process, so it is left alone when the user has tuned glibc's
 allocator themselves (any ``MALLOC_*`` tunable or ``GLIBC_TUNABLES`` in the
