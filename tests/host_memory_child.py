@@ -22,6 +22,9 @@ import sys
 import numpy as np
 
 ROWS, COLUMNS = 2048, 8192  # a float32 block of 64 MiB: 16,384 pages of 4 KiB
+BLOCK_BYTES = ROWS * COLUMNS * 4
+LIBC = ctypes.CDLL(None)
+LIBC.malloc.restype = ctypes.c_void_p
 
 
 def build_scale_model(prefix: str) -> None:
@@ -43,17 +46,23 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _filled_block() -> int:
+    """A 64 MiB block from C's ``malloc`` (numpy asks for huge pages, which fault 512
+    times less), every page written."""
+    block = LIBC.malloc(ctypes.c_size_t(BLOCK_BYTES))
+    ctypes.memset(block, 1, BLOCK_BYTES)
+    return block
+
+
+def _free(block: int) -> None:
+    LIBC.free(ctypes.c_void_p(block))
+
+
 def _block_faults() -> int:
-    """Faults of a 64 MiB block allocated, filled and freed, measured the second time
-    (with C's malloc: numpy asks for huge pages, which fault 512 times less)."""
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    size = ROWS * COLUMNS * 4
+    """Faults of a 64 MiB block allocated, filled and freed, measured the second time."""
     for _ in range(2):
         before = _faults()
-        block = libc.malloc(ctypes.c_size_t(size))
-        ctypes.memset(block, 1, size)
-        libc.free(ctypes.c_void_p(block))
+        _free(_filled_block())
     return _faults() - before
 
 
@@ -64,25 +73,19 @@ def _threads_block_faults() -> int:
     its own unless their number is capped)."""
     import threading
 
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    size = ROWS * COLUMNS * 4
     freed, done, faults = threading.Event(), threading.Event(), []
 
     def first():
-        block = libc.malloc(ctypes.c_size_t(size))
-        ctypes.memset(block, 1, size)
-        libc.free(ctypes.c_void_p(block))
+        _free(_filled_block())
         freed.set()
         done.wait()
 
     def second():
         freed.wait()
         before = _faults()
-        block = libc.malloc(ctypes.c_size_t(size))
-        ctypes.memset(block, 1, size)
+        block = _filled_block()
         faults.append(_faults() - before)
-        libc.free(ctypes.c_void_p(block))
+        _free(block)
         done.set()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]

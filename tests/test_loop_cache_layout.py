@@ -70,41 +70,47 @@ def attention_loop(variant: str = "eligible"):
     return outputs
 
 
-def _loop_transposes(program) -> int:
+def _loop_ops(program, name: str) -> int:
     body = next(op for op in program.global_block().ops if op.name() == "pd_op.while").as_while_op().body()
-    return sum(op.name() == "pd_op.transpose" for op in body.ops)
+    return sum(op.name() == name for op in body.ops)
 
 
-def check_layout(variant: str, rewritten: int):
-    """The delta, idempotence and unchanged outputs on the Executor and on every
-    Paddle Inference configuration, for ``attention_loop(variant)``."""
-    feed = dict(FEED)
-    reference = run(build_pir(lambda: attention_loop(variant), feed))
-    built = build_pir(lambda: attention_loop(variant), feed)
-    transposes = _loop_transposes(built.program)
+def check_layout(make, feed: dict, rewritten: int, label: str, every_cache: bool = False):
+    """The delta, idempotence and unchanged outputs on the Executor and on every Paddle
+    Inference configuration, for the program ``make`` builds. ``every_cache``: both
+    caches rewritten, so their 3 transposes went and the new entries' 2 (one position)
+    came. A head repeat stays one per cache."""
+    reference = run(build_pir(make, feed))
+    built = build_pir(make, feed)
+    transposes, tiles = _loop_ops(built.program, "pd_op.transpose"), _loop_ops(built.program, "pd_op.tile")
     report = carry_loop_caches_permuted(built.program, outputs=built.outputs)
     assert (report.rewritten, report.loops, report.modified) == (rewritten, 1, rewritten > 0), report.summary()
-    if variant == "eligible":  # the cache transposes went; the new entries' (one position) came
-        assert _loop_transposes(built.program) == transposes - 3 + 2
+    assert _loop_ops(built.program, "pd_op.tile") == tiles
+    if every_cache:
+        assert _loop_ops(built.program, "pd_op.transpose") == transposes - 3 + 2
     text = str(built.program)
     again = carry_loop_caches_permuted(built.program, outputs=built.outputs)
     assert not again.modified and str(built.program) == text
     assert same_bits(reference, run(built)), "outputs changed on the Executor"
     for onednn in INFERENCE_CONFIGS:
-        for outputs in run_inference(build_pir(lambda: attention_loop(variant), feed), onednn=onednn):
+        for outputs in run_inference(build_pir(make, feed), onednn=onednn):
             assert len(outputs) == len(reference)
             for got, expected in zip(outputs, reference):
-                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{variant}, {onednn}")
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{label}, {onednn}")
+
+
+def check_attention_layout(variant: str, rewritten: int):
+    check_layout(lambda: attention_loop(variant), FEED, rewritten, variant, every_cache=variant == "eligible")
 
 
 def test_both_caches_are_carried_permuted_and_nothing_changes():
-    check_layout("eligible", rewritten=2)
+    check_attention_layout("eligible", rewritten=2)
 
 
 def test_a_static_init_leaves_the_carried_length_dynamic():
     """The loop variable's type is its own permuted, not its init's: a cache that starts
     at a static length still grows."""
-    check_layout("static-init", rewritten=2)
+    check_attention_layout("static-init", rewritten=2)
     built = build_pir(lambda: attention_loop("static-init"), dict(FEED))
     carry_loop_caches_permuted(built.program, outputs=built.outputs)
     loop = next(op for op in built.program.global_block().ops if op.name() == "pd_op.while")
@@ -115,7 +121,7 @@ def test_a_static_init_leaves_the_carried_length_dynamic():
 
 @pytest.mark.parametrize("variant", ["not-concat", "arg-read", "concat-read", "two-perms", "yielded-twice", "fetched"])
 def test_a_broken_condition_keeps_that_cache_as_it_is(variant):
-    check_layout(variant, rewritten=1)
+    check_attention_layout(variant, rewritten=1)
 
 
 # --- grouped-query attention: the heads repeated between the concat and the transposes ---
@@ -181,11 +187,6 @@ def grouped_attention_loop(variant: str = "each"):
     return [acc, paddle.sum(k[:, -2:], axis=1) + v[:, 0]]
 
 
-def _loop_ops(program, name: str) -> int:
-    body = next(op for op in program.global_block().ops if op.name() == "pd_op.while").as_while_op().body()
-    return sum(op.name() == name for op in body.ops)
-
-
 GROUPED_VARIANTS = [("each", 2), ("whole", 2), ("new-axis-elsewhere", 1), ("unsqueeze-read", 1), ("tile-read", 1),
                     ("swapped-target", 1), ("repeat-read", 1), ("concat-transposed", 1)]
 
@@ -195,22 +196,8 @@ def test_grouped_attention_repeats_the_permuted_cache(variant, rewritten):
     """The heads' repeat made of the permuted cache, on the Executor and every Paddle
     Inference configuration, with its delta; each condition 5 variant keeps the key cache
     as it is."""
-    reference = run(build_pir(lambda: grouped_attention_loop(variant), GQA_FEED))
-    built = build_pir(lambda: grouped_attention_loop(variant), GQA_FEED)
-    transposes, tiles = _loop_ops(built.program, "pd_op.transpose"), _loop_ops(built.program, "pd_op.tile")
-    report = carry_loop_caches_permuted(built.program, outputs=built.outputs)
-    assert (report.rewritten, report.loops) == (rewritten, 1), report.summary()
-    assert _loop_ops(built.program, "pd_op.tile") == tiles  # one repeat per cache, before and after
-    if variant in ("each", "whole"):  # the caches' 3 transposes went, the new entries' 2 came
-        assert _loop_ops(built.program, "pd_op.transpose") == transposes - 3 + 2
-    text = str(built.program)
-    assert not carry_loop_caches_permuted(built.program, outputs=built.outputs).modified
-    assert str(built.program) == text
-    assert same_bits(reference, run(built)), "outputs changed on the Executor"
-    for onednn in INFERENCE_CONFIGS:
-        for outputs in run_inference(build_pir(lambda: grouped_attention_loop(variant), GQA_FEED), onednn=onednn):
-            for got, expected in zip(outputs, reference):
-                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{variant}, {onednn}")
+    check_layout(lambda: grouped_attention_loop(variant), GQA_FEED, rewritten, variant,
+                 every_cache=variant in ("each", "whole"))
 
 
 # --- random cache loops --------------------------------------------------------------

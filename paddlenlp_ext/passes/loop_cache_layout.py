@@ -215,10 +215,11 @@ def _reshape_target(reshape) -> list | None:
     return entries
 
 
-def _multiplies_one_axis(reshape, cache, axis: int, times: int) -> bool:
-    """Condition 5's target: ``cache``'s shape with ``axis`` (static) multiplied by ``times``."""
-    target, dims = _reshape_target(reshape), list(cache.shape)
-    if target is None or len(target) != len(dims):
+def _multiplies_one_axis(target: list, cache, axis: int, times: int) -> bool:
+    """Condition 5's target (``_reshape_target``'s entries): ``cache``'s shape with
+    ``axis`` (static) multiplied by ``times``."""
+    dims = list(cache.shape)
+    if len(target) != len(dims):
         return False
     for k, (entry, dim) in enumerate(zip(target, dims)):
         if isinstance(entry, tuple):
@@ -249,8 +250,11 @@ def _head_repeat(cache, readers) -> HeadRepeat | None:
     reshape = _sole_reader(tile.result(0))
     if reshape is None or reshape.name() != RESHAPE or not reshape.operand_source(0).is_same(tile.result(0)):
         return None
+    target = _reshape_target(reshape)
+    if target is None:
+        return None
     for axis in (inserted - 1, inserted):  # the two axes a reshape can merge the new one with
-        if 0 <= axis < rank and _multiplies_one_axis(reshape, cache, axis, times[inserted]):
+        if 0 <= axis < rank and _multiplies_one_axis(target, cache, axis, times[inserted]):
             return HeadRepeat(unsqueeze, tile, reshape, axis, inserted, times[inserted])
     return None
 
@@ -375,8 +379,8 @@ def _repeat_permuted(repeat: HeadRepeat, permuted, perm: list[int], cache_dims: 
     inserted = axis + (repeat.inserted - repeat.axis)
     tiled = paddle._C_ops.tile(paddle._C_ops.unsqueeze(permuted, [inserted]),
                                [repeat.times if k == inserted else 1 for k in range(len(perm) + 1)])
-    dims = paddle.shape(permuted)
     static = [cache_dims[p] for p in perm]
+    dims = paddle.shape(permuted) if any(dim < 0 for dim in static) else None  # read only for dynamic dims
     target = [dim * repeat.times if k == axis else (dim if dim >= 0 else dims[k]) for k, dim in enumerate(static)]
     return paddle.reshape(tiled, target)
 
