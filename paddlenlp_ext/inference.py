@@ -41,6 +41,8 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
 - Paddle's CPU tensors come from glibc's ``malloc``, which maps every large block afresh
   and unmaps it when freed: at llama2-7B's layer shape the page faults were about half of
   a concat loop's step. Our CPU predictors keep freed memory mapped (``host_memory``).
+- That plain GEMM is the MKL Paddle ships, which takes a generic code path on AMD
+  processors; our CPU predictors set its AVX2 path there (``mkl_dispatch``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ import numpy as np
 import paddle
 from paddle import inference
 
-from . import host_memory
+from . import host_memory, mkl_dispatch
 from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import ProgramIndex
@@ -444,12 +446,19 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     return _create_predictor(config)
 
 
+def tune_cpu_process() -> None:
+    """The process-wide settings a process running our CPU predictors gets: host memory
+    that runs free stays mapped for their next allocations (``host_memory``), and on an
+    AMD processor MKL takes its AVX2 path (``mkl_dispatch``)."""
+    host_memory.keep_freed_memory()
+    mkl_dispatch.use_avx2_path_on_amd()
+
+
 def _create_predictor(config):
-    """Paddle Inference's predictor for ``config``. On CPU, host memory its runs free
-    stays mapped for their next allocations (``host_memory.keep_freed_memory``), and what
-    loading it freed is given back."""
+    """Paddle Inference's predictor for ``config``. On CPU, the process is tuned
+    (``tune_cpu_process``), and what loading the predictor freed is given back."""
     if not config.use_gpu():
-        host_memory.keep_freed_memory()
+        tune_cpu_process()
     with library_quiet():  # glog lines, and oneDNN's passes print to stdout
         predictor = inference.create_predictor(config)
     host_memory.return_free_memory()
@@ -516,8 +525,7 @@ def cleaned_legacy_config(config):
     user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
     ``inplace_pass`` deleted); the program prepared as ``prepare_program`` says.
 
-    On CPU, the process keeps freed host memory mapped, as for our own predictors
-    (``host_memory.keep_freed_memory``).
+    On CPU, the process is tuned as for our own predictors (``tune_cpu_process``).
 
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
     whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
@@ -560,5 +568,5 @@ def cleaned_legacy_config(config):
     cleaned.enable_new_ir(True)
     if not cleaned.use_gpu():
         configure_cpu(cleaned, onednn)
-        host_memory.keep_freed_memory()
+        tune_cpu_process()
     return cleaned, report

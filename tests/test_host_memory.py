@@ -1,10 +1,15 @@
-"""host_memory: a process running one of our CPU predictors keeps freed host memory
+"""The process-wide settings our CPU predictors make (``inference.tune_cpu_process``).
+
+host_memory: a process running one of our CPU predictors keeps freed host memory
 mapped, so a run's large tensors do not page-fault afresh every time (at llama2-7B's
 layer shape that was 5,000-18,000 faults and 25-70 ms of a concat loop's step); a
 process that has not asked for our predictors, or whose user tuned glibc's allocator
 or opted out, is left as it was.
 
-Each route runs in a fresh process (the setting is process-wide): 64 MiB is 16,384
+mkl_dispatch: on an AMD processor with AVX2 and FMA, the same processes have MKL take
+its AVX2 path, unless the user chose otherwise; elsewhere MKL is left alone.
+
+Each route runs in a fresh process (the settings are process-wide): 64 MiB is 16,384
 pages, so a route that maps its blocks afresh faults at least that often per block."""
 
 import json
@@ -16,6 +21,8 @@ from pathlib import Path
 import pytest
 from host_memory_child import build_scale_model
 from memory_child import build_legacy_model
+
+from paddlenlp_ext import host_memory, mkl_dispatch
 
 BLOCK_PAGES = 16384
 
@@ -29,8 +36,10 @@ def model_dir(tmp_path_factory):
 
 
 def _start(route: str, directory: Path, **env) -> subprocess.Popen:
+    # This process may have set MKL's variable already (a test made one of our predictors).
+    chosen = ("GLIBC_TUNABLES", host_memory.OPT_OUT_VARIABLE, mkl_dispatch.MKL_VARIABLE, mkl_dispatch.OPT_OUT_VARIABLE)
     child_env = {name: value for name, value in os.environ.items()
-                 if not name.startswith("MALLOC_") and name not in ("GLIBC_TUNABLES", "PADDLENLP_EXT_KEEP_FREED_MEMORY")}
+                 if not name.startswith("MALLOC_") and name not in chosen}
     return subprocess.Popen([sys.executable, str(Path(__file__).with_name("host_memory_child.py")), route,
                              str(directory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**child_env, **env})
@@ -42,7 +51,9 @@ def _faults(child: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_our_predictors_keep_freed_memory_mapped_unless_the_user_tuned_the_allocator(model_dir):
+@pytest.fixture(scope="module")
+def routes(model_dir) -> dict:
+    """``{route: what its child process printed}``, the children run side by side."""
     children = {
         "ours": _start("ours", model_dir),
         "ours, user-tuned": _start("ours", model_dir, MALLOC_MMAP_MAX_="65536"),  # glibc's default
@@ -50,7 +61,11 @@ def test_our_predictors_keep_freed_memory_mapped_unless_the_user_tuned_the_alloc
         "hook": _start("hook", model_dir),
         "paddlenlp": _start("paddlenlp", model_dir),
     }
-    faults = {route: _faults(child) for route, child in children.items()}
+    return {route: _faults(child) for route, child in children.items()}
+
+
+def test_our_predictors_keep_freed_memory_mapped_unless_the_user_tuned_the_allocator(routes):
+    faults = routes
     # A run copies its 64 MiB input in and its 64 MiB output out.
     assert faults["ours"]["run_faults"] < BLOCK_PAGES // 8, faults
     for route in ("ours, user-tuned", "ours, opted out"):
@@ -62,3 +77,37 @@ def test_our_predictors_keep_freed_memory_mapped_unless_the_user_tuned_the_alloc
     for route in ("ours, user-tuned", "ours, opted out", "paddlenlp"):
         assert faults[route]["block_faults"] >= BLOCK_PAGES, (route, faults)
         assert faults[route]["threads_block_faults"] >= BLOCK_PAGES, (route, faults)
+
+
+def test_our_predictors_set_mkls_avx2_path_where_it_applies(routes):
+    applies = mkl_dispatch.reason_to_leave_alone(mkl_dispatch.read_cpuinfo(), {}) is None
+    for route in ("ours", "hook"):
+        assert routes[route]["mkl_cpu_type"] == (mkl_dispatch.AVX2_PATH if applies else None), (route, routes)
+    assert routes["paddlenlp"]["mkl_cpu_type"] is None, routes
+
+
+AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize("cpuinfo, environ, reason", [
+    (AMD, {}, None),
+    (AMD.replace("AuthenticAMD", "GenuineIntel"), {}, "not an AMD processor (GenuineIntel)"),
+    (AMD.replace(" avx2", ""), {}, "the processor lacks avx2"),
+    (AMD.replace(" fma", ""), {}, "the processor lacks fma"),
+    (AMD, {"MKL_DEBUG_CPU_TYPE": "4"}, "MKL_DEBUG_CPU_TYPE is set"),
+    (AMD, {"PADDLENLP_EXT_MKL_AVX2": "0"}, "PADDLENLP_EXT_MKL_AVX2=0"),
+    (None, {}, "no /proc/cpuinfo"),
+])
+def test_mkls_avx2_path_only_on_amd_processors_that_have_it_unless_the_user_chose(cpuinfo, environ, reason):
+    assert mkl_dispatch.reason_to_leave_alone(cpuinfo, environ) == reason
+
+
+def test_use_avx2_path_sets_mkls_variable_only_where_it_applies(monkeypatch):
+    monkeypatch.delenv(mkl_dispatch.MKL_VARIABLE, raising=False)
+    monkeypatch.delenv(mkl_dispatch.OPT_OUT_VARIABLE, raising=False)
+    monkeypatch.setattr(mkl_dispatch, "read_cpuinfo", lambda: AMD.replace("AuthenticAMD", "GenuineIntel"))
+    assert not mkl_dispatch.use_avx2_path_on_amd()
+    assert mkl_dispatch.MKL_VARIABLE not in os.environ
+    monkeypatch.setattr(mkl_dispatch, "read_cpuinfo", lambda: AMD)
+    assert mkl_dispatch.use_avx2_path_on_amd()
+    assert os.environ[mkl_dispatch.MKL_VARIABLE] == mkl_dispatch.AVX2_PATH

@@ -30,7 +30,16 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "os": platform.platform(),
             # Paddle Inference's default, read rather than assumed (--threads overrides it)
-            "predictor_math_threads": inference.Config().cpu_math_library_num_threads()}
+            "predictor_math_threads": inference.Config().cpu_math_library_num_threads(),
+            # what our predictors' workers set (the baseline's keep MKL's own choice)
+            "our_mkl_path": _our_mkl_path()}
+
+
+def _our_mkl_path() -> str:
+    from paddlenlp_ext import mkl_dispatch
+
+    reason = mkl_dispatch.reason_to_leave_alone(mkl_dispatch.read_cpuinfo(), os.environ)
+    return "AVX2 (MKL_DEBUG_CPU_TYPE=5)" if reason is None else f"MKL's own ({reason})"
 
 
 def versions() -> dict:
@@ -120,7 +129,8 @@ def table(result: dict) -> str:
         f"({m['num_key_value_heads']} kv), vocab {m['vocab_size']}; batch {args['batch_size']}, "
         f"{args['new_tokens']} new tokens, {args['repeats']} repeats; preset {args['preset']}, "
         f"{args['threads']} math threads; "
-        f"{result['machine']['cpu']}, {result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}",
+        f"{result['machine']['cpu']}, {result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}; "
+        f"MKL's code path in our predictors: {result['machine'].get('our_mkl_path', 'not recorded')}",
         "",
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
