@@ -11,6 +11,11 @@ its own bookkeeping only) and one decode step's, (longer run - prefill run) /
 ``--decode-steps``, with each one's share of its total. A profiled run is slower than a
 timed one; the shares are what to read. Op names are the runtime's: legacy ops on the old
 IR, ``pd_op.*`` / ``onednn_op.*`` on the new IR.
+
+The script exports its model in the same process, running MKL before any predictor
+is made, so the MKL code path our predictors set on AMD processors
+(``paddlenlp_ext.mkl_dispatch``) is in force only if ``MKL_DEBUG_CPU_TYPE=5`` is in the
+environment the script starts with; it applies to every variant then.
 """
 
 from __future__ import annotations

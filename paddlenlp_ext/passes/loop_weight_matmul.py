@@ -15,7 +15,8 @@ Why. A decode step multiplies one row per sequence by every weight matrix, so it
 bound by reading the weights. On Paddle 3.3.1 with oneDNN (Paddle's placement), the
 oneDNN matmul takes about 3x the time the weights' bytes allow at llama2-7B's layer
 shape (hidden 4096: 100 ms a step for 0.8 GB of weights, against 40 ms at the measured
-bandwidth), while ``addmm``'s plain kernel (a BLAS GEMM) reads them at the bandwidth.
+bandwidth), while ``addmm``'s plain kernel (MKL's GEMM) reads them at the bandwidth (on an AMD
+processor once our predictors have MKL take its AVX2 path: ``mkl_dispatch``).
 ``addmm`` is not in ``onednn_placement_pass``'s list and no fuse pass matches it, so it
 stays plain under every oneDNN configuration. The prefill (outside the loop) keeps
 oneDNN's GEMM, the faster one there.
