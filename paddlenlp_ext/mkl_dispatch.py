@@ -79,6 +79,8 @@ def reason_to_leave_alone(cpuinfo: str | None, environ) -> str | None:
 def use_avx2_path_on_amd() -> bool:
     """Set ``MKL_DEBUG_CPU_TYPE=5`` for the process where it applies (see the module
     docstring); returns whether it is set to that value now."""
+    if os.environ.get(MKL_VARIABLE) == AVX2_PATH:  # set already (by us, or by the user)
+        return True
     reason = reason_to_leave_alone(read_cpuinfo(), os.environ)
     if reason is None:
         os.environ[MKL_VARIABLE] = AVX2_PATH
