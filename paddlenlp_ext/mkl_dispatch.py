@@ -8,7 +8,7 @@ processor it takes a generic path even when the processor has AVX2 and FMA, unle
 ``MKL_DEBUG_CPU_TYPE=5`` tells it to take its AVX2 path (MKL 2020 Update 1 and later
 ignore the variable). Measured on this project's AMD EPYC machine, one thread:
 
-- a [1, 4096] x [4096, 11008] product (MKL called directly, 10 interleaved repeats):
+- a [1, 4096] x [4096, 11008] product (MKL called directly, 8-10 interleaved repeats):
   16.9-17.6 GiB/s of weights read by default, 22.2-24.5 GiB/s on the AVX2 path
   (numpy's OpenBLAS: 21.4);
 - a static cache's decode step at llama2-7B's layer shape (256 prompt tokens, 64 new,
