@@ -103,8 +103,9 @@ def test_mkls_avx2_path_only_on_amd_processors_that_have_it_unless_the_user_chos
 
 
 def test_use_avx2_path_sets_mkls_variable_only_where_it_applies(monkeypatch):
-    monkeypatch.delenv(mkl_dispatch.MKL_VARIABLE, raising=False)
-    monkeypatch.delenv(mkl_dispatch.OPT_OUT_VARIABLE, raising=False)
+    for name in (mkl_dispatch.MKL_VARIABLE, mkl_dispatch.OPT_OUT_VARIABLE):
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores what was there after the test
+        monkeypatch.delenv(name)
     monkeypatch.setattr(mkl_dispatch, "read_cpuinfo", lambda: AMD.replace("AuthenticAMD", "GenuineIntel"))
     assert not mkl_dispatch.use_avx2_path_on_amd()
     assert mkl_dispatch.MKL_VARIABLE not in os.environ
