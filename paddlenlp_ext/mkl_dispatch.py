@@ -62,7 +62,7 @@ def reason_to_leave_alone(cpuinfo: str | None, environ) -> str | None:
     if environ.get(OPT_OUT_VARIABLE) == "0":  # condition 3
         return f"{OPT_OUT_VARIABLE}=0"
     if MKL_VARIABLE in environ:  # condition 3
-        return f"{MKL_VARIABLE} is set"
+        return f"{MKL_VARIABLE}={environ[MKL_VARIABLE]} is set"
     if cpuinfo is None:
         return f"no {CPUINFO}"
     first = cpuinfo.split("\n\n", 1)[0]  # the first processor's entry

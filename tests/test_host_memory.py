@@ -94,7 +94,7 @@ AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma av
     (AMD.replace("AuthenticAMD", "GenuineIntel"), {}, "not an AMD processor (GenuineIntel)"),
     (AMD.replace(" avx2", ""), {}, "the processor lacks avx2"),
     (AMD.replace(" fma", ""), {}, "the processor lacks fma"),
-    (AMD, {"MKL_DEBUG_CPU_TYPE": "4"}, "MKL_DEBUG_CPU_TYPE is set"),
+    (AMD, {"MKL_DEBUG_CPU_TYPE": "4"}, "MKL_DEBUG_CPU_TYPE=4 is set"),
     (AMD, {"PADDLENLP_EXT_MKL_AVX2": "0"}, "PADDLENLP_EXT_MKL_AVX2=0"),
     (None, {}, "no /proc/cpuinfo"),
 ])

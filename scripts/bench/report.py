@@ -38,10 +38,8 @@ def machine() -> dict:
 def _our_mkl_path() -> str:
     from paddlenlp_ext import mkl_dispatch
 
-    if mkl_dispatch.MKL_VARIABLE in os.environ:  # the user's, for every variant
-        return f"{mkl_dispatch.MKL_VARIABLE}={os.environ[mkl_dispatch.MKL_VARIABLE]} from the environment"
     reason = mkl_dispatch.reason_to_leave_alone(mkl_dispatch.read_cpuinfo(), os.environ)
-    return "AVX2 (MKL_DEBUG_CPU_TYPE=5)" if reason is None else f"MKL's own ({reason})"
+    return "AVX2 (MKL_DEBUG_CPU_TYPE=5)" if reason is None else f"as MKL and the environment choose ({reason})"
 
 
 def versions() -> dict:
