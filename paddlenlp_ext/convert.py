@@ -5,9 +5,9 @@
 SRC_DIR is a static model directory: ``model.pdmodel`` (legacy) or ``model.json``
 (PIR) with ``model.pdiparams``, and PaddleNLP's configs, tokenizer files and
 ``paddlenlp_ext.json`` beside them. Its program is loaded as PIR (a legacy program is
-translated, as Paddle 3.x does at load time), ``remove_loop_assign`` runs on it, then
-``guard_onednn_inplace`` (so that Paddle Inference's default CPU config, oneDNN on,
-decodes it right), and DST_DIR gets ``model.json`` + ``model.pdiparams``, which Paddle
+translated, as Paddle 3.x does at load time), the passes of a saved program run on it
+(``passes.pipeline.saving_passes``: ``remove_loop_assign``, then ``guard_onednn_inplace``,
+so that Paddle Inference's default CPU config, oneDNN on, decodes it right), and DST_DIR gets ``model.json`` + ``model.pdiparams``, which Paddle
 Inference loads without translating and without the copies. A PIR source is converted too: the pass applies to
 PIR programs as well (it removes nothing from a loop that has no copies), so the
 result is the same kind of directory whatever the source.
@@ -64,8 +64,7 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     # Imported here, not at the top: they import Paddle, which main() configures first.
     from .export import METADATA_FILE, DirectoryExistsError, ExportError, library_versions, staged_directory
     from .inference import MODEL_PREFIX, ModelDirectoryError, load_program, model_format, save_program
-    from .passes.onednn_inplace_guard import guard_onednn_inplace
-    from .passes.remove_loop_assign import remove_loop_assign
+    from .passes.pipeline import run_passes, saving_passes
 
     src, dst = Path(src_dir), Path(dst_dir)
     try:
@@ -80,10 +79,10 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
         loaded = load_program(src)
     except ModelDirectoryError as error:
         raise ConvertError(str(error)) from None
-    report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
     # The directory leaves our hands: Paddle Inference's default CPU config (oneDNN and
     # its inplace pass) must run it right too.
-    guarded = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    pipeline = run_passes(loaded.program, loaded.outputs, saving_passes())
+    report, guarded = pipeline.get("remove_loop_assign"), pipeline.get("onednn_inplace_guard")
     metadata.update({
         "format": "pir",
         "remove_loop_assign": "convert",

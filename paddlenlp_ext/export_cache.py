@@ -6,7 +6,9 @@ everything that changes the exported program: the model (an embedded model's bui
 record; a checkpoint directory's path and the size and modification time of its
 files), the format, the KV cache asked for, the pass at export (PIR only: a legacy
 program is cleaned where it is loaded), the installed Paddle and PaddleNLP, and the
-source of this package's modules that write the program. The decoding settings are
+source of every module of this package: any of them may shape an exported program
+(the loop, the passes, the patches, what they import), and a list kept by hand once
+left some out, so a change to one could serve an old export. The decoding settings are
 run-time inputs, so they are not in it. Nothing here imports Paddle.
 
 A directory appears complete or not at all (``export.staged_directory``); when two
@@ -21,10 +23,6 @@ import os
 import re
 from importlib import metadata
 from pathlib import Path
-
-# The modules whose code is in an exported program.
-PROGRAM_MODULES = ("decoding.py", "decoding_settings.py", "export.py", "compat.py", "passes/remove_loop_assign.py")
-
 
 def cached_export_directory(source: str, home: Path, *, format: str, cache: str | None,
                             remove_loop_assign: bool) -> Path:
@@ -47,7 +45,7 @@ def cached_export_directory(source: str, home: Path, *, format: str, cache: str 
         "cache": cache,
         "remove_loop_assign": remove_loop_assign and format == "pir",
         "packages": {package: _version(package) for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp")},
-        "code": _code_digest(),
+        "code": code_digest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return home / "exports" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{format}-{digest}"
@@ -60,10 +58,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _code_digest() -> str:
-    package = Path(__file__).resolve().parent
+def code_digest(package: Path | None = None) -> str:
+    """A digest of the path and source of every ``.py`` file under ``package`` (this
+    package by default)."""
+    package = Path(__file__).resolve().parent if package is None else package
     digest = hashlib.sha256()
-    for module in PROGRAM_MODULES:
-        digest.update((package / module).read_bytes())
+    for module in sorted(package.rglob("*.py")):
+        digest.update(module.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(module.read_bytes() + b"\0")
     return digest.hexdigest()
 

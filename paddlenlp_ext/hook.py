@@ -7,9 +7,9 @@ is disabled):
   ``paddle.jit.save`` in PIR mode traces (to_static), clones the program and hands
   it to ``save_inference_model``, which ``paddle/jit/api.py`` imported under its own
   name (Paddle 3.0 to 3.3.1). While the hook is enabled that name points to a
-  wrapper that runs the pass on the clone first, then ``guard_onednn_inplace`` (so
-  that Paddle Inference's default CPU config runs it right), so the saved ``.json``
-  holds the cleaned loop. A legacy-format save cannot hold it (the copies only appear when
+  wrapper that runs ``passes.pipeline.saving_passes`` on the clone first (the pass, then
+  ``guard_onednn_inplace``, so that Paddle Inference's default CPU config runs it
+  right), so the saved ``.json`` holds the cleaned loop. A legacy-format save cannot hold it (the copies only appear when
   Paddle translates the file at load time): those are cleaned where they are loaded.
 - ``paddle.inference.create_predictor``. Loading: a ``Config`` naming a legacy
   ``.pdmodel`` + ``.pdiparams`` pair whose program has a while loop (a generation
@@ -17,12 +17,13 @@ is disabled):
   translated, cleaned program, configured as ``StaticGenerationModel`` runs it (new
   IR; on CPU Paddle's oneDNN placement with ``inplace_pass`` deleted, or oneDNN off when the
   caller's config disabled it); the caller's ``Config`` is left as it was and every other
-  setting in it is kept (``inference.cleaned_legacy_config``). Anything else is
-  created as before, and so is a loop whose translated program cannot be built (one
-  warning on the ``paddlenlp_ext`` logger says why); if a run of the cleaned program
-  fails, that run and every later one go to the caller's own config
-  (``FallbackPredictor``). Code that imported ``create_predictor`` by name before the hook
-  was enabled keeps Paddle's own.
+  setting in it is kept (``inference.cleaned_legacy_config``). The predictor has the
+  names the caller's own predictor has (``tmp_7``, not ``fetch_name_0``). Anything else
+  is created as before. Where the cleaned program cannot be built or run, the
+  untouched program runs on the same configuration, then the caller's own config,
+  unless it is one ``docs/onednn.md`` documents as wrong (one warning on the
+  ``paddlenlp_ext`` logger at each step says why: ``FallbackPredictor``). Code that
+  imported ``create_predictor`` by name before the hook was enabled keeps Paddle's own.
 
     with paddlenlp_ext.enable():
         model.to_static(...)        # or paddle.jit.to_static + paddle.jit.save
@@ -40,8 +41,7 @@ import numpy as np
 import paddle.inference as paddle_inference
 import paddle.jit.api as jit_api
 
-from .passes.onednn_inplace_guard import guard_onednn_inplace
-from .passes.remove_loop_assign import remove_loop_assign
+from .passes.pipeline import run_passes, saving_passes
 
 logger = logging.getLogger("paddlenlp_ext")
 
@@ -55,99 +55,200 @@ _reports: list = []  # (path prefix, LoopAssignReport) of every cleaned save or 
 def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
     program = kwargs.get("program")
     if program is not None and isinstance(program, jit_api.paddle.pir.Program):
-        report = remove_loop_assign(program, outputs=list(fetch_vars))
+        pipeline = run_passes(program, list(fetch_vars), saving_passes())
+        report = pipeline.get("remove_loop_assign")
         _reports.append((path_prefix, report))
         logger.info("remove_loop_assign on %s: %s", path_prefix, report.summary())
-        guarded = guard_onednn_inplace(program, outputs=list(fetch_vars))
+        guarded = pipeline.get("onednn_inplace_guard")
         if guarded.modified:
             logger.info("guard_onednn_inplace on %s: %s", path_prefix, guarded.summary())
     return _original_save(path_prefix, feed_vars, fetch_vars, executor, **kwargs)
 
 
 def _create_cleaned_predictor(config):
-    from .host_memory import return_free_memory
-    from .inference import ModelDirectoryError, cleaned_legacy_config, warn_fallback
+    """The hook's ``create_predictor``: for a legacy decoding loop, the stages
+    ``hook_stages`` lists, the first that builds; anything else as Paddle creates it."""
+    from .inference import ModelDirectoryError, cleaned_legacy_config
 
     try:
         cleaned = cleaned_legacy_config(config)
-        if cleaned is None:
-            return _original_create_predictor(config)
-        cleaned_config, report = cleaned
-        predictor = _original_create_predictor(cleaned_config)
-        return_free_memory()  # what loading the predictor freed
     except ModelDirectoryError:
         raise  # damaged files: Paddle's own predictor would run on them
-    except Exception as error:  # never worse than Paddle: the caller's config, as it was
-        warn_fallback(config.prog_file(), "built", error)
+    except Exception as error:
+        cleaned = error
+    if cleaned is None:
         return _original_create_predictor(config)
-    _reports.append((config.prog_file(), report))
-    logger.info("remove_loop_assign on %s: %s", config.prog_file(), report.summary())
-    return FallbackPredictor(predictor, config)
+    predictor = FallbackPredictor(config, _legacy_names(config.prog_file()))
+    predictor._start(cleaned)
+    return predictor
+
+
+def _legacy_names(prog_file: str) -> tuple[list, list]:
+    """``(input names, output names)`` of a legacy ``.pdmodel``, as Paddle Inference names
+    them: its feed and fetch targets, by column (read from the file, no weights loaded)."""
+    from paddle.base import core
+
+    with open(prog_file, "rb") as file:
+        desc = core.ProgramDesc(file.read())
+    block = desc.block(0)  # a view into desc, which must outlive it
+    columns = {"feed": {}, "fetch": {}}
+    for k in range(block.op_size()):
+        op = block.op(k)
+        if op.type() == "feed":
+            columns["feed"][op.attr("col")] = op.output("Out")[0]
+        elif op.type() == "fetch":
+            columns["fetch"][op.attr("col")] = op.input("X")[0]
+    return ([columns["feed"][col] for col in sorted(columns["feed"])],
+            [columns["fetch"][col] for col in sorted(columns["fetch"])])
 
 
 class FallbackPredictor:
-    """The hook's predictor: the cleaned program's, until one of its runs fails. That
-    run is then made again, with the same inputs, on a predictor from the caller's own
-    config (one warning says why), which serves every later call: never worse than
-    Paddle as the caller configured it.
+    """The hook's predictor for a legacy decoding loop. It runs, in order, the first of
+    these that builds, and moves to the next when a run fails (that run is made again,
+    with the same inputs; one warning says why at each step):
 
+    1. the cleaned program (``cleaned_legacy_config``) on our configuration, with the
+       caller's oneDNN choice;
+    2. the untouched program on that configuration (``cleaned_legacy_config(...,
+       optimize=False)``: only the passes that keep it right);
+    3. the caller's own config, as given, unless ``docs/onednn.md`` documents it as
+       wrong (``inference.known_wrong``): then NoSafeRuntimeError.
+
+    It has the names the caller's own predictor has, whatever runs: inputs and outputs
+    are named as the legacy program names them (``tmp_7``), and handles by those names
+    keep working after a fallback; ``clone()`` returns a FallbackPredictor too.
     Everything else is the Paddle predictor's. Input handles remember what they were
-    given, to feed it again; output handles are taken by position at each use, since
-    the two programs may name their outputs differently.
+    given, to feed it again; output handles are resolved by position at each use.
     """
 
-    def __init__(self, cleaned, config):
-        self._predictor = cleaned
+    def __init__(self, config, names: tuple[list, list]):
         self._config = config  # the caller's, as given
-        self._fell_back = False
+        self._input_names, self._output_names = list(names[0]), list(names[1])
+        self._predictor = None
+        self._stage = 0  # of the three above
+        self._failures: list[str] = []
         self._fed: dict = {}  # input name -> {handle method: args}: the last reshape and the last data given
+
+    def _start(self, cleaned) -> None:
+        """Build stage 1 from ``cleaned`` (a CleanedConfig, or the error that stopped it),
+        falling back while a stage cannot be built."""
+        try:
+            if isinstance(cleaned, Exception):
+                raise cleaned
+            self._predictor = _original_create_predictor(cleaned.config)
+        except Exception as error:
+            self._next_stage("built", error)
+            return
+        _reports.append((self._config.prog_file(), cleaned.report))
+        logger.info("remove_loop_assign on %s: %s", self._config.prog_file(), cleaned.report.summary())
+        _return_free_memory()
+
+    def _next_stage(self, failed: str, error: Exception) -> None:
+        from .errors import error_line
+        from .inference import ModelDirectoryError, NoSafeRuntimeError, cleaned_legacy_config, known_wrong
+
+        path = self._config.prog_file()
+        while True:
+            reason = f"{_STAGE_NAMES[self._stage]} could not be {failed}: {error_line(error)}"
+            self._failures.append(reason)
+            self._stage += 1
+            wrong = known_wrong(self._config) if self._stage == 2 else None
+            if self._stage == 3 or wrong:
+                failures = self._failures + ([f"the caller's config is not used: {wrong}"] if wrong else [])
+                raise NoSafeRuntimeError(f"{path}: no configuration known to run it right is left "
+                                         f"({'; '.join(failures)})") from None
+            logger.warning("%s: running %s (%s)", path, _STAGE_NAMES[self._stage], reason)
+            self._predictor = None  # one predictor's weights in memory at a time
+            try:
+                if self._stage == 1:
+                    cleaned = cleaned_legacy_config(self._config, optimize=False)
+                    self._predictor = _original_create_predictor(cleaned.config)
+                    _return_free_memory()
+                else:  # a copy: the caller may have made a predictor of theirs already
+                    self._predictor = _original_create_predictor(paddle_inference.Config(self._config))
+            except ModelDirectoryError:
+                raise
+            except Exception as caught:
+                failed, error = "built", caught
+                continue
+            self._feed_again()
+            return
+
+    def _feed_again(self) -> None:
+        for name, calls in self._fed.items():
+            handle = self._predictor.get_input_handle(self._running_input_name(name))
+            for method, args in calls.items():  # in the order the caller first made them
+                getattr(handle, method)(*args)
+
+    @staticmethod
+    def _position(name: str, names: list) -> int:
+        if name not in names:  # as Paddle's own predictor, an unknown name is an error
+            raise ValueError(f"the predictor has no tensor named {name!r} (it has {', '.join(names)})")
+        return names.index(name)
+
+    def _running_input_name(self, name: str) -> str:
+        """The running predictor's name for the caller's input ``name`` (same position)."""
+        return self._predictor.get_input_names()[self._position(name, self._input_names)]
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
 
+    def get_input_names(self) -> list:
+        return list(self._input_names)
+
+    def get_output_names(self) -> list:
+        return list(self._output_names)
+
     def get_input_handle(self, name: str):
+        self._position(name, self._input_names)
         return _InputHandle(self, name)
 
     def get_output_handle(self, name: str):
-        return _OutputHandle(self, self._predictor.get_output_names().index(name))
+        return _OutputHandle(self, self._position(name, self._output_names))
+
+    def clone(self, *args):
+        twin = FallbackPredictor(self._config, (self._input_names, self._output_names))
+        twin._predictor = self._predictor.clone(*args)
+        twin._stage, twin._failures = self._stage, list(self._failures)
+        return twin
 
     def run(self, *args):
-        try:
-            return self._predictor.run(*args)
-        except Exception as error:
-            if self._fell_back:
-                raise
-            self._fall_back(error)
-        return self._predictor.run(*args)
+        while True:
+            try:
+                return self._predictor.run(*args)
+            except Exception as error:
+                if self._stage == 2:
+                    raise
+                self._next_stage("run", error)
 
-    def _fall_back(self, error: Exception) -> None:
-        from .inference import warn_fallback
 
-        warn_fallback(self._config.prog_file(), "run", error)
-        self._predictor = None  # one predictor's weights in memory at a time
-        self._predictor = _original_create_predictor(self._config)
-        self._fell_back = True
-        for name, calls in self._fed.items():
-            handle = self._predictor.get_input_handle(name)
-            for method, args in calls.items():  # in the order the caller first made them
-                getattr(handle, method)(*args)
+_STAGE_NAMES = ("the cleaned program on paddlenlp_ext's configuration",
+                "the untouched program on paddlenlp_ext's configuration",
+                "Paddle Inference as configured without paddlenlp_ext")
+
+
+def _return_free_memory() -> None:
+    from .host_memory import return_free_memory
+
+    return_free_memory()  # what loading the predictor freed
 
 
 class _InputHandle:
     _REMEMBERED = ("reshape", "copy_from_cpu", "share_external_data")
 
     def __init__(self, owner: FallbackPredictor, name: str):
-        self._owner, self._name = owner, name
+        self._owner, self._name = owner, name  # the caller's name
 
     def __getattr__(self, attribute):
-        value = getattr(self._owner._predictor.get_input_handle(self._name), attribute)
-        if attribute not in self._REMEMBERED or self._owner._fell_back:
+        owner = self._owner
+        value = getattr(owner._predictor.get_input_handle(owner._running_input_name(self._name)), attribute)
+        if attribute not in self._REMEMBERED or owner._stage == 2:
             return value
 
         def remembered(*args):
             if attribute == "copy_from_cpu":  # the caller may reuse its array
                 args = tuple(np.array(arg, copy=True) for arg in args)
-            calls = self._owner._fed.setdefault(self._name, {})
+            calls = owner._fed.setdefault(self._name, {})
             if attribute != "reshape":  # new data replaces what came before
                 calls.pop("copy_from_cpu", None)
                 calls.pop("share_external_data", None)

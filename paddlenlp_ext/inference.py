@@ -71,29 +71,19 @@ from .params_file import ParamsFileError, check_directory_params, check_params_f
 from .unknown_ops import unknown_legacy_ops, unknown_ops_message, unknown_pir_file_ops, unknown_pir_ops
 from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
 from .paddle_modes import static_mode
-from .passes import remove_loop_assign as loop_assign_pass
-from .passes.onednn_inplace_guard import guard_onednn_inplace
-from .passes.loop_cache_layout import carry_loop_caches_permuted
-from .passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
-from .passes.onednn_layouts import has_blocked_layout_ops
+from .passes.pipeline import (  # noqa: F401 (ADDMM_MAX_BATCH, ONEDNN_MODES: names of this module too)
+    ADDMM_MAX_BATCH,
+    DEFAULT_ONEDNN,
+    ONEDNN_MODES,
+    PipelineReport,
+    check_options,
+    run_passes,
+    running_passes,
+)
 from .passes.report import LoopAssignReport
 
 logger = logging.getLogger("paddlenlp_ext")
 
-
-# Which kernels run on oneDNN on CPU (see the module docstring): Paddle's placement
-# (every op with a oneDNN kernel), or none.
-ONEDNN_MODES = ("all", "off")
-DEFAULT_ONEDNN = "all"
-
-# Up to this many sequences per run, our oneDNN configuration runs a decode loop's weight
-# products on the plain GEMM (prepare_for_cpu). That GEMM (MKL) streams the weights once
-# for one row, but its time grows with the rows (at llama2-7B's MLP shape, one thread:
-# 10.4 ms for 1 row, 19.4 for 2, 41.4 for 4), while oneDNN's matmul costs about the same
-# for a few rows as for one. A llama2-7B-shaped layer's step (static cache, 256 prompt
-# tokens, medians of 3, same tokens), plain GEMM against oneDNN: 108 against 128 ms at
-# batch 2, 168 against 136 at batch 3, 178 against 122 at batch 4.
-ADDMM_MAX_BATCH = 2
 
 # Paddle Inference passes each oneDNN mode deletes.
 ONEDNN_DELETED_PASSES = {
@@ -128,6 +118,7 @@ class LoadedProgram:
     inputs: list  # the values fed: pd_op.data results, or pd_op.feed results in a translated legacy program
     outputs: list  # values to fetch
     scope: object  # parameters
+    output_names: list = field(default_factory=list)  # the program's own names of ``outputs``
     # Paddle never frees a scope (compat.empty_scope): its parameters go with this object.
     _release: weakref.finalize = field(init=False, repr=False)
 
@@ -205,11 +196,14 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
         if first.id() != op.id():  # moving an op before itself crashes Paddle
             op.move_before(first)
     inputs = [op.result(0) for op in feeds]
-    fetches = [op for op in block.ops if op.name() == "pd_op.fetch"]
+    fetches = sorted((op for op in block.ops if op.name() == "pd_op.fetch"), key=lambda op: op.attrs().get("col", 0))
     outputs = [op.operand_source(0) for op in fetches]
+    # Paddle Inference names a program's outputs by these (a legacy program's fetch
+    # targets, ``tmp_7``); the program we save is given names of its own.
+    output_names = [op.attrs()["name"] for op in fetches]
     for op in fetches:  # the executor and save_inference_model add their own
         op.erase()
-    return LoadedProgram(program, inputs, outputs, scope)
+    return LoadedProgram(program, inputs, outputs, scope, output_names)
 
 
 def _refuse_unknown_ops(path: str, unknown: list[str]) -> None:
@@ -242,103 +236,188 @@ def count_loop_copies(program) -> int:
     return sum(len(found) for found in loop_copies(ProgramIndex.build(program)).values())
 
 
+class NoSafeRuntimeError(RuntimeError):
+    """Every way we know to run a model right failed: one line names each failure."""
+
+
+@dataclass(frozen=True)
+class RuntimeStage:
+    """One way to run a model, in the order ``StaticGenerationModel`` and the hook try
+    them: ``create()`` returns ``(predictor, config)``; ``name`` is what it runs
+    ("the prepared program"), ``description`` where ("paddlenlp_ext's configuration")."""
+
+    name: str
+    description: str
+    create: object  # () -> (predictor, Config)
+
+
 class StaticGenerationModel:
     """A static model directory running on a Paddle Inference predictor.
 
-    The program is loaded (a legacy one translated to PIR), cleaned by
-    ``remove_loop_assign`` unless told not to, prepared as ``prepare_program`` says
-    and run on the new IR. Where that program cannot be built or run while the model's
-    files are sound (Paddle's translator or a pass fails on a program shape we have not
-    met), the model runs the way its users run it without us, as ``fallback_config``
-    configures Paddle Inference: one warning on the ``paddlenlp_ext`` logger says so and
-    why (``fallback_reason``), and the outputs are Paddle's. ``fall_back=False`` raises
-    instead. A damaged directory is a ModelDirectoryError either way.
+    The program is loaded (a legacy one translated to PIR) and rewritten by the passes
+    ``passes.pipeline.running_passes`` names for ``device``, ``onednn`` and
+    ``batch_size`` (``remove_loop_assign`` first unless told not to), then run on the
+    new IR in our configuration (``our_config``).
+
+    Where that program cannot be built or run while the model's files are sound
+    (Paddle's translator or a pass fails on a program shape we have not met), the model
+    falls back, one warning on the ``paddlenlp_ext`` logger for each step saying why
+    (``fallback_reason`` keeps the first), through ``runtime_stages``: the untouched
+    program on our configuration with the same ``onednn`` (only the passes that keep
+    that configuration right), then, for a legacy directory, PaddleNLP's static
+    predictor configuration (oneDNN off if ``onednn`` is), and never a configuration
+    ``docs/onednn.md`` documents as wrong: a PIR directory is never run on Paddle's
+    default oneDNN configuration. When none is left, NoSafeRuntimeError.
+    ``fall_back=False`` raises the first failure instead. A damaged directory is a
+    ModelDirectoryError either way, and an unknown ``device``, ``onednn`` or
+    ``batch_size`` a ValueError.
 
     ``batch_size``: how many sequences a run is fed (PaddleNLP's ``--batch_size``). It
-    picks the decode's weight-product kernel on CPU (``prepare_for_cpu``); any batch
+    picks the decode's weight-product kernel on CPU (``passes.pipeline``); any batch
     runs, and gives the same tokens, whatever it is set to.
     """
 
     def __init__(self, model_dir, *, remove_loop_assign: bool = True, device: str = "cpu",
                  dump_optimized_to: str | None = None, onednn: str = DEFAULT_ONEDNN, fall_back: bool = True,
                  batch_size: int = 1):
-        if batch_size < 1:  # before the try below: a caller's mistake, not a reason to fall back
-            raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
+        check_options(device, onednn, batch_size)  # a caller's mistake, not a reason to fall back
         self.model_dir = Path(model_dir)
         self.format = model_format(model_dir)
-        self.device = device
+        self.device, self.onednn = device, onednn
         self.fall_back = fall_back
         self.fallback_reason: str | None = None
         self.report: LoopAssignReport | None = None
+        self.pipeline: PipelineReport | None = None
         self.copies_before = self.copies_after = 0
-        self.has_loop: bool | None = None  # a while loop in the program (None: not known, after a fallback)
+        self.has_loop: bool | None = None  # a while loop in the program (None: not known)
+        self.predictor = self.config = None
         self._runs = 0  # of self.predictor
-        try:
-            self.predictor = self._cleaned_predictor(remove_loop_assign, dump_optimized_to, onednn, batch_size)
-        except ModelDirectoryError:
-            raise
-        except Exception as error:
-            if not fall_back:
-                raise
-            self._use_fallback("built", error)
+        self._stages = runtime_stages(self, remove_loop_assign, dump_optimized_to, batch_size)
+        self._stage = -1
+        self._failures: list[str] = []
+        self._next_stage()
         self.input_names = self.predictor.get_input_names()
 
-    def _cleaned_predictor(self, remove_loop_assign: bool, dump_optimized_to: str | None, onednn: str,
-                           batch_size: int):
+    @property
+    def runtime(self) -> str:
+        """What runs the model: "the prepared program on paddlenlp_ext's configuration"..."""
+        stage = self._stages[self._stage]
+        return f"{stage.name} on {stage.description}"
+
+    def _prepared_predictor(self, remove_loop_assign: bool, optimize: bool, dump_optimized_to: str | None,
+                            batch_size: int):
         loaded = load_program(self.model_dir)
         self.has_loop = any(op.name() == "pd_op.while" for op in loaded.program.global_block().ops)
         self.copies_before = count_loop_copies(loaded.program)
-        if remove_loop_assign:
-            self.report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+        steps = running_passes(self.device, self.onednn, batch_size, remove_copies=remove_loop_assign,
+                               optimize=optimize)
+        self.pipeline = run_passes(loaded.program, loaded.outputs, steps)
+        self.report = self.pipeline.get("remove_loop_assign")
+        if self.report is not None:
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        predictor = predictor_for(loaded, self.device, dump_optimized_to, onednn, batch_size)
+        predictor, config = _staged_predictor(
+            loaded, lambda prefix: our_config(prefix, self.device, dump_optimized_to, self.onednn))
         loaded.release()  # the predictor holds its own copy of the weights
-        return predictor
+        return predictor, config
 
-    def _use_fallback(self, stage: str, error: Exception) -> None:
-        self.fallback_reason = warn_fallback(self.model_dir, stage, error)
-        self.report, self.copies_after = None, self.copies_before
-        self.predictor, self._runs = None, 0  # one predictor's weights in memory at a time
-        with library_quiet():
-            self.predictor = inference.create_predictor(fallback_config(self.model_dir, self.device))
+    def _next_stage(self, failed: str | None = None, error: Exception | None = None) -> None:
+        """Create the next stage's predictor (the first at ``failed`` None), skipping
+        those that cannot be built; ``failed`` says what the current stage could not be."""
+        while True:
+            if failed is not None:
+                stage = self._stages[self._stage]
+                reason = f"{stage.name} could not be {failed}: {error_line(error)}"
+                self._failures.append(reason)
+                if self.fallback_reason is None:
+                    self.fallback_reason = reason
+                if self._stage + 1 == len(self._stages):
+                    raise NoSafeRuntimeError(f"{self.model_dir}: no configuration known to run it right is left "
+                                             f"({'; '.join(self._failures)})") from None
+                after = self._stages[self._stage + 1]
+                logger.warning("%s: running %s on %s (%s)", self.model_dir, after.name, after.description, reason)
+            self._stage += 1
+            self.predictor = self.config = None  # one predictor's weights in memory at a time
+            self._runs = 0
+            try:
+                self.predictor, self.config = self._stages[self._stage].create()
+                return
+            except ModelDirectoryError:
+                raise
+            except Exception as caught:
+                if not self.fall_back:
+                    raise
+                failed, error = "built", caught
 
     def run(self, feed: dict) -> np.ndarray:
         """The program's first output (a generation model's token ids) for ``feed``."""
         _check_inputs(self.input_names, feed)
-        try:
-            return self._run(feed)
-        except Exception as error:
-            if self.fallback_reason is not None or not self.fall_back:
+        while True:
+            try:
+                return self._run(feed)
+            except NoSafeRuntimeError:
                 raise
-            self._use_fallback("run", error)
-        return self._run(feed)
+            except Exception as error:
+                if not self.fall_back or self._stage + 1 == len(self._stages):
+                    raise
+                self._next_stage("run", error)
 
     def _run(self, feed: dict) -> np.ndarray:
         first, self._runs = self._runs == 0, self._runs + 1
         return run_predictor(self.predictor, feed, quiet=first)[0]
 
 
-def warn_fallback(path, stage: str, error: Exception) -> str:
-    """Log, once, that ``path`` now runs as Paddle runs it without us because the
-    translated program could not be ``stage`` ("built" or "run"); returns the reason."""
-    reason = f"the translated program could not be {stage}: {error_line(error)}"
-    logger.warning("%s: running on Paddle Inference as configured without paddlenlp_ext (%s)", path, reason)
-    return reason
+def runtime_stages(model: StaticGenerationModel, remove_loop_assign: bool, dump_optimized_to: str | None,
+                   batch_size: int) -> list[RuntimeStage]:
+    """The ways ``model`` may run, in the order tried (``StaticGenerationModel``'s
+    docstring says why)."""
+    ours = f"paddlenlp_ext's configuration (oneDNN {model.onednn})" if model.device == "cpu" else \
+        "paddlenlp_ext's configuration"
+    stages = [
+        RuntimeStage("the prepared program", ours,
+                     lambda: model._prepared_predictor(remove_loop_assign, True, dump_optimized_to, batch_size)),
+        RuntimeStage("the untouched program", ours,
+                     lambda: model._prepared_predictor(False, False, dump_optimized_to, batch_size)),
+    ]
+    plain = plain_paddle_config(model.model_dir, model.device, model.onednn)
+    if plain is not None:
+        description, config = plain
+        stages.append(RuntimeStage("the model's own program", description,
+                                   lambda: (_create_predictor(config), config)))
+    return stages
 
 
-def fallback_config(model_dir: str | os.PathLike, device: str = "cpu"):
-    """Paddle Inference configured for ``model_dir`` as it runs without this package: a
-    legacy directory as PaddleNLP 2.8's static predictor configures it
-    (``paddlenlp_static_config``), a PIR one with Paddle's defaults."""
+def plain_paddle_config(model_dir: str | os.PathLike, device: str = "cpu", onednn: str = DEFAULT_ONEDNN):
+    """``(description, Config)``: Paddle Inference configured for ``model_dir`` as it runs
+    without this package, with oneDNN off where ``onednn`` is: a legacy directory as
+    PaddleNLP 2.8's static predictor configures it (``paddlenlp_static_config``: the old
+    IR), a PIR one with Paddle's defaults. None where that configuration is one
+    ``docs/onednn.md`` documents as wrong: Paddle's default CPU config (new IR, oneDNN,
+    ``inplace_pass``) on a program we have not guarded."""
     directory = Path(model_dir)
     if model_format(directory) == "legacy":
-        config = paddlenlp_static_config(directory)
+        config, description = paddlenlp_static_config(directory), "PaddleNLP's static predictor configuration"
     else:
+        if device == "cpu" and onednn != "off":
+            return None
         config = inference.Config(str(directory / PIR_FILE), str(directory / PARAMS_FILE))
+        config.disable_glog_info()
+        description = "Paddle Inference's default configuration"
     if device == "gpu":
         config.enable_use_gpu(100, 0)
-    return config
+    elif onednn == "off":
+        config.disable_mkldnn()
+        description += " (oneDNN off)"
+    return description, config
+
+
+def known_wrong(config) -> str | None:
+    """Why a caller's Paddle Inference ``config`` naming a legacy ``.pdmodel`` is one
+    ``docs/onednn.md`` documents as giving wrong outputs, or None: Paddle 3.3.1's new IR
+    with oneDNN on CPU runs the translated program unguarded, with ``inplace_pass``."""
+    if config.new_ir_enabled() and config.mkldnn_enabled() and not config.use_gpu():
+        return "its new IR with oneDNN gives wrong outputs on a translated loop (docs/onednn.md)"
+    return None
 
 
 def run_predictor(predictor, feed: dict, quiet: bool = False) -> list[np.ndarray]:
@@ -359,8 +438,7 @@ def run_predictor(predictor, feed: dict, quiet: bool = False) -> list[np.ndarray
 def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
     """Set ``config``'s oneDNN use on CPU to ``onednn`` (one of ``ONEDNN_MODES``), with
     the passes that mode deletes (``ONEDNN_DELETED_PASSES``)."""
-    if onednn not in ONEDNN_MODES:
-        raise ValueError(f"onednn must be one of {', '.join(ONEDNN_MODES)}, got {onednn!r}")
+    check_options("cpu", onednn)
     if onednn == "off":
         config.disable_mkldnn()
     else:
@@ -369,81 +447,64 @@ def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
         config.delete_pass(name)
 
 
+def prepare_program(loaded: LoadedProgram, device: str, onednn: str, batch_size: int = 1, *,
+                    optimize: bool = True) -> PipelineReport:
+    """Rewrite ``loaded.program`` as our predictors run it on ``device`` (oneDNN as
+    ``onednn`` says) for ``batch_size`` sequences a run: ``passes.pipeline.running_passes``
+    without ``remove_loop_assign`` (the caller decides that one). The rewrites leave the
+    outputs as they were, at every batch size."""
+    steps = running_passes(device, onednn, batch_size, remove_copies=False, optimize=optimize)
+    return run_passes(loaded.program, loaded.outputs, steps)
+
+
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN, batch_size: int = 1):
     """A predictor for ``loaded``: prepared as ``prepare_program`` says (this changes
-    ``loaded.program``), saved to a staging directory and handed to
-    ``create_paddle_predictor``."""
+    ``loaded.program``), saved to a staging directory, in our configuration."""
     prepare_program(loaded, device, onednn, batch_size)
+    predictor, _ = _staged_predictor(loaded, lambda prefix: our_config(prefix, device, dump_optimized_to, onednn))
+    return predictor
+
+
+def _staged_predictor(loaded: LoadedProgram, config_for):
+    """``(predictor, config)`` for ``loaded`` saved to a staging directory,
+    ``config_for(prefix)`` the configuration."""
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
-        return create_paddle_predictor(prefix, device, dump_optimized_to, onednn)
+        config = config_for(prefix)
+        return _create_predictor(config), config
 
 
-def prepare_program(loaded: LoadedProgram, device: str, onednn: str, batch_size: int = 1) -> None:
-    """What our predictors run of ``loaded.program`` on ``device``: a loop's concat caches
-    carried in their attention's layout (``passes.loop_cache_layout``: at llama2-7B's
-    layer shape, permuting the whole cache took about half of a concat loop's step),
-    then, on CPU, ``prepare_for_cpu`` for ``batch_size`` sequences at a time. The
-    rewrites leave the outputs as they were, at every batch size."""
-    report = carry_loop_caches_permuted(loaded.program, outputs=loaded.outputs)
-    if report.modified:
-        logger.debug("loop_cache_layout: %s", report.summary())
-    if device == "cpu":
-        prepare_for_cpu(loaded, onednn, batch_size)
-
-
-def prepare_for_cpu(loaded: LoadedProgram, onednn: str, batch_size: int = 1) -> None:
-    """What our CPU configuration runs of ``loaded.program``, fed ``batch_size``
-    sequences at a time: up to ``ADDMM_MAX_BATCH`` of them (or with oneDNN off), the
-    decode loop's weight matmuls on the plain GEMM (``passes.loop_weight_matmul``:
-    oneDNN's matmul reads the weights at a third of the memory bandwidth for one row);
-    then, with oneDNN on, ``guard_for_onednn``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
-    if onednn == "off" or batch_size <= ADDMM_MAX_BATCH:
-        report = run_loop_weight_matmuls_as_addmm(loaded.program)
-        if report.modified:
-            logger.debug("loop_weight_matmul: %s", report.summary())
-    if onednn != "off":
-        guard_for_onednn(loaded)
-
-
-def guard_for_onednn(loaded: LoadedProgram) -> None:
-    """Guard ``loaded`` for our oneDNN configuration: when it holds ops oneDNN may give
-    a blocked layout (``passes.onednn_layouts``). Without them ``inplace_pass``, which
-    our configuration deletes, is the only source of the alias the guard breaks, and
-    the guard's copies would cost time every step (12% of a token at 128 prompt tokens
-    on the benchmark's llama); with them the differential test found programs wrong
-    unguarded."""
-    if has_blocked_layout_ops(loaded.program):
-        guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
-
-
-def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
-                            onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
-    """A Paddle Inference predictor for ``prefix``.json/.pdiparams, configured as
-    StaticGenerationModel runs it (new IR; on CPU, oneDNN as ``onednn`` says, and
-    ``cpu_threads`` math threads, None for Paddle's default)."""
+def our_config(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
+               onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
+    """Paddle Inference's config for ``prefix``.json/.pdiparams as StaticGenerationModel
+    runs it: new IR; on CPU, oneDNN as ``onednn`` says (``configure_cpu``), and
+    ``cpu_threads`` math threads, None for Paddle's default."""
+    check_options(device, onednn)
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.enable_new_ir(True)
     config.disable_glog_info()
     if device == "gpu":
         config.enable_use_gpu(256, 0)
-    elif device == "cpu":
+    else:
         config.disable_gpu()
         configure_cpu(config, onednn)
         if cpu_threads is not None:
             config.set_cpu_math_library_num_threads(cpu_threads)
-    else:
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if dump_optimized_to is not None:
         config.set_optim_cache_dir(dump_optimized_to)
         config.enable_save_optim_model(True)
-    return _create_predictor(config)
+    return config
+
+
+def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
+                            onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
+    """A Paddle Inference predictor for ``prefix``.json/.pdiparams in our configuration
+    (``our_config``)."""
+    return _create_predictor(our_config(prefix, device, dump_optimized_to, onednn, cpu_threads))
 
 
 def tune_cpu_process() -> None:
@@ -518,23 +579,34 @@ def executed_loop_copies(dump_dir: str) -> int:
 _kept_staging: list = []  # directories of cleaned programs that predictors were created from
 
 
-def cleaned_legacy_config(config):
-    """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
-    copy that runs it the way ``StaticGenerationModel`` does: translated, cleaned
-    by ``remove_loop_assign``, saved as PIR, on the new IR. On CPU, oneDNN stays as the
-    user set it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
-    ``inplace_pass`` deleted); the program prepared as ``prepare_program`` says.
+@dataclass(frozen=True)
+class CleanedConfig:
+    """What ``cleaned_legacy_config`` makes of a caller's config."""
 
-    On CPU, the process is tuned as for our own predictors (``tune_cpu_process``).
+    config: object  # a copy of the caller's Config, naming the rewritten PIR program
+    report: LoopAssignReport | None  # remove_loop_assign's, None for the untouched program
+    input_names: list  # as the caller's own predictor names them (the legacy program's feeds)
+    output_names: list  # and its outputs (the legacy program's fetch targets: ``tmp_7``...)
+
+
+def cleaned_legacy_config(config, *, optimize: bool = True) -> CleanedConfig | None:
+    """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
+    copy that runs it the way ``StaticGenerationModel`` does: translated, rewritten by
+    ``passes.pipeline.running_passes`` (``remove_loop_assign`` first), saved as PIR, on
+    the new IR. ``optimize=False``: the untouched program, with only the passes that keep
+    the configuration right (the hook's fallback). On CPU, oneDNN stays as the user set
+    it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
+    ``inplace_pass`` deleted), and the process is tuned as for our own predictors
+    (``tune_cpu_process``).
 
     A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
     whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
-    does not have (Paddle Inference's own error does not say so). Returns ``(config,
-    report)``, or None for anything else (a PIR model, a model directory, a program
-    without a while loop, a params file not beside the model), which the caller runs as
-    it is. The user's config is not changed; every other setting (device, threads,
-    logging...) is kept. The cleaned files stay until the process exits, so the copy can
-    create more predictors.
+    does not have (Paddle Inference's own error does not say so). Returns None for
+    anything else (a PIR model, a model directory, a program without a while loop, a
+    params file not beside the model), which the caller runs as it is. The user's
+    config is not changed; every other setting (device, threads, logging...) is kept.
+    The cleaned files stay until the process exits, so the copy can create more
+    predictors.
     """
     prog, params = config.prog_file(), config.params_file()
     if prog.endswith(".json") and os.path.isfile(prog):
@@ -553,11 +625,13 @@ def cleaned_legacy_config(config):
         raise
     except Exception:  # not a program we can read: Paddle's own predictor reports it
         return None
-    report = loop_assign_pass.remove_loop_assign(loaded.program, outputs=loaded.outputs)
-    if not report.loops:  # not a decoding loop: nothing for us to do
+    if not has_loop(loaded.program):  # not a decoding loop: nothing for us to do
+        loaded.release()
         return None
+    device = "gpu" if config.use_gpu() else "cpu"
     onednn = DEFAULT_ONEDNN if config.mkldnn_enabled() else "off"  # as the user set it
-    prepare_program(loaded, "gpu" if config.use_gpu() else "cpu", onednn)
+    steps = running_passes(device, onednn, remove_copies=optimize, optimize=optimize)
+    report = run_passes(loaded.program, loaded.outputs, steps).get("remove_loop_assign")
     staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
     _kept_staging.append(staging)  # removed when the process exits
     prefix = os.path.join(staging.name, MODEL_PREFIX)
@@ -566,7 +640,17 @@ def cleaned_legacy_config(config):
     cleaned = inference.Config(config)
     cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
     cleaned.enable_new_ir(True)
-    if not cleaned.use_gpu():
+    if device == "cpu":
         configure_cpu(cleaned, onednn)
         tune_cpu_process()
-    return cleaned, report
+    return CleanedConfig(cleaned, report, loaded.feed_names, loaded.output_names)
+
+
+def has_loop(program) -> bool:
+    """Whether ``program`` holds a ``pd_op.while``, at any depth."""
+
+    def search(block) -> bool:
+        return any(op.name() == "pd_op.while" or any(search(inner) for inner in op.blocks())
+                   for op in block.ops)
+
+    return search(program.global_block())

@@ -189,7 +189,7 @@ GENERATION_INPUTS = ("input_ids", "attention_mask", "position_ids", "max_new_tok
 
 def _pass_line(static_model) -> str:
     if static_model.fallback_reason is not None:
-        return "not applied: Paddle's own configuration runs the model (see the warning above)"
+        return f"not applied: {static_model.runtime} runs the model (see the warning above)"
     if static_model.report is not None:
         return static_model.report.summary()
     return f"off ({static_model.copies_before} copies in the loop)"

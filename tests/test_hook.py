@@ -123,8 +123,31 @@ def test_the_hook_keeps_the_users_onednn_setting(exported):
         config.set_cpu_math_library_num_threads(2)
         if not onednn:
             config.disable_mkldnn()
-        cleaned, _ = cleaned_legacy_config(config)
+        cleaned = cleaned_legacy_config(config).config
         assert cleaned.mkldnn_enabled() == onednn and config.mkldnn_enabled() == onednn
         assert cleaned.cpu_math_library_num_threads() == 2 and cleaned.new_ir_enabled()
         # the concat loop, its caches carried permuted, on either runtime
         np.testing.assert_array_equal(run_predictor(inference.create_predictor(cleaned), feed())[0], reference)
+
+
+def test_the_hook_keeps_the_callers_names(exported):
+    """Issue 27, class 8: serving code asks for the outputs by the names its own predictor
+    has (a legacy program's fetch targets), on the hook's predictor and on its clone."""
+    from paddle import inference
+    from test_llama_loop import feed
+
+    directory, reference = exported
+    own = inference.create_predictor(paddlenlp_static_config(directory))
+    with paddlenlp_ext.enable():
+        hooked = inference.create_predictor(paddlenlp_static_config(directory))
+    assert not any(name.startswith("fetch_name_") for name in own.get_output_names())
+    for predictor in (hooked, hooked.clone()):
+        assert isinstance(predictor, hook.FallbackPredictor)
+        assert predictor.get_input_names() == own.get_input_names()
+        assert predictor.get_output_names() == own.get_output_names()
+        for name, value in feed().items():
+            if name in own.get_input_names():
+                predictor.get_input_handle(name).copy_from_cpu(value)
+        predictor.run()
+        np.testing.assert_array_equal(predictor.get_output_handle(own.get_output_names()[0]).copy_to_cpu(),
+                                      reference)

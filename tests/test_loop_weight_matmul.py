@@ -15,7 +15,7 @@ from paddlenlp_ext.inference import (
     create_paddle_predictor,
     executed_loop_ops,
     load_files,
-    prepare_for_cpu,
+    prepare_program,
     save_program,
 )
 from paddlenlp_ext.passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
@@ -80,7 +80,7 @@ def test_weight_matmuls_in_the_loop_become_addmm_and_nothing_else_changes(every_
 
 
 def test_the_rewritten_loop_runs_right_on_every_inference_config(every_weight_is_large):
-    """What StaticGenerationModel runs (``prepare_for_cpu`` applies the rewrite), twice
+    """What StaticGenerationModel runs (``prepare_program`` applies the rewrite), twice
     in a row, against the Executor on the program as built."""
     reference = run(build_pir(loop_with_weight_matmuls, FEED))
     for onednn in INFERENCE_CONFIGS:
@@ -103,7 +103,7 @@ def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_l
     for onednn in INFERENCE_CONFIGS:
         save_inference(build_pir(loop_with_weight_matmuls, FEED), str(tmp_path / onednn / "source"))
         loaded = load_files(str(tmp_path / onednn / "source"), "pir")
-        prepare_for_cpu(loaded, onednn)
+        prepare_program(loaded, "cpu", onednn)
         save_program(loaded, str(tmp_path / onednn / "model"))
         create_paddle_predictor(str(tmp_path / onednn / "model"), "cpu", str(tmp_path / onednn / "dump"), onednn)
         executed = executed_loop_ops(str(tmp_path / onednn / "dump"))

@@ -1,0 +1,173 @@
+"""pipeline: the one place that says which passes run on a program, and in which order.
+
+Every route that rewrites a program asks this module for its passes: the runtime
+(``inference``: ``StaticGenerationModel``, the load-time hook's predictor), what leaves
+our hands (``convert``, the save hook) and the benchmark. Where the program will run
+decides what it gets (after torch.fx's ``PassManager``: a list of named steps, each
+returning a report whose ``modified`` is true exactly when the IR changed):
+
+- **Saved** (``saving_passes``): the directory is run by whoever loads it, Paddle
+  Inference's default CPU config included (oneDNN on, ``inplace_pass`` on), so it gets
+  ``remove_loop_assign`` then ``guard_onednn_inplace``, always.
+- **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
+  ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
+  ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
+  ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off), and
+  with oneDNN on the guard (where ``_guard_on_our_config`` says).
+- **The fallback's program** (``running_passes(..., optimize=False)``): none of the
+  optimizations, only what makes the configuration safe (the guard with oneDNN on).
+
+The order matters: the guard decides on the program as it will be saved, so it runs
+last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
+(a copy in the way hides the concat it matches); ``loop_weight_matmul`` runs before the
+guard so that the guard sees the ``addmm`` readers it creates.
+
+This module knows the passes and the names of the configurations; it knows nothing of
+models, directories or Paddle Inference's ``Config``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+logger = logging.getLogger("paddlenlp_ext")
+
+# Which kernels run on oneDNN on CPU: Paddle's placement (every op with a oneDNN
+# kernel), or none (``inference.configure_cpu`` sets them).
+ONEDNN_MODES = ("all", "off")
+DEFAULT_ONEDNN = "all"
+DEVICES = ("cpu", "gpu")
+
+# Up to this many sequences per run, our oneDNN configuration runs a decode loop's weight
+# products on the plain GEMM (loop_weight_matmul). That GEMM (MKL) streams the weights once
+# for one row, but its time grows with the rows (at llama2-7B's MLP shape, one thread:
+# 10.4 ms for 1 row, 19.4 for 2, 41.4 for 4), while oneDNN's matmul costs about the same
+# for a few rows as for one. A llama2-7B-shaped layer's step (static cache, 256 prompt
+# tokens, medians of 3, same tokens), plain GEMM against oneDNN: 108 against 128 ms at
+# batch 2, 168 against 136 at batch 3, 178 against 122 at batch 4.
+ADDMM_MAX_BATCH = 2
+
+
+@dataclass(frozen=True)
+class PassStep:
+    """One pass of a pipeline: ``run(program, outputs)`` rewrites ``program`` in place and
+    returns its report (``modified``, ``summary()``); ``outputs`` are the values the
+    caller fetches after the run."""
+
+    name: str
+    run: Callable
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """``(step name, report)`` for every step run, in order."""
+
+    reports: tuple
+
+    @property
+    def modified(self) -> bool:
+        return any(report.modified for _, report in self.reports)
+
+    def get(self, name: str):
+        """The report of step ``name``, or None when it did not run."""
+        return next((report for step, report in self.reports if step == name), None)
+
+    def summary(self) -> str:
+        return "; ".join(f"{name}: {report.summary()}" for name, report in self.reports)
+
+
+def check_options(device: str, onednn: str, batch_size: int = 1) -> None:
+    """Raise ValueError for an option no pipeline (and no configuration) exists for: a
+    caller's mistake, never a reason to fall back."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if onednn not in ONEDNN_MODES:
+        raise ValueError(f"onednn must be one of {', '.join(ONEDNN_MODES)}, got {onednn!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be 1 or more, got {batch_size!r}")
+
+
+def _remove_loop_assign(program, outputs):
+    from .remove_loop_assign import remove_loop_assign
+
+    return remove_loop_assign(program, outputs=outputs)
+
+
+def _loop_cache_layout(program, outputs):
+    from .loop_cache_layout import carry_loop_caches_permuted
+
+    return carry_loop_caches_permuted(program, outputs=outputs)
+
+
+def _loop_weight_matmul(program, outputs):
+    from .loop_weight_matmul import run_loop_weight_matmuls_as_addmm
+
+    return run_loop_weight_matmuls_as_addmm(program)
+
+
+def _guard(program, outputs):
+    from .onednn_inplace_guard import guard_onednn_inplace
+
+    return guard_onednn_inplace(program, outputs=outputs)
+
+
+def _guard_on_our_config(program, outputs):
+    """Our oneDNN configuration deletes ``inplace_pass``, the alias's usual source; what is
+    left is oneDNN's blocked layouts (``passes.onednn_layouts``): the differential test
+    found programs holding those ops wrong unguarded, and no other. Elsewhere the guard's
+    copies would only cost time (12% of a token at 128 prompt tokens on the benchmark's
+    llama)."""
+    from .onednn_inplace_guard import OneDNNGuardReport
+    from .onednn_layouts import has_blocked_layout_ops
+
+    if not has_blocked_layout_ops(program):
+        return OneDNNGuardReport(0)
+    return _guard(program, outputs)
+
+
+REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
+LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
+LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
+# What Paddle's default CPU config needs (inplace_pass on): every program we save.
+ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
+# What our oneDNN configuration needs (inplace_pass deleted).
+ONEDNN_GUARD_OURS = PassStep("onednn_inplace_guard", _guard_on_our_config)
+
+
+def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
+    """The passes of a program that leaves our hands (``convert``, the save hook)."""
+    return ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (ONEDNN_GUARD,)
+
+
+def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size: int = 1, *,
+                   remove_copies: bool = True, optimize: bool = True) -> tuple[PassStep, ...]:
+    """The passes of a program our own predictor runs on ``device`` (oneDNN as ``onednn``
+    says on CPU), fed ``batch_size`` sequences a run. ``remove_copies``: with
+    ``remove_loop_assign`` first. ``optimize=False``: only the passes that make the
+    configuration safe (the fallback's program)."""
+    check_options(device, onednn, batch_size)
+    steps = []
+    if optimize:
+        if remove_copies:
+            steps.append(REMOVE_LOOP_ASSIGN)
+        steps.append(LOOP_CACHE_LAYOUT)
+        if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
+            steps.append(LOOP_WEIGHT_MATMUL)
+    if device == "cpu" and onednn != "off":
+        steps.append(ONEDNN_GUARD_OURS)
+    return tuple(steps)
+
+
+def run_passes(program, outputs, steps) -> PipelineReport:
+    """Run ``steps`` on ``program`` in order (each rewrites it in place); ``outputs`` are
+    the values the caller fetches afterwards."""
+    outputs = list(outputs)
+    reports = []
+    for step in steps:
+        report = step.run(program, outputs)
+        if report.modified:
+            logger.debug("%s: %s", step.name, report.summary())
+        reports.append((step.name, report))
+    return PipelineReport(tuple(reports))

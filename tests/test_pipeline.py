@@ -1,0 +1,108 @@
+"""passes.pipeline: the one place that says which passes run, in which order, on every
+route (our predictors, the hook, convert, the save hook); and the export cache's key,
+which covers the source of every module that shapes a program."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from onednn_cases import CONV_FEED, CONV_SHAPE, conv_loop, save
+
+import paddlenlp_ext
+import paddlenlp_ext.inference as inference
+from paddlenlp_ext import export_cache
+from paddlenlp_ext.passes import pipeline
+
+
+def names(steps):
+    return [step.name for step in steps]
+
+
+@pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
+    ("cpu", "all", 1, True, ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "onednn_inplace_guard"]),
+    ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
+     ["remove_loop_assign", "loop_cache_layout", "onednn_inplace_guard"]),
+    ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["remove_loop_assign", "loop_cache_layout",
+                                                        "loop_weight_matmul"]),
+    ("gpu", "all", 1, True, ["remove_loop_assign", "loop_cache_layout"]),
+    ("cpu", "all", 1, False, ["onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
+    ("cpu", "off", 1, False, []),
+])
+def test_running_passes_per_configuration(device, onednn, batch_size, optimize, expected):
+    assert names(pipeline.running_passes(device, onednn, batch_size, optimize=optimize)) == expected
+
+
+def test_saving_passes_always_guard():
+    assert names(pipeline.saving_passes()) == ["remove_loop_assign", "onednn_inplace_guard"]
+    assert names(pipeline.saving_passes(remove_copies=False)) == ["onednn_inplace_guard"]
+
+
+@pytest.mark.parametrize("options", [{"onednn": "matmul"}, {"device": "xpu"}, {"batch_size": 0}])
+def test_unknown_options_have_no_pipeline(options):
+    with pytest.raises(ValueError):
+        pipeline.running_passes(**options)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every step the routes run, by name, as they run it."""
+    ran = []
+    for attribute in ("REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
+                      "ONEDNN_GUARD_OURS"):
+        step = getattr(pipeline, attribute)
+
+        def run(program, outputs, step=step):
+            ran.append(step.name)
+            return step.run(program, outputs)
+
+        monkeypatch.setattr(pipeline, attribute, pipeline.PassStep(step.name, run))
+    return ran
+
+
+def test_every_route_runs_the_pipelines_passes(tmp_path, recorded):
+    """StaticGenerationModel, convert and the save hook run exactly the steps the
+    pipeline names for them, in its order."""
+    from paddlenlp_ext.convert import convert
+
+    save(str(tmp_path / "source" / "model"), conv_loop, CONV_SHAPE)
+    model = inference.StaticGenerationModel(tmp_path / "source", fall_back=False)
+    assert recorded == names(pipeline.running_passes()) == [name for name, _ in model.pipeline.reports]
+    recorded.clear()
+    convert(tmp_path / "source", tmp_path / "converted")
+    assert recorded == names(pipeline.saving_passes())
+    recorded.clear()
+    with paddlenlp_ext.enable(), paddle.base.dygraph.guard():
+        layer = paddle.nn.Linear(4, 4)
+        paddle.jit.save(paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 4], "float32")],
+                                             full_graph=True), str(tmp_path / "saved" / "model"))
+    assert recorded == names(pipeline.saving_passes())
+    np.testing.assert_allclose(model.run(CONV_FEED), inference.run_program(
+        inference.load_program(tmp_path / "source"), CONV_FEED)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_export_cache_key_covers_every_module(tmp_path):
+    """Issue 27, class 9: the key hashed a hand-kept list of modules that left out code
+    shaping the saved program (program_index, copy_ops, the guard...): a change to any
+    module of the package now changes it."""
+    package = tmp_path / "paddlenlp_ext"
+    shutil.copytree(Path(export_cache.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    before = export_cache.code_digest(package)
+    modules = sorted(package.rglob("*.py"))
+    assert {"passes/program_index.py", "passes/copy_ops.py", "passes/pipeline.py", "hook.py",
+            "passes/onednn_inplace_guard.py"} <= {m.relative_to(package).as_posix() for m in modules}
+    for module in modules:
+        original = module.read_bytes()
+        module.write_bytes(original + b"\n# changed\n")
+        assert export_cache.code_digest(package) != before, module
+        module.write_bytes(original)
+    assert export_cache.code_digest(package) == before
+
+
+def test_the_export_cache_key_holds_the_code_digest(tmp_path, monkeypatch):
+    settings = dict(format="pir", cache=None, remove_loop_assign=True)
+    first = export_cache.cached_export_directory("llama2", tmp_path, **settings)
+    monkeypatch.setattr(export_cache, "code_digest", lambda: "another")
+    assert export_cache.cached_export_directory("llama2", tmp_path, **settings) != first
