@@ -81,7 +81,13 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
         raise ConvertError(str(error)) from None
     # The directory leaves our hands: Paddle Inference's default CPU config (oneDNN and
     # its inplace pass) must run it right too.
-    pipeline = run_passes(loaded.program, loaded.outputs, saving_passes())
+    try:
+        pipeline = run_passes(loaded.program, loaded.outputs, saving_passes())
+    except Exception as error:  # a pass failing on a program shape we have not met: a defect of ours
+        from .errors import error_line
+
+        raise ConvertError(f"cannot convert {src}: a pass failed on its program ({error_line(error)}); "
+                           f"run {src} as it is and report this") from None
     report, guarded = pipeline.get("remove_loop_assign"), pipeline.get("onednn_inplace_guard")
     metadata.update({
         "format": "pir",

@@ -240,3 +240,20 @@ def test_a_conversion_paddle_inference_cannot_load_is_refused(source, tmp_path, 
                                            rf"\(\(Unimplemented\) an op this build lacks\); run {src} as it is$"):
         convert(src, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pass_failing_is_one_line_and_writes_nothing(source, tmp_path, monkeypatch):
+    """A pass that fails on a program shape we have not met is our defect, not bad input,
+    but the converter still says so in one line and writes nothing."""
+    from paddlenlp_ext.convert import ConvertError, convert
+    from paddlenlp_ext.passes import pipeline
+
+    def broken(program, outputs):
+        raise RuntimeError("3 is not in list")
+
+    monkeypatch.setattr(pipeline, "ONEDNN_GUARD", pipeline.PassStep("onednn_inplace_guard", broken))
+    src = source[0]
+    with pytest.raises(ConvertError, match=rf"^cannot convert {src}: a pass failed on its program \(3 is not in "
+                                           rf"list\); run {src} as it is and report this$"):
+        convert(src, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
