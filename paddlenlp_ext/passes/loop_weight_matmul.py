@@ -55,13 +55,14 @@ from dataclasses import dataclass
 import paddle
 
 from ..paddle_modes import static_mode
+from .report import PassReport
 
 MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
 MIN_WEIGHT_ELEMENTS = 1 << 22  # 16 MiB of float32: larger than a last-level cache
 
 
 @dataclass(frozen=True)
-class LoopWeightMatmulReport:
+class LoopWeightMatmulReport(PassReport):
     rewritten: int  # matmuls now run as addmm
     kept: int  # matmuls in a loop body left as they are
 

@@ -1,9 +1,22 @@
-"""The result object of the loop-copy passes."""
+"""What the passes return: one report protocol (``PassReport``), and the loop-copy passes' report."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+
+
+class PassReport:
+    """What every pass of ``passes/`` returns (after torch.fx's ``PassResult``): a small
+    frozen record of what it did, whose ``modified`` is true exactly when the IR changed,
+    and ``summary()``, one line for logs and CLIs. ``passes.pipeline`` relies on both."""
+
+    @property
+    def modified(self) -> bool:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -16,7 +29,7 @@ class KeptCopy:
 
 
 @dataclass(frozen=True)
-class LoopAssignReport:
+class LoopAssignReport(PassReport):
     removed: int  # assign_out_ ops erased
     loops: int  # while ops in the program
     kept: tuple[KeptCopy, ...] = ()
