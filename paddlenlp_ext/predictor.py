@@ -157,10 +157,13 @@ class StaticGraphPredictor(BasePredictor):
 
     def __init__(self, config: PredictorArgument, static_dir, tokenizer):
         super().__init__(config, tokenizer)
-        from .inference import StaticGenerationModel
+        from .inference import NoSafeRuntimeError, StaticGenerationModel
 
-        self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
-                                                  device=config.device, batch_size=config.batch_size)
+        try:
+            self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
+                                                      device=config.device, batch_size=config.batch_size)
+        except NoSafeRuntimeError as error:  # one line says what was tried
+            raise PredictorError(str(error)) from None
         if "input_ids" not in self.static_model.input_names or self.static_model.has_loop is False:
             raise PredictorError(f"{static_dir}: not a generation model (it needs input_ids and a decoding loop; "
                                  f"it takes {', '.join(self.static_model.input_names)}"
@@ -176,8 +179,13 @@ class StaticGraphPredictor(BasePredictor):
             self.settings["top_k"] = _vocab_size(Path(static_dir))
 
     def _infer(self, input_ids, attention_mask, max_new_tokens):
+        from .inference import NoSafeRuntimeError
+
         inputs = model_inputs(input_ids, attention_mask, max_new_tokens, self.settings)
-        return self.static_model.run({name: inputs[name] for name in self.static_model.input_names})
+        try:
+            return self.static_model.run({name: inputs[name] for name in self.static_model.input_names})
+        except NoSafeRuntimeError as error:
+            raise PredictorError(str(error)) from None
 
 
 # What PaddleNLP 2.8's static predictor feeds a generation model, by name

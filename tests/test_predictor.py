@@ -519,3 +519,29 @@ def test_on_a_terminal_the_progress_bar_keeps_off_the_output_lines(home, tmp_pat
     for marker in ("***********Source**********", "***********Output**********"):
         for at in [i for i in range(len(text)) if text.startswith(marker, i)]:
             assert text[at - 1] in "\r\n", text[max(0, at - 80):at + len(marker)]
+
+
+def test_a_static_model_no_configuration_runs_right_is_one_error(home, tmp_path, capsys, monkeypatch):
+    """When our configuration cannot run a PIR directory and oneDNN is on, nothing known
+    to be right is left (Paddle's default oneDNN config is not): one error line."""
+    import paddle
+
+    import paddlenlp_ext.inference as inference
+    from paddlenlp_ext.models import load_model
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    def broken(loaded, config_for):
+        raise RuntimeError("cannot create")
+
+    _, tokenizer = load_model("llama2")
+    with dygraph_mode():
+        paddle.jit.save(paddle.nn.Embedding(100, 2), str(tmp_path / "model"),
+                        input_spec=[paddle.static.InputSpec([None, None], "int64", "input_ids")])
+    tokenizer.save_pretrained(str(tmp_path))
+    monkeypatch.setattr(inference, "_staged_predictor", broken)
+    capsys.readouterr()
+    assert main(["--model_name_or_path", str(tmp_path), "--output_file", str(tmp_path / "out.json")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {tmp_path}: no configuration known to run it right is left (the prepared program could not be "
+        "built: cannot create; the untouched program could not be built: cannot create)")
+    assert not (tmp_path / "out.json").exists()
