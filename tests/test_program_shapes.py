@@ -3,6 +3,7 @@ hand-edited PIR, and loops nested in loops and ifs."""
 
 import numpy as np
 import paddle
+import pytest
 from loop_programs import build_legacy, build_pir, build_to_static, count_ops, run, same_bits
 from pass_check import check_pass, outputs_change_under, remove_every_loop_copy
 from paddle import _C_ops
@@ -249,6 +250,105 @@ def test_if_inside_while():
         return loop(body, [x_input() * 1])
 
     check_pass(lambda: build_pir(fn, FEED), removed=1)
+
+
+def _while_inside_if_inside_while(other_branch: str, outer_copy: bool = False):
+    """An inner loop starting from the outer block argument ``x``, in an if whose
+    other branch yields ``x * 2`` or ``x`` itself (dy2static's ``if c: x = f(x)``),
+    and whose result the outer loop carries into ``x`` (through a copy with
+    ``outer_copy``)."""
+
+    def fn():
+        def body(x):
+            otherwise = (lambda: x * 2) if other_branch == "x * 2" else (lambda: x)
+            y = paddle.static.nn.cond(paddle.sum(x) > 0, lambda: copy_loop(x), otherwise)
+            return [_C_ops.assign_out_(y * 1, x) if outer_copy else y]
+
+        return loop(body, [x_input() * 1])
+
+    return lambda: build_pir(fn, FEED)
+
+
+@pytest.mark.parametrize(
+    "other_branch, outer_copy",
+    [("x * 2", False), ("x", False), ("x * 2", True)],
+    ids=["if result carried", "other branch yields the init", "if result copied"],
+)
+def test_while_inside_if_inside_while(other_branch, outer_copy):
+    """Issue 27: the inner copy was kept as "init read after loop", the read being
+    the outer yield of the if's result. That result shares the inner init's buffer
+    only as the previous outer iteration's value (carried into the argument), as
+    the inner loop's result (its final value with or without the copy), or where
+    the other branch ran (and the inner loop did not)."""
+    check_pass(_while_inside_if_inside_while(other_branch, outer_copy), removed=2 if outer_copy else 1)
+
+
+def test_while_inside_if_whose_other_branch_yields_the_init():
+    """The same without an outer loop: the if's result is read after it."""
+
+    def fn():
+        y = x_input() * 1
+        return [paddle.static.nn.cond(paddle.sum(y) > 0, lambda: copy_loop(y), lambda: y) + 1]
+
+    check_pass(lambda: build_pir(fn, FEED), removed=1)
+
+
+def _outer_buffer_carried_into_inner_init(through_if: bool):
+    """The outer loop carries an outer ``buf`` into the argument ``x`` the inner loop
+    starts from: written in place and yielded (``through_if`` False), or yielded by
+    the if's other branch in the first outer iteration (True). From then on the
+    inner copies write into ``buf``, which is read after the loop."""
+
+    def fn():
+        buf = x_input() * 3
+
+        def body(x, t):
+            if through_if:
+                return [paddle.static.nn.cond(paddle.sum(t) > 0.5, lambda: copy_loop(x), lambda: buf), t + 1]
+            y = paddle.static.nn.cond(paddle.sum(x) > 0, lambda: copy_loop(x), lambda: x * 2)
+            return [_C_ops.scale_(buf, 1.0, 0.0, True), t + y]
+
+        x, t = loop(body, [x_input() * 1, x_input() * 0])
+        return [t, buf * 1 + x * 0]
+
+    return lambda: build_pir(fn, FEED)
+
+
+@pytest.mark.parametrize("through_if", [False, True], ids=["written in place", "yielded by the other branch"])
+def test_outer_buffer_an_enclosing_loop_carries_into_the_init_is_kept(through_if):
+    """The safety side of the tests above: what an earlier outer iteration yielded
+    is read in that iteration only, but an outer buffer it shares is read after the
+    loop; and in an earlier iteration the if may have run its other branch."""
+    make = _outer_buffer_carried_into_inner_init(through_if)
+    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    assert outputs_change_under(remove_every_loop_copy, make)
+
+
+def _one_value_carried_into_two_arguments():
+    """The outer loop yields one value ``y`` into ``x`` (the inner loop's init) and
+    into ``q``: from the second outer iteration on ``q`` *is* ``x``'s buffer, which
+    the inner copies write, and ``q`` is read after the inner loop."""
+
+    def fn():
+        def body(x, q, acc):
+            inner = copy_loop(x)
+            seen = q * 1
+            y = inner * 1 + 1
+            return [y, y, acc + seen]
+
+        x = x_input()
+        return loop(body, [x * 1, x * 2, x * 0])
+
+    return build_pir(fn, FEED)
+
+
+def test_value_an_enclosing_loop_carries_into_the_init_and_another_argument_is_kept():
+    """The carry edge walked back (``x`` is the previous iteration's ``y``), then
+    forward (``q`` is that ``y`` too, in this iteration); ``q`` counts as this
+    iteration's also through its init, which stands for every iteration."""
+    make = _one_value_carried_into_two_arguments
+    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    assert outputs_change_under(remove_every_loop_copy, make)
 
 
 def _outer_copy_of_inner_loop_init():

@@ -6,6 +6,8 @@ test also shows the copy matters: erasing every loop copy changes the outputs, s
 a pass without that condition would fail the same check.
 """
 
+from collections import defaultdict
+
 import numpy as np
 import paddle
 import pytest
@@ -140,6 +142,47 @@ def test_the_program_is_indexed_once_however_many_loops(monkeypatch):
     built = build_pir(fn, FEED)
     assert rla.remove_loop_assign(built.program, outputs=built.outputs).removed == 12
     assert len(builds) == 1
+
+
+def test_work_on_loops_in_a_row_grows_linearly(monkeypatch):
+    """Issue 27: condition 6 checked every loop's init against the aliases of every
+    earlier loop (each init is the previous loop's result, which may share every
+    earlier init: a loop may run no iteration), quadratic in the number of loops
+    (1.3 s at 400 here). Counted, not timed: the alias edges the pass looks up and
+    the values whose reads it checks, at 10 loops and at 40 (linear: 4 times the
+    work, 4.1 measured; quadratic: 16 times, 13.7 before the fix).
+    (Timings: scripts/pass_cost.py.)"""
+    looked_up = []  # alias-graph edge lists and value uses the pass asked for
+
+    class CountingEdges(defaultdict):
+        def get(self, key, default=None):
+            looked_up.append(key)
+            return super().get(key, default)
+
+    build_index, reads = rla.ProgramIndex.build.__func__, rla.ProgramIndex.reads
+
+    def build(cls, program):
+        index = build_index(cls, program)
+        index.aliases.edges = CountingEdges(list, index.aliases.edges)
+        return index
+
+    monkeypatch.setattr(rla.ProgramIndex, "build", classmethod(build))
+    monkeypatch.setattr(rla.ProgramIndex, "reads", lambda index, key: looked_up.append(key) or reads(index, key))
+
+    def work(loops):
+        def fn():
+            x = x_input() * 1
+            for _ in range(loops):
+                x = loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [x])[0]
+            return [x]
+
+        built = build_pir(fn, FEED)
+        looked_up.clear()
+        assert rla.remove_loop_assign(built.program, outputs=built.outputs).removed == loops
+        return len(looked_up)
+
+    small, large = work(10), work(40)
+    assert large < 6 * small, (small, large)
 
 
 def test_program_without_loops_is_left_alone():
@@ -381,6 +424,26 @@ def test_init_read_after_loop_is_kept():
     check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
     assert_copy_matters(make)  # the copies wrote into `init`
     assert outputs_change_under(remove_loop_assign_pr9002, make)
+
+
+def test_init_an_enclosing_loop_runs_the_loop_again_from_is_kept():
+    """Found while fixing issue 27: the loop's own read of its init was always
+    allowed, but with the init defined outside an enclosing loop the loop starts
+    from it again in the next outer iteration, where the copies have written it
+    (the pass removed this copy and the outputs changed)."""
+
+    def fn():
+        init = x_input() * 1
+
+        def outer(acc):
+            (x,) = loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [init])
+            return [acc + x]
+
+        return loop(outer, [x_input() * 0], steps=2)
+
+    make = program(fn)
+    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    assert_copy_matters(make)
 
 
 def test_init_read_in_loop_body_is_kept():

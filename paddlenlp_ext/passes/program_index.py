@@ -89,7 +89,8 @@ class ProgramIndex:
     """Ops in program order, their nesting, every use of every value, and aliasing."""
 
     ops: dict[int, OpInfo] = field(default_factory=dict)
-    order: list[int] = field(default_factory=list)  # pre-order walk
+    # op ids in a pre-order walk (a dict used as an ordered set: erasing is O(1))
+    order: dict[int, None] = field(default_factory=dict)
     rank: dict[int, int] = field(default_factory=dict)  # op id -> place in order
     values: dict[str, object] = field(default_factory=dict)
     # value key -> block (parent op id or None, block number) where it is defined
@@ -124,7 +125,7 @@ class ProgramIndex:
             results = [value_key(r) for r in op.results()]
             self.ops[op_id] = OpInfo(op, parent, position, key, op.name(), operands, results)
             self.rank[op_id] = len(self.order)
-            self.order.append(op_id)
+            self.order[op_id] = None
             for k, source in enumerate(operands):
                 if source is not None:  # optional operands are null
                     self.uses[source].append((op_id, k))
@@ -167,7 +168,7 @@ class ProgramIndex:
             self.ops[user].operands[k] = source
             self.uses[source].append((user, k))
         self.block_ops[info.block].remove(op_id)
-        self.order.remove(op_id)
+        del self.order[op_id]
         del self.rank[op_id], self.values[result], self.defined_in[result]
         self.aliases.forward(result, source, dropped=("op", op_id))
 
@@ -345,14 +346,17 @@ class AliasGraph:
 
     Sharing comes from inplace maps, ``ALIASING_OPS`` and control flow. Each edge is
     tagged with where it comes from, so that an analysis can leave some out:
-    ``("op", id)`` for an op's own aliasing; ``("while", id, kind)`` for a while op,
-    which shares (``ShareDataWith``) position by position its init with the block
-    argument (kind ``enter``, first iteration), the yielded value with the block
-    argument (``carry``, later iterations) and with the result (``exit``), the init
-    with the result (``skip``, a loop that runs no iteration), and its condition
-    operand with the yielded condition (``cond``); ``("if", id)`` for an if op's
-    results and what either branch yields; ``("region", id)`` for an unknown region
-    op, whose every touched value may be one buffer.
+    ``("op", id)`` for an op's own aliasing; ``("while", id, kind, i)`` for a while
+    op, which shares (``ShareDataWith``) loop variable by loop variable (``i``: block
+    argument ``i``, yield operand ``i + 1``) its init with the block argument (kind
+    ``enter``, first iteration), the yielded value with the block argument (``carry``,
+    later iterations: the value yielded by one iteration is the argument of the next)
+    and with the result (``exit``, the last iteration's), the init with the result
+    (``skip``, a loop that runs no iteration), and (``("while", id, "cond")``) its
+    condition operand with the yielded condition; ``("if", id, branch)`` for an if
+    op's results and what its branch ``branch`` (0: true, 1: false) yields;
+    ``("region", id)`` for an unknown region op, whose every touched value may be one
+    buffer.
     """
 
     def __init__(self):
@@ -412,13 +416,13 @@ class AliasGraph:
                 for a, b, kind in ((init, arg, "enter"), (new, arg, "carry"), (new, result, "exit"),
                                    (init, result, "skip")):
                     if a and b:
-                        self.add(a, b, ("while", op_id, kind))
+                        self.add(a, b, ("while", op_id, kind, i))
         elif info.name == IF:
-            for y in yields:
+            for branch, y in enumerate(yields):
                 if y is not None:
                     for k, v in enumerate(index.ops[y].operands):
                         if k < len(results) and v:
-                            self.add(results[k], v, ("if", op_id))
+                            self.add(results[k], v, ("if", op_id, branch))
         else:  # an unknown region op: everything it touches may be one buffer
             members = results + [o for o in operands if o]
             for block, y in zip(regions, yields):
@@ -436,16 +440,16 @@ class AliasGraph:
             if tag != dropped:
                 self.add(new, other, tag)
 
-    def members(self, key: str, *, exclude_loop: int | None = None, avoid=frozenset(), keep_edge=None) -> list[str]:
-        """``key`` and every value connected to it: a breadth-first walk that skips
-        ``exclude_loop``'s own sharing, never enters a value in ``avoid``, and
-        follows only edges ``keep_edge(tag)`` accepts (all when None)."""
+    def members(self, key: str, *, exclude_loop: int | None = None, keep_edge=None) -> list[str]:
+        """``key`` and every value connected to it: a walk that skips
+        ``exclude_loop``'s own sharing and follows only edges ``keep_edge(tag)``
+        accepts (all when None)."""
         seen = {key}
         frontier = [key]
         while frontier:
             current = frontier.pop()
             for other, tag in self.edges.get(current, ()):
-                if other in seen or other in avoid:
+                if other in seen:
                     continue
                 if tag[0] == "while" and tag[1] == exclude_loop:
                     continue

@@ -59,9 +59,14 @@ iteration by iteration instead). The chain is removed when all of these hold
 6. For a block argument ``D = %arg_i``: ``rn`` is yielded at position ``i`` and
    nowhere else, and the init value ``in_i`` (which ``%arg_i`` shares in the
    first iteration, so the copies write into it) is read by nothing that runs
-   after W starts, is no other loop variable's init, is no program output and is
-   not persistable. Reads of W's own result ``i`` do not count: it holds the
-   loop's final value with or without the copies. [_check_loop_init]
+   after W starts (W itself included, where an enclosing loop runs it again from
+   ``in_i``), is no other loop variable's init, is no program output and is
+   not persistable. What may share ``in_i``'s buffer is followed per instance:
+   a value of an enclosing loop's body that the loop carried into ``in_i`` from
+   an earlier iteration (W's own result, holding the final value with or without
+   the copies, among them) was read in that iteration, before W started; and in
+   the run of an if around W in which W runs, the if's results share nothing
+   another branch yields. [_check_loop_init]
 7. Every source ``vi`` is a value computed in this iteration of the body (its
    aliases include no block argument of W and no value from outside W), derived
    from a fed or loop-carried value (not from constants and parameters only,
@@ -207,6 +212,7 @@ class _Sweep:
         self.output_keys = output_keys
         self.fed_or_carried = fed_or_carried
         self.blocked_layout = index.derived_from(onednn_layouts.BLOCKED_LAYOUT_OPS)
+        self.clean_inits = _CleanInitWalks(index)
         self.gc_off = _garbage_collector_off()
         self.removable: list[CopyChain] = []
         self.kept: list[KeptCopy] = []
@@ -252,18 +258,27 @@ class _Loop:
         self.output_keys = sweep.output_keys
         self.fed_or_carried = sweep.fed_or_carried
         self.blocked_layout = sweep.blocked_layout
-        # A loop enclosing this one that runs no iteration never runs this one, so
-        # its init-to-result sharing says nothing about this loop's copies.
-        enclosing = set(index.enclosing_loops(index.ops[loop].block))
-        self._keep_edge = lambda tag: not (tag[0] == "while" and tag[2] == "skip" and tag[1] in enclosing)
+        self.clean_inits = sweep.clean_inits
+        self.block = index.ops[loop].block
+        self.enclosing = frozenset(index.enclosing_loops(self.block))
+        # the ifs around this loop, each with the branch this loop is in
+        self.branches = {}
+        parent, branch = self.block
+        while parent is not None:
+            if index.name(parent) == IF:
+                self.branches[parent] = branch
+            parent, branch = index.ops[parent].block
         self._members: dict[str, list[str]] = {}
 
-    def members(self, key: str, avoid=frozenset()) -> list[str]:
+    def keep_edge(self, tag: tuple) -> bool:
+        """A loop enclosing this one that runs no iteration never runs this one, so
+        its init-to-result sharing says nothing about this loop's copies."""
+        return not (tag[0] == "while" and tag[2] == "skip" and tag[1] in self.enclosing)
+
+    def members(self, key: str) -> list[str]:
         """Values that may share ``key``'s buffer, this loop's own sharing left out."""
-        if avoid:
-            return self.index.aliases.members(key, exclude_loop=self.id, avoid=avoid, keep_edge=self._keep_edge)
         if key not in self._members:
-            found = self.index.aliases.members(key, exclude_loop=self.id, keep_edge=self._keep_edge)
+            found = self.index.aliases.members(key, exclude_loop=self.id, keep_edge=self.keep_edge)
             for member in found:
                 self._members[member] = found
         return self._members[key]
@@ -465,10 +480,19 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
     loop's results into ``in_i`` whenever the sizes fit. Without them ``in_i``
     keeps its value, so nothing that runs after the loop starts may read it.
 
-    W's result ``i`` is that buffer too, but it holds the loop's final value with
-    or without the copies, and so does what only shares it through that result
-    (an enclosing loop that yields it back into ``in_i``, as translated nested
-    loops do): the walk over ``in_i``'s aliases does not pass through it.
+    W reads ``in_i`` itself, before its first iteration; but when ``in_i`` is
+    defined outside a loop enclosing W, the next iteration of that loop runs W
+    again from ``in_i``, which then holds what the copies wrote.
+
+    The values that may share ``in_i``'s buffer are walked per instance
+    (``_InitAliases``), which is what makes nested loops exact. W's result ``i``
+    also shares that buffer, and holds the loop's final value with or without the
+    copies; the walk meets it, and what shares the buffer only through it, as the
+    instance of an earlier iteration of an enclosing loop that carries it back
+    into ``in_i`` (translated nested loops do), whose reads ran before W started.
+    Through an if around W it meets nothing that another branch yields: in the
+    run of the if in which W runs, the if's results are what W's branch yields.
+    Without these two, a loop in an if in a loop kept its copies (issue 27).
     """
     if chain.destination not in ctx.args:
         return
@@ -477,19 +501,172 @@ def _check_loop_init(ctx: _Loop, chain: CopyChain, yielded_at: list[int]) -> Non
         raise _Keep(RESULT_NOT_YIELDED_AT_ARG)
     index = ctx.index
     init = ctx.inputs[position]
-    for member in ctx.members(init, avoid=frozenset({ctx.results[position - 1]})):
+    aliases = _InitAliases(ctx, init)
+    for member, earlier in aliases:
         if index.is_persistable(member):
             raise _Keep(INIT_PERSISTABLE)
         if member in ctx.output_keys:
             raise _Keep(INIT_READ_AFTER_LOOP)
+        if earlier:  # read only in an earlier iteration of an enclosing loop
+            continue
         for user, operand in index.reads(member):
             if user == ctx.id:
                 if operand != position or member != init:
                     raise _Keep(INIT_SHARED)
+                if index.may_run_after(user, ctx.id, member):  # W again, in a next iteration
+                    raise _Keep(INIT_READ_AFTER_LOOP)
             elif ctx.inside(user):
                 raise _Keep(INIT_READ_IN_LOOP)
             elif index.may_run_after(user, ctx.id, member):
                 raise _Keep(INIT_READ_AFTER_LOOP)
+    ctx.clean_inits.record(ctx, aliases)
+
+
+_NOW = frozenset()  # an instance of the iteration of every enclosing loop in which W runs
+
+
+class _InitAliases:
+    """The values that may share ``init``'s buffer once W starts, iterated as
+    ``(value, earlier)``: ``earlier`` when the only instance of the value that does
+    is one from an earlier iteration of a loop enclosing W (condition 6).
+
+    A walk over the alias graph without W's own sharing and the skip edges of the
+    loops enclosing W, whose states are ``(value, loops)``: ``loops`` are the
+    enclosing loops of whose earlier iterations the instance is (none: the
+    iterations in which W runs). A value is used only in the iteration of a loop
+    that computes it, so an earlier instance's reads all ran before W started.
+
+    - Crossing an enclosing loop O's carry edge from its block argument to the value
+      yielded into it goes one iteration back: the argument is what the previous
+      iteration yielded (O joins ``loops``).
+    - O's exit edge is not crossed from an earlier iteration's yielded value: O's
+      result shares only what the last iteration yields.
+    - A value defined outside O has one instance for all of O's iterations: O
+      leaves ``loops``. So an argument of O reached as an earlier instance is also
+      reached as this iteration's, through its init (O's enter edge), as it should:
+      its buffer lives on into later iterations (through the carry, or as itself
+      where O yields it back unchanged, which makes no edge). Later iterations are
+      not told apart from this one: the walk reaches one only through a value this
+      iteration yields, which O's yield reads after W started.
+    - In this iteration an if around W runs W's branch, so the walk does not cross
+      an edge between the if's results and what another branch yields (in an
+      earlier iteration the if may have run any branch).
+
+    The walk of an earlier loop in the same block whose condition 6 held is reused
+    whole (``_CleanInitWalks``): where this walk reaches one of its values, it takes
+    all of them as checked and goes on only from the values where that walk was
+    stopped by its loop's own sharing.
+    """
+
+    def __init__(self, ctx: _Loop, init: str):
+        self.ctx = ctx
+        self.start = (init, _NOW)
+        self.own: list[tuple] = []  # states this walk reached itself
+        self.stopped: set = set()  # states where W's own sharing stopped it
+        self.absorbed: set = set()  # earlier clean walks taken whole
+
+    def __iter__(self):
+        ctx = self.ctx
+        clean = ctx.clean_inits
+        visited = {self.start}
+        frontier = [(self.start, True)]
+        while frontier:
+            state, fresh = frontier.pop()
+            value, loops = state
+            if fresh:
+                self.own.append(state)
+                yield value, bool(loops)
+            for other, tag in ctx.index.aliases.edges.get(value, ()):
+                if tag[0] == "while" and tag[1] == ctx.id:
+                    self.stopped.add(state)
+                    continue
+                if not ctx.keep_edge(tag):
+                    continue
+                next_loops = self._step(value, loops, other, tag)
+                if next_loops is None:
+                    continue
+                reached = (other, next_loops)
+                if reached in visited:
+                    continue
+                walk = clean.reusable(reached, ctx)
+                if walk is not None:
+                    if walk not in self.absorbed:
+                        self.absorbed.add(walk)
+                        frontier += [(origin, False) for origin in clean.stopped[walk]]
+                    continue
+                visited.add(reached)
+                frontier.append((reached, True))
+
+    def _step(self, value: str, loops: frozenset, other: str, tag: tuple):
+        """The state reached from ``(value, loops)`` along ``tag``; None: no sharing."""
+        index, ctx = self.ctx.index, self.ctx
+        if tag[0] == "if" and not loops and ctx.branches.get(tag[1], tag[2]) != tag[2]:
+            return None
+        loop = tag[1] if tag[0] == "while" else None
+        if loop in ctx.enclosing:
+            if tag[2] == "exit" and loop in loops:
+                return None
+            if tag[2] == "carry" and value == index.block_args[(loop, 0)][tag[3]]:
+                loops = loops | {loop}
+        if not loops:
+            return _NOW
+        return frozenset(o for o in loops if index.block_is_within(index.defined_in[other], o))
+
+
+class _CleanInitWalks:
+    """Condition 6's walks that found nothing, for the later loops of their block.
+
+    What no op reads after loop V starts, no op reads after a later loop W of the
+    same block starts either: ``may_run_after`` answers the same for both, except
+    for ops inside W, W itself and ops between V and W, which all run after V
+    starts; V reading its own init is allowed only where it does not run after V
+    starts, so it does not after W starts. So a later walk in that block reaching
+    any of V's values need not check any of them again: it goes on from where V's
+    walk was stopped by V's own sharing (the states of a walk, and the branches of
+    the ifs around the loop, mean the same for every loop of one block). On loops
+    in a row, each loop's init is the previous loop's result, whose aliases reach
+    every earlier loop: checking them all again made the pass quadratic in the
+    number of loops.
+
+    Walks are numbered; a walk that took earlier ones whole becomes their
+    representative (union-find), so a later walk takes all of them in one step.
+    A recorded walk stays true for the rest of the sweep: the sweep erases copies
+    in loop bodies, earlier loops' before the walk, and the walk holds no value of
+    the body of its own loop or of a later one (it would reach those only through
+    the loop's own sharing, or through an op there reading what it found, which
+    condition 6 rejects); where it stopped, the edges are read again when it is
+    taken.
+    """
+
+    def __init__(self, index: ProgramIndex):
+        self.index = index
+        self.owner: dict[tuple, int] = {}  # state -> the walk that reached it itself
+        self.parent: list[int] = []  # walk -> the later walk that took it whole (itself: none)
+        self.loop: list[int] = []  # walk -> the loop it checked
+        self.stopped: list[list] = []  # walk -> states where its loop's exclusions stopped it
+
+    def record(self, ctx: _Loop, walk: _InitAliases) -> None:
+        number = len(self.parent)
+        self.parent.append(number)
+        self.loop.append(ctx.id)
+        self.stopped.append(list(walk.stopped))
+        for absorbed in walk.absorbed:
+            self.parent[absorbed] = number
+        for state in walk.own:
+            self.owner[state] = number
+
+    def reusable(self, state: tuple, ctx: _Loop) -> int | None:
+        """The walk that holds ``state``, if it checked an earlier loop of ``ctx``'s block."""
+        number = self.owner.get(state)
+        if number is None:
+            return None
+        while self.parent[number] != number:
+            self.parent[number] = self.parent[self.parent[number]]
+            number = self.parent[number]
+        loop = self.index.ops[self.loop[number]]
+        if loop.block != ctx.block or loop.position >= self.index.ops[ctx.id].position:
+            return None
+        return number
 
 
 def _check_sources(ctx: _Loop, chain: CopyChain) -> None:
