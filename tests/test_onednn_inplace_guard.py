@@ -193,3 +193,209 @@ def test_reads_in_a_loop_of_outer_values_and_block_arguments_are_guarded():
             out = paddle.static.nn.while_loop(lambda i, y: i < n, body, [i, x * 1.0])[1]
         report = guard_onednn_inplace(main, [out])
     assert report.ops == {"pd_op.pow": 1, "pd_op.exp": 1}
+
+
+# -- issue 27: condition 3's dtypes, condition 4's merged reads, condition 5, the copies --
+
+
+def test_the_dtypes_are_those_of_paddles_onednn_kernels():
+    """Condition 3 rests on Paddle's kernel registry: the dtypes some oneDNN kernel is
+    registered for, and cast's (the kernel key of a cast is its input's dtype). A wheel
+    that registers another fails here."""
+    import re
+
+    from paddle.base import core
+
+    from paddlenlp_ext.passes.onednn_inplace_guard import ONEDNN_KERNEL_DTYPES
+
+    names = {"float": "float32", "::phi::dtype::bfloat16": "bfloat16", "::phi::dtype::float16": "float16",
+             "int8_t": "int8", "uint8_t": "uint8"}
+    registered = {}
+    for op, keys in core._get_all_register_op_kernels("phi").items():
+        for key in keys:
+            if "MKLDNN" in key:
+                dtype = re.search(r"data_type\[([^\]]*)\]", key).group(1)
+                registered.setdefault(op, set()).add(getattr(paddle, names[dtype]))
+    assert set().union(*registered.values()) == set(ONEDNN_KERNEL_DTYPES)
+    assert registered["cast"] <= set(ONEDNN_KERNEL_DTYPES) and registered["shape"] <= set(ONEDNN_KERNEL_DTYPES)
+
+
+def _int_program(main):
+    x = paddle.static.data("x", [-1, 8], "float32")
+    ids = paddle.cast(x * 3.0, "int64")  # oneDNN's cast: int64 it wrote
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def body(i, total):
+        return [i + 1, total + i]  # the counter: full, then i + 1, read by the condition too
+
+    total = paddle.static.nn.while_loop(lambda i, t: i < n, body, [i, paddle.zeros([1], "int64")])[1]
+    return [(ids + 1) * ids + total]
+
+
+def test_int_values_from_a_onednn_cast_are_guarded_and_a_loop_counter_is_not():
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            outputs = _int_program(main)
+        report = guard_onednn_inplace(main, outputs)
+    # ids, read by the scale of `ids + 1` and by the multiply: both reads; nothing of the loop
+    assert report.ops == {"pd_op.scale": 1, "pd_op.multiply": 1}
+
+
+def _erased_by_paddles_pass(program) -> list:
+    """Pre-order positions of the ops Paddle's own common_subexpression_elimination_pass
+    erases from a clone of ``program``."""
+    def walk(block):
+        for op in block.ops:
+            yield op
+            for inner in op.blocks() if op.num_regions() else ():
+                yield from walk(inner)
+
+    clone = program.clone()
+    before = [op.id() for op in walk(clone.global_block())]
+    manager = paddle.pir.PassManager()
+    manager.add_pass("common_subexpression_elimination_pass", {})
+    manager.run(clone)
+    after = {op.id() for op in walk(clone.global_block())}
+    return [position for position, op_id in enumerate(before) if op_id not in after]
+
+
+def test_merged_reads_are_a_superset_of_what_paddles_pass_merges():
+    """Condition 4 counts reads as common_subexpression_elimination_pass leaves them: a
+    value it merges into another is that value (checked against the pass itself)."""
+    from paddlenlp_ext.passes.onednn_inplace_guard import _merged_values
+    from paddlenlp_ext.passes.program_index import ProgramIndex
+
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            w = paddle.static.create_parameter([8, 8], "float32")
+            h = paddle.tanh(x)
+            first, second = paddle.matmul(h, w), paddle.matmul(h, w)  # a layer called twice
+            both = paddle.add(first, h) * paddle.add(h, second)  # merged: add commutes
+            i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+            def body(i, y):
+                return [i + 1, y + paddle.nn.functional.silu(paddle.matmul(h, w))]  # merged into `first`
+
+            out = paddle.static.nn.while_loop(lambda i, y: i < n, body, [i, both])[1]
+        index = ProgramIndex.build(main)
+        merged = _merged_values(index)
+        erased = _erased_by_paddles_pass(main)
+    assert erased, "Paddle's pass merged nothing: the test no longer tests anything"
+    for position in erased:
+        info = index.ops[list(index.order)[position]]
+        assert all(key in merged for key in info.results), info.name
+    matmuls = [info for info in index.ops.values() if info.name == "pd_op.matmul"]
+    assert [merged.get(m.results[0], m.results[0]) for m in matmuls] == [matmuls[0].results[0]] * 3
+    del out
+
+
+DTYPES = ("bool", "int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64",
+          "complex64", "complex128", "float8_e4m3fn", "float8_e5m2")
+
+
+def test_copies_of_every_dtype_are_exact_and_never_merged():
+    """The guard's copies: for every dtype a PIR value has, exact (same bits), and the
+    copies of one value distinct expressions (common_subexpression_elimination_pass
+    would otherwise merge them, or a copy with part of another)."""
+    from paddlenlp_ext.passes.onednn_inplace_guard import _copy, _merged_values
+    from paddlenlp_ext.passes.program_index import ProgramIndex
+
+    copies = 9  # more than 2 * rank: the axis lists grow
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [2, 3], "float32")
+            fetched, copied = [], []
+            for dtype in DTYPES:
+                value = paddle._C_ops.cast(x * 3.0, getattr(paddle, dtype))
+                for v in (value, paddle.sum(value) if dtype == "float32" else None):  # and a 0-D value
+                    if v is None:
+                        continue
+                    taken = set()
+                    made = [_copy(v, taken) for _ in range(copies)]
+                    copied += made
+                    # float32 holds every bfloat16 and float8 value exactly (fetch takes neither)
+                    wide = "bfloat16" in dtype or "float8" in dtype
+                    fetched.append([paddle._C_ops.cast(c, paddle.float32) if wide else c for c in [v] + made])
+        index = ProgramIndex.build(main)
+        merged = _merged_values(index)
+        assert not [c for c in copied if c.id in merged]
+        feed = {"x": np.array([[-1.7, 0.2, 3e-3], [2.5, -0.0, 40.25]], dtype="float32")}
+        runs = paddle.static.Executor(paddle.CPUPlace()).run(main, feed=feed, fetch_list=sum(fetched, []))
+    k = 0
+    for group in fetched:
+        original = runs[k]
+        assert original.any()  # the cast kept some nonzero value: the comparison means something
+        for copy in runs[k + 1:k + len(group)]:
+            assert copy.dtype == original.dtype and copy.shape == original.shape
+            assert copy.tobytes() == original.tobytes()
+        k += len(group)
+
+
+def _conv_loop(init_from_conv: bool):
+    x = paddle.static.data("x", [-1, 2, 5, 5], "float32")
+    w = paddle.static.create_parameter([2, 2, 3, 3], "float32")
+    init = paddle.nn.functional.relu(paddle.nn.functional.conv2d(x, w, padding=1)) if init_from_conv else x
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def body(i, y):
+        return [i + 1, paddle.nn.functional.relu(paddle.nn.functional.conv2d(y, w, padding=1))]
+
+    return [paddle.static.nn.while_loop(lambda i, y: i < n, body, [i, init])[1]]
+
+
+@pytest.mark.parametrize("init_from_conv", [False, True])
+def test_a_loop_carrying_a_blocked_layout_carries_copies(init_from_conv):
+    """Condition 5: a while's init and yielded value that may hold a blocked layout are
+    copied (the counter and a fed init are not); a copy holds none, so a second run
+    changes nothing."""
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            outputs = _conv_loop(init_from_conv)
+        first = guard_onednn_inplace(main, outputs)
+        second = guard_onednn_inplace(main, outputs)
+    assert first.carried == (2 if init_from_conv else 1)
+    assert first.summary().endswith(f"; copied {first.carried} loop-carried values")
+    assert not second.modified
+
+
+def test_a_second_run_builds_its_copies_unlike_the_first_runs():
+    """A program guarded once and rewritten (our pipeline rewrites a converted directory
+    before guarding it again) gets copies unlike those it holds: numbered from 0 again,
+    common_subexpression_elimination_pass would merge a new copy with an old one."""
+    with static_mode(), paddle.pir_utils.IrGuard():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            h = x * 3.0
+            first = h.pow(2) + h
+        guard_onednn_inplace(main, [first])
+        with paddle.static.program_guard(main):
+            second = paddle.exp(h) + h  # new reads of h
+        report = guard_onednn_inplace(main, [first, second])
+        rolls = [op for op in main.global_block().ops if op.name() == "pd_op.roll"]
+    assert report.ops == {"pd_op.exp": 1, "pd_op.add": 1}
+    axes = [tuple(op.attrs()["axis"]) for op in rolls]
+    assert len(rolls) == 4 and len(set(axes)) == 4, axes
+
+
+def test_only_programs_holding_bfloat16_need_the_guard_with_onednn_off():
+    """(Why: test_onednn_classes.test_onednn_off_runs_onednn_kernels_for_bfloat16_and_needs_the_guard.)"""
+    from paddlenlp_ext.passes.onednn_inplace_guard import needs_guard_with_onednn_off
+
+    def program(dtype):
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main):
+            x = paddle.static.data("x", [-1, 8], "float32")
+            i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+            body = lambda i, y: [i + 1, (paddle.exp(y.cast(dtype)) * 0.5).cast("float32")]  # noqa: E731
+            paddle.static.nn.while_loop(lambda i, y: i < n, body, [i, x * 1.0])
+        return main
+
+    with static_mode(), paddle.pir_utils.IrGuard():
+        assert needs_guard_with_onednn_off(program("bfloat16"))  # found in a loop body
+        assert not needs_guard_with_onednn_off(program("float32"))

@@ -25,10 +25,11 @@ def names(steps):
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
      ["remove_loop_assign", "loop_cache_layout", "onednn_inplace_guard"]),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["remove_loop_assign", "loop_cache_layout",
-                                                        "loop_weight_matmul"]),
+                                                        "loop_weight_matmul", "onednn_inplace_guard"]),
     ("gpu", "all", 1, True, ["remove_loop_assign", "loop_cache_layout"]),
     ("cpu", "all", 1, False, ["onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
-    ("cpu", "off", 1, False, []),
+    ("cpu", "off", 1, False, ["onednn_inplace_guard"]),  # bfloat16 ops still run on oneDNN
+    ("gpu", "all", 1, False, []),
 ])
 def test_running_passes_per_configuration(device, onednn, batch_size, optimize, expected):
     assert names(pipeline.running_passes(device, onednn, batch_size, optimize=optimize)) == expected
@@ -50,7 +51,7 @@ def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
     for attribute in ("REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
-                      "ONEDNN_GUARD_OURS"):
+                      "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
         step = getattr(pipeline, attribute)
 
         def run(program, outputs, step=step):

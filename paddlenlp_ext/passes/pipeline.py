@@ -13,9 +13,10 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
   ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
   ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off), and
-  with oneDNN on the guard (where ``_guard_on_our_config`` says).
+  the guard, as much of it as the configuration needs (``_guard_on_our_config``,
+  ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
-  optimizations, only what makes the configuration safe (the guard with oneDNN on).
+  optimizations, only what makes the configuration safe (the guard).
 
 The order matters: the guard decides on the program as it will be saved, so it runs
 last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
@@ -114,15 +115,25 @@ def _guard(program, outputs):
 
 
 def _guard_on_our_config(program, outputs):
-    """Our oneDNN configuration deletes ``inplace_pass``, the alias's usual source; what is
-    left is oneDNN's blocked layouts (``passes.onednn_layouts``): the differential test
-    found programs holding those ops wrong unguarded, and no other. Elsewhere the guard's
-    copies would only cost time (12% of a token at 128 prompt tokens on the benchmark's
-    llama)."""
-    from .onednn_inplace_guard import OneDNNGuardReport
+    """Our oneDNN configuration deletes ``inplace_pass``, the alias's usual source, so the
+    guard copies only what a configuration without it needs (conditions 5 and 6: values
+    a loop carries in a blocked layout, values an if's branches yield), and the reads of
+    programs holding ops oneDNN may give a blocked layout (``passes.onednn_layouts``):
+    the differential test found such programs wrong with the reads unguarded, and no
+    other. Elsewhere the read copies would only cost time (12% of a token at 128 prompt
+    tokens on the benchmark's llama)."""
+    from .onednn_inplace_guard import guard_onednn_inplace
     from .onednn_layouts import has_blocked_layout_ops
 
-    if not has_blocked_layout_ops(program):
+    return guard_onednn_inplace(program, outputs=outputs, reads=has_blocked_layout_ops(program))
+
+
+def _guard_with_onednn_off(program, outputs):
+    """oneDNN off still runs oneDNN kernels for bfloat16 ops that have no plain bfloat16
+    kernel, with ``inplace_pass`` on (``needs_guard_with_onednn_off``)."""
+    from .onednn_inplace_guard import OneDNNGuardReport, needs_guard_with_onednn_off
+
+    if not needs_guard_with_onednn_off(program):
         return OneDNNGuardReport(0)
     return _guard(program, outputs)
 
@@ -134,6 +145,8 @@ LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
 ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
 # What our oneDNN configuration needs (inplace_pass deleted).
 ONEDNN_GUARD_OURS = PassStep("onednn_inplace_guard", _guard_on_our_config)
+# What our configuration with oneDNN off needs (inplace_pass on, oneDNN for bfloat16 ops).
+ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
 
 
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
@@ -155,8 +168,8 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
         steps.append(LOOP_CACHE_LAYOUT)
         if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
             steps.append(LOOP_WEIGHT_MATMUL)
-    if device == "cpu" and onednn != "off":
-        steps.append(ONEDNN_GUARD_OURS)
+    if device == "cpu":
+        steps.append(ONEDNN_GUARD_OURS if onednn != "off" else ONEDNN_GUARD_OFF)
     return tuple(steps)
 
 
