@@ -221,7 +221,7 @@ def format_summary(stats) -> str:
     lines = [f"{stats['programs']} programs (unrunnable on the Executor: {len(stats['unrunnable'])}); "
              f"copies removed {stats['removed']}, reads guarded {stats['guarded']}; on our configuration the "
              f"cleaned program gives the bits of the program as built in {stats['same bits']} of "
-             f"{stats['compared bits']} (the others raise there)"]
+             f"{stats['compared bits']}"]
     for name in CONFIGS:
         lines.append(f"wrong on {name}: {len(stats['wrong'][name])} {stats['wrong'][name][:20]}")
     lines.append(f"wrong on Paddle's default config through its own fuse defect (right with "
