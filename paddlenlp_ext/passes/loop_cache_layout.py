@@ -54,15 +54,23 @@ Why. At llama2-7B's layer shape and 2048 positions the transposes of the whole
 cache took about 60 of a decode step's 130 ms (a strided copy on oneDNN, far below
 the memory bandwidth); the static cache, which holds the permuted layout, takes 53.
 Every value the remaining ops read is unchanged, element for element and in the same
-layout (a permutation commutes with a concat on the matching axis), so the program's
-outputs stay bit-identical.
+layout (a permutation commutes with a concat on the matching axis), and none of them
+can tell the carried cache from the copies it replaces (conditions 6 to 8), so the
+program's outputs stay bit-identical. The transposes the rewrite adds have their perms
+counted from the front.
 
-Safety conditions (checked in ``_match_position``, at the check, before anything
-changes):
+Safety conditions (checked in ``_match_position``, each at its check, before anything
+changes). Attributes are normalised before they are compared: a negative axis or
+perm entry counts from the end, as Paddle reads it, and one out of range (or a perm
+that is not a permutation) fails the condition it belongs to. A loop variable grown
+by a concat of itself and read through transposes (directly or through a repeat) that
+fails one is left as it is and reported (``KeptCache``, its reason one of the
+constants below); a cache read as it is carried, as the rule leaves it, is no
+candidate, so a second run reports nothing new.
 
 1. The loop variable ``%k`` has a static rank, and the value yielded for it is a
    ``pd_op.concat`` of a ``builtin.combine`` that only that concat reads, with ``%k``
-   among the combined values once, on a constant axis (a ``pd_op.full``).
+   among the combined values once, on a constant axis.
 2. ``%k`` itself is read only by that combine and by shape readers (``pd_op.shape``,
    ``pd_op.shape64``, given the permuted shape back). Any other reader would see the
    permuted layout.
@@ -79,44 +87,102 @@ changes):
 5. Through a repeat (checked in ``_head_repeat``), the concat is read by one
    ``pd_op.unsqueeze`` (and by the yield and shape readers, not by transposes), of one
    constant axis ``u``; the unsqueezed value only by a ``pd_op.tile`` whose constant
-   repeat times are 1 except at ``u``; the tiled value only by a ``pd_op.reshape``
-   whose target is the concat's shape with one axis ``a`` (``u - 1`` or ``u``, the two
-   that merge with the new one) multiplied by the repeat times: each other entry is
-   the concat's static dim or reads the concat's own dim at that index (a slice of its
-   ``pd_op.shape``), and ``a``'s is a constant over a static dim. The reshape's result
-   is read only by the transposes of condition 3 and by shape readers.
+   repeat times (padded with 1s in front to the rank, as Paddle does) are 1 except at
+   ``u``; the tiled value only by a ``pd_op.reshape`` whose target is the concat's
+   shape with one axis ``a`` (``u - 1`` or ``u``, the two that merge with the new one)
+   multiplied by the repeat times: each other entry is the concat's static dim, reads
+   the concat's own dim at that index (a slice of its ``pd_op.shape``) or is 0 before
+   ``u`` (the tiled value's dim there, the concat's), and ``a``'s is a constant over a
+   static dim; one entry, ``a``'s or another, may instead be -1 (inferred: the dim
+   wanted there, every other entry being exact). The reshape's result is read only by
+   the transposes of condition 3 and by shape readers. (So the repeat's own values have
+   no reader but the next op.)
+6. Nothing writes in place what the attention will read. Each last-level transpose
+   made a fresh copy every step; after the rewrite its readers read the carried concat
+   itself, so a write to it would land in the cache every later step reads. No reader
+   of a last-level transpose's result, nor of any value that may share its buffer
+   through another op (a view such as ``reshape``, an in-place op's result,
+   ``share_data_``, a vector unpacked: ``ProgramIndex``'s alias graph), writes that
+   operand in place: an op whose inplace map writes it (``scale_``, ``assign_out_``'s
+   destination, ``share_data_``) or an op named in place (``*_``) with no map saying
+   which operand. Checked through a repeat too, although its tile makes a fresh buffer
+   every step: the rule does not rest on which ops copy. [_check_attention_reads]
+7. Nor does any of those values leave the step's ops: none is yielded (to another loop
+   variable, out of an if), taken by a region op (a nested loop's init, which its body
+   may write), fetched or one of the caller's ``outputs``; a copy could go anywhere,
+   the carried cache must stay where conditions 3 and 4 put it. [_check_attention_reads]
+8. The loop's init for ``%k`` does not share its buffer with what the loop touches.
+   ``%k`` shared the init's buffer in the first iteration; it is now a permuted copy
+   made before the loop, so a write to the init (or to a value sharing its buffer) in
+   the body, or through another loop variable that started from the same buffer, no
+   longer reaches the first concat. Nothing nested in the loop reads the init or a
+   value that may share its buffer, and no other operand of the loop is one.
+   [_check_init]
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import paddle
 
 from ..paddle_modes import static_mode
-from .program_index import value_key
+from .program_index import ProgramIndex, inplace_map, value_key
+from .report import PassReport
 
 WHILE, CONCAT, COMBINE, TRANSPOSE, FULL, YIELD = (
     "pd_op.while", "pd_op.concat", "builtin.combine", "pd_op.transpose", "pd_op.full", "cf.yield")
 UNSQUEEZE, TILE, RESHAPE, SLICE, STACK, FULL_INT_ARRAY = (
     "pd_op.unsqueeze", "pd_op.tile", "pd_op.reshape", "pd_op.slice", "pd_op.stack", "pd_op.full_int_array")
 SHAPE_READERS = ("pd_op.shape", "pd_op.shape64")
+# Ops that hand a value to whoever runs the program (condition 7).
+OUTPUT_OPS = ("pd_op.fetch", "builtin.shadow_output", "builtin.set_parameter")
 # Ops that only compute shapes and constants: erased once nothing reads them.
 SHAPE_COMPUTATIONS = (COMBINE, STACK, SLICE, FULL, FULL_INT_ARRAY, *SHAPE_READERS)
 
+# Why a loop variable grown by a concat of itself was left as it is (KeptCache.reason).
+CONCAT_NOT_SIMPLE = "concat not of the cache once on a constant axis"  # condition 1
+CACHE_READ = "cache read other than by its concat"  # condition 2
+CONCAT_READ = "concat read other than by transposes"  # condition 3 (or 5: a repeat that does not match)
+NO_TRANSPOSE_CHAIN = "concat not read through transposes of one perm"  # condition 3
+CONCAT_YIELDED_ELSEWHERE = "concat yielded at another position"  # condition 3
+RESULT_IS_OUTPUT = "loop result is an output"  # condition 4
+REPEAT_READ = "repeat read other than by transposes"  # condition 5
+ATTENTION_READ_WRITTEN = "transposed cache written in place"  # condition 6
+ATTENTION_READ_ESCAPES = "transposed cache yielded or output"  # condition 7
+INIT_SHARED = "init shared or read in the loop"  # condition 8
+
 
 @dataclass(frozen=True)
-class LoopCacheLayoutReport:
+class KeptCache:
+    """A loop variable grown by a concat of itself that the rule left as it is."""
+
+    loop: int  # which while op, counted in program order from 0
+    position: int  # the variable's index among the loop's results
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoopCacheLayoutReport(PassReport):
     rewritten: int  # loop variables now carried permuted
     loops: int  # while ops in the program
+    kept: tuple[KeptCache, ...] = ()
 
     @property
     def modified(self) -> bool:
         return self.rewritten > 0
 
+    @property
+    def kept_reasons(self) -> dict[str, int]:
+        return dict(sorted(Counter(k.reason for k in self.kept).items()))
+
     def summary(self) -> str:
-        return f"{self.rewritten} loop caches carried in their attention's layout ({self.loops} loops)"
+        text = f"{self.rewritten} loop caches carried in their attention's layout ({self.loops} loops)"
+        if self.kept:
+            text += f"; kept {len(self.kept)}: " + ", ".join(f"{r} ({n})" for r, n in self.kept_reasons.items())
+        return text
 
 
 @dataclass(frozen=True)
@@ -130,6 +196,7 @@ class HeadRepeat:
     axis: int  # the concat's axis the reshape multiplies by ``times``
     inserted: int  # the unsqueezed axis: ``axis + 1`` (each entry repeated) or ``axis`` (the whole axis)
     times: int
+    inferred: int | None  # the concat's axis whose reshape entry is -1, if one is
 
 
 @dataclass(frozen=True)
@@ -146,15 +213,29 @@ class PermutedCache:
     repeat: HeadRepeat | None  # the heads' repeat between the concat and the transposes
 
 
-def _perm(op) -> tuple[int, ...]:
-    return tuple(int(d) for d in op.attrs()["perm"])
+class _Keep(Exception):
+    """Raised by a check with the reason for leaving a concat cache as it is."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _constant_axis(concat) -> int | None:
-    producer = concat.operand_source(1).get_defining_op()
-    if producer is None or producer.name() != FULL:
+def _integral(number) -> int | None:
+    """``number`` (an attribute: ``pd_op.full`` holds a float) as an int, or None."""
+    number = float(number)
+    return int(number) if number.is_integer() else None
+
+
+def _perm(op) -> tuple[int, ...] | None:
+    """The transpose's perm with negative entries counted from the end; None when it is
+    not a permutation of its operand's axes."""
+    rank = len(op.operand_source(0).shape)
+    perm = [int(d) for d in op.attrs()["perm"]]
+    if len(perm) != rank or any(not -rank <= d < rank for d in perm):
         return None
-    return int(producer.attrs()["value"])
+    perm = tuple(d % rank for d in perm)
+    return perm if sorted(perm) == list(range(rank)) else None
 
 
 def _constant_ints(value) -> list[int] | None:
@@ -163,10 +244,20 @@ def _constant_ints(value) -> list[int] | None:
     if producer is None:
         return None
     if producer.name() == FULL_INT_ARRAY:
-        return [int(v) for v in producer.attrs()["value"]]
-    if producer.name() == FULL and list(value.shape) in ([], [1]):
-        return [int(producer.attrs()["value"])]
-    return None
+        ints = [int(v) for v in producer.attrs()["value"]]
+    elif producer.name() == FULL and list(value.shape) in ([], [1]):
+        ints = [_integral(producer.attrs()["value"])]
+    else:
+        return None
+    return None if None in ints else ints
+
+
+def _concat_axis(concat, rank: int) -> int | None:
+    """The concat's constant axis counted from the front, or None."""
+    axis = _constant_ints(concat.operand_source(1))
+    if axis is None or len(axis) != 1 or not -rank <= axis[0] < rank:
+        return None
+    return axis[0] % rank
 
 
 def _sole_reader(value):
@@ -176,17 +267,23 @@ def _sole_reader(value):
 
 def _dim_read_from_shape(part) -> tuple | None:
     """(value, index) when ``part`` is ``shape(value)[index]`` (one entry sliced out of a
-    shape reader's result), else None."""
+    shape reader's result, a negative index counted from the end), else None."""
     slice_op = part.get_defining_op()
-    if slice_op is None or slice_op.name() != SLICE or [int(a) for a in slice_op.attrs()["axes"]] != [0]:
-        return None
-    starts, ends = _constant_ints(slice_op.operand_source(1)), _constant_ints(slice_op.operand_source(2))
-    if starts is None or len(starts) != 1 or starts[0] < 0 or ends != [starts[0] + 1]:
+    if slice_op is None or slice_op.name() != SLICE or [int(a) for a in slice_op.attrs()["axes"]] not in ([0], [-1]):
         return None
     reader = slice_op.operand_source(0).get_defining_op()
     if reader is None or reader.name() not in SHAPE_READERS:
         return None
-    return reader.operand_source(0), starts[0]
+    shaped = reader.operand_source(0)
+    rank = len(shaped.shape)
+    starts, ends = _constant_ints(slice_op.operand_source(1)), _constant_ints(slice_op.operand_source(2))
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
+        return None
+    start = starts[0] + rank if starts[0] < 0 else starts[0]
+    end = min(ends[0] + rank if ends[0] < 0 else ends[0], rank)  # Paddle's slice clamps the end
+    if not 0 <= start < rank or end != start + 1:
+        return None
+    return shaped, start
 
 
 def _reshape_target(reshape) -> list | None:
@@ -197,8 +294,9 @@ def _reshape_target(reshape) -> list | None:
     if constant is not None:
         return constant
     combine = target.get_defining_op()
-    scalars = combine is not None and combine.name() == STACK and int(combine.attrs()["axis"]) == 0
-    if scalars:  # PIR's own reshape: the entries stacked into one tensor, so each must be a scalar
+    # PIR's own reshape: the entries stacked into one tensor (axis -1 is 0 there), so each must be a scalar
+    scalars = combine is not None and combine.name() == STACK and int(combine.attrs()["axis"]) in (0, -1)
+    if scalars:
         combine = combine.operand_source(0).get_defining_op()
     if combine is None or combine.name() != COMBINE:
         return None
@@ -215,15 +313,24 @@ def _reshape_target(reshape) -> list | None:
     return entries
 
 
-def _multiplies_one_axis(target: list, cache, axis: int, times: int) -> bool:
-    """Condition 5's target (``_reshape_target``'s entries): ``cache``'s shape with
-    ``axis`` (static) multiplied by ``times``."""
+def _inferred_entry(target: list) -> int | None:
+    """The index of ``target``'s -1 entry (the one Paddle's reshape infers), if any."""
+    return next((k for k, entry in enumerate(target) if not isinstance(entry, tuple) and entry == -1), None)
+
+
+def _multiplies_one_axis(target: list, cache, axis: int, inserted: int, times: int) -> bool:
+    """Condition 5's target (``_reshape_target``'s entries) of the tiled ``cache``:
+    ``cache``'s shape with ``axis`` (static) multiplied by ``times``."""
     dims = list(cache.shape)
-    if len(target) != len(dims):
+    if len(target) != len(dims) or sum(not isinstance(e, tuple) and e == -1 for e in target) > 1:
         return False
     for k, (entry, dim) in enumerate(zip(target, dims)):
         if isinstance(entry, tuple):
             same = k != axis and entry[0].is_same(cache) and entry[1] == k
+        elif entry == -1:  # inferred: the dim wanted here, once every other entry is exact
+            same = True
+        elif entry == 0:  # the tiled value's dim k: the cache's, before the new axis
+            same = k != axis and k < inserted
         else:
             same = dim >= 0 and entry == (dim * times if k == axis else dim)
         if not same:
@@ -245,7 +352,10 @@ def _head_repeat(cache, readers) -> HeadRepeat | None:
     if tile is None or tile.name() != TILE or not tile.operand_source(0).is_same(unsqueeze.result(0)):
         return None
     times = _constant_ints(tile.operand_source(1))
-    if times is None or len(times) != rank + 1 or any(t != 1 for k, t in enumerate(times) if k != inserted):
+    if times is None or len(times) > rank + 1:
+        return None
+    times = [1] * (rank + 1 - len(times)) + times  # Paddle's tile pads the repeat times in front
+    if times[inserted] < 1 or any(t != 1 for k, t in enumerate(times) if k != inserted):
         return None
     reshape = _sole_reader(tile.result(0))
     if reshape is None or reshape.name() != RESHAPE or not reshape.operand_source(0).is_same(tile.result(0)):
@@ -254,8 +364,8 @@ def _head_repeat(cache, readers) -> HeadRepeat | None:
     if target is None:
         return None
     for axis in (inserted - 1, inserted):  # the two axes a reshape can merge the new one with
-        if 0 <= axis < rank and _multiplies_one_axis(target, cache, axis, times[inserted]):
-            return HeadRepeat(unsqueeze, tile, reshape, axis, inserted, times[inserted])
+        if 0 <= axis < rank and _multiplies_one_axis(target, cache, axis, inserted, times[inserted]):
+            return HeadRepeat(unsqueeze, tile, reshape, axis, inserted, times[inserted], _inferred_entry(target))
     return None
 
 
@@ -264,15 +374,16 @@ def _transpose_levels(value) -> tuple[tuple[int, ...], list[list]] | None:
     (condition 3), or None. Readers that are not transposes stop nothing here: the
     caller decides which are allowed at the first level."""
     first = [op for op in value.all_used_ops() if op.name() == TRANSPOSE]
-    if not first or len({_perm(op) for op in first}) != 1:
+    perms = {_perm(op) for op in first}
+    if len(perms) != 1 or None in perms:
         return None
-    perm, levels = _perm(first[0]), [first]
+    perm, levels = perms.pop(), [first]
     while True:
         readers = [op for t in levels[-1] for op in t.result(0).all_used_ops()]
         if not readers or any(op.name() != TRANSPOSE for op in readers):
             return perm, levels
         perms = {_perm(op) for op in readers}
-        if len(perms) != 1:
+        if len(perms) != 1 or None in perms:
             return perm, levels
         step = perms.pop()
         # transpose(transpose(x, p1), p2) has dim k = x's dim p1[p2[k]]
@@ -280,70 +391,120 @@ def _transpose_levels(value) -> tuple[tuple[int, ...], list[list]] | None:
         levels.append(list(dict.fromkeys(readers)))
 
 
-def _match_position(loop, position: int, output_keys: set) -> PermutedCache | None:
+def _read_through_transposes(value) -> bool:
+    """Whether a transpose reads ``value``, directly or through the ops of a repeat
+    (unsqueeze, tile, reshape: condition 5's, whether they match it or not)."""
+    repeated = [value]
+    for name in (UNSQUEEZE, TILE, RESHAPE):
+        repeated = [op.result(0) for v in repeated for op in v.all_used_ops() if op.name() == name]
+    return any(op.name() == TRANSPOSE for v in [value, *repeated] for op in v.all_used_ops())
+
+
+def _writes(op, operand: int) -> bool:
+    """Whether ``op`` may write its operand ``operand`` in place (condition 6): its
+    inplace map says so, or its name says in place (``*_``) and no map says which."""
+    written = inplace_map(op)
+    return operand in written.values() or (not written and op.name().endswith("_"))
+
+
+def _check_attention_reads(index: ProgramIndex, reads: list, matched: set, output_keys: set) -> None:
+    """Conditions 6 and 7 on ``reads`` (the last-level transposes' results, which the
+    permuted concat or its repeat replaces) and every value that may share a buffer
+    with one of them through an op other than the ``matched`` transposes."""
+    through_ops = lambda tag: tag[0] == "op" and tag[1] not in matched  # noqa: E731
+    members = {m for value in reads for m in index.aliases.members(value_key(value), keep_edge=through_ops)}
+    for member in members:
+        if member in output_keys:  # condition 7
+            raise _Keep(ATTENTION_READ_ESCAPES)
+        for user, operand in index.reads(member):
+            op = index.op(user)
+            if _writes(op, operand):  # condition 6
+                raise _Keep(ATTENTION_READ_WRITTEN)
+            # condition 7 (the alias walk leaves control flow to this check: it stops here)
+            if op.num_regions() or op.name() == YIELD or op.name() in OUTPUT_OPS:
+                raise _Keep(ATTENTION_READ_ESCAPES)
+
+
+def _check_init(index: ProgramIndex, loop, position: int) -> None:
+    """Condition 8: the init for ``position`` shares no buffer with an op in the loop or
+    with another of its operands (the loop's own sharing of it left out)."""
+    loop_id = loop.id()
+    init = value_key(loop.operand_source(position + 1))
+    for member in index.aliases.members(init, exclude_loop=loop_id):
+        for user, operand in index.reads(member):
+            if (user == loop_id and operand != position + 1) or index.is_nested_in(user, loop_id):
+                raise _Keep(INIT_SHARED)
+
+
+def _match_position(index: ProgramIndex, loop, position: int, output_keys: set) -> PermutedCache | None:
+    """The rewrite of loop variable ``position``; None when it is no concat cache; raises
+    ``_Keep`` when it is one that fails a condition."""
     body = loop.as_while_op().body()
     arg = body.args()[position]
     yield_op = list(body.ops)[-1]
-    if yield_op.name() != YIELD or not arg.is_dense_tensor_type() or len(arg.shape) == 0:  # condition 1
+    if yield_op.name() != YIELD or not arg.is_dense_tensor_type() or len(arg.shape) == 0:
         return None
     carried = yield_op.operand_source(position + 1)
     concat = carried.get_defining_op()
     if concat is None or concat.name() != CONCAT:
         return None
     combine = concat.operand_source(0).get_defining_op()
-    if combine is None or combine.name() != COMBINE or len(combine.result(0).all_used_ops()) != 1:
+    if combine is None or combine.name() != COMBINE:
         return None
-    if [combine.operand_source(i).is_same(arg) for i in range(combine.num_operands())].count(True) != 1:
-        return None
-    axis = _constant_axis(concat)
-    if axis is None:
-        return None
-    rank = len(arg.shape)
-    axis %= rank
+    grown = [combine.operand_source(i).is_same(arg) for i in range(combine.num_operands())]
+    if not any(grown) or not _read_through_transposes(carried):
+        return None  # no cache, or one read as it is carried (the rule's own result among them)
+    axis = _concat_axis(concat, len(arg.shape))
+    if grown.count(True) != 1 or len(combine.result(0).all_used_ops()) != 1 or axis is None:  # condition 1
+        raise _Keep(CONCAT_NOT_SIMPLE)
     if any(op.name() not in SHAPE_READERS and op != combine for op in arg.all_used_ops()):  # condition 2
-        return None
+        raise _Keep(CACHE_READ)
     readers = list(carried.all_used_ops())
     repeat = _head_repeat(carried, readers)  # condition 5
     attention_input = carried if repeat is None else repeat.reshape.result(0)
-    chain = _transpose_levels(attention_input)  # condition 3
-    if chain is None:
-        return None
-    perm, levels = chain
     allowed = (TRANSPOSE, *SHAPE_READERS) if repeat is None else SHAPE_READERS
     if any(op.name() not in allowed and op != yield_op and (repeat is None or op != repeat.unsqueeze)
-           for op in readers):
-        return None
+           for op in readers):  # condition 3
+        raise _Keep(CONCAT_READ)
     if repeat is not None and any(op.name() not in (TRANSPOSE, *SHAPE_READERS)
-                                  for op in attention_input.all_used_ops()):
-        return None
+                                  for op in attention_input.all_used_ops()):  # condition 5
+        raise _Keep(REPEAT_READ)
+    chain = _transpose_levels(attention_input)  # condition 3
+    if chain is None:
+        raise _Keep(NO_TRANSPOSE_CHAIN)
     yielded_at = [i for i in range(1, yield_op.num_operands()) if yield_op.operand_source(i).is_same(carried)]
-    if yielded_at != [position + 1]:
-        return None
+    if yielded_at != [position + 1]:  # condition 3
+        raise _Keep(CONCAT_YIELDED_ELSEWHERE)
     if value_key(loop.result(position)) in output_keys:  # condition 4
-        return None
+        raise _Keep(RESULT_IS_OUTPUT)
+    perm, levels = chain
+    matched = {op.id() for level in levels for op in level}
+    _check_attention_reads(index, [t.result(0) for t in levels[-1]], matched, output_keys)  # conditions 6, 7
+    _check_init(index, loop, position)  # condition 8
     dead = tuple(op for level in reversed(levels) for op in level)
     return PermutedCache(loop, position, concat, perm.index(axis), perm, tuple(levels[-1]), dead, repeat)
 
 
-def permuted_caches(program, outputs=None) -> tuple[list[PermutedCache], int]:
-    """(every loop variable the rule rewrites, the number of while ops); analysis only."""
+def permuted_caches(program, outputs=None) -> tuple[list[PermutedCache], list[KeptCache], int]:
+    """(every loop variable the rule rewrites, every concat cache it leaves as it is, the
+    number of while ops); analysis only."""
+    index = ProgramIndex.build(program)
     output_keys = {value_key(v) for v in (outputs or ())}
-    found, loops = [], 0
-
-    def walk(block) -> None:
-        nonlocal loops
-        for op in block.ops:
-            if op.name() == WHILE:
-                loops += 1
-                for position in range(len(op.as_while_op().body().args())):
-                    match = _match_position(op, position, output_keys)
-                    if match is not None:
-                        found.append(match)
-            for sub in op.blocks():
-                walk(sub)
-
-    walk(program.global_block())
-    return found, loops
+    found, kept, loops = [], [], 0
+    for op_id in index.order:  # every while, nested ones too, in program order
+        if index.name(op_id) != WHILE:
+            continue
+        loop = index.op(op_id)
+        for position in range(len(loop.as_while_op().body().args())):
+            try:
+                match = _match_position(index, loop, position, output_keys)
+            except _Keep as keep:
+                kept.append(KeptCache(loops, position, keep.reason))
+            else:
+                if match is not None:
+                    found.append(match)
+        loops += 1
+    return found, kept, loops
 
 
 def _read_shapes_from(old, new, inverse) -> None:
@@ -374,14 +535,24 @@ def _erase_with_unused_shape_computations(op) -> None:
 def _repeat_permuted(repeat: HeadRepeat, permuted, perm: list[int], cache_dims: list[int]):
     """``repeat`` made of the permuted concat: on the repeated axis's permuted position,
     the new axis on the same side of it. ``cache_dims`` is the concat's static shape
-    before the rewrite (condition 5 checked the repeated axis static there)."""
+    before the rewrite (condition 5 checked the repeated axis static there); a dim the
+    matched reshape inferred (-1) is inferred here too, so both fail or succeed alike."""
     axis = perm.index(repeat.axis)
     inserted = axis + (repeat.inserted - repeat.axis)
     tiled = paddle._C_ops.tile(paddle._C_ops.unsqueeze(permuted, [inserted]),
                                [repeat.times if k == inserted else 1 for k in range(len(perm) + 1)])
-    static = [cache_dims[p] for p in perm]
-    dims = paddle.shape(permuted) if any(dim < 0 for dim in static) else None  # read only for dynamic dims
-    target = [dim * repeat.times if k == axis else (dim if dim >= 0 else dims[k]) for k, dim in enumerate(static)]
+    target, dims = [], None
+    for k, p in enumerate(perm):
+        dim = cache_dims[p]
+        if p == repeat.inferred:
+            target.append(-1)  # inferred, as the matched reshape's entry for this dim
+        elif k == axis:
+            target.append(dim * repeat.times)
+        elif dim >= 0:
+            target.append(dim)
+        else:
+            dims = paddle.shape(permuted) if dims is None else dims  # read only for dynamic dims
+            target.append(dims[k])
     return paddle.reshape(tiled, target)
 
 
@@ -438,9 +609,9 @@ def _rewrite(match: PermutedCache) -> None:
 
 def carry_loop_caches_permuted(program, outputs=None) -> LoopCacheLayoutReport:
     """Rewrite every loop variable the rule selects (all are matched before any changes)."""
-    matches, loops = permuted_caches(program, outputs)
+    matches, kept, loops = permuted_caches(program, outputs)
     with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
         for match in matches:
             _rewrite(match)
         paddle.pir.reset_insertion_point_to_end()
-    return LoopCacheLayoutReport(len(matches), loops)
+    return LoopCacheLayoutReport(len(matches), loops, tuple(kept))
