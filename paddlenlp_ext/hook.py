@@ -55,7 +55,8 @@ _reports: list = []  # (path prefix, LoopAssignReport) of every cleaned save or 
 def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
     program = kwargs.get("program")
     if program is not None and isinstance(program, jit_api.paddle.pir.Program):
-        pipeline = run_passes(program, list(fetch_vars), saving_passes())
+        fetch_vars = list(fetch_vars)  # a pass may replace a fetched value
+        pipeline = run_passes(program, fetch_vars, saving_passes())
         report = pipeline.get("remove_loop_assign")
         _reports.append((path_prefix, report))
         logger.info("remove_loop_assign on %s: %s", path_prefix, report.summary())

@@ -21,23 +21,24 @@ def names(steps):
 
 
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
-    ("cpu", "all", 1, True, ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "onednn_inplace_guard"]),
+    ("cpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "loop_weight_matmul",
+                             "onednn_inplace_guard"]),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     ["remove_loop_assign", "loop_cache_layout", "onednn_inplace_guard"]),
-    ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["remove_loop_assign", "loop_cache_layout",
+     ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "onednn_inplace_guard"]),
+    ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout",
                                                         "loop_weight_matmul", "onednn_inplace_guard"]),
-    ("gpu", "all", 1, True, ["remove_loop_assign", "loop_cache_layout"]),
-    ("cpu", "all", 1, False, ["onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
-    ("cpu", "off", 1, False, ["onednn_inplace_guard"]),  # bfloat16 ops still run on oneDNN
-    ("gpu", "all", 1, False, []),
+    ("gpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout"]),
+    ("cpu", "all", 1, False, ["transpose_perms", "onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
+    ("cpu", "off", 1, False, ["transpose_perms", "onednn_inplace_guard"]),  # bfloat16 ops still run on oneDNN
+    ("gpu", "all", 1, False, ["transpose_perms"]),
 ])
 def test_running_passes_per_configuration(device, onednn, batch_size, optimize, expected):
     assert names(pipeline.running_passes(device, onednn, batch_size, optimize=optimize)) == expected
 
 
 def test_saving_passes_always_guard():
-    assert names(pipeline.saving_passes()) == ["remove_loop_assign", "onednn_inplace_guard"]
-    assert names(pipeline.saving_passes(remove_copies=False)) == ["onednn_inplace_guard"]
+    assert names(pipeline.saving_passes()) == ["transpose_perms", "remove_loop_assign", "onednn_inplace_guard"]
+    assert names(pipeline.saving_passes(remove_copies=False)) == ["transpose_perms", "onednn_inplace_guard"]
 
 
 @pytest.mark.parametrize("options", [{"onednn": "matmul"}, {"device": "xpu"}, {"batch_size": 0}])
@@ -50,7 +51,7 @@ def test_unknown_options_have_no_pipeline(options):
 def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
-    for attribute in ("REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
+    for attribute in ("TRANSPOSE_PERMS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
                       "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
         step = getattr(pipeline, attribute)
 
@@ -60,6 +61,18 @@ def recorded(monkeypatch):
 
         monkeypatch.setattr(pipeline, attribute, pipeline.PassStep(step.name, run))
     return ran
+
+
+def test_every_step_reports_as_every_pass_does(tmp_path):
+    """One report protocol (passes.report.PassReport) for every step of every pipeline."""
+    from paddlenlp_ext.passes.report import PassReport
+
+    save(str(tmp_path / "model"), conv_loop, CONV_SHAPE)
+    for steps in (pipeline.running_passes(), pipeline.running_passes(onednn="off"), pipeline.saving_passes()):
+        loaded = inference.load_program(tmp_path)
+        report = pipeline.run_passes(loaded.program, loaded.outputs, steps)
+        assert [name for name, _ in report.reports] == names(steps)
+        assert all(isinstance(step_report, PassReport) for _, step_report in report.reports)
 
 
 def test_every_route_runs_the_pipelines_passes(tmp_path, recorded):

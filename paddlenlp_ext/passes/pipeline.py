@@ -8,15 +8,15 @@ returning a report whose ``modified`` is true exactly when the IR changed):
 
 - **Saved** (``saving_passes``): the directory is run by whoever loads it, Paddle
   Inference's default CPU config included (oneDNN on, ``inplace_pass`` on), so it gets
-  ``remove_loop_assign`` then ``guard_onednn_inplace``, always.
+  ``transpose_perms``, ``remove_loop_assign`` then ``guard_onednn_inplace``, always.
 - **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
-  ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
+  ``transpose_perms``, ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
   ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off), and
   the guard, as much of it as the configuration needs (``_guard_on_our_config``,
   ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
-  optimizations, only what makes the configuration safe (the guard).
+  optimizations, only what makes the configuration safe (``transpose_perms``, the guard).
 
 The order matters: the guard decides on the program as it will be saved, so it runs
 last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
@@ -90,6 +90,12 @@ def check_options(device: str, onednn: str, batch_size: int = 1) -> None:
         raise ValueError(f"batch_size must be 1 or more, got {batch_size!r}")
 
 
+def _transpose_perms(program, outputs):
+    from .transpose_perms import state_transpose_perms_non_negative
+
+    return state_transpose_perms_non_negative(program, outputs)
+
+
 def _remove_loop_assign(program, outputs):
     from .remove_loop_assign import remove_loop_assign
 
@@ -138,6 +144,9 @@ def _guard_with_onednn_off(program, outputs):
     return _guard(program, outputs)
 
 
+# Paddle Inference with oneDNN corrupts the heap on a negative perm entry: first, on
+# every route (harmless elsewhere: the same permutation).
+TRANSPOSE_PERMS = PassStep("transpose_perms", _transpose_perms)
 REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
 LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
 LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
@@ -151,7 +160,7 @@ ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
 
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
     """The passes of a program that leaves our hands (``convert``, the save hook)."""
-    return ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (ONEDNN_GUARD,)
+    return (TRANSPOSE_PERMS,) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (ONEDNN_GUARD,)
 
 
 def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size: int = 1, *,
@@ -161,7 +170,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
     ``remove_loop_assign`` first. ``optimize=False``: only the passes that make the
     configuration safe (the fallback's program)."""
     check_options(device, onednn, batch_size)
-    steps = []
+    steps = [TRANSPOSE_PERMS]
     if optimize:
         if remove_copies:
             steps.append(REMOVE_LOOP_ASSIGN)
@@ -173,10 +182,10 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
     return tuple(steps)
 
 
-def run_passes(program, outputs, steps) -> PipelineReport:
-    """Run ``steps`` on ``program`` in order (each rewrites it in place); ``outputs`` are
-    the values the caller fetches afterwards."""
-    outputs = list(outputs)
+def run_passes(program, outputs: list, steps) -> PipelineReport:
+    """Run ``steps`` on ``program`` in order (each rewrites it in place); ``outputs`` is
+    the list of values the caller fetches afterwards: a step that replaces one of them
+    replaces it in this list."""
     reports = []
     for step in steps:
         report = step.run(program, outputs)
