@@ -22,13 +22,13 @@ def names(steps):
 
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "loop_weight_matmul",
-                             "onednn_inplace_guard"]),
+                             "inplace_reads", "onednn_inplace_guard"]),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "onednn_inplace_guard"]),
+     ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "inplace_reads", "onednn_inplace_guard"]),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout",
                                                         "loop_weight_matmul", "onednn_inplace_guard"]),
     ("gpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout"]),
-    ("cpu", "all", 1, False, ["transpose_perms", "onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
+    ("cpu", "all", 1, False, ["transpose_perms", "inplace_reads", "onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
     ("cpu", "off", 1, False, ["transpose_perms", "onednn_inplace_guard"]),  # bfloat16 ops still run on oneDNN
     ("gpu", "all", 1, False, ["transpose_perms"]),
 ])
@@ -37,8 +37,10 @@ def test_running_passes_per_configuration(device, onednn, batch_size, optimize, 
 
 
 def test_saving_passes_always_guard():
-    assert names(pipeline.saving_passes()) == ["transpose_perms", "remove_loop_assign", "onednn_inplace_guard"]
-    assert names(pipeline.saving_passes(remove_copies=False)) == ["transpose_perms", "onednn_inplace_guard"]
+    assert names(pipeline.saving_passes()) == ["transpose_perms", "remove_loop_assign", "inplace_reads",
+                                               "onednn_inplace_guard"]
+    assert names(pipeline.saving_passes(remove_copies=False)) == ["transpose_perms", "inplace_reads",
+                                                                  "onednn_inplace_guard"]
 
 
 @pytest.mark.parametrize("options", [{"onednn": "matmul"}, {"device": "xpu"}, {"batch_size": 0}])
@@ -51,7 +53,7 @@ def test_unknown_options_have_no_pipeline(options):
 def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
-    for attribute in ("TRANSPOSE_PERMS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
+    for attribute in ("TRANSPOSE_PERMS", "INPLACE_READS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
                       "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
         step = getattr(pipeline, attribute)
 

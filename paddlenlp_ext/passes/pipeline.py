@@ -8,15 +8,17 @@ returning a report whose ``modified`` is true exactly when the IR changed):
 
 - **Saved** (``saving_passes``): the directory is run by whoever loads it, Paddle
   Inference's default CPU config included (oneDNN on, ``inplace_pass`` on), so it gets
-  ``transpose_perms``, ``remove_loop_assign`` then ``guard_onednn_inplace``, always.
+  ``transpose_perms``, ``remove_loop_assign``, ``inplace_reads`` then
+  ``guard_onednn_inplace``, always.
 - **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
   ``transpose_perms``, ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
-  ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off), and
-  the guard, as much of it as the configuration needs (``_guard_on_our_config``,
+  ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off),
+  with oneDNN on ``inplace_reads``, and the guard, as much of it as the configuration needs (``_guard_on_our_config``,
   ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
-  optimizations, only what makes the configuration safe (``transpose_perms``, the guard).
+  optimizations, only what makes the configuration safe (``transpose_perms``,
+  ``inplace_reads``, the guard).
 
 The order matters: the guard decides on the program as it will be saved, so it runs
 last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
@@ -96,6 +98,12 @@ def _transpose_perms(program, outputs):
     return state_transpose_perms_non_negative(program, outputs)
 
 
+def _inplace_reads(program, outputs):
+    from .inplace_reads import read_inplace_results
+
+    return read_inplace_results(program, outputs)
+
+
 def _remove_loop_assign(program, outputs):
     from .remove_loop_assign import remove_loop_assign
 
@@ -148,6 +156,10 @@ def _guard_with_onednn_off(program, outputs):
 # every route (harmless elsewhere: the same permutation).
 TRANSPOSE_PERMS = PassStep("transpose_perms", _transpose_perms)
 REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
+# oneDNN loses an in-place write for the readers of the written value: they read the
+# writer's result instead (the same buffer elsewhere). After the loop passes, whose
+# rules read the copies as Paddle's translator writes them; before the guard.
+INPLACE_READS = PassStep("inplace_reads", _inplace_reads)
 LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
 LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
 # What Paddle's default CPU config needs (inplace_pass on): every program we save.
@@ -160,7 +172,7 @@ ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
 
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
     """The passes of a program that leaves our hands (``convert``, the save hook)."""
-    return (TRANSPOSE_PERMS,) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (ONEDNN_GUARD,)
+    return (TRANSPOSE_PERMS,) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (INPLACE_READS, ONEDNN_GUARD)
 
 
 def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size: int = 1, *,
@@ -177,6 +189,8 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
         steps.append(LOOP_CACHE_LAYOUT)
         if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
             steps.append(LOOP_WEIGHT_MATMUL)
+    if device == "cpu" and onednn != "off":
+        steps.append(INPLACE_READS)
     if device == "cpu":
         steps.append(ONEDNN_GUARD_OURS if onednn != "off" else ONEDNN_GUARD_OFF)
     return tuple(steps)
