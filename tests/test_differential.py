@@ -3,7 +3,8 @@ that rewrite loops, ``remove_loop_assign`` then ``loop_cache_layout`` (the order
 runtime runs them in), on both runtimes we ship: ``paddle.static.Executor`` and Paddle
 Inference (as ``paddlenlp_ext.inference`` runs it, every pass of its pipeline applied,
 two runs in a row on one predictor, so that state leaking from run 1 into run 2 shows),
-held to the original program run there with none of our passes. On Paddle Inference
+held to the original program run there as our runtime runs an untouched program (only
+the passes that keep the configuration right: ``cache_layout_check``). On Paddle Inference
 a program is run with oneDNN as Paddle places it (our default), and with oneDNN off
 where the cache layout rule rewrote a loop, so that rule is checked on both; a program
 holding a transpose with a negative perm entry only with oneDNN off (Paddle 3.3.1's

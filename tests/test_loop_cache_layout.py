@@ -128,15 +128,16 @@ def _loop_ops(program, name: str) -> int:
     return sum(op.name() == name for op in body.ops)
 
 
-# Variants whose original program Paddle Inference 3.3.1 and the Executor disagree on, and
-# where (measured, before any pass): with oneDNN, an in-place op over a oneDNN op's result
-# (a transpose's, a scale's) misses it (2.9 off on a three-op program with no loop,
-# guarded or not); with oneDNN off, share_data_ and an inner loop's first iteration do
-# not pass a write on to the value they share. There the rewrite is held to the original
-# program's outputs on that configuration (``run_original_inference``), elsewhere to the
-# Executor's. (The original "negative-axes" program is not run there: Paddle's oneDNN
-# transpose corrupts the heap on a negative perm entry, "double free or corruption".)
-PADDLE_DISAGREES = {"written-scale": "all", "written-in-if": "all", "shared-init": "all", "init-written": "all",
+# Variants whose program Paddle Inference 3.3.1 and the Executor disagree on, and where
+# (measured, before any pass of this module, after the others our predictors run): with
+# oneDNN, an in-place op over a oneDNN op's result is lost for readers the writer's result
+# does not reach (``passes/inplace_reads.py`` rewires those it reaches: "written-scale"
+# is right); with oneDNN off, share_data_ and an inner loop's first iteration do not
+# pass a write on to the value they share. There the rewrite is held to
+# the original program's outputs on that configuration (``run_original_inference``),
+# elsewhere to the Executor's. (The original "negative-axes" program is not run there:
+# Paddle's oneDNN transpose corrupts the heap on a negative perm entry.)
+PADDLE_DISAGREES = {"written-in-if": "all", "shared-init": "all", "init-written": "all",
                     "written-through-share-data": "off", "yielded-to-inner-loop": "off"}
 
 

@@ -56,7 +56,7 @@ from paddlenlp_ext.inference import (
     run_program,
     save_program,
 )
-from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
+from paddlenlp_ext.passes.pipeline import run_passes, saving_passes
 from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
 
 DEFAULT_PROGRAMS = 100
@@ -149,8 +149,9 @@ def check_program(seed: int, workdir: str) -> dict:
     loaded = load_files(prefixes["cleaned"], "pir")  # as StaticGenerationModel runs it
     prepare_program(loaded, "cpu", "all")
     save_program(loaded, prefixes["ours, cleaned"])
-    loaded = load_files(prefixes["cleaned"], "pir")  # as convert writes it
-    guarded = guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
+    loaded = load_files(prefixes["cleaned"], "pir")  # as convert writes it (the copies already removed)
+    guarded = run_passes(loaded.program, loaded.outputs, saving_passes(remove_copies=False)).get(
+        "onednn_inplace_guard")
     save_program(loaded, prefixes["converted"])
     problems, outputs = {}, {}
     for name, (variant, factory, exact) in CONFIGS.items():

@@ -32,6 +32,10 @@ Safety conditions (checked in ``_later_reads``, before any read changes):
    iteration of a loop around ``P_``) is left as it is: ``%r`` does not reach it.
 2. The pair comes from the op's inplace map (``get_op_inplace_info``): result ``j`` is
    operand ``k``'s buffer. Ops without one are not in-place writes.
+3. The op is not ``share_data_``, which writes nothing, and whose aliasing Paddle's own
+   runtimes disagree on (the Executor in serial mode and Paddle Inference with oneDNN
+   off do not pass a write through its result on to its operand; the Executor's default
+   mode does): its readers stay as the runtime reads them.
 
 In-place ops in a row chain: ops are visited in program order and reads are looked up
 on the program as rewritten so far, so after ``P1_`` and ``P2_`` write ``%v`` a later
@@ -44,6 +48,8 @@ from dataclasses import dataclass
 
 from .program_index import ProgramIndex, inplace_map
 from .report import PassReport
+
+SHARE_DATA = "pd_op.share_data_"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ def read_inplace_results(program, outputs: list | None = None) -> InplaceReadsRe
     rewired = 0
     for op_id in list(index.order):
         op = index.ops[op_id].op
+        if index.ops[op_id].name == SHARE_DATA:  # condition 3
+            continue
         for result, operand in inplace_map(op).items():  # condition 2
             written = op.operand_source(operand)
             reads = _later_reads(index, op_id, written)
