@@ -18,10 +18,9 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
   hits is decided after us, by Paddle's placement and fuse passes, so every configuration
   this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``).
   Programs saved for Paddle's default config (``convert``, the save hook) are guarded
-  (``passes.onednn_inplace_guard``), and so are the programs we run on oneDNN that hold
-  ops oneDNN may give a blocked layout (``guard_for_onednn``): the differential test
-  found loops carrying convolutions wrong with ``inplace_pass`` deleted and right once
-  guarded.
+  (``passes.onednn_inplace_guard``), and the programs we run on oneDNN get as much of
+  the guard as a configuration without ``inplace_pass`` needs (``passes.pipeline``: which
+  passes run on which route is said there, and only there).
 - Which kernels run on oneDNN (``ONEDNN_MODES``): ``"all"`` (the default) is Paddle's
   own placement, ``"off"`` plain kernels only. A third mode, oneDNN for the fused matmuls
   only (``onednn_placement_pass`` deleted), was faster per token but is a pipeline
@@ -32,7 +31,7 @@ translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
 - A decode step multiplies one row per sequence by every weight matrix, and oneDNN's
   matmul reads the weights at about a third of the memory bandwidth there, so our CPU
   configuration runs a loop's large weight products on the plain GEMM
-  (``prepare_for_cpu``, ``passes.loop_weight_matmul``).
+  (``prepare_program``, ``passes.loop_weight_matmul``).
 - On every device, a loop's concat cache is carried in the layout its attention reads,
   so no step permutes the whole cache (``prepare_program``, ``passes.loop_cache_layout``).
 - Paddle keeps every parameter scope until the process exits, so a ``LoadedProgram``
