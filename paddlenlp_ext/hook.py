@@ -67,8 +67,8 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
 
 
 def _create_cleaned_predictor(config):
-    """The hook's ``create_predictor``: for a legacy decoding loop, the stages
-    ``hook_stages`` lists, the first that builds; anything else as Paddle creates it."""
+    """The hook's ``create_predictor``: for a legacy decoding loop, a FallbackPredictor
+    (the first of its stages that builds); anything else as Paddle creates it."""
     from .inference import ModelDirectoryError, cleaned_legacy_config
 
     try:

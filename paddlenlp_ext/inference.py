@@ -63,7 +63,7 @@ from paddle import inference
 from . import host_memory, mkl_dispatch
 from .compat import empty_scope, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
-from .passes.program_index import ProgramIndex
+from .passes.program_index import WHILE, ProgramIndex, walk_ops
 from .errors import error_line
 from .quiet import library_quiet
 from .params_file import ParamsFileError, check_directory_params, check_params_file
@@ -117,7 +117,6 @@ class LoadedProgram:
     inputs: list  # the values fed: pd_op.data results, or pd_op.feed results in a translated legacy program
     outputs: list  # values to fetch
     scope: object  # parameters
-    output_names: list = field(default_factory=list)  # the program's own names of ``outputs``
     # Paddle never frees a scope (compat.empty_scope): its parameters go with this object.
     _release: weakref.finalize = field(init=False, repr=False)
 
@@ -195,14 +194,13 @@ def load_files(prefix: str, fmt: str) -> LoadedProgram:
         if first.id() != op.id():  # moving an op before itself crashes Paddle
             op.move_before(first)
     inputs = [op.result(0) for op in feeds]
+    # By column: Paddle Inference orders a program's outputs so (the hook maps the
+    # caller's output names onto ours by position).
     fetches = sorted((op for op in block.ops if op.name() == "pd_op.fetch"), key=lambda op: op.attrs().get("col", 0))
     outputs = [op.operand_source(0) for op in fetches]
-    # Paddle Inference names a program's outputs by these (a legacy program's fetch
-    # targets, ``tmp_7``); the program we save is given names of its own.
-    output_names = [op.attrs()["name"] for op in fetches]
     for op in fetches:  # the executor and save_inference_model add their own
         op.erase()
-    return LoadedProgram(program, inputs, outputs, scope, output_names)
+    return LoadedProgram(program, inputs, outputs, scope)
 
 
 def _refuse_unknown_ops(path: str, unknown: list[str]) -> None:
@@ -241,8 +239,8 @@ class NoSafeRuntimeError(RuntimeError):
 
 @dataclass(frozen=True)
 class RuntimeStage:
-    """One way to run a model, in the order ``StaticGenerationModel`` and the hook try
-    them: ``create()`` returns ``(predictor, config)``; ``name`` is what it runs
+    """One way to run a model, in the order ``StaticGenerationModel`` tries them
+    (``runtime_stages``): ``create()`` returns ``(predictor, config)``; ``name`` is what it runs
     ("the prepared program"), ``description`` where ("paddlenlp_ext's configuration")."""
 
     name: str
@@ -397,8 +395,6 @@ def plain_paddle_config(model_dir: str | os.PathLike, device: str = "cpu", onedn
     if model_format(directory) == "legacy":
         config, description = paddlenlp_static_config(directory), "PaddleNLP's static predictor configuration"
     else:
-        if device == "cpu" and onednn != "off":
-            return None
         config = inference.Config(str(directory / PIR_FILE), str(directory / PARAMS_FILE))
         config.disable_glog_info()
         description = "Paddle Inference's default configuration"
@@ -407,15 +403,16 @@ def plain_paddle_config(model_dir: str | os.PathLike, device: str = "cpu", onedn
     elif onednn == "off":
         config.disable_mkldnn()
         description += " (oneDNN off)"
-    return description, config
+    return None if known_wrong(config) else (description, config)
 
 
 def known_wrong(config) -> str | None:
-    """Why a caller's Paddle Inference ``config`` naming a legacy ``.pdmodel`` is one
-    ``docs/onednn.md`` documents as giving wrong outputs, or None: Paddle 3.3.1's new IR
-    with oneDNN on CPU runs the translated program unguarded, with ``inplace_pass``."""
-    if config.new_ir_enabled() and config.mkldnn_enabled() and not config.use_gpu():
-        return "its new IR with oneDNN gives wrong outputs on a translated loop (docs/onednn.md)"
+    """Why Paddle Inference's ``config`` is one ``docs/onednn.md`` documents as giving
+    wrong outputs on a program we have not guarded, or None: Paddle 3.3.1's new IR (asked
+    for, or a PIR ``.json`` program) with oneDNN on CPU, with ``inplace_pass``."""
+    new_ir = config.new_ir_enabled() or config.prog_file().endswith(".json")
+    if new_ir and config.mkldnn_enabled() and not config.use_gpu():
+        return "its new IR with oneDNN gives wrong outputs on an unguarded program (docs/onednn.md)"
     return None
 
 
@@ -584,8 +581,6 @@ class CleanedConfig:
 
     config: object  # a copy of the caller's Config, naming the rewritten PIR program
     report: LoopAssignReport | None  # remove_loop_assign's, None for the untouched program
-    input_names: list  # as the caller's own predictor names them (the legacy program's feeds)
-    output_names: list  # and its outputs (the legacy program's fetch targets: ``tmp_7``...)
 
 
 def cleaned_legacy_config(config, *, optimize: bool = True) -> CleanedConfig | None:
@@ -642,14 +637,9 @@ def cleaned_legacy_config(config, *, optimize: bool = True) -> CleanedConfig | N
     if device == "cpu":
         configure_cpu(cleaned, onednn)
         tune_cpu_process()
-    return CleanedConfig(cleaned, report, loaded.feed_names, loaded.output_names)
+    return CleanedConfig(cleaned, report)
 
 
 def has_loop(program) -> bool:
     """Whether ``program`` holds a ``pd_op.while``, at any depth."""
-
-    def search(block) -> bool:
-        return any(op.name() == "pd_op.while" or any(search(inner) for inner in op.blocks())
-                   for op in block.ops)
-
-    return search(program.global_block())
+    return any(op.name() == WHILE for op in walk_ops(program))

@@ -207,7 +207,7 @@ import paddle
 
 from ..paddle_modes import static_mode
 from .onednn_layouts import blocked_layout_values
-from .program_index import FEED_OPS, IF, PERSISTABLE_PRODUCERS, WHILE, ProgramIndex, value_key
+from .program_index import FEED_OPS, IF, PERSISTABLE_PRODUCERS, WHILE, ProgramIndex, value_key, walk_ops
 from .report import PassReport
 
 # In-place versions that write no new data: their result is their input's buffer.
@@ -499,16 +499,7 @@ def needs_guard_with_onednn_off(program) -> bool:
     3.3.1 then still runs oneDNN kernels, for the bfloat16 ops that have no plain kernel
     of that dtype, and a plain reader made in place writes over their results (the first
     hazard above)."""
-
-    def search(block) -> bool:
-        for op in block.ops:
-            if any(_dtype(result) == paddle.bfloat16 for result in op.results()):
-                return True
-            if op.num_regions() and any(search(inner) for inner in op.blocks()):
-                return True
-        return False
-
-    return search(program.global_block())
+    return any(_dtype(result) == paddle.bfloat16 for op in walk_ops(program) for result in op.results())
 
 
 def guard_onednn_inplace(program, outputs=(), *, reads: bool = True) -> OneDNNGuardReport:

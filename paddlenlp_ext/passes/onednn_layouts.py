@@ -20,6 +20,8 @@ blocked layout (``blocked_layout_values``), and our own oneDNN configuration
 
 from __future__ import annotations
 
+from .program_index import walk_ops
+
 BLOCKED_LAYOUT_OPS = frozenset(
     "pd_op." + name
     for name in (
@@ -36,16 +38,7 @@ PLAIN_LAYOUT_OPS = frozenset({"pd_op.roll"})
 
 def has_blocked_layout_ops(program) -> bool:
     """Whether ``program`` (a ``paddle.pir.Program``) holds any ``BLOCKED_LAYOUT_OPS``."""
-
-    def search(block) -> bool:
-        for op in block.ops:
-            if op.name() in BLOCKED_LAYOUT_OPS:
-                return True
-            if op.num_regions() and any(search(inner) for inner in op.blocks()):
-                return True
-        return False
-
-    return search(program.global_block())
+    return any(op.name() in BLOCKED_LAYOUT_OPS for op in walk_ops(program))
 
 
 def blocked_layout_values(index) -> frozenset:

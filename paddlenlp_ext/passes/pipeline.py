@@ -12,10 +12,10 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``guard_onednn_inplace``, always.
 - **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
-  ``transpose_perms``, ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every device), on CPU
-  ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off),
-  with oneDNN on ``inplace_reads``, and the guard, as much of it as the configuration needs (``_guard_on_our_config``,
-  ``_guard_with_onednn_off``).
+  ``transpose_perms``, ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every
+  device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
+  oneDNN off), with oneDNN on ``inplace_reads``, and the guard, as much of it as the
+  configuration needs (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
   optimizations, only what makes the configuration safe (``transpose_perms``,
   ``inplace_reads``, the guard).

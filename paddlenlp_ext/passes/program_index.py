@@ -65,6 +65,19 @@ def value_key(value) -> str:
     return value.id
 
 
+def walk_ops(program):
+    """Every op of ``program`` (a ``paddle.pir.Program``), at any depth, in pre-order: an
+    op before the ops of its regions."""
+
+    def walk(block):
+        for op in block.ops:
+            yield op
+            for inner in op.blocks() if op.num_regions() else ():
+                yield from walk(inner)
+
+    return walk(program.global_block())
+
+
 def inplace_map(op) -> dict[int, int]:
     """``{result index: operand index}`` for ops that write an operand in place."""
     try:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import paddle
 
 from ..paddle_modes import static_mode
+from .program_index import walk_ops
 from .report import PassReport
 
 TRANSPOSE = "pd_op.transpose"
@@ -63,21 +64,13 @@ def _normalised(op) -> list | None:
     return normalised if sorted(normalised) == list(range(rank)) else None
 
 
-def _transposes(block):
-    for op in block.ops:
-        if op.name() == TRANSPOSE:
-            yield op
-        for inner in op.blocks() if op.num_regions() else ():
-            yield from _transposes(inner)
-
-
 def state_transpose_perms_non_negative(program, outputs: list | None = None) -> TransposePermsReport:
     """Rewrite every transpose the rule selects (all are matched before any changes).
     ``outputs``: the list of values the caller fetches; an old transpose's result in it
     is replaced by the new one's, in the list."""
     outputs = [] if outputs is None else outputs
-    matches = [(op, perm) for op in _transposes(program.global_block())
-               if (perm := _normalised(op)) is not None]
+    matches = [(op, perm) for op in walk_ops(program)
+               if op.name() == TRANSPOSE and (perm := _normalised(op)) is not None]
     with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
         for op, perm in matches:
             paddle.pir.set_insertion_point(op)
