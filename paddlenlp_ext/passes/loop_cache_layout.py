@@ -131,6 +131,7 @@ import paddle
 from ..paddle_modes import static_mode
 from .program_index import ProgramIndex, inplace_map, value_key
 from .report import PassReport
+from .transpose_perms import normalised_perm
 
 WHILE, CONCAT, COMBINE, TRANSPOSE, FULL, YIELD = (
     "pd_op.while", "pd_op.concat", "builtin.combine", "pd_op.transpose", "pd_op.full", "cf.yield")
@@ -225,17 +226,6 @@ def _integral(number) -> int | None:
     """``number`` (an attribute: ``pd_op.full`` holds a float) as an int, or None."""
     number = float(number)
     return int(number) if number.is_integer() else None
-
-
-def _perm(op) -> tuple[int, ...] | None:
-    """The transpose's perm with negative entries counted from the end; None when it is
-    not a permutation of its operand's axes."""
-    rank = len(op.operand_source(0).shape)
-    perm = [int(d) for d in op.attrs()["perm"]]
-    if len(perm) != rank or any(not -rank <= d < rank for d in perm):
-        return None
-    perm = tuple(d % rank for d in perm)
-    return perm if sorted(perm) == list(range(rank)) else None
 
 
 def _constant_ints(value) -> list[int] | None:
@@ -374,7 +364,7 @@ def _transpose_levels(value) -> tuple[tuple[int, ...], list[list]] | None:
     (condition 3), or None. Readers that are not transposes stop nothing here: the
     caller decides which are allowed at the first level."""
     first = [op for op in value.all_used_ops() if op.name() == TRANSPOSE]
-    perms = {_perm(op) for op in first}
+    perms = {normalised_perm(op) for op in first}
     if len(perms) != 1 or None in perms:
         return None
     perm, levels = perms.pop(), [first]
@@ -382,7 +372,7 @@ def _transpose_levels(value) -> tuple[tuple[int, ...], list[list]] | None:
         readers = [op for t in levels[-1] for op in t.result(0).all_used_ops()]
         if not readers or any(op.name() != TRANSPOSE for op in readers):
             return perm, levels
-        perms = {_perm(op) for op in readers}
+        perms = {normalised_perm(op) for op in readers}
         if len(perms) != 1 or None in perms:
             return perm, levels
         step = perms.pop()

@@ -17,7 +17,7 @@ becomes::
 
     (%3) = "pd_op.transpose" (%1) {perm:[0,2,1,3]}
 
-Safety conditions (checked in ``_normalised``, before anything changes):
+Safety conditions (checked in ``normalised_perm``, before anything changes):
 
 1. The operand's rank is static (``len(shape)``), and ``perm`` is a permutation of
    ``range(rank)`` once normalised (every entry in ``[-rank, rank)``, none twice).
@@ -51,17 +51,24 @@ class TransposePermsReport(PassReport):
         return f"{self.rewritten} transposes stated with non-negative axes"
 
 
-def _normalised(op) -> list | None:
-    """The non-negative ``perm`` of transpose ``op``, or None when it has none negative
-    or fails condition 1."""
-    perm = list(op.attrs().get("perm", []))
-    if not any(p < 0 for p in perm):
-        return None
+def normalised_perm(op) -> tuple[int, ...] | None:
+    """Transpose ``op``'s perm with negative entries counted from the end; None when it is
+    not a permutation of its operand's axes (condition 1)."""
     rank = len(op.operand_source(0).shape)
-    if len(perm) != rank or any(not -rank <= p < rank for p in perm):  # condition 1
+    perm = [int(p) for p in op.attrs()["perm"]]
+    if len(perm) != rank or any(not -rank <= p < rank for p in perm):
         return None
-    normalised = [p % rank for p in perm]
+    normalised = tuple(p % rank for p in perm)
     return normalised if sorted(normalised) == list(range(rank)) else None
+
+
+def _restated(op) -> list | None:
+    """The non-negative perm of transpose ``op`` when its own has a negative entry and
+    condition 1 holds, else None."""
+    if not any(p < 0 for p in op.attrs()["perm"]):
+        return None
+    perm = normalised_perm(op)
+    return None if perm is None else list(perm)
 
 
 def state_transpose_perms_non_negative(program, outputs: list | None = None) -> TransposePermsReport:
@@ -70,7 +77,7 @@ def state_transpose_perms_non_negative(program, outputs: list | None = None) -> 
     is replaced by the new one's, in the list."""
     outputs = [] if outputs is None else outputs
     matches = [(op, perm) for op in walk_ops(program)
-               if op.name() == TRANSPOSE and (perm := _normalised(op)) is not None]
+               if op.name() == TRANSPOSE and (perm := _restated(op)) is not None]
     with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
         for op, perm in matches:
             paddle.pir.set_insertion_point(op)
