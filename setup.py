@@ -30,7 +30,8 @@ setup(
         # through visualdl; 3.7 to 3.11 ask for numpy >= 1.25 at most, so numpy 1.26.4 stays
         # (3.11.2, the one visualdl brought in, is what the benchmark was run with).
         "bench": ["matplotlib>=3.7,<3.12"],
-        # pytest-xdist: the README's test command runs the suite in two workers.
-        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.7,<3.12"],
+        # pytest-xdist: the README's test command runs the suite in two workers; pytest-timeout:
+        # a hung test fails with its stacks (pytest.ini).
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "matplotlib>=3.7,<3.12"],
     },
 )

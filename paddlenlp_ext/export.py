@@ -188,7 +188,8 @@ def _save_paddlenlp_loop(model, decoding: DecodingConfig, prefix: str, format: s
 
     guard = paddle.pir_utils.OldIrGuard if format == "legacy" else paddle.pir_utils.IrGuard
     # llm/export_model.py's config; top-k sampling, as top-p cannot be exported on CPU.
-    settings = {"dtype": "float32", "export_precache": False, "use_top_p": decoding.top_p < 1.0}
+    settings = {"dtype": model.config.dtype or "float32", "export_precache": False,
+                "use_top_p": decoding.top_p < 1.0}
     try:
         with guard(), paddlenlp_export_patches(), dygraph_mode():
             model.to_static(prefix, settings)

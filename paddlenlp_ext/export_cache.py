@@ -4,7 +4,7 @@ An export is kept under ``<home>/exports/<name>-<key>`` (``<home>`` as for the e
 models: ``$PADDLENLP_EXT_HOME``, else ``~/.cache/paddlenlp_ext``). The key hashes
 everything that changes the exported program: the model (an embedded model's build
 record; a checkpoint directory's path and the size and modification time of its
-files), the format, the KV cache asked for, the pass at export (PIR only: a legacy
+files), the dtype its weights load in, the format, the KV cache asked for, the pass at export (PIR only: a legacy
 program is cleaned where it is loaded), the installed Paddle and PaddleNLP, and the
 source of every module of this package: any of them may shape an exported program
 (the loop, the passes, the patches, what they import), and a list kept by hand once
@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 def cached_export_directory(source: str, home: Path, *, format: str, cache: str | None,
-                            remove_loop_assign: bool) -> Path:
+                            remove_loop_assign: bool, dtype: str | None) -> Path:
     """The directory the export of ``source`` (an embedded model name or a checkpoint
     directory) with these settings is kept in; it exists once the export is complete."""
     from .models import KNOWN_MODELS, _build_record
@@ -42,6 +42,7 @@ def cached_export_directory(source: str, home: Path, *, format: str, cache: str 
     key = {
         "model": model,
         "format": format,
+        "dtype": dtype,
         "cache": cache,
         "remove_loop_assign": remove_loop_assign and format == "pir",
         "packages": {package: _version(package) for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp")},

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .cli_flags import boolean_flag
+from .dtypes import DTYPES
 from .quiet import quiet_paddle, quiet_paddlenlp
 
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_name_or_path", help="a PaddleNLP save_pretrained checkpoint")
     add("--model", help="an embedded model: llama2 (the default) or llama2-gqa")
     add("--output_path", required=True, help="the static model directory to write")
-    add("--dtype", default="float32", help="float32 (the only dtype on CPU)")
+    add("--dtype", help=f"{', '.join(DTYPES)}: the dtype the weights load in (from_pretrained's dtype); on CPU "
+        "float32, also the default there (a float16 checkpoint is cast); unset on GPU: the checkpoint's")
     for name in ("src_length", "max_length"):
         add(f"--{name}", type=int, default=None,
             help="accepted for PaddleNLP's command line; lengths are run-time inputs of the exported loop")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top_p", type=float, default=1.0, help="< 1 needs top_p_sampling, which has no CPU kernel for --loop paddlenlp")
     add("--temperature", type=float, default=0.95)
     add("--device", choices=["cpu", "gpu"], default="cpu",
-        help="accepted for PaddleNLP's command line; the exported program is device-independent")
+        help="where the export will run: an unset --dtype loads float32 for the CPU, the checkpoint's dtype for a GPU")
     add("--export_format", choices=["pir", "legacy"], default="pir",
         help="pir (model.json, Paddle 3's format) or legacy (model.pdmodel, PaddleNLP 2.8 on Paddle 2.x)")
     add("--remove_loop_assign", type=boolean_flag, nargs="?", const=True, default=False,
@@ -64,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    """Raises ExportModelError for bad input; ``args.dtype`` becomes the dtype to load in."""
     from .decoding import CACHES
+    from .dtypes import DtypeError, load_dtype
 
     if args.model is not None and args.model_name_or_path is not None:
         raise ExportModelError("give --model or --model_name_or_path, not both")
-    if args.dtype != "float32":
-        raise ExportModelError(f"--dtype {args.dtype}: only float32 is supported (the embedded models and CPU)")
+    try:
+        args.dtype = load_dtype(args.dtype, args.device)
+    except DtypeError as error:
+        raise ExportModelError(str(error)) from None
     for name in ("src_length", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ExportModelError(f"--{name} must be positive, got {getattr(args, name)}")
@@ -96,7 +102,7 @@ def export(args: argparse.Namespace):
     quiet_paddlenlp()
     try:
         with dygraph_mode():
-            model, tokenizer = load_model(args.model_name_or_path or args.model or DEFAULT_MODEL)
+            model, tokenizer = load_model(args.model_name_or_path or args.model or DEFAULT_MODEL, dtype=args.dtype)
             decoding = DecodingConfig(args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
                                       temperature=args.temperature, eos_token_id=model.config.eos_token_id,
                                       pad_token_id=model.config.pad_token_id or 0)

@@ -84,8 +84,13 @@ KNOWN_MODELS: Mapping[str, KnownModel] = MappingProxyType({
 })
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None):
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None,
+               dtype: str | None = "float32"):
     """Return ``(model, tokenizer)`` for a known model name or a ``save_pretrained`` directory.
+
+    The weights are cast to ``dtype`` as they load (None: the checkpoint's dtype), as
+    PaddleNLP's ``--dtype`` does (``dtypes.load_dtype``): a float16 checkpoint loads in
+    float32, the dtype Paddle computes in on CPU.
 
     The model is in eval mode; use it (``model.generate``, its parameters) in dynamic
     mode, though loading works in static mode too. ``cache_dir`` is for known names.
@@ -100,7 +105,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str |
         else:
             directory = _checkpoint_directory(name_or_path)
             hint = ""
-        return _load_pretrained(directory, hint)
+        return _load_pretrained(directory, hint, dtype)
 
 
 def check_model_source(name_or_path: str | os.PathLike) -> None:
@@ -220,13 +225,13 @@ def _draw_weights(model, seed: int) -> None:
         parameter.set_value(values.astype("float32"))
 
 
-def _load_pretrained(directory: Path, hint: str):
+def _load_pretrained(directory: Path, hint: str, dtype: str | None):
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .paddle_modes import dygraph_mode
 
     with _loading("model", directory, hint), dygraph_mode(), _generator_kept():
-        model = AutoModelForCausalLM.from_pretrained(str(directory))
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
         model.eval()
     with _loading("tokenizer", directory, hint):
         tokenizer = AutoTokenizer.from_pretrained(str(directory))

@@ -23,6 +23,7 @@ import json
 import logging
 import numbers
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -33,6 +34,7 @@ import numpy as np
 
 from .errors import error_line
 from .cli_flags import boolean_flag
+from .dtypes import DTYPES
 from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
@@ -43,6 +45,10 @@ CACHES = ("concat", "static")
 
 class PredictorError(ValueError):
     """Bad input to the predictor: reported on one line, exit code 2."""
+
+
+class UnloadableModelError(PredictorError):
+    """A static model no runtime here can load."""
 
 
 @dataclass
@@ -163,7 +169,7 @@ class StaticGraphPredictor(BasePredictor):
             self.static_model = StaticGenerationModel(static_dir, remove_loop_assign=config.remove_loop_assign,
                                                       device=config.device, batch_size=config.batch_size)
         except NoSafeRuntimeError as error:  # one line says what was tried
-            raise PredictorError(str(error)) from None
+            raise UnloadableModelError(str(error)) from None
         if "input_ids" not in self.static_model.input_names or self.static_model.has_loop is False:
             raise PredictorError(f"{static_dir}: not a generation model (it needs input_ids and a decoding loop; "
                                  f"it takes {', '.join(self.static_model.input_names)}"
@@ -262,16 +268,22 @@ def create_predictor(predictor_args: PredictorArgument, model_args: ModelArgumen
     source = source if source is not None else (config.model or DEFAULT_MODEL)
     if config.mode == "dynamic":
         say(f"loading {source}")
-        model, tokenizer = _load(source)
+        model, tokenizer = _load(source, config.dtype)
         return DygraphPredictor(config, model, tokenizer)
-    return _static_predictor(config, _cached_export(config, source, say))
+    directory, exported = _cached_export(config, source, say)
+    try:
+        return _static_predictor(config, directory)
+    except UnloadableModelError:
+        if exported:  # never served again: a later run would fail the same way without exporting anew
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
-def _load(source: str):
+def _load(source: str, dtype: str | None):
     from .models import ModelError, load_model
 
     try:
-        return load_model(source)
+        return load_model(source, dtype=dtype)
     except ModelError as error:
         raise PredictorError(str(error)) from None
 
@@ -282,22 +294,22 @@ def _static_predictor(config: PredictorArgument, directory: Path) -> StaticGraph
     try:
         return StaticGraphPredictor(config, directory, _static_tokenizer(directory))
     except ModelDirectoryError as error:
-        raise PredictorError(str(error)) from None
+        raise UnloadableModelError(str(error)) from None
 
 
-def _cached_export(config: PredictorArgument, source: str, say) -> Path:
+def _cached_export(config: PredictorArgument, source: str, say) -> tuple[Path, bool]:
     """The static directory of ``source``'s export for ``config``, exported first if no
-    earlier run kept one."""
+    earlier run kept one, and whether this call exported it."""
     from .export_cache import cached_export_directory
     from .models import _cache_home
 
     directory = cached_export_directory(source, _cache_home(None), format=config.export_format, cache=config.cache,
-                                        remove_loop_assign=config.remove_loop_assign)
+                                        remove_loop_assign=config.remove_loop_assign, dtype=config.dtype)
     if directory.is_dir():
         say(f"loading {directory} on Paddle Inference (kept from an earlier export)")
-        return directory
+        return directory, False
     say(f"exporting {source} ({config.export_format}) to {directory}, once")
-    model, tokenizer = _load(source)
+    model, tokenizer = _load(source, config.dtype)
     from .decoding import DecodingConfig
     from .export import DirectoryExistsError, ExportError, export_generation_model
     from .paddle_modes import dygraph_mode
@@ -309,12 +321,13 @@ def _cached_export(config: PredictorArgument, source: str, say) -> Path:
             export_generation_model(model, directory, tokenizer=tokenizer, decoding=decoding,
                                     format=config.export_format, remove_loop_assign=config.remove_loop_assign,
                                     cache=config.cache)
-    except DirectoryExistsError:
-        pass  # another process exported the same model meanwhile: its directory is as good
+    except DirectoryExistsError:  # another process exported the same model meanwhile: its directory is as good
+        say(f"loading {directory} on Paddle Inference")
+        return directory, False
     except ExportError as error:
         raise PredictorError(str(error)) from None
     say(f"loading {directory} on Paddle Inference")
-    return directory
+    return directory, True
 
 
 def _static_tokenizer(directory: Path):
@@ -376,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
         help="greedy_search is top_k 1 (default sampling)")
     add("--mode", choices=["dynamic", "static"], help="default dynamic; static with --remove_loop_assign")
-    add("--dtype", help="float32 (the only dtype on CPU)")
+    add("--dtype", help=f"{', '.join(DTYPES)}: the dtype the weights load in (from_pretrained's dtype); on CPU "
+        "float32, also the default there (a float16 checkpoint is cast); unset on GPU: the checkpoint's")
     add("--device", choices=["cpu", "gpu"], default="cpu")
     add("--batch_size", type=int, default=1)
     add("--data_file", help="JSONL prompts: {\"src\": ..., \"tgt\": ...} per line")
@@ -425,8 +439,7 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
             raise PredictorError(f"--{name} must be one of {', '.join(c for c in choices if c)}, "
                                  f"got {getattr(config, name)!r}")
     _check_settings(config)
-    if config.dtype not in (None, "float32"):
-        raise PredictorError(f"--dtype {config.dtype}: only float32 is supported (the embedded models and CPU)")
+    dtype = _load_dtype(config)
     if config.device == "gpu" and not _paddle_gpu_installed():
         raise PredictorError("--device gpu needs paddlepaddle-gpu (see the README's GPU section)")
     if config.model is not None and config.model_name_or_path is not None:
@@ -441,7 +454,25 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     if model_args is not None:
         read_prompts(model_args.data_file)
         check_writable(model_args.output_file)
-    return replace(config, mode=mode)
+    return replace(config, mode=mode, dtype=dtype)
+
+
+def _check_exported_dtype(config: PredictorArgument, directory: Path) -> None:
+    from .dtypes import DtypeError, check_exported_dtype
+
+    try:
+        check_exported_dtype(_model_config(directory).get("dtype"), config.device, str(directory))
+    except DtypeError as error:
+        raise PredictorError(str(error)) from None
+
+
+def _load_dtype(config: PredictorArgument) -> str | None:
+    from .dtypes import DtypeError, load_dtype
+
+    try:
+        return load_dtype(config.dtype, config.device)
+    except DtypeError as error:
+        raise PredictorError(str(error)) from None
 
 
 def _check_settings(config: PredictorArgument) -> None:
@@ -483,6 +514,7 @@ def _check_source(config: PredictorArgument) -> str:
         if not (Path(source) / "tokenizer_config.json").is_file():
             raise PredictorError(f"{source}: no tokenizer (tokenizer_config.json) beside the static model")
         _check_params(Path(source))
+        _check_exported_dtype(config, Path(source))
         return "static"
     if source is not None and not Path(source).exists():
         raise PredictorError(f"{source}: no such model directory")

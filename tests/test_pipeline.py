@@ -118,7 +118,8 @@ def test_the_export_cache_key_covers_every_module(tmp_path):
 
 
 def test_the_export_cache_key_holds_the_code_digest(tmp_path, monkeypatch):
-    settings = dict(format="pir", cache=None, remove_loop_assign=True)
+    settings = dict(format="pir", cache=None, remove_loop_assign=True, dtype="float32")
     first = export_cache.cached_export_directory("llama2", tmp_path, **settings)
+    assert export_cache.cached_export_directory("llama2", tmp_path, **{**settings, "dtype": "bfloat16"}) != first
     monkeypatch.setattr(export_cache, "code_digest", lambda: "another")
     assert export_cache.cached_export_directory("llama2", tmp_path, **settings) != first

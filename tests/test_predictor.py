@@ -148,7 +148,12 @@ def test_benchmark_takes_the_prefill_from_the_whole_run(monkeypatch):
          "--temperature must be positive (for greedy decoding use greedy_search or top_k 1), got -1.0"),
         ("negative top_k", ["--top_k", "-1"], "--top_k must be >= 0 (0 = off), got -1"),
         ("zero penalty", ["--repetition_penalty", "0"], "--repetition_penalty must be positive (1.0 = off), got 0.0"),
-        ("float16", ["--dtype", "float16"], "--dtype float16: only float32 is supported (the embedded models and CPU)"),
+        ("float16", ["--dtype", "float16"],
+         "--dtype float16: Paddle's CPU kernels cannot compute a model in float16 (no float16 matmul on CPU); use --dtype float32, which loads a float16 checkpoint cast to float32"),
+        ("unknown dtype", ["--dtype", "fp32"], "--dtype must be one of float32, float16, bfloat16, got 'fp32'"),
+        ("float16 export on CPU", ["--model_name_or_path", "{tmp}/float16"],
+         "{tmp}/float16: the model was exported in float16, which Paddle's CPU kernels cannot compute; export it "
+         "again from its checkpoint with --dtype float32"),
         ("output under a file", ["--output_file", "{tmp}/bad.jsonl/out.json"],
          "cannot write {tmp}/bad.jsonl/out.json: {tmp}/bad.jsonl is not a directory"),
         ("output is a directory", ["--output_file", "{tmp}"], "cannot write {tmp}: it is a directory"),
@@ -171,6 +176,10 @@ def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case
     (tmp_path / "static").mkdir()
     (tmp_path / "static" / "model.pdmodel").write_bytes(b"")
     (tmp_path / "truncated").mkdir()
+    (tmp_path / "float16").mkdir()
+    for name, data in (("model.pdmodel", b""), ("model.pdiparams", b""), ("tokenizer_config.json", b"{}"),
+                       ("config.json", b'{"dtype": "float16"}')):
+        (tmp_path / "float16" / name).write_bytes(data)
     for name, data in (("model.pdmodel", b""), ("tokenizer_config.json", b"{}"), ("model.pdiparams", b"\0" * 8)):
         (tmp_path / "truncated" / name).write_bytes(data)
     output = tmp_path / "out.json"
@@ -283,7 +292,7 @@ def test_bad_arguments_are_refused_before_paddle_is_imported(tmp_path):
     ({"max_length": 0}, "--max_length must be a positive integer, got 0"),
     ({"src_length": -5}, "--src_length must be a positive integer, got -5"),
     ({"mode": "bogus"}, "--mode must be one of dynamic, static, got 'bogus'"),
-    ({"dtype": "float16"}, "--dtype float16: only float32 is supported"),
+    ({"dtype": "float16"}, "--dtype float16: Paddle's CPU kernels cannot compute a model in float16"),
     ({"mode": "dynamic", "remove_loop_assign": True}, "--remove_loop_assign rewrites the static graph"),
     ({"decode_strategy": "beam_search"}, "--decode_strategy must be one of sampling, greedy_search"),
     ({"top_k": 2.5}, "--top_k must be an integer, got 2.5"),
@@ -356,7 +365,7 @@ def test_every_decoding_flag_is_honoured_on_our_export(sampling_export, monkeypa
     monkeypatch.setattr(inference, "StaticGenerationModel",
                         lambda path, **kwargs: loaded.get(str(path)) or loaded.setdefault(str(path),
                                                                                            load_program(path, **kwargs)))
-    monkeypatch.setattr(predictor_module, "_load", lambda source: (model, tokenizer))
+    monkeypatch.setattr(predictor_module, "_load", lambda source, dtype: (model, tokenizer))
 
     def tokens(mode, **flags):
         source = {"model_name_or_path": str(directory)} if mode == "static" else {"model": "llama2"}

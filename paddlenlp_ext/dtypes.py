@@ -1,0 +1,51 @@
+"""The dtype a model is loaded and computed in: PaddleNLP's ``--dtype``, on our devices.
+
+PaddleNLP's predictor and export pass ``--dtype`` to ``from_pretrained(dtype=...)``,
+which casts a checkpoint's weights as they load: a float16 checkpoint (real llama2
+checkpoints ship ``"dtype": "float16"``) loaded with ``dtype="float32"`` computes in
+float32. Left unset, ``from_pretrained`` keeps the checkpoint's dtype.
+
+On Paddle 3.3.1's CPU wheel (measured, ``NOTES.md``):
+
+- float16 cannot compute: PIR and dygraph have no float16 ``matmul`` or ``multiply``
+  CPU kernel (and this CPU has no AVX512-FP16). ``--dtype float16`` on CPU is an
+  error; an unset ``--dtype`` loads any checkpoint in float32 there, the one dtype
+  every CPU route computes in.
+- bfloat16 has no dygraph CPU ``matmul`` either.
+
+On a GPU the unset ``--dtype`` keeps the checkpoint's, as PaddleNLP does. Nothing here
+imports Paddle.
+"""
+
+from __future__ import annotations
+
+DTYPES = ("float32", "float16", "bfloat16")
+CPU_DTYPES = ("float32",)
+
+
+class DtypeError(ValueError):
+    """A dtype the device cannot compute in: one line for the user."""
+
+
+def load_dtype(requested: str | None, device: str) -> str | None:
+    """The ``dtype`` to give ``from_pretrained`` for ``--dtype requested`` on
+    ``device`` (None: the checkpoint's own); DtypeError when it cannot run there."""
+    if requested is not None and requested not in DTYPES:
+        raise DtypeError(f"--dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
+    if device != "cpu":
+        return requested
+    if requested is None:
+        return "float32"
+    if requested not in CPU_DTYPES:
+        raise DtypeError(f"--dtype {requested}: Paddle's CPU kernels cannot compute a model in {requested} "
+                         f"(no {requested} matmul on CPU); use --dtype float32, which loads a {requested} "
+                         "checkpoint cast to float32")
+    return requested
+
+
+def check_exported_dtype(dtype: str | None, device: str, directory: str) -> None:
+    """DtypeError when a static model exported in ``dtype`` (its ``config.json``'s)
+    cannot compute on ``device``: the weights of an export are fixed."""
+    if device == "cpu" and dtype == "float16":
+        raise DtypeError(f"{directory}: the model was exported in float16, which Paddle's CPU kernels cannot "
+                         "compute; export it again from its checkpoint with --dtype float32")

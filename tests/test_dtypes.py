@@ -1,0 +1,80 @@
+"""--dtype, as PaddleNLP passes it to ``from_pretrained``: a float16 checkpoint (what
+real llama2 checkpoints ship) loads cast to float32 on CPU, in both modes, and a
+float16 computation is refused in one line (test_predictor's bad-input cases)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from paddlenlp_ext.dtypes import DtypeError, load_dtype
+from paddlenlp_ext.models import load_model
+from paddlenlp_ext.paddle_modes import dygraph_mode
+from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+
+PROMPTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The embedded llama2 saved in float16, and in float32 with the same (float16-rounded)
+    weights, rounded here in numpy."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    with dygraph_mode():
+        model, tokenizer = load_model("llama2", cache_dir=root / "home")
+        for parameter in model.parameters():
+            parameter.set_value(parameter.numpy().astype(np.float16).astype(np.float32))
+        model.save_pretrained(str(root / "float32"))
+        model.to(dtype="float16")
+        model.save_pretrained(str(root / "float16"))
+    for name in ("float32", "float16"):
+        tokenizer.save_pretrained(str(root / name))
+    assert json.loads((root / "float16" / "config.json").read_text())["dtype"] == "float16"
+    return root
+
+
+def _greedy(source, **settings):
+    predictor = create_predictor(PredictorArgument(model_name_or_path=str(source), decode_strategy="greedy_search",
+                                                   max_length=8, batch_size=2, **settings))
+    return predictor, predictor.generate_ids(PROMPTS)
+
+
+def test_a_float16_checkpoint_runs_in_float32_in_both_modes(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))
+    _, want = _greedy(checkpoints / "float32", mode="dynamic")
+    for settings in ({"mode": "dynamic"}, {"mode": "dynamic", "dtype": "float32"}, {"mode": "static"}):
+        predictor, got = _greedy(checkpoints / "float16", **settings)
+        np.testing.assert_array_equal(got, want, err_msg=str(settings))
+        if settings["mode"] == "dynamic":
+            with dygraph_mode():
+                assert {p.numpy().dtype for p in predictor.model.parameters()} == {np.dtype("float32")}
+    exports = list((tmp_path / "exports").iterdir())
+    assert len(exports) == 1 and json.loads((exports[0] / "config.json").read_text()).get("dtype", "float32") == "float32"
+
+
+def test_a_fresh_export_no_runtime_can_load_is_not_kept(checkpoints, tmp_path, monkeypatch):
+    """A later run would otherwise be served the same unloadable directory."""
+    from paddlenlp_ext import inference
+    from paddlenlp_ext.predictor import UnloadableModelError
+
+    def refuse(*args, **kwargs):
+        raise inference.NoSafeRuntimeError("no runtime can run it")
+
+    monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))
+    monkeypatch.setattr(inference, "StaticGenerationModel", refuse)
+    with pytest.raises(UnloadableModelError, match="no runtime can run it"):
+        _greedy(checkpoints / "float32", mode="static")
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+@pytest.mark.parametrize("requested, device, loaded", [
+    (None, "cpu", "float32"), ("float32", "cpu", "float32"), (None, "gpu", None), ("float16", "gpu", "float16"),
+    ("bfloat16", "gpu", "bfloat16")])
+def test_the_dtype_loaded_on_each_device(requested, device, loaded):
+    assert load_dtype(requested, device) == loaded
+
+
+@pytest.mark.parametrize("requested", ["float16", "bfloat16", "int8"])
+def test_a_dtype_the_cpu_cannot_compute_in_is_refused(requested):
+    with pytest.raises(DtypeError, match=f"^--dtype"):
+        load_dtype(requested, "cpu")
