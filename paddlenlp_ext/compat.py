@@ -174,15 +174,56 @@ def pir_export_patches():
     dy2static converts only functions it finds among their own module's globals, so
     each replacement is a module-level function of this module.
     """
+    global _paddlenlp_apply_rotary_pos_emb
     import paddlenlp.transformers.llama.modeling as llama_modeling
 
-    original = llama_modeling.scaled_dot_product_attention
-    llama_modeling.scaled_dot_product_attention = _llama_attention_without_shape_checks
+    replaced = {"scaled_dot_product_attention": _llama_attention_without_shape_checks,
+                "apply_rotary_pos_emb": _rotary_pos_emb_any_dtype, "swiglu": _swiglu_any_dtype}
+    originals = {name: getattr(llama_modeling, name) for name in replaced}
+    _paddlenlp_apply_rotary_pos_emb = originals["apply_rotary_pos_emb"]
+    for name, function in replaced.items():
+        setattr(llama_modeling, name, function)
     try:
         with _isolated_dy2static_cache():
             yield
     finally:
-        llama_modeling.scaled_dot_product_attention = original
+        for name, function in originals.items():
+            setattr(llama_modeling, name, function)
+
+
+# Paddle 3.3.1's CPU wheel has no bfloat16 kernel for gather_nd (the rotary embedding's
+# `cos[position_ids]` in PaddleNLP 2.8.1's llama) nor for swiglu (its MLP), and PIR
+# refuses to trace either on a bfloat16 value ("Check data type error for op:
+# gather_nd ... expected_dtype: ... float32"). In a bfloat16 model they run in float32,
+# their results cast back: the gather is exact either way; swiglu's result rounds once
+# to bfloat16, as a bfloat16 kernel's would.
+_paddlenlp_apply_rotary_pos_emb = None
+
+
+def _rotary_pos_emb_any_dtype(q, k, cos, sin, position_ids):
+    """PaddleNLP 2.8.1's ``apply_rotary_pos_emb``, with the bfloat16 gather in float32."""
+    if position_ids is None or cos.dtype != paddle.bfloat16:
+        return _paddlenlp_apply_rotary_pos_emb(q, k, cos, sin, position_ids)
+    cos = cos.squeeze(axis=[0, 2]).astype("float32")[position_ids].astype(q.dtype).unsqueeze(2)
+    sin = sin.squeeze(axis=[0, 2]).astype("float32")[position_ids].astype(q.dtype).unsqueeze(2)
+    q_embed = (q * cos) + (_rotate_half(q) * sin)
+    k_embed = (k * cos) + (_rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def _rotate_half(x):
+    from paddlenlp.transformers.llama.modeling import rotate_half
+
+    return rotate_half(x)
+
+
+def _swiglu_any_dtype(x, y=None):
+    """``paddle.incubate.nn.functional.swiglu``, in float32 for a bfloat16 ``x``."""
+    from paddle.incubate.nn.functional import swiglu
+
+    if x.dtype != paddle.bfloat16:
+        return swiglu(x, y)
+    return swiglu(x.astype("float32"), None if y is None else y.astype("float32")).astype(x.dtype)
 
 
 def _drop_stale_trace_records():

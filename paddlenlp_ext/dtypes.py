@@ -11,7 +11,8 @@ On Paddle 3.3.1's CPU wheel (measured, ``NOTES.md``):
   CPU kernel (and this CPU has no AVX512-FP16). ``--dtype float16`` on CPU is an
   error; an unset ``--dtype`` loads any checkpoint in float32 there, the one dtype
   every CPU route computes in.
-- bfloat16 has no dygraph CPU ``matmul`` either.
+- bfloat16 has no dygraph CPU ``matmul`` either; a static bfloat16 program computes on
+  oneDNN's bfloat16 kernels (``export.py`` says which exports a bfloat16 model takes).
 
 On a GPU the unset ``--dtype`` keeps the checkpoint's, as PaddleNLP does. Nothing here
 imports Paddle.
@@ -20,16 +21,17 @@ imports Paddle.
 from __future__ import annotations
 
 DTYPES = ("float32", "float16", "bfloat16")
-CPU_DTYPES = ("float32",)
+CPU_DTYPES = ("float32", "bfloat16")  # bfloat16 in static mode only
 
 
 class DtypeError(ValueError):
     """A dtype the device cannot compute in: one line for the user."""
 
 
-def load_dtype(requested: str | None, device: str) -> str | None:
+def load_dtype(requested: str | None, device: str, *, static: bool) -> str | None:
     """The ``dtype`` to give ``from_pretrained`` for ``--dtype requested`` on
-    ``device`` (None: the checkpoint's own); DtypeError when it cannot run there."""
+    ``device``, for a static export or dygraph (None: the checkpoint's own);
+    DtypeError when it cannot run there."""
     if requested is not None and requested not in DTYPES:
         raise DtypeError(f"--dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
     if device != "cpu":
@@ -40,12 +42,20 @@ def load_dtype(requested: str | None, device: str) -> str | None:
         raise DtypeError(f"--dtype {requested}: Paddle's CPU kernels cannot compute a model in {requested} "
                          f"(no {requested} matmul on CPU); use --dtype float32, which loads a {requested} "
                          "checkpoint cast to float32")
+    if requested == "bfloat16" and not static:
+        raise DtypeError("--dtype bfloat16: Paddle's dygraph has no bfloat16 matmul on CPU; use --mode static "
+                         "(a static program computes in bfloat16 on oneDNN)")
     return requested
 
 
-def check_exported_dtype(dtype: str | None, device: str, directory: str) -> None:
-    """DtypeError when a static model exported in ``dtype`` (its ``config.json``'s)
-    cannot compute on ``device``: the weights of an export are fixed."""
-    if device == "cpu" and dtype == "float16":
+def check_exported_dtype(exported: str | None, requested: str | None, device: str, directory: str) -> None:
+    """DtypeError when a static model exported in ``exported`` (its ``config.json``'s;
+    None: float32, PaddleNLP's default, which it leaves out) cannot compute on
+    ``device``, or is not the ``--dtype`` asked for: an export's weights are fixed."""
+    exported = exported or "float32"
+    if device == "cpu" and exported == "float16":
         raise DtypeError(f"{directory}: the model was exported in float16, which Paddle's CPU kernels cannot "
                          "compute; export it again from its checkpoint with --dtype float32")
+    if requested is not None and requested != exported:
+        raise DtypeError(f"--dtype {requested}: {directory} was exported in {exported}, which --dtype cannot "
+                         "change; export it again from its checkpoint with that --dtype")

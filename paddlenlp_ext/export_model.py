@@ -73,7 +73,7 @@ def _validate(args: argparse.Namespace) -> None:
     if args.model is not None and args.model_name_or_path is not None:
         raise ExportModelError("give --model or --model_name_or_path, not both")
     try:
-        args.dtype = load_dtype(args.dtype, args.device)
+        args.dtype = load_dtype(args.dtype, args.device, static=True)
     except DtypeError as error:
         raise ExportModelError(str(error)) from None
     for name in ("src_length", "max_length"):

@@ -13,7 +13,8 @@ Static mode runs on Paddle Inference. A static model directory is used as it is;
 dygraph checkpoint (or an embedded model) is first exported, in ``--export_format``,
 to a temporary directory. The default is ``legacy``: the format PaddleNLP 2.8 models
 are exported in, and the one whose translated loop carries the copies the pass removes
-(a PIR export has none).
+(a PIR export has none); ``pir`` for ``--dtype bfloat16``, the only format a bfloat16
+model exports in (``export.py``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class PredictorArgument:
     batch_size: int = 1
     benchmark: bool = False
     remove_loop_assign: bool = False
-    export_format: str = "legacy"
+    export_format: str | None = None  # None: legacy, pir for bfloat16 (see the module's docstring)
     cache: str | None = None  # the exported GenerationLoop's KV cache; None: export_generation_model's choice
     seed: int | None = None  # of the sampling; see top_k
 
@@ -398,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("benchmark", "time generation and print tokens/s and QPS"),
                        ("remove_loop_assign", "remove the loop copies (implies --mode static)")):
         add(f"--{name}", type=boolean_flag, nargs="?", const=True, default=False, help=text)
-    add("--export_format", choices=["legacy", "pir"], default="legacy",
-        help="format of the static model exported from a dygraph checkpoint (default legacy)")
+    add("--export_format", choices=["legacy", "pir"],
+        help="format of the static model exported from a dygraph checkpoint (default legacy; pir for bfloat16, "
+             "the only one a bfloat16 model exports in)")
     add("--cache", default=None,
         help="KV cache of the loop exported from a dygraph checkpoint: static (preallocated, written in place; "
              "the default where the model's attention allows it) or concat (PaddleNLP's, grown every step)")
@@ -434,17 +436,17 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
             raise PredictorError(f"--{name} must be a positive integer, got {value!r}")
     for name, choices in (("decode_strategy", DECODE_STRATEGIES), ("mode", (None, *MODES)),
-                          ("export_format", EXPORT_FORMATS), ("device", DEVICES), ("cache", (None, *CACHES))):
+                          ("export_format", (None, *EXPORT_FORMATS)), ("device", DEVICES), ("cache", (None, *CACHES))):
         if getattr(config, name) not in choices:
             raise PredictorError(f"--{name} must be one of {', '.join(c for c in choices if c)}, "
                                  f"got {getattr(config, name)!r}")
     _check_settings(config)
-    dtype = _load_dtype(config)
     if config.device == "gpu" and not _paddle_gpu_installed():
         raise PredictorError("--device gpu needs paddlepaddle-gpu (see the README's GPU section)")
     if config.model is not None and config.model_name_or_path is not None:
         raise PredictorError("give --model or --model_name_or_path, not both")
     mode = _check_source(config)
+    dtype = _load_dtype(config, mode)
     _check_lengths(config, _max_positions(config))
     if config.remove_loop_assign and mode == "dynamic":
         raise PredictorError("--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic")
@@ -454,23 +456,24 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     if model_args is not None:
         read_prompts(model_args.data_file)
         check_writable(model_args.output_file)
-    return replace(config, mode=mode, dtype=dtype)
+    export_format = config.export_format or ("pir" if dtype == "bfloat16" else "legacy")
+    return replace(config, mode=mode, dtype=dtype, export_format=export_format)
 
 
 def _check_exported_dtype(config: PredictorArgument, directory: Path) -> None:
     from .dtypes import DtypeError, check_exported_dtype
 
     try:
-        check_exported_dtype(_model_config(directory).get("dtype"), config.device, str(directory))
+        check_exported_dtype(_model_config(directory).get("dtype"), config.dtype, config.device, str(directory))
     except DtypeError as error:
         raise PredictorError(str(error)) from None
 
 
-def _load_dtype(config: PredictorArgument) -> str | None:
+def _load_dtype(config: PredictorArgument, mode: str) -> str | None:
     from .dtypes import DtypeError, load_dtype
 
     try:
-        return load_dtype(config.dtype, config.device)
+        return load_dtype(config.dtype, config.device, static=mode == "static")
     except DtypeError as error:
         raise PredictorError(str(error)) from None
 

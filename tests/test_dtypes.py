@@ -49,7 +49,8 @@ def test_a_float16_checkpoint_runs_in_float32_in_both_modes(checkpoints, tmp_pat
             with dygraph_mode():
                 assert {p.numpy().dtype for p in predictor.model.parameters()} == {np.dtype("float32")}
     exports = list((tmp_path / "exports").iterdir())
-    assert len(exports) == 1 and json.loads((exports[0] / "config.json").read_text()).get("dtype", "float32") == "float32"
+    assert len(exports) == 1
+    assert json.loads((exports[0] / "config.json").read_text()).get("dtype", "float32") == "float32"
 
 
 def test_a_fresh_export_no_runtime_can_load_is_not_kept(checkpoints, tmp_path, monkeypatch):
@@ -67,14 +68,14 @@ def test_a_fresh_export_no_runtime_can_load_is_not_kept(checkpoints, tmp_path, m
     assert list((tmp_path / "exports").iterdir()) == []
 
 
-@pytest.mark.parametrize("requested, device, loaded", [
-    (None, "cpu", "float32"), ("float32", "cpu", "float32"), (None, "gpu", None), ("float16", "gpu", "float16"),
-    ("bfloat16", "gpu", "bfloat16")])
-def test_the_dtype_loaded_on_each_device(requested, device, loaded):
-    assert load_dtype(requested, device) == loaded
+@pytest.mark.parametrize("requested, device, static, loaded", [
+    (None, "cpu", False, "float32"), ("float32", "cpu", False, "float32"), ("bfloat16", "cpu", True, "bfloat16"),
+    (None, "gpu", False, None), ("float16", "gpu", True, "float16"), ("bfloat16", "gpu", False, "bfloat16")])
+def test_the_dtype_loaded_on_each_device(requested, device, static, loaded):
+    assert load_dtype(requested, device, static=static) == loaded
 
 
-@pytest.mark.parametrize("requested", ["float16", "bfloat16", "int8"])
-def test_a_dtype_the_cpu_cannot_compute_in_is_refused(requested):
-    with pytest.raises(DtypeError, match=f"^--dtype"):
-        load_dtype(requested, "cpu")
+@pytest.mark.parametrize("requested, static", [("float16", True), ("bfloat16", False), ("int8", True)])
+def test_a_dtype_the_cpu_cannot_compute_in_is_refused(requested, static):
+    with pytest.raises(DtypeError, match="^--dtype"):
+        load_dtype(requested, "cpu", static=static)

@@ -20,27 +20,29 @@ def names(steps):
     return [step.name for step in steps]
 
 
+FIRST = ["float32_outputs", "transpose_perms"]  # every route
+GUARD = ["onednn_inplace_guard"]
+
+
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
-    ("cpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "loop_weight_matmul",
-                             "inplace_reads", "onednn_inplace_guard"]),
+    ("cpu", "all", 1, True,
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     ["transpose_perms", "remove_loop_assign", "loop_cache_layout", "inplace_reads", "onednn_inplace_guard"]),
-    ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout",
-                                                        "loop_weight_matmul", "onednn_inplace_guard"]),
-    ("gpu", "all", 1, True, ["transpose_perms", "remove_loop_assign", "loop_cache_layout"]),
-    ("cpu", "all", 1, False, ["transpose_perms", "inplace_reads", "onednn_inplace_guard"]),  # the fallback: what keeps oneDNN right
-    ("cpu", "off", 1, False, ["transpose_perms", "onednn_inplace_guard"]),  # bfloat16 ops still run on oneDNN
-    ("gpu", "all", 1, False, ["transpose_perms"]),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"] + GUARD),
+    ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul"] + GUARD),
+    ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout"]),
+    ("cpu", "all", 1, False, FIRST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
+    ("cpu", "off", 1, False, FIRST + GUARD),  # bfloat16 ops still run on oneDNN
+    ("gpu", "all", 1, False, FIRST),
 ])
 def test_running_passes_per_configuration(device, onednn, batch_size, optimize, expected):
     assert names(pipeline.running_passes(device, onednn, batch_size, optimize=optimize)) == expected
 
 
 def test_saving_passes_always_guard():
-    assert names(pipeline.saving_passes()) == ["transpose_perms", "remove_loop_assign", "inplace_reads",
-                                               "onednn_inplace_guard"]
-    assert names(pipeline.saving_passes(remove_copies=False)) == ["transpose_perms", "inplace_reads",
-                                                                  "onednn_inplace_guard"]
+    assert names(pipeline.saving_passes()) == FIRST + ["remove_loop_assign", "inplace_reads"] + GUARD
+    assert names(pipeline.saving_passes(remove_copies=False)) == FIRST + ["inplace_reads"] + GUARD
 
 
 @pytest.mark.parametrize("options", [{"onednn": "matmul"}, {"device": "xpu"}, {"batch_size": 0}])
@@ -53,8 +55,8 @@ def test_unknown_options_have_no_pipeline(options):
 def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
-    for attribute in ("TRANSPOSE_PERMS", "INPLACE_READS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT", "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD",
-                      "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
+    for attribute in ("FLOAT32_OUTPUTS", "TRANSPOSE_PERMS", "INPLACE_READS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT",
+                      "LOOP_WEIGHT_MATMUL", "ONEDNN_GUARD", "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
         step = getattr(pipeline, attribute)
 
         def run(program, outputs, step=step):

@@ -8,17 +8,18 @@ returning a report whose ``modified`` is true exactly when the IR changed):
 
 - **Saved** (``saving_passes``): the directory is run by whoever loads it, Paddle
   Inference's default CPU config included (oneDNN on, ``inplace_pass`` on), so it gets
-  ``transpose_perms``, ``remove_loop_assign``, ``inplace_reads`` then
-  ``guard_onednn_inplace``, always.
+  ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign``, ``inplace_reads``
+  then ``guard_onednn_inplace``, always.
 - **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
-  ``transpose_perms``, ``remove_loop_assign`` (when asked), ``loop_cache_layout`` (every
+  ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
+  ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
   oneDNN off), with oneDNN on ``inplace_reads``, and the guard, as much of it as the
   configuration needs (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
-  optimizations, only what makes the configuration safe (``transpose_perms``,
-  ``inplace_reads``, the guard).
+  optimizations, only what makes the configuration safe (``float32_outputs``,
+  ``transpose_perms``, ``inplace_reads``, the guard).
 
 The order matters: the guard decides on the program as it will be saved, so it runs
 last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
@@ -92,6 +93,12 @@ def check_options(device: str, onednn: str, batch_size: int = 1) -> None:
         raise ValueError(f"batch_size must be 1 or more, got {batch_size!r}")
 
 
+def _float32_outputs(program, outputs):
+    from .float32_outputs import fetch_bfloat16_outputs_as_float32
+
+    return fetch_bfloat16_outputs_as_float32(program, outputs)
+
+
 def _transpose_perms(program, outputs):
     from .transpose_perms import state_transpose_perms_non_negative
 
@@ -152,8 +159,11 @@ def _guard_with_onednn_off(program, outputs):
     return _guard(program, outputs)
 
 
-# Paddle Inference with oneDNN corrupts the heap on a negative perm entry: first, on
-# every route (harmless elsewhere: the same permutation).
+# Paddle Inference cannot copy a bfloat16 output out: first, on every route, so that the
+# passes after it see the cast that reads the output (the guard counts reads).
+FLOAT32_OUTPUTS = PassStep("float32_outputs", _float32_outputs)
+# Paddle Inference with oneDNN corrupts the heap on a negative perm entry: on every route
+# (harmless elsewhere: the same permutation).
 TRANSPOSE_PERMS = PassStep("transpose_perms", _transpose_perms)
 REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
 # oneDNN loses an in-place write for the readers of the written value: they read the
@@ -172,7 +182,8 @@ ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
 
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
     """The passes of a program that leaves our hands (``convert``, the save hook)."""
-    return (TRANSPOSE_PERMS,) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ()) + (INPLACE_READS, ONEDNN_GUARD)
+    return ((FLOAT32_OUTPUTS, TRANSPOSE_PERMS) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ())
+            + (INPLACE_READS, ONEDNN_GUARD))
 
 
 def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size: int = 1, *,
@@ -182,7 +193,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
     ``remove_loop_assign`` first. ``optimize=False``: only the passes that make the
     configuration safe (the fallback's program)."""
     check_options(device, onednn, batch_size)
-    steps = [TRANSPOSE_PERMS]
+    steps = [FLOAT32_OUTPUTS, TRANSPOSE_PERMS]
     if optimize:
         if remove_copies:
             steps.append(REMOVE_LOOP_ASSIGN)

@@ -1,0 +1,125 @@
+"""bfloat16 models on CPU: the export (``compat.pir_export_patches`` keeps the ops
+without bfloat16 CPU kernels in float32), and the accuracy contract, against the
+float32 program on the same weights, teacher-forced.
+
+The contract. bfloat16 keeps 8 significant bits: each weight and each op's result is
+rounded with a relative error up to 2**-9. Over a few layers these roundings add up
+to a few units of 2**-8 relative to the values' scale, so a logit may move by
+
+    TOLERANCE = 8 * 2**-8 * max |float32 logit|          (about 3% of their range)
+
+and two runs can pick different tokens only where float32's two best logits are
+within 2 * TOLERANCE of each other. So: every logit within TOLERANCE of float32's;
+every token greedy bfloat16 generation picks is, teacher-forced on float32 with the
+same prefix, within 2 * TOLERANCE of float32's best logit at that step.
+"""
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlenlp_ext import compat
+from paddlenlp_ext.decoding import DecodingConfig
+from paddlenlp_ext.export import ExportError, export_generation_model
+from paddlenlp_ext.inference import StaticGenerationModel
+from paddlenlp_ext.models import load_model
+from paddlenlp_ext.paddle_modes import dygraph_mode
+from paddlenlp_ext.predictor import model_inputs
+
+IDS = np.array([[5, 17, 99, 230, 11, 400, 7, 1200], [42, 42, 8, 900, 1500, 3, 64, 77]], dtype="int64")
+NEW_TOKENS = 12
+RELATIVE_TOLERANCE = 8 * 2.0**-8
+
+
+class Logits(paddle.nn.Layer):
+    """A causal LM's logits at every position of ``input_ids``: teacher forcing."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids):
+        return self.model(input_ids, position_ids=position_ids, use_cache=False, return_dict=False)[0]
+
+
+def _export_logits(model, directory):
+    spec = [paddle.static.InputSpec([None, None], "int64", name) for name in ("input_ids", "position_ids")]
+    with paddle.pir_utils.IrGuard(), compat.pir_export_patches(), dygraph_mode():
+        static = paddle.jit.to_static(Logits(model), input_spec=spec, full_graph=True)
+        paddle.jit.save(static, str(directory / "model"))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """For float32 and bfloat16 (the float32 weights cast): the logits program and the
+    generation loop (PIR, concat cache: the one a bfloat16 model exports with)."""
+    root = tmp_path_factory.mktemp("bfloat16")
+    home = root / "home"
+    directories = {}
+    for dtype in ("float32", "bfloat16"):
+        with dygraph_mode():
+            model, tokenizer = load_model("llama2", cache_dir=home, dtype=dtype)
+            assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
+            _export_logits(model, root / f"logits-{dtype}")
+            decoding = DecodingConfig(eos_token_id=-1, pad_token_id=0)  # no eos: every step generates
+            export_generation_model(model, root / f"loop-{dtype}", decoding=decoding, format="pir", cache="concat",
+                                    remove_loop_assign=True)
+        directories[dtype] = (root / f"logits-{dtype}", root / f"loop-{dtype}")
+    return directories
+
+
+def _logits(directory, ids, onednn="all"):
+    positions = np.broadcast_to(np.arange(ids.shape[1], dtype="int64"), ids.shape).copy()
+    model = StaticGenerationModel(directory, onednn=onednn, fall_back=False)
+    return [model.run({"input_ids": ids, "position_ids": positions}) for _ in range(2)]
+
+
+def _generate(directory, onednn):
+    model = StaticGenerationModel(directory, onednn=onednn, fall_back=False)
+    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    return [model.run({name: inputs[name] for name in model.input_names}) for _ in range(2)]
+
+
+@pytest.mark.parametrize("onednn", ["all", "off"])
+def test_bfloat16_logits_are_float32s_within_the_tolerance(exports, onednn):
+    """The logits come out as float32 (``passes.float32_outputs``: Paddle Inference
+    copies a bfloat16 output out wrong)."""
+    want = _logits(exports["float32"][0], IDS, onednn)[0]
+    tolerance = RELATIVE_TOLERANCE * np.abs(want).max()
+    for got in _logits(exports["bfloat16"][0], IDS, onednn):
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= tolerance, (np.abs(got - want).max(), tolerance)
+        assert not np.array_equal(got, want)  # it did compute in bfloat16
+
+
+@pytest.mark.parametrize("onednn", ["all", "off"])
+def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn):
+    runs = _generate(exports["bfloat16"][1], onednn)
+    np.testing.assert_array_equal(runs[0], runs[1])  # run after run
+    tokens = runs[0]
+    assert tokens.shape == (len(IDS), NEW_TOKENS)
+    # float32's logits on the bfloat16 run's own sequence: at the position before each
+    # generated token, how far that token's logit is from float32's best
+    sequence = np.concatenate([IDS, tokens], axis=1)
+    logits = _logits(exports["float32"][0], sequence)[0]
+    tolerance = RELATIVE_TOLERANCE * np.abs(logits).max()
+    steps = logits[:, IDS.shape[1] - 1:-1]
+    chosen = np.take_along_axis(steps, tokens[..., None], axis=-1)[..., 0]
+    shortfall = steps.max(axis=-1) - chosen
+    assert shortfall.max() <= 2 * tolerance, (shortfall, tolerance)
+    float32 = _generate(exports["float32"][1], onednn)[0]
+    print(f"greedy tokens equal to float32's ({onednn}): {(float32 == tokens).mean():.2f}")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"format": "legacy", "cache": "concat"}, "a bfloat16 model exports in the pir format only"),
+    ({"format": "pir", "cache": "static"}, "cache 'static': a bfloat16 model exports with cache 'concat' only"),
+    ({"format": "pir", "loop": "paddlenlp"}, "a bfloat16 model exports with loop generation_loop only"),
+])
+def test_the_exports_a_bfloat16_model_cannot_take_are_refused(tmp_path, settings, message):
+    with dygraph_mode():
+        model, _ = load_model("llama2", cache_dir=tmp_path / "home", dtype="bfloat16")
+        with pytest.raises(ExportError, match=f"^{message}"):
+            export_generation_model(model, tmp_path / "out", **settings)
+    assert not (tmp_path / "out").exists()
