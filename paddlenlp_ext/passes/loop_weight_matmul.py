@@ -26,7 +26,7 @@ memory is what a step waits for. A small matrix stays in cache, and the extra op
 (reshapes, the zeros) cost more than they save: on the benchmark's toy llama (hidden
 512, matrices of 1 to 4 MB) the static cache's step took 12% longer rewritten.
 
-Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction):
+Safety conditions (1-3 and 6 checked by ``_rewritable``, at the check; 4-5 hold by construction):
 
 1. ``W`` is a ``builtin.parameter`` of rank 2: a matrix of weights, the same at every
    step, passed to ``addmm`` as it is (no op touches the parameter, so nothing can
@@ -46,6 +46,9 @@ Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by con
    [rows, N]; checked on every configuration by the tests). ``convert`` does not apply
    the rewrite: its directories are for Paddle's default config, whose passes we do
    not control.
+6. ``W`` is float32 or float64, the dtypes ``addmm`` has CPU kernels for (Paddle 3.3.1
+   has no bfloat16 one: a bfloat16 product rewritten would fail when the predictor is
+   made). A bfloat16 product stays on oneDNN's matmul (``transposed_weights``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def _rewritable(op, min_elements: int) -> bool:
     weight = op.operand_source(1)
     producer = weight.get_defining_op()
     if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
+        return False
+    if weight.dtype not in (paddle.float32, paddle.float64):  # condition 6
         return False
     if weight.shape[0] * weight.shape[1] < min_elements:  # not worth it (see above)
         return False
