@@ -178,7 +178,8 @@ def pir_export_patches():
     import paddlenlp.transformers.llama.modeling as llama_modeling
 
     replaced = {"scaled_dot_product_attention": _llama_attention_without_shape_checks,
-                "apply_rotary_pos_emb": _rotary_pos_emb_any_dtype, "swiglu": _swiglu_any_dtype}
+                "apply_rotary_pos_emb": _rotary_pos_emb_any_dtype, "swiglu": _swiglu_any_dtype,
+                "repeat_kv": _repeat_kv_any_dtype}
     originals = {name: getattr(llama_modeling, name) for name in replaced}
     _paddlenlp_apply_rotary_pos_emb = originals["apply_rotary_pos_emb"]
     for name, function in replaced.items():
@@ -192,12 +193,23 @@ def pir_export_patches():
 
 
 # Paddle 3.3.1's CPU wheel has no bfloat16 kernel for gather_nd (the rotary embedding's
-# `cos[position_ids]` in PaddleNLP 2.8.1's llama) nor for swiglu (its MLP), and PIR
-# refuses to trace either on a bfloat16 value ("Check data type error for op:
-# gather_nd ... expected_dtype: ... float32"). In a bfloat16 model they run in float32,
-# their results cast back: the gather is exact either way; swiglu's result rounds once
-# to bfloat16, as a bfloat16 kernel's would.
+# `cos[position_ids]` in PaddleNLP 2.8.1's llama), swiglu (its MLP) or tile (its
+# grouped-query attention's `repeat_kv`), and PIR refuses to trace them on a bfloat16
+# value ("Check data type error for op: gather_nd ... expected_dtype: ... float32"). In
+# a bfloat16 model the first two run in float32, their results cast back: the gather is
+# exact either way; swiglu's result rounds once to bfloat16, as a bfloat16 kernel's
+# would. The tile is an expand (the same copies; it has a bfloat16 kernel).
 _paddlenlp_apply_rotary_pos_emb = None
+
+
+def _repeat_kv_any_dtype(hidden_states, n_rep):
+    """PaddleNLP 2.8.1's ``repeat_kv``: [B, S, kv_heads, D] to [B, S, kv_heads * n_rep, D],
+    each key/value head ``n_rep`` times in a row; an expand instead of its tile."""
+    if n_rep == 1:
+        return hidden_states
+    batch, length, heads, dim = hidden_states.shape
+    repeated = hidden_states.unsqueeze(-2).expand([batch, length, heads, n_rep, dim])
+    return repeated.reshape([batch, length, heads * n_rep, dim])
 
 
 def _rotary_pos_emb_any_dtype(q, k, cos, sin, position_ids):

@@ -17,6 +17,16 @@ variant runs the same weights on the same random prompts:
   written in place, no per-token concat), legacy export after ``remove_loop_assign``.
   ``GenerationLoop`` only: PaddleNLP's loop has its concat cache.
 
+Those are float32. ``--dtypes`` (comma-separated, from ``float32,bfloat16``; default
+float32) chooses what runs: float32 the variants of ``--variants``, bfloat16 one more:
+
+- ``bf16``: the same model object cast to bfloat16 after the float32 exports (so the
+  weights are theirs rounded to bfloat16) and exported as a bfloat16 model exports
+  (``paddlenlp_ext.export``: PIR, concat cache, weight matrices transposed), loaded
+  as it is. ``GenerationLoop`` only: PaddleNLP's loop cannot be traced in bfloat16.
+
+With both dtypes the bf16 row is timed in the same rounds as the float32 ones.
+
 All but the baseline are saved and run by their own predictor configured as
 ``StaticGenerationModel`` does (``inference.create_paddle_predictor``). ``--threads``
 sets every predictor's CPU math threads (default: Paddle Inference's own, one on 3.3.1).
@@ -35,9 +45,13 @@ on exit, on an error, on Ctrl-C and on SIGTERM.
     python scripts/benchmark.py --preset llama2-7b --layers 1 --vocab-size 2000 --contexts 1024 \
         --new-tokens 32 --repeats 2 --variants paddlenlp-default,legacy+pass,static-cache \
         --pass-layers 0 --output /tmp/bench/7b.json                     # llama2-7B's layer shape
+    python scripts/benchmark.py --quick --dtypes float32,bfloat16 --variants static-cache \
+        --loops generation_loop --pass-layers 0 --output /tmp/bench/bf16.json  # bfloat16 beside float32
 
 It writes PATH.json, PATH.png (same stem) and prints a markdown table; the JSON holds
 everything printed. Each record of ``results`` is one (loop, variant, context):
+
+- ``dtype``: "float32" or "bfloat16" (the bf16 variant's);
 
 - ``prefill_ms`` (with ``min_``/``max_``, ``prefill_runs_s``): the median run with one
   new token: the prompt's forward pass and the first token (time to first token);
@@ -65,9 +79,12 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
   8 bytes a position next to the cache's 8 * kv_heads * head_dim * layers, so the
   estimate is the cache's copies to within a fraction of a percent;
 - ``weights_mib``, ``memory_bound_ms_per_token``, ``prefill_bound_ms``: the model's
-  float32 weights, and what the machine's limits allow for a decode step and for the
-  prefill (``bench.roofline`` says how each is computed, from ``limits``: the memory
-  bandwidth and GEMM throughput measured once per run at ``threads``);
+  weights at the row's dtype, and what the machine's limits allow for a decode step
+  (its weights and KV cache at the row's dtype) and for the prefill (``bench.roofline``
+  says how each is computed, from ``limits``: the memory bandwidth and float32 GEMM
+  throughput measured once per run at ``threads``); ``prefill_bound_gemm_dtype``: whose
+  GEMM throughput the prefill bound uses, float32's for every row (no bfloat16 GEMM
+  throughput is measured, so a bf16 row can beat its prefill bound);
   ``roofline_ratio`` = ``decode_ms_per_token`` / ``memory_bound_ms_per_token`` and
   ``prefill_roofline_ratio`` = ``prefill_ms`` / ``prefill_bound_ms`` (1 is the limit);
 - ``threads``: the predictor's CPU math threads;
@@ -82,8 +99,16 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
   each on a fresh translation of the legacy program, after ``--warmup`` untimed ones;
   None for the variants that run none. ``pass_report`` is its summary;
 - ``tokens_identical``: every run of this variant at this loop and context (warm-up
-  included) gave the tokens of the first variant's first run (the prefill run its
-  first token).
+  included) gave the tokens of the first run of the first variant of its dtype (the
+  prefill run its first token): bf16 is held to its own runs, not to float32's;
+- ``token_agreement_with_float32`` (bf16 rows; None on float32 rows and when no
+  float32 variant ran): the share of the greedy tokens (every row of the batch, every
+  new token) equal to those of ``static-cache``, or of the first float32 variant when
+  it did not run, at the same loop and context. bfloat16's tokens part from float32's
+  at near-ties (random weights have many), which is expected and fails nothing;
+- ``prefill_speedup_vs_float32``, ``decode_speedup_vs_float32`` (bf16 rows; None
+  otherwise and when ``static-cache`` did not run): ``static-cache``'s ``prefill_ms``
+  and ``decode_ms_per_token`` at the same context over this row's (above 1 is faster).
 
 ``deep_pass`` times both passes (median as for ``pass_ms``), once per run, on a
 translated legacy export of ``--pass-layers`` layers (default 32; 0 skips it and
@@ -92,8 +117,9 @@ leaves null) at the model's hidden size. Its export costs about 1.5 s per layer 
 size is not reduced for it. ``limits``, ``machine``, ``versions``, ``model`` and
 ``args`` (with the ``preset``) record where and what ran.
 
-Variants whose tokens differ at any context make the run fail: the output is still
-written (so the difference can be read), then an ``error:`` line and exit code 1. Bad
+Variants of a dtype whose tokens differ at any context (float32 variants among
+themselves, or a variant's own runs) make the run fail: the output is still written (so
+the difference can be read), then an ``error:`` line and exit code 1. Bad
 arguments print one ``error:`` line and exit with 2.
 """
 
@@ -113,7 +139,7 @@ from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
 from bench.roofline import measure_machine
 from bench.timing import time_variants
-from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
+from bench.variants import DTYPE_VARIANTS, LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
@@ -165,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{QUICK_TOY['hidden_size']} (flags given override these)")
     parser.add_argument("--variants", type=_names(VARIANTS, "variant"), default=list(VARIANTS),
                         help=f"comma-separated, run in this order (default {','.join(VARIANTS)})")
+    parser.add_argument("--dtypes", type=_names(tuple(DTYPE_VARIANTS), "dtype"), default=["float32"],
+                        help="comma-separated: float32 runs --variants, bfloat16 the bf16 variant (the same "
+                             "weights cast; GenerationLoop only) (default float32)")
     parser.add_argument("--loops", type=_names(LOOPS, "loop"), default=list(LOOPS),
                         help=f"the decoding loops to export the model with, comma-separated (default "
                              f"{','.join(LOOPS)})")
@@ -233,12 +262,22 @@ def resolve(args: argparse.Namespace) -> dict:
     if settings["max_position_embeddings"] < needed:
         raise BenchmarkError(f"--max-position-embeddings must be at least the largest context + --new-tokens "
                              f"({needed}), got {settings['max_position_embeddings']}")
+    if not any(loop_variants(settings, loop) for loop in settings["loops"]):
+        raise BenchmarkError(f"no variant runs with --dtypes {','.join(settings['dtypes'])} on --loops "
+                             f"{','.join(settings['loops'])} (bf16 runs on generation_loop only)")
     output = Path(settings["output"])
     if output.suffix != ".json":
         raise BenchmarkError(f"--output must be a .json path (the plot is written beside it), got {output}")
     if output.is_dir():
         raise BenchmarkError(f"--output {output} is a directory")
     return settings
+
+
+def loop_variants(settings: dict, loop: str) -> list[str]:
+    """The variants run on ``loop``, float32's (``--variants``) first, as ``--dtypes`` asks."""
+    chosen = [name for dtype, names in DTYPE_VARIANTS.items() if dtype in settings["dtypes"] for name in names
+              if dtype != "float32" or name in settings["variants"]]
+    return [name for name in chosen if name in LOOP_VARIANTS[loop]]
 
 
 def progress(message: str) -> None:
@@ -258,7 +297,7 @@ def benchmark(settings: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-bench-") as scratch:
         workdir = Path(scratch)
         for loop in settings["loops"]:
-            names = [name for name in settings["variants"] if name in LOOP_VARIANTS[loop]]
+            names = loop_variants(settings, loop)
             if not names:
                 continue
             start = time.perf_counter()

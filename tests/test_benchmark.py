@@ -1,6 +1,7 @@
 """scripts/benchmark.py through its CLI: a tiny run writes the whole record and the plot
 (its shape only: nothing here depends on timings), and a bad argument is one line."""
 
+import importlib
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ RECORD_FIELDS = {"loop", "variant", "runtime", "context", "new_tokens", "batch_s
                  "prefill_speedup_vs_paddlenlp_default", "decode_speedup_vs_paddlenlp_default", "copies",
                  "bytes_per_token", "peak_rss_mib", "baseline_rss_mib", "loaded_rss_mib", "pass_ms", "pass_report",
                  "tokens_identical", "threads", "weights_mib", "memory_bound_ms_per_token", "roofline_ratio",
-                 "prefill_bound_ms", "prefill_roofline_ratio"}
+                 "prefill_bound_ms", "prefill_roofline_ratio", "dtype", "prefill_bound_gemm_dtype",
+                 "token_agreement_with_float32", "prefill_speedup_vs_float32", "decode_speedup_vs_float32"}
 
 
 def bench(*args):
@@ -60,6 +62,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
                                                       rel=0.01)
         assert row["prefill_roofline_ratio"] == pytest.approx(row["prefill_ms"] / row["prefill_bound_ms"], rel=0.01)
         assert (row["pass_ms"] is None) == (row["variant"] in ("paddlenlp-default", "legacy", "pir"))
+        assert row["dtype"] == "float32" and row["token_agreement_with_float32"] is None  # --dtypes' default
     for loop in LOOPS:
         by_variant = {row["variant"]: row for row in rows if row["loop"] == loop}
         baseline = by_variant["paddlenlp-default"]
@@ -72,7 +75,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
         assert baseline["ratio_to_paddlenlp_default"] == baseline["prefill_speedup_vs_paddlenlp_default"] == 1.0
         for name in LOOP_VARIANTS[loop]:  # the table: one row per record
             row = by_variant[name]
-            assert f"| 16 | {name} | {row['prefill_ms']:.1f} | {row['decode_ms_per_token']:.2f} | " \
+            assert f"| float32 | 16 | {name} | {row['prefill_ms']:.1f} | {row['decode_ms_per_token']:.2f} | " \
                    f"{row['tokens_per_s']:.2f} |" in result.stdout
     assert data["tokens_identical"] is True
     assert data["deep_pass"]["layers"] == 1 and "kept 0" in data["deep_pass"]["remove_loop_assign"]["report"]
@@ -87,7 +90,12 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
     (["--threads", "0"], "--threads must be positive, got 0"),
     (["--preset", "llama4"], "argument --preset: invalid choice: 'llama4'"),
-], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset"])
+    (["--dtypes", "float32,float16"], "argument --dtypes: unknown dtype 'float16' (choose from float32, bfloat16)"),
+    (["--dtypes", "bfloat16,bfloat16"], "argument --dtypes: a dtype is named twice in 'bfloat16,bfloat16'"),
+    (["--dtypes", "bfloat16", "--loops", "paddlenlp"],
+     "no variant runs with --dtypes bfloat16 on --loops paddlenlp (bf16 runs on generation_loop only)"),
+], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset",
+        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop"])
 def test_bad_argument_is_one_error_line(tmp_path, args, message):
     result = bench("--quick", *args, "--output", str(tmp_path / "out.json"))
     assert result.returncode == 2
@@ -117,9 +125,11 @@ def test_a_preset_sets_the_shape_and_flags_override_it():
     assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kv_heads", [4, 1])
-def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads):
-    """bench.roofline's formula against the parameters of the PaddleNLP llama it describes."""
+def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads, dtype):
+    """bench.roofline's formula against the parameters of the PaddleNLP llama it
+    describes, cast as the benchmark casts it for bf16."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         from bench.models import random_llama
@@ -132,9 +142,11 @@ def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads):
                 "vocab_size": 50, "max_position_embeddings": 32, "seed": 0}
     with dygraph_mode():
         model = random_llama(settings, settings["layers"])
-        parameters = sum(p.numel().item() * 4 for p in model.parameters())
-        embedding = model.llama.embed_tokens.weight.numel().item() * 4
-    assert weight_bytes(settings) == {"all": parameters, "embedding": embedding}
+        model.to(dtype=dtype)
+        assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
+        parameters = sum(p.numel().item() * p.element_size() for p in model.parameters())
+        embedding = model.llama.embed_tokens.weight.numel().item() * model.llama.embed_tokens.weight.element_size()
+    assert weight_bytes(settings, dtype) == {"all": parameters, "embedding": embedding}
 
 
 def test_sigterm_stops_the_run_and_removes_its_files(tmp_path):
@@ -160,3 +172,102 @@ def test_sigterm_stops_the_run_and_removes_its_files(tmp_path):
     assert not scratch[0].exists() and not (tmp_path / "out" / "bench.json").exists()
     workers = subprocess.run(["pgrep", "-f", str(scratch[0])], capture_output=True, text=True)
     assert workers.stdout == ""
+
+
+def _step_bytes_by_hand(data: dict, itemsize: int) -> float:
+    """What one decode step must read, from the recorded shape: every weight but the
+    embedding table, plus the K and V caches at the average decoding length."""
+    m, args = data["model"], data["args"]
+    h, layers, vocab, inter = m["hidden_size"], m["num_hidden_layers"], m["vocab_size"], m["intermediate_size"]
+    kv = m["num_key_value_heads"] * h // m["num_attention_heads"]
+    # per layer: q and o (h x h), k and v (h x kv), gate, up and down (h x inter), two norms
+    weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h) + vocab * h + h  # + the lm_head, final norm
+    cache = 2 * layers * args["batch_size"] * (16 + args["new_tokens"] / 2) * kv
+    return itemsize * (weights + cache)
+
+
+def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
+    output = tmp_path / "bench.json"
+    result = bench(*TINY, "--dtypes", "float32,bfloat16", "--variants", "static-cache", "--loops", "generation_loop",
+                   "--pass-layers", "0", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(output.read_text())
+    rows = data["results"]
+    assert [(row["variant"], row["dtype"]) for row in rows] == [("static-cache", "float32"), ("bf16", "bfloat16")]
+    float32, bf16 = rows
+    for row in rows:
+        assert set(row) >= RECORD_FIELDS and row["tokens_identical"] is True and row["loaded_rss_mib"] > 0
+        assert row["prefill_bound_gemm_dtype"] == "float32"
+    bandwidth = data["limits"]["bandwidth_gib_s"] * 2**30
+    for row, itemsize in ((float32, 4), (bf16, 2)):  # the bound is rounded to 4 decimals
+        assert row["memory_bound_ms_per_token"] == pytest.approx(
+            _step_bytes_by_hand(data, itemsize) / bandwidth * 1e3, rel=1e-3, abs=5e-5)
+    assert bf16["weights_mib"] == pytest.approx(float32["weights_mib"] / 2, abs=0.1)
+    assert bf16["copies"] == 0 and bf16["runtime"] == float32["runtime"]
+    assert 0.0 <= bf16["token_agreement_with_float32"] <= 1.0 and float32["token_agreement_with_float32"] is None
+    assert bf16["prefill_speedup_vs_float32"] == pytest.approx(float32["prefill_ms"] / bf16["prefill_ms"], rel=0.01)
+    assert bf16["decode_speedup_vs_float32"] == pytest.approx(
+        float32["decode_ms_per_token"] / bf16["decode_ms_per_token"], rel=0.01)
+    assert float32["prefill_speedup_vs_float32"] is None
+    assert f"| bfloat16 | 16 | bf16 | {bf16['prefill_ms']:.1f} |" in result.stdout
+    assert f"| {bf16['token_agreement_with_float32']:.1%} |" in result.stdout
+    assert data["tokens_identical"] is True and data["args"]["dtypes"] == ["float32", "bfloat16"]
+    assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bfloat16_alone_runs_the_bf16_variant_only(tmp_path):
+    output = tmp_path / "bench.json"
+    result = bench(*TINY, "--dtypes", "bfloat16", "--pass-layers", "0", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(output.read_text())["results"]
+    assert [(row["loop"], row["variant"], row["dtype"]) for row in rows] == [("generation_loop", "bf16", "bfloat16")]
+    assert rows[0]["token_agreement_with_float32"] is None and rows[0]["decode_speedup_vs_float32"] is None
+    assert rows[0]["tokens_identical"] is True
+    assert "loop: paddlenlp" not in result.stdout and "| bfloat16 | 16 | bf16 |" in result.stdout
+
+
+def _bench_module(name):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        return importlib.import_module(f"bench.{name}")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def _fake_child(tokens: dict):
+    """run_child for time_variants: each variant's whole runs give ``tokens[name]``'s
+    next entry (one run a round, no warm-up), at context 16."""
+    runs = {name: iter(whole) for name, whole in tokens.items()}
+
+    def run_child(job, scratch):
+        whole = next(runs[job["predictor"][1]])
+        return {"baseline_rss_kib": 1024, "loaded_rss_kib": 2048,
+                "contexts": {"16": {"prefill_s": 0.01, "full_s": 0.04, "peak_rss_kib": 4096,
+                                    "tokens": [([row[:1] for row in whole], whole)]}}}
+    return run_child
+
+
+@pytest.mark.parametrize("tokens, identical, agreement", [
+    # bf16 parts from float32 after two tokens, the same in both its runs: not a failure
+    ({"pir": [[[5, 6, 7, 8]]] * 2, "static-cache": [[[5, 6, 7, 8]]] * 2, "bf16": [[[5, 6, 9, 9]]] * 2},
+     {"pir": True, "static-cache": True, "bf16": True}, 0.5),
+    # bf16's own runs differ: that fails, float32's stand
+    ({"pir": [[[5, 6, 7, 8]]] * 2, "static-cache": [[[5, 6, 7, 8]]] * 2, "bf16": [[[5, 6, 7, 8]], [[5, 6, 7, 9]]]},
+     {"pir": True, "static-cache": True, "bf16": False}, 1.0),
+    # float32 variants that disagree still fail; bf16 is compared with static-cache, not the first variant
+    ({"pir": [[[5, 6, 7, 8]]] * 2, "static-cache": [[[5, 9, 9, 9]]] * 2, "bf16": [[[5, 9, 9, 8]]] * 2},
+     {"pir": True, "static-cache": False, "bf16": True}, 0.75),
+], ids=["bf16 parts from float32", "bf16 runs differ", "float32 variants differ"])
+def test_bf16_tokens_are_checked_against_bf16_runs_and_scored_against_float32(monkeypatch, tmp_path, tokens,
+                                                                              identical, agreement):
+    timing, report, variants = _bench_module("timing"), _bench_module("report"), _bench_module("variants")
+    monkeypatch.setattr(timing, "run_child", _fake_child(tokens))
+    settings = {"contexts": [16], "new_tokens": 4, "warmup": 0, "threads": 1, "seed": 0, "batch_size": 1,
+                "vocab_size": 50, "repeats": 2, "layers": 1, "hidden_size": 64, "heads": 4, "kv_heads": 4,
+                "intermediate_size": 96}
+    ran = [variants.Variant(name, "ours", ("ours", name), 0, [], None, None, dtype)
+           for name, dtype in (("pir", "float32"), ("static-cache", "float32"), ("bf16", "bfloat16"))]
+    timings = timing.time_variants(ran, settings, tmp_path, lambda message: None)
+    assert {name: timings[16][name].tokens_identical for name in tokens} == identical
+    rows = report.records("generation_loop", ran, timings, settings, {"bandwidth_gib_s": 10.0, "gemm_gflops": 100.0})
+    assert [row["token_agreement_with_float32"] for row in rows] == [None, None, agreement]

@@ -51,16 +51,17 @@ def _export_logits(model, directory):
         paddle.jit.save(static, str(directory / "model"))
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """For float32 and bfloat16 (the float32 weights cast): the logits program and the
-    generation loop (PIR, concat cache: the one a bfloat16 model exports with)."""
+@pytest.fixture(scope="module", params=["llama2", "llama2-gqa"])
+def exports(request, tmp_path_factory):
+    """For float32 and bfloat16 (the float32 weights cast) of an embedded model (llama2-gqa:
+    grouped-query attention, whose repeat_kv the export patches): the logits program and
+    the generation loop (PIR, concat cache: the one a bfloat16 model exports with)."""
     root = tmp_path_factory.mktemp("bfloat16")
     home = root / "home"
     directories = {}
     for dtype in ("float32", "bfloat16"):
         with dygraph_mode():
-            model, tokenizer = load_model("llama2", cache_dir=home, dtype=dtype)
+            model, tokenizer = load_model(request.param, cache_dir=home, dtype=dtype)
             assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
             _export_logits(model, root / f"logits-{dtype}")
             decoding = DecodingConfig(eos_token_id=-1, pad_token_id=0)  # no eos: every step generates

@@ -10,7 +10,7 @@ import pytest
 from paddlenlp_ext.dtypes import DtypeError, load_dtype
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
-from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+from paddlenlp_ext.predictor import PredictorArgument, PredictorError, create_predictor
 
 PROMPTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
 
@@ -51,6 +51,18 @@ def test_a_float16_checkpoint_runs_in_float32_in_both_modes(checkpoints, tmp_pat
     exports = list((tmp_path / "exports").iterdir())
     assert len(exports) == 1
     assert json.loads((exports[0] / "config.json").read_text()).get("dtype", "float32") == "float32"
+
+
+def test_a_bfloat16_export_is_made_and_run_in_static_mode(checkpoints, tmp_path, monkeypatch):
+    """--dtype bfloat16 exports in the one format a bfloat16 model exports in (pir) and
+    runs there; test_bfloat16 holds its tokens to float32's."""
+    monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))
+    predictor, ids = _greedy(checkpoints / "float16", mode="static", dtype="bfloat16")
+    assert predictor.config.export_format == "pir" and ids.shape == (len(PROMPTS), 8)
+    (export,) = (tmp_path / "exports").iterdir()
+    assert json.loads((export / "config.json").read_text())["dtype"] == "bfloat16"
+    with pytest.raises(PredictorError, match="^--dtype float32: .* was exported in bfloat16"):
+        _greedy(export, dtype="float32")
 
 
 def test_a_fresh_export_no_runtime_can_load_is_not_kept(checkpoints, tmp_path, monkeypatch):

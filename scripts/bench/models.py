@@ -50,15 +50,18 @@ def random_llama(settings: dict, layers: int):
 
 
 # What export_model can write: a format of the loop with its concat KV cache (PaddleNLP's),
-# or "static-cache": GenerationLoop's static cache, in the legacy format.
-EXPORTS = ("legacy", "pir", "static-cache")
+# "static-cache": GenerationLoop's static cache, in the legacy format, or "bf16": the
+# model cast to bfloat16, as a bfloat16 model exports (PIR, concat cache, GenerationLoop
+# only). "bf16" comes last: the float32 exports are written before the cast.
+EXPORTS = ("legacy", "pir", "static-cache", "bf16")
 
 
 def export_model(settings: dict, layers: int, directory: Path, loop: str = "generation_loop",
                  formats=("legacy", "pir")) -> dict:
     """Greedy decoding of a fresh llama exported by ``loop`` as each of ``formats`` (from
     ``EXPORTS``): ``{format: model directory}`` (``model.pdmodel`` or ``model.json``,
-    ``model.pdiparams``).
+    ``model.pdiparams``). "bf16" casts the same model object to bfloat16 after the float32
+    exports, so its weights are theirs rounded to bfloat16.
 
     No end-of-sequence token is ever produced, so every run decodes exactly the tokens
     asked for and runs are comparable: GenerationLoop gets none, PaddleNLP's loop an id
@@ -71,11 +74,14 @@ def export_model(settings: dict, layers: int, directory: Path, loop: str = "gene
     with dygraph_mode():
         model = random_llama(settings, layers)
         model.generation_config.eos_token_id = settings["vocab_size"]
-        for fmt in formats:
+        for fmt in sorted(formats, key=EXPORTS.index):
+            if fmt == "bf16":
+                model.to(dtype="bfloat16")
+                model.config.dtype = "bfloat16"  # what the export reads the model's dtype from
             static = fmt == "static-cache"
             export_generation_model(model, directory / loop / fmt, decoding=DecodingConfig(eos_token_id=None),
-                                    format="legacy" if static else fmt, remove_loop_assign=False, loop=loop,
-                                    cache="static" if static else "concat")
+                                    format="legacy" if static else "pir" if fmt == "bf16" else fmt,
+                                    remove_loop_assign=False, loop=loop, cache="static" if static else "concat")
     return {fmt: directory / loop / fmt for fmt in formats}
 
 

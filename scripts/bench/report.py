@@ -15,6 +15,8 @@ from .roofline import bounds
 from .variants import BASELINE, bytes_per_token
 
 LEGACY = "legacy"
+# The float32 variant a bfloat16 row is compared with, when it ran (else the first float32 one).
+FLOAT32_REFERENCE = "static-cache"
 MIB = 2**20
 
 
@@ -63,9 +65,9 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
     new_tokens, batch = settings["new_tokens"], settings["batch_size"]
     rows = []
     for context in settings["contexts"]:
-        bound = bounds(settings, limits, context)
         for variant in variants:
             timing = timings[context][variant.name]
+            bound = bounds(settings, limits, context, variant.dtype)
             rates = [batch * new_tokens / s for s in timing.full_s]
             q25, q75 = np.percentile(rates, [25, 75])
             # per repeat: the whole run minus the prefill run beside it, per decoded token
@@ -73,7 +75,8 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
             prefill = _spread(timing.prefill_s, 1e3, 1)
             decode = _spread(per_token, 1e3, 2)
             rows.append({
-                "loop": loop, "variant": variant.name, "runtime": variant.runtime, "threads": settings["threads"],
+                "loop": loop, "variant": variant.name, "dtype": variant.dtype, "runtime": variant.runtime,
+                "threads": settings["threads"],
                 "context": context, "new_tokens": new_tokens, "batch_size": batch,
                 "tokens_per_s": round(statistics.median(rates), 2),
                 "min_tokens_per_s": round(min(rates), 2), "max_tokens_per_s": round(max(rates), 2),
@@ -85,6 +88,8 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
                 "max_decode_ms_per_token": decode[2],
                 "ratio_to_legacy": None, "ratio_to_paddlenlp_default": None,
                 "prefill_speedup_vs_paddlenlp_default": None, "decode_speedup_vs_paddlenlp_default": None,
+                "prefill_speedup_vs_float32": None, "decode_speedup_vs_float32": None,
+                "token_agreement_with_float32": None,
                 **bound,
                 "roofline_ratio": round(decode[0] / bound["memory_bound_ms_per_token"], 2),
                 "prefill_roofline_ratio": round(prefill[0] / bound["prefill_bound_ms"], 2),
@@ -95,7 +100,17 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
                 "tokens_identical": timing.tokens_identical,
             })
     by_key = {(row["variant"], row["context"]): row for row in rows}
+    float32_names = [variant.name for variant in variants if variant.dtype == "float32"]
+    reference = FLOAT32_REFERENCE if FLOAT32_REFERENCE in float32_names else next(iter(float32_names), None)
     for row in rows:
+        if row["dtype"] != "float32":
+            speed = by_key.get((FLOAT32_REFERENCE, row["context"]))
+            if speed is not None:
+                row["prefill_speedup_vs_float32"] = round(speed["prefill_ms"] / row["prefill_ms"], 3)
+                row["decode_speedup_vs_float32"] = round(speed["decode_ms_per_token"] / row["decode_ms_per_token"], 3)
+            if reference is not None:
+                row["token_agreement_with_float32"] = token_agreement(
+                    timings[row["context"]][row["variant"]].tokens, timings[row["context"]][reference].tokens)
         legacy, base = by_key.get((LEGACY, row["context"])), by_key.get((BASELINE, row["context"]))
         if legacy is not None:
             row["ratio_to_legacy"] = round(row["tokens_per_s"] / legacy["tokens_per_s"], 3)
@@ -105,6 +120,14 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
             row["decode_speedup_vs_paddlenlp_default"] = round(
                 base["decode_ms_per_token"] / row["decode_ms_per_token"], 3)
     return rows
+
+
+def token_agreement(tokens: list, reference: list) -> float:
+    """The fraction of ``reference``'s positions (every row of the batch, every new
+    token) at which ``tokens`` hold the same token; one ``tokens`` lacks counts as
+    different (its shape is checked by ``tokens_identical``)."""
+    equal = sum(got == want for row, reference_row in zip(tokens, reference) for got, want in zip(row, reference_row))
+    return round(equal / sum(len(row) for row in reference), 4)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -135,30 +158,40 @@ def table(result: dict) -> str:
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
         f"bounds, at {args['threads']} threads on this machine: memory bandwidth "
-        f"{result['limits']['bandwidth_gib_s']} GiB/s for the bytes a decode step reads, float32 GEMM "
-        f"{result['limits']['gemm_gflops']} GFLOP/s for the prefill's matmuls; weights "
-        f"{result['results'][0]['weights_mib'] if result['results'] else 0} MiB; "
+        f"{result['limits']['bandwidth_gib_s']} GiB/s for the bytes a decode step reads (at the row's dtype), "
+        f"float32 GEMM {result['limits']['gemm_gflops']} GFLOP/s for the prefill's matmuls (every dtype's); "
+        "weights " + ", ".join(f"{mib} MiB in {dtype}" for dtype, mib in
+                               {row["dtype"]: row["weights_mib"] for row in result["results"]}.items()) + "; "
         "loaded MiB: a predictor's RSS once made, above Python and Paddle.",
     ]
+    if any(row["dtype"] != "float32" for row in result["results"]):
+        lines.append(f"vs float32: {FLOAT32_REFERENCE}'s time over the row's; tokens = float32: the share of greedy "
+                     f"tokens equal to float32's ({FLOAT32_REFERENCE}'s, else the first float32 variant's); "
+                     "bfloat16 may part from float32 at near-ties, which does not fail the run.")
     for loop in args["loops"]:
+        rows = [r for r in result["results"] if r["loop"] == loop]
+        if not rows:  # e.g. bfloat16 alone on PaddleNLP's loop, which it cannot be traced with
+            continue
         lines += [
             "", f"loop: {loop}", "",
-            "| context | variant | prefill ms | ms/token | tokens/s | min–max | vs default: e2e | prefill "
+            "| dtype | context | variant | prefill ms | ms/token | tokens/s | min–max | vs default: e2e | prefill "
             "| per token | vs legacy | prefill ÷ bound | ms/token ÷ bound | copies | copied/token "
-            "| loaded MiB | peak RSS MiB | pass ms |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| loaded MiB | peak RSS MiB | pass ms | vs float32: prefill | per token | tokens = float32 |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in (r for r in result["results"] if r["loop"] == loop):
+        for row in rows:
             pass_ms = "–" if row["pass_ms"] is None else f"{row['pass_ms']:.2f}"
+            agreement = row["token_agreement_with_float32"]
             lines.append(
-                f"| {row['context']} | {row['variant']} | {row['prefill_ms']:.1f} | "
+                f"| {row['dtype']} | {row['context']} | {row['variant']} | {row['prefill_ms']:.1f} | "
                 f"{row['decode_ms_per_token']:.2f} | {row['tokens_per_s']:.2f} | "
                 f"{row['min_tokens_per_s']:.2f}–{row['max_tokens_per_s']:.2f} | "
                 f"{_ratio(row['ratio_to_paddlenlp_default'])} | {_ratio(row['prefill_speedup_vs_paddlenlp_default'])} "
                 f"| {_ratio(row['decode_speedup_vs_paddlenlp_default'])} | {_ratio(row['ratio_to_legacy'])} | "
                 f"{row['prefill_roofline_ratio']:.2f} | {row['roofline_ratio']:.2f} | "
                 f"{row['copies']} | {_size(row['bytes_per_token'])} | {row['loaded_rss_mib']:.1f} | "
-                f"{row['peak_rss_mib']:.1f} | {pass_ms} |")
+                f"{row['peak_rss_mib']:.1f} | {pass_ms} | {_ratio(row['prefill_speedup_vs_float32'])} | "
+                f"{_ratio(row['decode_speedup_vs_float32'])} | {'–' if agreement is None else f'{agreement:.1%}'} |")
     lines.append("")
     deep = result["deep_pass"]
     if deep is not None:
@@ -168,7 +201,7 @@ def table(result: dict) -> str:
                      f"PR #9002 rule {deep['pr9002']['ms']:.2f} ms ({deep['pr9002']['report']})")
     differing = sorted({f"{row['loop']} {row['variant']} at {row['context']}" for row in result["results"]
                         if not row["tokens_identical"]})
-    lines.append("tokens identical across variants and runs: " +
+    lines.append("tokens identical across the variants of a dtype and their runs: " +
                  ("yes" if result["tokens_identical"] else "NO (" + ", ".join(differing) + ")"))
     return "\n".join(lines)
 
@@ -185,11 +218,12 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
-    loops, contexts = result["args"]["loops"], result["args"]["contexts"]
+    loops = [loop for loop in result["args"]["loops"] if any(r["loop"] == loop for r in result["results"])]
+    contexts = result["args"]["contexts"]
     figure, axes = plt.subplots(len(loops), len(PANELS), figsize=(14, 4 * len(loops)), squeeze=False)
     for loop, row_axes in zip(loops, axes):
         for (key, label, title), axis in zip(PANELS, row_axes):
-            for name in result["args"]["variants"]:
+            for name in dict.fromkeys(r["variant"] for r in result["results"]):  # float32's, then bf16
                 rows = [r for r in result["results"] if r["loop"] == loop and r["variant"] == name]
                 if not rows or rows[0][key] is None:
                     continue
@@ -209,7 +243,7 @@ def plot(result: dict, path: Path) -> None:
             axis.set_xticks(contexts, [str(c) for c in contexts])
             axis.minorticks_off()
             axis.grid(alpha=0.3)
-            if axis.lines:
+            if axis.get_legend_handles_labels()[0]:  # not the 1.0 line alone
                 axis.legend(fontsize=8)
     m = result["model"]
     figure.suptitle(f"greedy decoding on Paddle Inference (CPU): llama {m['num_hidden_layers']} layers, hidden "

@@ -8,18 +8,26 @@ Measured once per run, in a child process whose BLAS uses the run's thread count
   product reads the matrix once and does 2 flops per 4 bytes, so memory bounds it;
 - ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products.
 
-Per row (``bounds``), float32, from the model's shape:
+Per row (``bounds``), from the model's shape and the row's dtype (``DTYPE_BYTES``: 4
+bytes a value in float32, 2 in bfloat16; a bfloat16 model holds every parameter and
+its KV cache in bfloat16):
 
-- ``weights_mib``: every parameter;
+- ``weights_mib``: every parameter, at the dtype's size;
 - ``memory_bound_ms_per_token``: the bytes one decode step must read, over the
   bandwidth: every weight but the embedding table (a step reads one row of it per
   sequence), plus the KV cache of the batch at the average decoding length (context +
-  new_tokens / 2): 2 * layers * batch * length * kv_heads * head_dim values;
+  new_tokens / 2): 2 * layers * batch * length * kv_heads * head_dim values; all at
+  the dtype's size, so a bfloat16 step's bound is half float32's. The bandwidth is the
+  same for either: bytes are bytes;
 - ``prefill_bound_ms``: the prefill's matmul FLOPs over ``gemm_gflops``: per layer the
   projections and the MLP, 2 * batch * context * (2 h^2 + 2 h kv_dim + 3 h intermediate),
   and attention's two products at full context x context (what the kernels compute),
   4 * batch * context^2 * h; plus the lm_head for the last position only, which is all
-  the first token needs.
+  the first token needs. ``gemm_gflops`` is float32's for every dtype
+  (``prefill_bound_gemm_dtype`` says so in each row): no bfloat16 GEMM throughput is
+  measured, so a bfloat16 row's bound is float32's limit, which bfloat16's products
+  can beat (oneDNN's bfloat16 matmul has run at about 1.5-2x float32's here: NOTES.md),
+  and its ``prefill_roofline_ratio`` can go below 1.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ import sys
 import time
 from pathlib import Path
 
-FLOAT32 = 4
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# The dtype whose GEMM throughput ``gemm_gflops`` measures (numpy's float32 BLAS).
+GEMM_DTYPE = "float32"
 BANDWIDTH_MATRIX = 16384  # 16384^2 float32: 1 GiB
 GEMM_SIZE = 4096
 
@@ -72,28 +82,31 @@ def _kv_dim(settings: dict) -> int:
     return settings["kv_heads"] * (settings["hidden_size"] // settings["heads"])
 
 
-def weight_bytes(settings: dict) -> dict:
-    """``{"all": every parameter, "embedding": the embedding table}`` in bytes."""
+def weight_bytes(settings: dict, dtype: str) -> dict:
+    """``{"all": every parameter, "embedding": the embedding table}`` in bytes, each
+    value held in ``dtype``."""
     h, layers, vocab = settings["hidden_size"], settings["layers"], settings["vocab_size"]
     kv_dim = _kv_dim(settings)
     per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"] + 2 * h  # + the two norms
     embedding = vocab * h
-    return {"all": FLOAT32 * (layers * per_layer + 2 * embedding + h), "embedding": FLOAT32 * embedding}
+    size = DTYPE_BYTES[dtype]
+    return {"all": size * (layers * per_layer + 2 * embedding + h), "embedding": size * embedding}
 
 
-def bounds(settings: dict, machine: dict, context: int) -> dict:
-    """The row's roofline columns but the ratios (see the module docstring)."""
+def bounds(settings: dict, machine: dict, context: int, dtype: str) -> dict:
+    """The roofline columns but the ratios of a row of ``dtype`` (see the module docstring)."""
     h, layers, batch = settings["hidden_size"], settings["layers"], settings["batch_size"]
     kv_dim = _kv_dim(settings)
-    weights = weight_bytes(settings)
+    weights = weight_bytes(settings, dtype)
     length = context + settings["new_tokens"] / 2
-    step_bytes = weights["all"] - weights["embedding"] + FLOAT32 * 2 * layers * batch * length * kv_dim
+    step_bytes = weights["all"] - weights["embedding"] + DTYPE_BYTES[dtype] * 2 * layers * batch * length * kv_dim
     layer_flops = (2 * batch * context * (2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"])
                    + 4 * batch * context**2 * h)
     prefill_flops = layers * layer_flops + 2 * batch * h * settings["vocab_size"]
     return {"weights_mib": round(weights["all"] / 2**20, 1),
             "memory_bound_ms_per_token": round(step_bytes / (machine["bandwidth_gib_s"] * 2**30) * 1e3, 4),
-            "prefill_bound_ms": round(prefill_flops / (machine["gemm_gflops"] * 1e9) * 1e3, 4)}
+            "prefill_bound_ms": round(prefill_flops / (machine["gemm_gflops"] * 1e9) * 1e3, 4),
+            "prefill_bound_gemm_dtype": GEMM_DTYPE}
 
 
 if __name__ == "__main__":

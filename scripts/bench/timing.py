@@ -28,6 +28,7 @@ class ContextTiming:
     full_s: list = field(default_factory=list)
     prefill_s: list = field(default_factory=list)
     tokens_identical: bool = True
+    tokens: list | None = None  # the first whole run's token ids (batch rows)
     baseline_rss_mib: float = 0.0  # the child before the predictor: Python and Paddle
     loaded_rss_mib: float = 0.0  # the child once the predictor is made, above the baseline
     peak_rss_mib: float = 0.0  # the child's peak during its whole run at this context
@@ -56,7 +57,9 @@ def run_child(job: dict, scratch: Path) -> dict:
 
 def time_variants(variants: list, settings: dict, scratch: Path, progress) -> dict:
     """``{context: {variant: ContextTiming}}``. Tokens are checked on every run, warm-up
-    included, against the first variant's first whole run."""
+    included, against the first whole run of the first variant of the same dtype: a
+    bfloat16 variant's greedy tokens may part from float32's (near-ties), so dtypes are
+    compared by ``report.records`` (``token_agreement_with_float32``), not here."""
     job = {"contexts": settings["contexts"], "new_tokens": settings["new_tokens"], "warmup": settings["warmup"],
            "threads": settings["threads"],
            "prompt": {name: settings[name] for name in ("seed", "batch_size", "vocab_size")}}
@@ -71,7 +74,9 @@ def time_variants(variants: list, settings: dict, scratch: Path, progress) -> di
                 timing = timings[context][variant.name]
                 timing.prefill_s.append(measured["prefill_s"])
                 timing.full_s.append(measured["full_s"])
-                expected = reference.setdefault(context, measured["tokens"][0][1])
+                expected = reference.setdefault((context, variant.dtype), measured["tokens"][0][1])
+                if timing.tokens is None:
+                    timing.tokens = measured["tokens"][0][1]
                 timing.tokens_identical &= (
                     _shape(expected) == (settings["batch_size"], settings["new_tokens"])
                     and all(whole == expected and first == [row[:1] for row in expected]

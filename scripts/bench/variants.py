@@ -10,8 +10,12 @@ import numpy as np
 
 from .models import EXPORTS
 
-# The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today.
+# The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today. All float32.
 VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache")
+# The bfloat16 variant (``--dtypes bfloat16``): the same weights cast, as a bfloat16 model exports.
+BF16 = "bf16"
+# The variants of each dtype (``--dtypes``); ``--variants`` chooses among float32's.
+DTYPE_VARIANTS = {"float32": VARIANTS, "bfloat16": (BF16,)}
 BASELINE = "paddlenlp-default"
 PADDLENLP_RUNTIME = "PaddleNLP's static predictor config: legacy program, Paddle's defaults (old IR, oneDNN)"
 OUR_RUNTIME = "StaticGenerationModel's config (create_paddle_predictor)"
@@ -26,6 +30,7 @@ class Variant:
     copy_sources: list  # (shape, bytes per element) of every copy left in the loop
     pass_ms: float | None
     pass_report: str | None
+    dtype: str = "float32"  # the weights' and the computation's
 
 
 def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Variant:
@@ -73,13 +78,21 @@ def run_static_cache(exports: dict, workdir: Path, settings: dict) -> Variant:
                     rewrite=lambda loaded: remove_loop_assign(loaded.program, outputs=loaded.outputs))
 
 
+def run_bf16(exports: dict, workdir: Path, settings: dict) -> Variant:
+    """The same weights cast to bfloat16 and exported as a bfloat16 model exports (PIR,
+    concat cache, weight matrices transposed: ``paddlenlp_ext.export``), loaded as it
+    is (a PIR export has no loop copies), run by our predictor."""
+    return _prepare(BF16, exports["bf16"], workdir, settings, rewrite=None, dtype="bfloat16")
+
+
 RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+seed": run_legacy_seed,
-           "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache}
+           "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache, BF16: run_bf16}
 # The export each variant runs (bench.models.EXPORTS).
 EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
-             "pir": "pir", "static-cache": "static-cache"}
-# PaddleNLP's own loop has its concat cache only.
-LOOP_VARIANTS = {"generation_loop": VARIANTS, "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache")}
+             "pir": "pir", "static-cache": "static-cache", BF16: "bf16"}
+# PaddleNLP's own loop has its concat cache only, and cannot be traced in bfloat16.
+LOOP_VARIANTS = {"generation_loop": VARIANTS + (BF16,),
+                 "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache")}
 
 
 def exported_formats(variants) -> tuple:
@@ -88,7 +101,7 @@ def exported_formats(variants) -> tuple:
     return tuple(fmt for fmt in EXPORTS if fmt in needed)
 
 
-def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite) -> Variant:
+def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite, dtype: str = "float32") -> Variant:
     """Load the program, time ``rewrite`` on fresh translations, save it for its predictor."""
     from paddlenlp_ext.inference import MODEL_PREFIX, load_program, prepare_program, save_program
 
@@ -105,7 +118,7 @@ def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite)
     copies = _copies(loaded.program)
     loaded.release()  # the benchmark holds no weights while the children run
     # StaticGenerationModel's own configuration: the same predictor a user of the package gets.
-    return Variant(name, OUR_RUNTIME, ("ours", prefix), *copies, pass_ms, report)
+    return Variant(name, OUR_RUNTIME, ("ours", prefix), *copies, pass_ms, report, dtype)
 
 
 def _copies(program) -> tuple[int, list]:
@@ -115,8 +128,11 @@ def _copies(program) -> tuple[int, list]:
 
     index = ProgramIndex.build(program)
     sources = [index.op(copy).operand_source(SOURCE) for copies in loop_copies(index).values() for copy in copies]
-    return len(sources), [(list(value.shape), np.dtype(str(value.dtype).split(".")[-1]).itemsize)
-                          for value in sources]
+    return len(sources), [(list(value.shape), _itemsize(str(value.dtype).split(".")[-1])) for value in sources]
+
+
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize  # numpy has no bfloat16
 
 
 def bytes_per_token(variant: Variant, settings: dict, context: int) -> int:
