@@ -5,7 +5,7 @@ which casts a checkpoint's weights as they load: a float16 checkpoint (real llam
 checkpoints ship ``"dtype": "float16"``) loaded with ``dtype="float32"`` computes in
 float32. Left unset, ``from_pretrained`` keeps the checkpoint's dtype.
 
-On Paddle 3.3.1's CPU wheel (measured, ``NOTES.md``):
+On Paddle 3.3.1's CPU wheel (measured here):
 
 - float16 cannot compute: PIR and dygraph have no float16 ``matmul`` or ``multiply``
   CPU kernel (and this CPU has no AVX512-FP16). ``--dtype float16`` on CPU is an

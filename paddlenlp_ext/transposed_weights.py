@@ -2,12 +2,12 @@
 
 Why. On Paddle 3.3.1's CPU wheel a bfloat16 product ``x @ W`` runs on oneDNN's
 bfloat16 matmul, with ``W`` as it is stored (no packing). Stored ``[in, out]``, as
-``paddle.nn.Linear`` keeps it, one [1, 4096] x [4096, 11008] product took 17-21 ms on one
-thread; stored ``[out, in]`` and read with ``transpose_y=True``, 8.3-8.6 ms (about
-float32's plain GEMM, at half the bytes), and [256, 4096] rows 115 ms against 130 (200
-GFLOP/s, float32's oneDNN matmul 80-100). The predictor's memory stays flat over
-prompt lengths (no per-shape copy of the weights, unlike oneDNN's packed ``fc``).
-Measured under load; ``NOTES.md``.
+``paddle.nn.Linear`` keeps it, one [1, 4096] x [4096, 11008] product took 15.6-16.2 ms
+on one quiet thread; stored ``[out, in]`` and read with ``transpose_y=True``, 8.0-8.1 ms
+(float32's MKL GEMM: 7.1-7.6, at twice the bytes), 4.5 ms on two threads; [256, 4096]
+rows took 115 ms against 130 (200 GFLOP/s; float32's oneDNN matmul 80-100, on a loaded
+machine). The predictor's memory stays flat over prompt lengths (no per-shape copy of
+the weights, unlike oneDNN's packed ``fc``).
 
 What. ``transposed_weights(model)`` is a block in which every ``paddle.nn.Linear`` and
 PaddleNLP llama ``LlamaLMHead`` of ``model`` whose weight is a bfloat16 matrix holds
