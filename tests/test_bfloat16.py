@@ -96,6 +96,24 @@ def test_bfloat16_logits_are_float32s_within_the_tolerance(exports, onednn):
         assert not np.array_equal(got, want)  # it did compute in bfloat16
 
 
+def test_a_converted_bfloat16_program_is_right_on_paddles_default_config(exports, tmp_path):
+    """What ``convert`` writes (``saving_passes``: a bfloat16 output fetched as float32)
+    run as a user of the directory runs it, Paddle's default CPU config."""
+    from onednn_cases import paddle_default_predictor
+
+    from paddlenlp_ext.convert import convert
+    from paddlenlp_ext.inference import run_predictor
+
+    want = _logits(exports["float32"][0], IDS)[0]
+    convert(exports["bfloat16"][0], tmp_path / "converted")
+    predictor = paddle_default_predictor(str(tmp_path / "converted" / "model"))
+    positions = np.broadcast_to(np.arange(IDS.shape[1], dtype="int64"), IDS.shape).copy()
+    for _ in range(2):
+        (got,) = run_predictor(predictor, {"input_ids": IDS, "position_ids": positions})
+        assert got.dtype == np.float32
+        assert np.abs(got - want).max() <= RELATIVE_TOLERANCE * np.abs(want).max()
+
+
 @pytest.mark.parametrize("onednn", ["all", "off"])
 def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn):
     runs = _generate(exports["bfloat16"][1], onednn)
