@@ -10,7 +10,7 @@ On Paddle 3.3.1's CPU wheel (measured here):
 - float16 cannot compute: PIR and dygraph have no float16 ``matmul`` or ``multiply``
   CPU kernel (and this CPU has no AVX512-FP16). ``--dtype float16`` on CPU is an
   error; an unset ``--dtype`` loads any checkpoint in float32 there, the one dtype
-  every CPU route computes in.
+  both modes compute in.
 - bfloat16 has no dygraph CPU ``matmul`` either; a static bfloat16 program computes on
   oneDNN's bfloat16 kernels (``export.py`` says which exports a bfloat16 model takes).
 
