@@ -214,19 +214,13 @@ def _repeat_kv_any_dtype(hidden_states, n_rep):
 
 def _rotary_pos_emb_any_dtype(q, k, cos, sin, position_ids):
     """PaddleNLP 2.8.1's ``apply_rotary_pos_emb``, with the bfloat16 gather in float32."""
+    from paddlenlp.transformers.llama.modeling import rotate_half
+
     if position_ids is None or cos.dtype != paddle.bfloat16:
         return _paddlenlp_apply_rotary_pos_emb(q, k, cos, sin, position_ids)
     cos = cos.squeeze(axis=[0, 2]).astype("float32")[position_ids].astype(q.dtype).unsqueeze(2)
     sin = sin.squeeze(axis=[0, 2]).astype("float32")[position_ids].astype(q.dtype).unsqueeze(2)
-    q_embed = (q * cos) + (_rotate_half(q) * sin)
-    k_embed = (k * cos) + (_rotate_half(k) * sin)
-    return q_embed, k_embed
-
-
-def _rotate_half(x):
-    from paddlenlp.transformers.llama.modeling import rotate_half
-
-    return rotate_half(x)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
 def _swiglu_any_dtype(x, y=None):

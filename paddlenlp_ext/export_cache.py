@@ -4,12 +4,12 @@ An export is kept under ``<home>/exports/<name>-<key>`` (``<home>`` as for the e
 models: ``$PADDLENLP_EXT_HOME``, else ``~/.cache/paddlenlp_ext``). The key hashes
 everything that changes the exported program: the model (an embedded model's build
 record; a checkpoint directory's path and the size and modification time of its
-files), the dtype its weights load in, the format, the KV cache asked for, the pass at export (PIR only: a legacy
-program is cleaned where it is loaded), the installed Paddle and PaddleNLP, and the
-source of every module of this package: any of them may shape an exported program
-(the loop, the passes, the patches, what they import), and a list kept by hand once
-left some out, so a change to one could serve an old export. The decoding settings are
-run-time inputs, so they are not in it. Nothing here imports Paddle.
+files), the dtype its weights load in, the format, the KV cache asked for, the pass
+at export (PIR only: a legacy program is cleaned where it is loaded), the installed
+Paddle and PaddleNLP, and the source of every module of this package: any of them may
+shape an exported program (the loop, the passes, the patches, what they import), and a
+list kept by hand once left some out, so a change to one could serve an old export. The
+decoding settings are run-time inputs, so they are not in it. Nothing here imports Paddle.
 
 A directory appears complete or not at all (``export.staged_directory``); when two
 processes export the same key at once, the second finds the first's and uses it.
