@@ -13,7 +13,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddlenlp_ext", "paddlenlp_ext.*"]),
-    package_data={"paddlenlp_ext": ["data/*.txt", "data/*.model"]},  # the embedded models' tokenizer
+    # the embedded models' tokenizer, and our kernels' sources (built on first use)
+    package_data={"paddlenlp_ext": ["data/*.txt", "data/*.model", "native/*.cc"]},
     python_requires=">=3.9",
     install_requires=[
         f"{PADDLE}>=3.0,<4",

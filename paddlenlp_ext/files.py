@@ -10,8 +10,18 @@ from pathlib import Path
 
 from .interrupts import raise_if_interrupted
 
+# Where the package keeps what it builds (embedded models, exports, native kernels).
+HOME_VARIABLE = "PADDLENLP_EXT_HOME"
+DEFAULT_HOME = "~/.cache/paddlenlp_ext"
+
 MODEL_PREFIX = "model"
 PIR_FILE, LEGACY_FILE, PARAMS_FILE = "model.json", "model.pdmodel", "model.pdiparams"
+
+
+def cache_home(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$PADDLENLP_EXT_HOME``, else ``~/.cache/paddlenlp_ext``."""
+    home = cache_dir if cache_dir is not None else os.environ.get(HOME_VARIABLE) or DEFAULT_HOME
+    return Path(home).expanduser()
 
 
 def write_atomically(path: str | os.PathLike, write) -> None:

@@ -499,8 +499,23 @@ def our_config(prefix: str, device: str = "cpu", dump_optimized_to: str | None =
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
                             onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
     """A Paddle Inference predictor for ``prefix``.json/.pdiparams in our configuration
-    (``our_config``)."""
+    (``our_config``). A program our running passes prepared may hold our kernel's op
+    (``passes.loop_bfloat16_gemv``): the op is registered in this process first."""
+    register_native_ops(prefix + ".json")
     return _create_predictor(our_config(prefix, device, dump_optimized_to, onednn, cpu_threads))
+
+
+def register_native_ops(program_file: str) -> None:
+    """Register our kernels' ops in this process when the saved PIR program
+    ``program_file`` holds them (Paddle Inference fails on an op it does not know)."""
+    from .native import BFLOAT16_GEMV, load_bfloat16_gemv
+
+    with open(program_file, encoding="utf-8", errors="replace") as text:
+        if BFLOAT16_GEMV not in text.read():
+            return
+    gemv, why = load_bfloat16_gemv()
+    if gemv is None:
+        raise ModelDirectoryError(f"{program_file} holds {BFLOAT16_GEMV}, and {why}")
 
 
 def tune_cpu_process() -> None:

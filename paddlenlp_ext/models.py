@@ -27,14 +27,13 @@ from typing import Mapping
 import numpy as np
 
 from .errors import error_line
+from .files import HOME_VARIABLE, cache_home  # noqa: F401 (HOME_VARIABLE: a name of this module too)
 
 # Paddle and PaddleNLP are imported where a model is built or loaded: checking a name or a
 # directory (check_model_source) must stay fast, before any of them is imported.
 
 # Trained from data/tokenizer_corpus.txt by scripts/build_tokenizer.py.
 TOKENIZER_MODEL = Path(__file__).resolve().parent / "data" / "llama2_tokenizer.model"
-HOME_VARIABLE = "PADDLENLP_EXT_HOME"
-DEFAULT_HOME = "~/.cache/paddlenlp_ext"
 DEFAULT_MODEL = "llama2"
 # Written last into a known model's directory: what it was built from. A directory
 # whose record differs (built by another version of this package) is rebuilt.
@@ -100,7 +99,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, cache_dir: str |
 
     with library_quiet(paddlenlp=True):
         if isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS:
-            directory = _cached_model(name_or_path, _cache_home(cache_dir))
+            directory = _cached_model(name_or_path, cache_home(cache_dir))
             hint = " (delete the directory to rebuild it)"
         else:
             directory = _checkpoint_directory(name_or_path)
@@ -113,11 +112,6 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
     name, or a directory with a checkpoint's files. Imports neither Paddle nor PaddleNLP."""
     if not (isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS):
         _checkpoint_directory(name_or_path)
-
-
-def _cache_home(cache_dir) -> Path:
-    home = cache_dir if cache_dir is not None else os.environ.get(HOME_VARIABLE) or DEFAULT_HOME
-    return Path(home).expanduser()
 
 
 def _checkpoint_directory(name_or_path) -> Path:

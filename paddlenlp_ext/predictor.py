@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import error_line
+from .files import LEGACY_FILE, PIR_FILE, cache_home, write_atomically
 from .cli_flags import boolean_flag
 from .dtypes import DTYPES
 from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
@@ -243,8 +244,6 @@ def model_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, max_new_toke
 
 
 def _is_static_dir(path: Path) -> bool:
-    from .files import LEGACY_FILE, PIR_FILE
-
     return (path / PIR_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
 
@@ -302,9 +301,8 @@ def _cached_export(config: PredictorArgument, source: str, say) -> tuple[Path, b
     """The static directory of ``source``'s export for ``config``, exported first if no
     earlier run kept one, and whether this call exported it."""
     from .export_cache import cached_export_directory
-    from .models import _cache_home
 
-    directory = cached_export_directory(source, _cache_home(None), format=config.export_format, cache=config.cache,
+    directory = cached_export_directory(source, cache_home(), format=config.export_format, cache=config.cache,
                                         remove_loop_assign=config.remove_loop_assign, dtype=config.dtype)
     if directory.is_dir():
         say(f"loading {directory} on Paddle Inference (kept from an earlier export)")
@@ -580,8 +578,6 @@ def read_prompts(data_file: str | None) -> tuple[list[str], list[str]]:
 
 def write_results(path: str, records: list[dict]) -> None:
     """Write the JSONL results; a file under ``path`` is always complete."""
-    from .files import write_atomically
-
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ from pathlib import Path
 from bench.models import LOOPS, PRESETS, export_model, llama_config
 from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
-from bench.roofline import measure_machine
+from bench.roofline import measure_machine, weight_bytes
 from bench.timing import time_variants
 from bench.variants import DTYPE_VARIANTS, LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
@@ -257,6 +257,7 @@ def resolve(args: argparse.Namespace) -> dict:
         settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
     if settings["intermediate_size"] <= 0:
         raise BenchmarkError(f"--intermediate-size must be positive, got {settings['intermediate_size']}")
+    _check_fits(settings)
     needed = max(settings["contexts"]) + settings["new_tokens"]
     settings.setdefault("max_position_embeddings", needed)
     if settings["max_position_embeddings"] < needed:
@@ -271,6 +272,29 @@ def resolve(args: argparse.Namespace) -> dict:
     if output.is_dir():
         raise BenchmarkError(f"--output {output} is a directory")
     return settings
+
+
+# A predictor holds the weights once, plus its activations and KV cache; the export
+# holds the model and one transposed matrix. Leave this share of the memory for those.
+WEIGHTS_SHARE_OF_MEMORY = 0.85
+
+
+def _check_fits(settings: dict) -> None:
+    """A dtype of ``--dtypes`` whose weights do not fit this machine's available memory
+    (``/proc/meminfo``; no check elsewhere) is refused before anything runs, saying why."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return
+    for dtype in settings["dtypes"]:
+        weights = weight_bytes(settings, dtype)["all"]
+        if weights > WEIGHTS_SHARE_OF_MEMORY * available:
+            raise BenchmarkError(
+                f"--dtypes {dtype} cannot fit: this model's {dtype} weights are {weights / 2**30:.1f} GiB and the "
+                f"machine has {available / 2**30:.1f} GiB available (a predictor needs them once, plus its "
+                f"activations); use fewer --layers, or --dtypes bfloat16 alone")
 
 
 def loop_variants(settings: dict, loop: str) -> list[str]:

@@ -94,8 +94,10 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--dtypes", "bfloat16,bfloat16"], "argument --dtypes: a dtype is named twice in 'bfloat16,bfloat16'"),
     (["--dtypes", "bfloat16", "--loops", "paddlenlp"],
      "no variant runs with --dtypes bfloat16 on --loops paddlenlp (bf16 runs on generation_loop only)"),
+    (["--preset", "llama2-7b", "--layers", "1000", "--dtypes", "bfloat16"],
+     "--dtypes bfloat16 cannot fit: this model's bfloat16 weights are 377.5 GiB and the machine has"),
 ], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset",
-        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop"])
+        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop", "does not fit"])
 def test_bad_argument_is_one_error_line(tmp_path, args, message):
     result = bench("--quick", *args, "--output", str(tmp_path / "out.json"))
     assert result.returncode == 2
@@ -121,7 +123,7 @@ def test_a_preset_sets_the_shape_and_flags_override_it():
                                            "vocab_size", "preset")} == {
         "layers": 1, "hidden_size": 4096, "heads": 32, "kv_heads": 32, "intermediate_size": 11008,
         "vocab_size": 2000, "preset": "llama2-7b"}
-    gqa = benchmark.resolve(benchmark.build_parser().parse_args(["--quick", "--preset", "llama3-8b"]))
+    gqa = benchmark.resolve(benchmark.build_parser().parse_args(["--quick", "--preset", "llama3-8b", "--layers", "1"]))
     assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
 
 
@@ -129,7 +131,7 @@ def test_a_preset_sets_the_shape_and_flags_override_it():
 @pytest.mark.parametrize("kv_heads", [4, 1])
 def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads, dtype):
     """bench.roofline's formula against the parameters of the PaddleNLP llama it
-    describes, cast as the benchmark casts it for bf16."""
+    describes, built in ``dtype`` (as the benchmark builds a bfloat16-only model)."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         from bench.models import random_llama
@@ -141,8 +143,7 @@ def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads, dty
     settings = {"layers": 2, "hidden_size": 64, "heads": 4, "kv_heads": kv_heads, "intermediate_size": 96,
                 "vocab_size": 50, "max_position_embeddings": 32, "seed": 0}
     with dygraph_mode():
-        model = random_llama(settings, settings["layers"])
-        model.to(dtype=dtype)
+        model = random_llama(settings, settings["layers"], dtype)
         assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
         parameters = sum(p.numel().item() * p.element_size() for p in model.parameters())
         embedding = model.llama.embed_tokens.weight.numel().item() * model.llama.embed_tokens.weight.element_size()

@@ -15,7 +15,7 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
-  oneDNN off), with oneDNN on ``inplace_reads``, and the guard, as much of it as the
+  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists), with oneDNN on ``inplace_reads``, and the guard, as much of it as the
   configuration needs (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
   optimizations, only what makes the configuration safe (``float32_outputs``,
@@ -129,6 +129,15 @@ def _loop_weight_matmul(program, outputs):
     return run_loop_weight_matmuls_as_addmm(program)
 
 
+def _loop_bfloat16_gemv(program, outputs):
+    from ..native import load_bfloat16_gemv
+    from .loop_bfloat16_gemv import run_loop_bfloat16_matmuls_on_gemv
+
+    # ``load_bfloat16_gemv`` builds the kernel the first time (seconds): only for programs
+    # that have such a product.
+    return run_loop_bfloat16_matmuls_on_gemv(program, load_bfloat16_gemv)
+
+
 def _guard(program, outputs):
     from .onednn_inplace_guard import guard_onednn_inplace
 
@@ -172,6 +181,9 @@ REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
 INPLACE_READS = PassStep("inplace_reads", _inplace_reads)
 LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
 LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
+# Where the kernel exists (``native``: else the step keeps every matmul); before the
+# guard, which sees its readers.
+LOOP_BFLOAT16_GEMV = PassStep("loop_bfloat16_gemv", _loop_bfloat16_gemv)
 # What Paddle's default CPU config needs (inplace_pass on): every program we save.
 ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
 # What our oneDNN configuration needs (inplace_pass deleted).
@@ -200,6 +212,8 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
         steps.append(LOOP_CACHE_LAYOUT)
         if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
             steps.append(LOOP_WEIGHT_MATMUL)
+        if device == "cpu":
+            steps.append(LOOP_BFLOAT16_GEMV)
     if device == "cpu" and onednn != "off":
         steps.append(INPLACE_READS)
     if device == "cpu":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,23 @@ def llama_config(settings: dict, layers: int):
                        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def random_llama(settings: dict, layers: int):
-    """A PaddleNLP ``LlamaForCausalLM`` with weights from ``paddle.seed(settings["seed"])``
-    (call in dygraph mode)."""
+def random_llama(settings: dict, layers: int, dtype: str = "float32"):
+    """A PaddleNLP ``LlamaForCausalLM`` with weights from ``paddle.seed(settings["seed"])``,
+    drawn and held in ``dtype`` (call in dygraph mode). A bfloat16 one is built in
+    bfloat16, never held in float32: a whole llama2-7B fits this way (12.6 GiB, 25 in
+    float32); its weights are not those of the float32 model rounded."""
     import paddle
     from paddlenlp.transformers import LlamaForCausalLM
 
     paddle.seed(settings["seed"])
-    model = LlamaForCausalLM(llama_config(settings, layers))
+    config = llama_config(settings, layers)
+    config.dtype = dtype  # what the export reads the model's dtype from
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)  # the parameters' dtype as they are created
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        paddle.set_default_dtype(previous)
     model.eval()
     return model
 
@@ -61,18 +72,30 @@ def export_model(settings: dict, layers: int, directory: Path, loop: str = "gene
     """Greedy decoding of a fresh llama exported by ``loop`` as each of ``formats`` (from
     ``EXPORTS``): ``{format: model directory}`` (``model.pdmodel`` or ``model.json``,
     ``model.pdiparams``). "bf16" casts the same model object to bfloat16 after the float32
-    exports, so its weights are theirs rounded to bfloat16.
+    exports, so its weights are theirs rounded to bfloat16; "bf16" alone builds the model
+    in bfloat16 (``random_llama``).
+
+    It runs in a child process (spawned), so that the model's weights are gone when it
+    returns: the benchmark then loads each export, one at a time.
 
     No end-of-sequence token is ever produced, so every run decodes exactly the tokens
     asked for and runs are comparable: GenerationLoop gets none, PaddleNLP's loop an id
     outside the vocabulary (it bakes ``generation_config.eos_token_id`` into the program).
     """
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        child.submit(_export_in_this_process, settings, layers, directory, loop, tuple(formats)).result()
+    return {fmt: directory / loop / fmt for fmt in formats}
+
+
+def _export_in_this_process(settings: dict, layers: int, directory: Path, loop: str, formats: tuple) -> None:
     from paddlenlp_ext.decoding import DecodingConfig
     from paddlenlp_ext.export import export_generation_model
     from paddlenlp_ext.paddle_modes import dygraph_mode
+    from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
-    with dygraph_mode():
-        model = random_llama(settings, layers)
+    with quiet_paddle(), dygraph_mode():
+        quiet_paddlenlp()  # it logs every config it saves with the exports
+        model = random_llama(settings, layers, "bfloat16" if formats == ("bf16",) else "float32")
         model.generation_config.eos_token_id = settings["vocab_size"]
         for fmt in sorted(formats, key=EXPORTS.index):
             if fmt == "bf16":
@@ -82,7 +105,6 @@ def export_model(settings: dict, layers: int, directory: Path, loop: str = "gene
             export_generation_model(model, directory / loop / fmt, decoding=DecodingConfig(eos_token_id=None),
                                     format="legacy" if static else "pir" if fmt == "bf16" else fmt,
                                     remove_loop_assign=False, loop=loop, cache="static" if static else "concat")
-    return {fmt: directory / loop / fmt for fmt in formats}
 
 
 def prompt(settings: dict, context: int, new_tokens: int) -> dict:

@@ -1,0 +1,95 @@
+"""Native CPU kernels the package builds for itself, as Paddle custom operators.
+
+``load_bfloat16_gemv()`` gives ``paddlenlp_ext_bfloat16_gemv(x, w)``: ``x @ w^T`` for a few
+rows of bfloat16 activations and a bfloat16 weight matrix stored ``[out, in]``
+(``bfloat16_gemv.cc`` says why oneDNN's matmul is not enough at one row). It is built
+from the shipped source the first time a process asks for it, with the compiler Paddle's
+``cpp_extension`` uses, into ``<cache home>/native/`` (``files.cache_home``; about 15 s,
+once per source and Paddle version; concurrent builds wait on a lock), and registered
+in the process, so that Paddle Inference can run programs holding it.
+
+When the CPU lacks AVX512-BF16 or the build fails (no compiler), there is no kernel:
+``load_bfloat16_gemv()`` returns None and why, in one line; callers keep oneDNN's
+matmul, which is right, only slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from ..files import cache_home
+from ..quiet import library_quiet
+
+logger = logging.getLogger("paddlenlp_ext")
+
+BFLOAT16_GEMV = "paddlenlp_ext_bfloat16_gemv"
+_SOURCE = Path(__file__).resolve().parent / "bfloat16_gemv.cc"
+_CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp")
+
+
+def cpu_supports_avx512_bf16() -> bool:
+    """True when this (Linux) CPU has the AVX512-BF16 instructions the kernel uses."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " avx512_bf16" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+@functools.cache
+def load_bfloat16_gemv():
+    """``(op, None)``, ``op(x, w)`` appending (static) or running (dygraph) the kernel,
+    or ``(None, why there is none)``; built and registered once a process."""
+    if not cpu_supports_avx512_bf16():
+        return None, "this CPU has no AVX512-BF16"
+    try:
+        _build_and_register()
+    except Exception as error:  # no compiler, a compile error: the product stays on oneDNN
+        first = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        reason = f"the {BFLOAT16_GEMV} kernel could not be built: {first}"
+        logger.warning("%s; bfloat16 loop products stay on oneDNN's matmul", reason)
+        return None, reason
+    return _bfloat16_gemv_op, None
+
+
+def _bfloat16_gemv_op(x, w):
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op(BFLOAT16_GEMV, x, w)[0]
+
+
+def _build_and_register() -> None:
+    import paddle
+
+    source = _SOURCE.read_bytes()
+    libs = Path(paddle.__file__).resolve().parent / "libs"
+    # libiomp5, the OpenMP runtime of Paddle's oneDNN and MKL: the kernel's threads are
+    # theirs, sized by the thread count Paddle Inference sets.
+    ldflags = [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
+    key = hashlib.sha256(b"\0".join([source, paddle.__version__.encode(), *(f.encode() for f in _CXXFLAGS),
+                                     *(f.encode() for f in ldflags)])).hexdigest()[:16]
+    directory = cache_home() / "native" / f"{BFLOAT16_GEMV}-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / ".lock"), library_quiet():
+        from paddle.utils import cpp_extension  # warns (no ccache) on import
+
+        cpp_extension.load(name=BFLOAT16_GEMV, sources=[str(_SOURCE)], extra_cxx_cflags=list(_CXXFLAGS),
+                           extra_ldflags=ldflags, build_directory=str(directory), verbose=False)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path`` (processes building at once wait here)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

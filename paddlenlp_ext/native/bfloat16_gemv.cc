@@ -1,0 +1,137 @@
+// paddlenlp_ext_bfloat16_gemv(x, w) = x @ w^T for a few rows of bfloat16 activations
+// x [..., K] and a bfloat16 weight matrix w [N, K] (stored [out, in]); float32
+// accumulation, the result rounded to bfloat16 (round to nearest even), as oneDNN's
+// bfloat16 matmul returns it.
+//
+// Why: a decode step multiplies one row per sequence by every weight matrix, so it waits
+// on reading the weights. oneDNN 3.6's bfloat16 matmul (Paddle 3.3.1) repacks the weights
+// on every call at one row and reads them at about 11 GB/s on one Zen 4 core; this kernel
+// streams each row of w once per call with AVX512-BF16's vdpbf16ps, at the core's
+// bandwidth (about 20 GB/s). Rows of w are split between the OpenMP threads of the
+// runtime Paddle's oneDNN and MKL use (libiomp5, linked at build time), so the count
+// Paddle Inference sets (set_cpu_math_library_num_threads) applies and no second thread
+// pool competes with oneDNN's.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "paddle/extension.h"
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;  // of w: 512 KiB at K 4096, split between threads
+
+inline uint16_t RoundToBfloat16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+BF16_TARGET inline __m512 DotStep(__m512 sum, __m512bh x, const uint16_t* w) {
+  return _mm512_dpbf16_ps(sum, x, (__m512bh)_mm512_loadu_si512(w));
+}
+
+BF16_TARGET inline __m512 DotTail(__m512 sum, const uint16_t* x, const uint16_t* w, __mmask32 tail) {
+  return _mm512_dpbf16_ps(sum, (__m512bh)_mm512_maskz_loadu_epi16(tail, x),
+                          (__m512bh)_mm512_maskz_loadu_epi16(tail, w));
+}
+
+// y[m, n] for every row m of x and n in [n0, n1): four rows of w at a time, each read
+// from memory once and from cache for the other rows of x.
+BF16_TARGET void ProductRows(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t rows,
+                             int64_t n_total, int64_t k_total, int64_t n0, int64_t n1) {
+  const int64_t k_body = k_total / 32 * 32;
+  const __mmask32 tail = static_cast<__mmask32>((1ull << (k_total - k_body)) - 1);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint16_t* w0 = w + n * k_total;
+    const uint16_t* w1 = w0 + k_total;
+    const uint16_t* w2 = w1 + k_total;
+    const uint16_t* w3 = w2 + k_total;
+    for (int64_t m = 0; m < rows; ++m) {
+      const uint16_t* xm = x + m * k_total;
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t k = 0; k < k_body; k += 32) {
+        const __m512bh xk = (__m512bh)_mm512_loadu_si512(xm + k);
+        s0 = DotStep(s0, xk, w0 + k);
+        s1 = DotStep(s1, xk, w1 + k);
+        s2 = DotStep(s2, xk, w2 + k);
+        s3 = DotStep(s3, xk, w3 + k);
+      }
+      if (tail) {
+        s0 = DotTail(s0, xm + k_body, w0 + k_body, tail);
+        s1 = DotTail(s1, xm + k_body, w1 + k_body, tail);
+        s2 = DotTail(s2, xm + k_body, w2 + k_body, tail);
+        s3 = DotTail(s3, xm + k_body, w3 + k_body, tail);
+      }
+      uint16_t* ym = y + m * n_total + n;
+      ym[0] = RoundToBfloat16(_mm512_reduce_add_ps(s0));
+      ym[1] = RoundToBfloat16(_mm512_reduce_add_ps(s1));
+      ym[2] = RoundToBfloat16(_mm512_reduce_add_ps(s2));
+      ym[3] = RoundToBfloat16(_mm512_reduce_add_ps(s3));
+    }
+  }
+  for (; n < n1; ++n) {
+    const uint16_t* wn = w + n * k_total;
+    for (int64_t m = 0; m < rows; ++m) {
+      const uint16_t* xm = x + m * k_total;
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t k = 0; k < k_body; k += 32) sum = DotStep(sum, (__m512bh)_mm512_loadu_si512(xm + k), wn + k);
+      if (tail) sum = DotTail(sum, xm + k_body, wn + k_body, tail);
+      y[m * n_total + n] = RoundToBfloat16(_mm512_reduce_add_ps(sum));
+    }
+  }
+}
+
+std::vector<paddle::Tensor> Forward(const paddle::Tensor& x_in, const paddle::Tensor& w_in) {
+  PD_CHECK(x_in.is_cpu() && w_in.is_cpu(), "paddlenlp_ext_bfloat16_gemv runs on CPU tensors only");
+  PD_CHECK(x_in.dtype() == paddle::DataType::BFLOAT16 && w_in.dtype() == paddle::DataType::BFLOAT16,
+           "paddlenlp_ext_bfloat16_gemv takes bfloat16 tensors");
+  const std::vector<int64_t> x_shape = x_in.shape(), w_shape = w_in.shape();
+  PD_CHECK(w_shape.size() == 2 && !x_shape.empty() && x_shape.back() == w_shape[1],
+           "paddlenlp_ext_bfloat16_gemv: x [..., K] and w [N, K] expected");
+  const paddle::Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
+  const paddle::Tensor w = w_in.is_contiguous() ? w_in : w_in.contiguous();
+  const int64_t n_total = w_shape[0], k_total = w_shape[1];
+  const int64_t rows = k_total == 0 ? 0 : x.numel() / k_total;
+  std::vector<int64_t> out_shape(x_shape);
+  out_shape.back() = n_total;
+  paddle::Tensor out = paddle::empty(out_shape, paddle::DataType::BFLOAT16, x.place());
+  const auto* xp = static_cast<const uint16_t*>(x.data());
+  const auto* wp = static_cast<const uint16_t*>(w.data());
+  auto* yp = static_cast<uint16_t*>(out.data());
+  const int64_t tasks = (n_total + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n0 = task * kRowsPerTask;
+    const int64_t n1 = n0 + kRowsPerTask < n_total ? n0 + kRowsPerTask : n_total;
+    ProductRows(xp, wp, yp, rows, n_total, k_total, n0, n1);
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> InferShape(const std::vector<int64_t>& x_shape,
+                                             const std::vector<int64_t>& w_shape) {
+  std::vector<int64_t> out_shape(x_shape);
+  out_shape.back() = w_shape[0];
+  return {out_shape};
+}
+
+std::vector<paddle::DataType> InferDtype(const paddle::DataType& x_dtype, const paddle::DataType&) {
+  return {x_dtype};
+}
+
+}  // namespace
+
+PD_BUILD_OP(paddlenlp_ext_bfloat16_gemv)
+    .Inputs({"X", "W"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(Forward))
+    .SetInferShapeFn(PD_INFER_SHAPE(InferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(InferDtype));

@@ -1,0 +1,119 @@
+"""loop_bfloat16_gemv: a decode loop's bfloat16 weight products on our bfloat16 GEMV kernel.
+
+Rule. In a ``pd_op.while`` body (at any depth), a product of bfloat16 activations and a
+bfloat16 parameter matrix stored ``[out, in]`` becomes our kernel's op
+(``native.bfloat16_gemv``: ``x @ W^T``, float32 sums rounded to bfloat16)::
+
+    (%y) = "pd_op.matmul" (%x, %W) {transpose_x:false, transpose_y:true}   # x [B, 1, K] bf16, W [N, K] bf16
+
+    (%y) = "custom_op.paddlenlp_ext_bfloat16_gemv" (%x, %W)                 # [B, 1, N] bf16
+
+Why. A bfloat16 model's decode step multiplies one row per sequence by every weight
+matrix, held ``[out, in]`` (``transposed_weights``), so it waits on reading them. Paddle
+3.3.1's oneDNN bfloat16 matmul repacks the weights on every call at one row: one
+[1, 4096] x [4096, 11008] product took 7.9-8.4 ms on one Zen 4 thread (about 11 GB/s)
+and 4.5-4.7 on two; the kernel reads the rows as they are stored, 4.4-4.9 ms on one
+thread and 2.6-3.2 on two (19-33 GB/s: the memory's speed). The prefill (outside the
+loop, many rows) keeps oneDNN's matmul, which runs at the CPU's bfloat16 peak there.
+
+Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction
+or are the pipeline's):
+
+1. ``W`` is a ``builtin.parameter`` of rank 2 and dtype bfloat16: a dense matrix, the
+   same at every step, read by the kernel as ``[N, K]`` (a value computed in the loop
+   could be a view or change its layout under oneDNN; the kernel takes it contiguous
+   anyway, but a parameter is what a weight is).
+2. ``transpose_x`` false and ``transpose_y`` true: the kernel computes ``x @ W^T`` and
+   nothing else (``W`` as stored ``[in, out]`` would give a wrong product of the same
+   shape when square).
+3. ``x`` is bfloat16 with a static last dimension equal to ``W``'s ``K``: the kernel's
+   rows are ``x``'s leading dimensions, its result ``x``'s shape with ``N`` last, the
+   matmul's.
+4. The value is the same product: float32 sums of bfloat16 products, rounded to
+   bfloat16 once, as oneDNN's bfloat16 matmul writes it; the order of the sums differs
+   (last bits: the bfloat16 accuracy contract of the tests, against float32, holds on
+   every route). The op writes a new tensor and reads its inputs only.
+5. The pipeline runs this pass only on CPU, and only when the kernel exists in this
+   process (an AVX512-BF16 CPU, built: ``native``); ``convert`` and the save hook never
+   do, since a directory Paddle's default config loads cannot hold our op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import paddle
+
+from ..paddle_modes import static_mode
+from .report import PassReport
+
+MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
+
+
+@dataclass(frozen=True)
+class LoopBfloat16GemvReport(PassReport):
+    rewritten: int  # matmuls now run on the kernel
+    kept: int  # matmuls in a loop body left as they are
+    unavailable: str | None = None  # why there is no kernel, when one was needed
+
+    @property
+    def modified(self) -> bool:
+        return self.rewritten > 0
+
+    def summary(self) -> str:
+        text = f"{self.rewritten} loop bfloat16 matmuls run on the GEMV kernel; kept {self.kept}"
+        return text if self.unavailable is None else f"{text} ({self.unavailable})"
+
+
+def _rewritable(op) -> bool:
+    weight = op.operand_source(1)
+    producer = weight.get_defining_op()
+    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
+        return False
+    if weight.dtype != paddle.bfloat16:  # condition 1
+        return False
+    attrs = op.attrs()
+    if attrs.get("transpose_x") or not attrs.get("transpose_y"):  # condition 2
+        return False
+    x = op.operand_source(0)
+    return x.dtype == paddle.bfloat16 and len(x.shape) >= 1 and x.shape[-1] == weight.shape[1]  # condition 3
+
+
+def loop_bfloat16_matmuls(program) -> tuple[list, int]:
+    """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
+    found, kept = [], 0
+
+    def walk(block, in_loop: bool) -> None:
+        nonlocal kept
+        for op in block.ops:
+            if in_loop and op.name() == MATMUL:
+                if _rewritable(op):
+                    found.append(op)
+                else:
+                    kept += 1
+            for sub in op.blocks():
+                walk(sub, in_loop or op.name() == WHILE)
+
+    walk(program.global_block(), False)
+    return found, kept
+
+
+def run_loop_bfloat16_matmuls_on_gemv(program, load_gemv) -> LoopBfloat16GemvReport:
+    """Rewrite every matmul the rule selects (all are matched before any is changed).
+    ``load_gemv()`` is called only when there is one: it returns ``(gemv, reason)``,
+    ``gemv(x, w)`` appending the kernel's op, or None and why there is no kernel
+    (``native.load_bfloat16_gemv``), in which case nothing changes."""
+    matmuls, kept = loop_bfloat16_matmuls(program)
+    if not matmuls:
+        return LoopBfloat16GemvReport(0, kept)
+    gemv, unavailable = load_gemv()
+    if gemv is None:  # condition 5
+        return LoopBfloat16GemvReport(0, kept + len(matmuls), unavailable)
+    with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
+        for op in matmuls:
+            paddle.pir.set_insertion_point(op)
+            result = gemv(op.operand_source(0), op.operand_source(1))
+            op.result(0).replace_all_uses_with(result)
+            op.erase()
+        paddle.pir.reset_insertion_point_to_end()
+    return LoopBfloat16GemvReport(len(matmuls), kept)
