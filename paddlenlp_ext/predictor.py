@@ -20,6 +20,7 @@ model exports in (``export.py``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import numbers
@@ -35,6 +36,7 @@ import numpy as np
 
 from .errors import error_line
 from .files import LEGACY_FILE, PIR_FILE, cache_home, write_atomically
+from .host_memory import return_free_memory
 from .cli_flags import boolean_flag
 from .dtypes import DTYPES
 from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
@@ -325,6 +327,13 @@ def _cached_export(config: PredictorArgument, source: str, say) -> tuple[Path, b
         return directory, False
     except ExportError as error:
         raise PredictorError(str(error)) from None
+    finally:
+        # The dygraph model goes before the predictor loads the weights again: a whole
+        # bfloat16 llama2-7B is 12.6 GiB, twice that does not fit 24 GiB. A traced
+        # program and PaddleNLP's layers hold it through reference cycles.
+        del model
+        gc.collect()
+        return_free_memory()
     say(f"loading {directory} on Paddle Inference")
     return directory, True
 

@@ -559,3 +559,35 @@ def test_a_static_model_no_configuration_runs_right_is_one_error(home, tmp_path,
         f"error: {tmp_path}: no configuration known to run it right is left (the prepared program could not be "
         "built: cannot create; the untouched program could not be built: cannot create)")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_exported_dygraph_model_is_freed_before_the_predictor_loads(tmp_path, monkeypatch):
+    """A whole bfloat16 llama2-7B (12.6 GiB) fits 24 GiB once, not twice: the model a
+    static run exports must be gone when the predictor loads the export. PaddleNLP's
+    layers and the traced program hold it through reference cycles, which the
+    automatic collector may not reach in time (off here, to be sure of it)."""
+    import gc
+    import weakref
+
+    import paddlenlp_ext.predictor as predictor_module
+    from paddlenlp_ext.models import HOME_VARIABLE
+
+    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path))
+    loaded = []
+    original = predictor_module._load
+
+    def load_and_watch(source, dtype):
+        model, tokenizer = original(source, dtype)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(predictor_module, "_load", load_and_watch)
+    config = predictor_module.PredictorArgument(model_name_or_path="llama2", mode="static", export_format="pir",
+                                                dtype="float32")
+    gc.disable()
+    try:
+        _, exported = predictor_module._cached_export(config, "llama2", lambda message: None)
+        assert exported and len(loaded) == 1
+        assert loaded[0]() is None
+    finally:
+        gc.enable()

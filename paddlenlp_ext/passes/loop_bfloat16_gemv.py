@@ -44,10 +44,8 @@ from dataclasses import dataclass
 
 import paddle
 
-from ..paddle_modes import static_mode
+from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
 from .report import PassReport
-
-MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
 
 
 @dataclass(frozen=True)
@@ -81,21 +79,7 @@ def _rewritable(op) -> bool:
 
 def loop_bfloat16_matmuls(program) -> tuple[list, int]:
     """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
-    found, kept = [], 0
-
-    def walk(block, in_loop: bool) -> None:
-        nonlocal kept
-        for op in block.ops:
-            if in_loop and op.name() == MATMUL:
-                if _rewritable(op):
-                    found.append(op)
-                else:
-                    kept += 1
-            for sub in op.blocks():
-                walk(sub, in_loop or op.name() == WHILE)
-
-    walk(program.global_block(), False)
-    return found, kept
+    return loop_matmuls(program, _rewritable)
 
 
 def run_loop_bfloat16_matmuls_on_gemv(program, load_gemv) -> LoopBfloat16GemvReport:
@@ -109,11 +93,5 @@ def run_loop_bfloat16_matmuls_on_gemv(program, load_gemv) -> LoopBfloat16GemvRep
     gemv, unavailable = load_gemv()
     if gemv is None:  # condition 5
         return LoopBfloat16GemvReport(0, kept + len(matmuls), unavailable)
-    with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
-        for op in matmuls:
-            paddle.pir.set_insertion_point(op)
-            result = gemv(op.operand_source(0), op.operand_source(1))
-            op.result(0).replace_all_uses_with(result)
-            op.erase()
-        paddle.pir.reset_insertion_point_to_end()
+    replace_matmuls(program, matmuls, gemv)
     return LoopBfloat16GemvReport(len(matmuls), kept)

@@ -57,10 +57,8 @@ from dataclasses import dataclass
 
 import paddle
 
-from ..paddle_modes import static_mode
+from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
 from .report import PassReport
-
-MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
 MIN_WEIGHT_ELEMENTS = 1 << 22  # 16 MiB of float32: larger than a last-level cache
 
 
@@ -97,24 +95,7 @@ def loop_weight_matmuls(program, min_elements: int | None = None) -> tuple[list,
     """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls);
     ``min_elements`` defaults to ``MIN_WEIGHT_ELEMENTS``."""
     min_elements = MIN_WEIGHT_ELEMENTS if min_elements is None else min_elements
-    # A walk of its own, not ProgramIndex (which copy_ops.loop_copies uses): the index
-    # builds an alias graph this rule does not need, 10x the time (8 against 79 ms on
-    # the toy llama's loop), and this runs every time a predictor is made.
-    found, kept = [], 0
-
-    def walk(block, in_loop: bool) -> None:
-        nonlocal kept
-        for op in block.ops:
-            if in_loop and op.name() == MATMUL:
-                if _rewritable(op, min_elements):
-                    found.append(op)
-                else:
-                    kept += 1
-            for sub in op.blocks():
-                walk(sub, in_loop or op.name() == WHILE)
-
-    walk(program.global_block(), False)
-    return found, kept
+    return loop_matmuls(program, lambda op: _rewritable(op, min_elements))
 
 
 def _rows_times_weight(x, weight):
@@ -134,11 +115,5 @@ def _rows_times_weight(x, weight):
 def run_loop_weight_matmuls_as_addmm(program, min_elements: int | None = None) -> LoopWeightMatmulReport:
     """Rewrite every matmul the rule selects (all are matched before any is changed)."""
     matmuls, kept = loop_weight_matmuls(program, min_elements)
-    with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
-        for op in matmuls:
-            paddle.pir.set_insertion_point(op)
-            result = _rows_times_weight(op.operand_source(0), op.operand_source(1))
-            op.result(0).replace_all_uses_with(result)
-            op.erase()
-        paddle.pir.reset_insertion_point_to_end()
+    replace_matmuls(program, matmuls, _rows_times_weight)
     return LoopWeightMatmulReport(len(matmuls), kept)

@@ -1,0 +1,48 @@
+"""The matmuls of ``pd_op.while`` bodies, and replacing matmuls one by one: what the
+rules that move a decode loop's weight products to another kernel share
+(``loop_weight_matmul``, ``loop_bfloat16_gemv``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import paddle
+
+from ..paddle_modes import static_mode
+
+MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
+
+
+def loop_matmuls(program, selected: Callable) -> tuple[list, int]:
+    """(the matmuls in loop bodies, at any depth, for which ``selected(op)`` is true;
+    the number of the others)."""
+    # A walk of its own, not ProgramIndex (which copy_ops.loop_copies uses): the index
+    # builds an alias graph these rules do not need, 10x the time (8 against 79 ms on
+    # the toy llama's loop), and they run every time a predictor is made.
+    found, kept = [], 0
+
+    def walk(block, in_loop: bool) -> None:
+        nonlocal kept
+        for op in block.ops:
+            if in_loop and op.name() == MATMUL:
+                if selected(op):
+                    found.append(op)
+                else:
+                    kept += 1
+            for sub in op.blocks():
+                walk(sub, in_loop or op.name() == WHILE)
+
+    walk(program.global_block(), False)
+    return found, kept
+
+
+def replace_matmuls(program, matmuls: list, product: Callable) -> None:
+    """Replace each op of ``matmuls`` (of ``program``) by ``product(x, w)``, the ops it
+    appends at the matmul's place computing the value that takes the matmul's uses."""
+    with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
+        for op in matmuls:
+            paddle.pir.set_insertion_point(op)
+            result = product(op.operand_source(0), op.operand_source(1))
+            op.result(0).replace_all_uses_with(result)
+            op.erase()
+        paddle.pir.reset_insertion_point_to_end()
