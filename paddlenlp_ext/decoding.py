@@ -320,9 +320,11 @@ class GenerationLoop(paddle.nn.Layer):
         # Left padding: the first real token of each row is at position 0 (the pads get
         # position 0 too; they are masked out as keys and nothing reads their outputs).
         position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
-        out = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
-                         return_dict=False)
-        logits, cache = out[0], out[1]
+        # Unpacked at once: a name holding the model's whole output would be one more loop
+        # variable, carrying the cache a second time (in PIR, one value yielded at two
+        # positions, which passes.loop_cache_layout cannot carry permuted).
+        logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                   use_cache=True, return_dict=False)[:2]
         step = paddle.full([1], 0, dtype="int64")
         seen = self._seen_in_prompt(input_ids)
         choice = self._token_choice(settings, logits.dtype)
@@ -338,9 +340,8 @@ class GenerationLoop(paddle.nn.Layer):
         running = self._running(step, max_new_tokens, finished)
         while running:
             attention_mask = paddle.concat([attention_mask, paddle.ones_like(token)], axis=1)
-            out = self.model(token, position_ids=position, attention_mask=attention_mask, past_key_values=cache,
-                             use_cache=True, return_dict=False)
-            logits, cache = out[0], out[1]
+            logits, cache = self.model(token, position_ids=position, attention_mask=attention_mask,
+                                       past_key_values=cache, use_cache=True, return_dict=False)[:2]
             token = self._next_token(logits[:, -1, :], seen, choice, step)
             token, finished = self._finish(token, finished)
             seen = _mark_seen(seen, token)

@@ -83,7 +83,7 @@ def test_enabled_hook_cleans_a_legacy_model_paddle_inference_loads(exported, tmp
         cleaned = inference.create_predictor(config)
     assert inference.create_predictor is hook._original_create_predictor
     assert [(path, report.summary()) for path, report in enabled.reports] == [
-        (str(directory / "model.pdmodel"), "removed 19 copies from 1 loops; kept 0")]
+        (str(directory / "model.pdmodel"), "removed 14 copies from 1 loops; kept 0")]
     assert executed_loop_copies(str(tmp_path)) == 0  # the program Paddle Inference ran
     assert config.prog_file() == str(directory / "model.pdmodel") and not config.new_ir_enabled()
     np.testing.assert_array_equal(run_predictor(cleaned, feed())[0], reference)

@@ -12,20 +12,20 @@ from paddlenlp_ext.inference import (ModelDirectoryError, StaticGenerationModel,
 FEED = feed()
 
 
-@pytest.mark.parametrize("clean, executed", [(False, 19), (True, 0)], ids=["as translated", "cleaned"])
+@pytest.mark.parametrize("clean, executed", [(False, 14), (True, 0)], ids=["as translated", "cleaned"])
 def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, caplog, clean, executed):
     directory, reference = exported
     caplog.set_level(logging.INFO, logger="paddlenlp_ext")
     model = StaticGenerationModel(directory, remove_loop_assign=clean, dump_optimized_to=str(tmp_path))
     logged = [r.getMessage() for r in caplog.records
               if r.name == "paddlenlp_ext" and r.getMessage().startswith("remove_loop_assign")]
-    assert logged == ([f"remove_loop_assign on {directory}: removed 19 copies from 1 loops; kept 0"] if clean else [])
+    assert logged == ([f"remove_loop_assign on {directory}: removed 14 copies from 1 loops; kept 0"] if clean else [])
     assert model.format == "legacy"
-    assert (model.copies_before, model.copies_after) == (19, executed)
+    assert (model.copies_before, model.copies_after) == (14, executed)
     assert executed_loop_copies(str(tmp_path)) == executed  # Paddle Inference's own dump
     np.testing.assert_array_equal(model.run(FEED), reference)
     if clean:
-        assert model.report.removed == 19 and model.report.kept == ()
+        assert model.report.removed == 14 and model.report.kept == ()
 
 
 # -- why oneDNN breaks the loop on the new IR (Paddle 3.3.1), and a configuration that does not --

@@ -73,9 +73,9 @@ def test_pass_removes_every_copy_of_the_loop_and_keeps_the_tokens(exported):
     directory, reference = exported
     model = load_program(directory)
     before = count_loop_copies(model.program)
-    # generated, token, tokens seen, mask, position, step and finished once, the
-    # condition, the logits and the 4 cache tensors twice
-    assert before == 19
+    # generated, token, tokens seen, mask, position, step, finished, the logits and
+    # the 4 cache tensors once, the condition twice
+    assert before == 14
     report = remove_loop_assign(model.program, outputs=model.outputs)
     assert report.removed == before and report.kept == () and report.loops == 1
     assert count_loop_copies(model.program) == 0
@@ -90,9 +90,9 @@ def test_pr9002_rule_on_the_loop_leaves_the_chains(exported):
     directory, reference = exported
     model = load_program(directory)
     report = remove_loop_assign_pr9002(model.program)
-    # Only single copies into block arguments. Neither copy of a chain, nor the
-    # condition (written into the outer condition value).
-    assert report.removed == 7 and len(report.kept) == 12
+    # Only single copies into block arguments: not the condition's chain of two (the
+    # second is written into the outer condition value).
+    assert report.removed == 12 and len(report.kept) == 2
     (tokens,) = run_program(model, feed())
     np.testing.assert_array_equal(tokens, reference)
 
@@ -155,8 +155,8 @@ def test_inspect_script_reports_the_loop(exported):
     result = inspect(str(directory), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
-        "model": str(directory), "format": "legacy", "loops": 1, "copies": 19, "removable": 19, "kept": {},
-        "pr9002_removable": 7}
+        "model": str(directory), "format": "legacy", "loops": 1, "copies": 14, "removable": 14, "kept": {},
+        "pr9002_removable": 12}
 
 
 def test_inspect_script_rejects_a_missing_model(tmp_path):

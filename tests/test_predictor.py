@@ -48,7 +48,7 @@ def data_file(tmp_path_factory):
 def test_main_command_prints_outputs_and_the_report(home, tmp_path):
     result = cli("--model", "llama2", "--remove_loop_assign", "--max_length", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    # the static KV cache by default: its loop copies no cache (the concat loop has 19 copies)
+    # the static KV cache by default: its loop copies no cache (the concat loop has 14 copies)
     assert "remove_loop_assign: removed 9 copies from 1 loops; kept 0" in result.stdout
     assert result.stdout.count("***********Output**********") == 2
     lines = (tmp_path / "output.json").read_text().splitlines()
@@ -82,8 +82,8 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
     printed = capsys.readouterr().out
     assert "remove_loop_assign: removed 9 copies from 1 loops; kept 0" in printed  # legacy+pass, static cache
     assert "remove_loop_assign: off (9 copies in the loop)" in printed  # legacy, static cache
-    assert "remove_loop_assign: removed 19 copies from 1 loops; kept 0" in printed  # legacy+pass concat
-    assert "remove_loop_assign: off (19 copies in the loop)" in printed  # legacy concat
+    assert "remove_loop_assign: removed 14 copies from 1 loops; kept 0" in printed  # legacy+pass concat
+    assert "remove_loop_assign: off (14 copies in the loop)" in printed  # legacy concat
 
 
 def test_benchmark_reports_prefill_and_decode_apart_on_the_given_prompts(home, tmp_path, data_file, capsys):
