@@ -48,7 +48,7 @@ Safety conditions (1-3 and 6 checked by ``_rewritable``, at the check; 4-5 hold 
    not control.
 6. ``W`` is float32 or float64, the dtypes ``addmm`` has CPU kernels for (Paddle 3.3.1
    has no bfloat16 one: a bfloat16 product rewritten would fail when the predictor is
-   made). A bfloat16 product stays on oneDNN's matmul (``transposed_weights``).
+   made). A bfloat16 product is ``loop_bfloat16_gemv``'s.
 """
 
 from __future__ import annotations
