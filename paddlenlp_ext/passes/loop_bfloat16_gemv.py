@@ -2,7 +2,7 @@
 
 Rule. In a ``pd_op.while`` body (at any depth), a product of bfloat16 activations and a
 bfloat16 parameter matrix stored ``[out, in]`` becomes our kernel's op
-(``native.bfloat16_gemv``: ``x @ W^T``, float32 sums rounded to bfloat16)::
+(``native.load_bfloat16_gemv``: ``x @ W^T``, float32 sums rounded to bfloat16)::
 
     (%y) = "pd_op.matmul" (%x, %W) {transpose_x:false, transpose_y:true}   # x [B, 1, K] bf16, W [N, K] bf16
 

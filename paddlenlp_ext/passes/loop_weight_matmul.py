@@ -59,6 +59,7 @@ import paddle
 
 from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
 from .report import PassReport
+
 MIN_WEIGHT_ELEMENTS = 1 << 22  # 16 MiB of float32: larger than a last-level cache
 
 

@@ -15,8 +15,9 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
-  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists), with oneDNN on ``inplace_reads``, and the guard, as much of it as the
-  configuration needs (``_guard_on_our_config``, ``_guard_with_onednn_off``).
+  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists), with oneDNN on
+  ``inplace_reads``, and the guard, as much of it as the configuration needs
+  (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
   optimizations, only what makes the configuration safe (``float32_outputs``,
   ``transpose_perms``, ``inplace_reads``, the guard).

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import EXPORTS
+from .roofline import DTYPE_BYTES
 
 # The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today. All float32.
 VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache")
@@ -132,7 +133,7 @@ def _copies(program) -> tuple[int, list]:
 
 
 def _itemsize(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize  # numpy has no bfloat16
+    return DTYPE_BYTES[dtype] if dtype in DTYPE_BYTES else np.dtype(dtype).itemsize  # numpy has no bfloat16
 
 
 def bytes_per_token(variant: Variant, settings: dict, context: int) -> int:
