@@ -31,8 +31,8 @@ def save(prefix: str, body, shape=(-1, 1, HIDDEN)) -> dict:
     return FEED
 
 
-def parameter(shape):
-    return paddle.static.create_parameter(list(shape), "float32",
+def parameter(shape, dtype="float32"):
+    return paddle.static.create_parameter(list(shape), dtype,
                                           default_initializer=paddle.nn.initializer.Normal(std=0.3))
 
 

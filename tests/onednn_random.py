@@ -4,7 +4,9 @@
 the program (outputs in a list) from a fed ``x`` of ``shape``. Most programs are a
 decoding step's shape, ``[batch, 1, hidden]``; about one in five is a 4-D image batch
 with convolutions, pooling and normalisations; about one decode program in eight
-computes in bfloat16 (``x`` and the weights cast to it, the outputs cast back). A
+computes in bfloat16 (``x`` and the weights cast to it, or, in half of them, the matrices
+held as bfloat16 parameters, as a bfloat16 model's are, whose transposed products in a
+loop run on our kernel: ``passes.loop_bfloat16_gemv``; the outputs cast back). A
 program has:
 
 - values computed before the loop, from ``STATEMENTS``: the matmul family (without
@@ -102,6 +104,11 @@ IDS = {
 }
 
 
+def _is_parameter(value) -> bool:
+    producer = value.get_defining_op()
+    return producer is not None and producer.name() == "builtin.parameter"
+
+
 class _Draw:
     def __init__(self, seed: int, image: bool, dtype: str):
         self.rng = random.Random(seed)
@@ -122,7 +129,13 @@ class _Draw:
                 self.weights.append((parameter([CHANNELS, CHANNELS, 3, 3]), parameter([CHANNELS])))
             else:
                 weight, bias = parameter([HIDDEN, HIDDEN]), parameter([HIDDEN])
-                if self.dtype != "float32":
+                if self.dtype != "float32" and self.rng.random() < 0.5:
+                    # held in bfloat16, as a bfloat16 model's: a loop's transposed product of
+                    # one runs on our kernel (passes.loop_bfloat16_gemv)
+                    weight = parameter([HIDDEN, HIDDEN], self.dtype)
+                    bias = bias.cast(self.dtype)
+                    self.tag("bfloat16 parameters")
+                elif self.dtype != "float32":
                     weight, bias = weight.cast(self.dtype), bias.cast(self.dtype)
                 self.weights.append((weight, bias))
         if self.image:
@@ -204,6 +217,8 @@ class _Draw:
         weight, bias = rng.choice(self.weights)
         forms = ["plain", "bias", "bias+activation", "residual", "pool" if self.image else "transposed"]
         form = rng.choice(forms)
+        if self.in_loop and weight.dtype == paddle.bfloat16 and _is_parameter(weight) and rng.random() < 0.5:
+            form = "transposed"  # a decode step's product as a bfloat16 model exports it: on our kernel
         activation = rng.choice(sorted({"relu", "gelu", "tanh", "sigmoid", "hardsigmoid", "silu"}
                                        & set(self._usable(ACTIVATIONS)) | {"relu"}))
         self.tag("conv2d" if self.image else "matmul")
