@@ -140,7 +140,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     if cache == "static" and not supports_static_cache(model):
         raise ExportError("cache 'static' covers PaddleNLP's plain llama attention only (no fused qkv or rope, "
                           "tensor/sequence parallelism, dynamic NTK or flash attention)")
-    _check_bfloat16_export(model, format, loop, cache)
+    _check_bfloat16_export(model, format, loop)
     config = model.config
     decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
     save = _save_paddlenlp_loop if loop == "paddlenlp" else functools.partial(_save_generation_loop, cache=cache)
@@ -175,9 +175,8 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
 def default_cache(model, loop: str) -> str:
     """The KV cache ``export_generation_model`` gives ``loop`` when none is asked for:
     "static" (faster at every context in ``scripts/benchmark.py``) for our loop when
-    the model's attention is one it covers and its dtype one the cache's write has a
-    CPU kernel for (not bfloat16: ``_check_bfloat16_export``), else "concat"."""
-    static = loop == "generation_loop" and supports_static_cache(model) and not _is_bfloat16(model)
+    the model's attention is one it covers, else "concat"."""
+    static = loop == "generation_loop" and supports_static_cache(model)
     return "static" if static else "concat"
 
 
@@ -185,10 +184,9 @@ def _is_bfloat16(model) -> bool:
     return model.config.dtype == "bfloat16"
 
 
-def _check_bfloat16_export(model, format: str, loop: str, cache: str) -> None:
+def _check_bfloat16_export(model, format: str, loop: str) -> None:
     """What a bfloat16 model cannot be exported as on Paddle 3.3.1 (CPU wheel), found
-    by trying each: the static cache's in-place write (``put_along_axis_``) has no
-    bfloat16 kernel, PaddleNLP's own loop cannot be traced in bfloat16 (its sampling's
+    by trying each: PaddleNLP's own loop cannot be traced in bfloat16 (its sampling's
     ``where`` has no bfloat16 kernel), and a legacy bfloat16 program is saved but
     cannot be lowered to kernels when it is loaded."""
     if not _is_bfloat16(model):
@@ -199,9 +197,6 @@ def _check_bfloat16_export(model, format: str, loop: str, cache: str) -> None:
     if loop != "generation_loop":
         raise ExportError("a bfloat16 model exports with loop generation_loop only (PaddleNLP's own loop cannot be "
                           "traced in bfloat16)")
-    if cache != "concat":
-        raise ExportError(f"cache {cache!r}: a bfloat16 model exports with cache 'concat' only (the static "
-                          "cache's in-place write, put_along_axis, has no bfloat16 CPU kernel)")
 
 
 def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str, cache: str) -> None:

@@ -281,7 +281,9 @@ WEIGHTS_SHARE_OF_MEMORY = 0.85
 
 def _check_fits(settings: dict) -> None:
     """A dtype of ``--dtypes`` whose weights do not fit this machine's available memory
-    (``/proc/meminfo``; no check elsewhere) is refused before anything runs, saying why."""
+    (``/proc/meminfo``; no check elsewhere) is refused before anything runs, saying why;
+    so is a ``--pass-layers`` program (float32) that does not, which would otherwise be
+    found after every timing."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
@@ -295,6 +297,12 @@ def _check_fits(settings: dict) -> None:
                 f"--dtypes {dtype} cannot fit: this model's {dtype} weights are {weights / 2**30:.1f} GiB and the "
                 f"machine has {available / 2**30:.1f} GiB available (a predictor needs them once, plus its "
                 f"activations); use fewer --layers, or --dtypes bfloat16 alone")
+    pass_program = weight_bytes({**settings, "layers": settings["pass_layers"]}, "float32")["all"]
+    if settings["pass_layers"] and pass_program > WEIGHTS_SHARE_OF_MEMORY * available:
+        raise BenchmarkError(
+            f"--pass-layers {settings['pass_layers']} cannot fit: the float32 program the passes are timed on "
+            f"holds {pass_program / 2**30:.1f} GiB of weights and the machine has {available / 2**30:.1f} GiB "
+            f"available; use fewer --pass-layers, or 0 to skip it")
 
 
 def loop_variants(settings: dict, loop: str) -> list[str]:

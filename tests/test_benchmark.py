@@ -96,8 +96,12 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
      "no variant runs with --dtypes bfloat16 on --loops paddlenlp (bf16 runs on generation_loop only)"),
     (["--preset", "llama2-7b", "--layers", "1000", "--dtypes", "bfloat16"],
      "--dtypes bfloat16 cannot fit: this model's bfloat16 weights are 377.5 GiB and the machine has"),
+    # 1000 layers of 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096 float32 values, and two
+    # 32000 x 4096 tables: 754.9 GiB
+    (["--preset", "llama2-7b", "--layers", "1", "--pass-layers", "1000"],
+     "--pass-layers 1000 cannot fit: the float32 program the passes are timed on holds 754.9 GiB of weights"),
 ], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset",
-        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop", "does not fit"])
+        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop", "does not fit", "pass program does not fit"])
 def test_bad_argument_is_one_error_line(tmp_path, args, message):
     result = bench("--quick", *args, "--output", str(tmp_path / "out.json"))
     assert result.returncode == 2

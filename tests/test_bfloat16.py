@@ -31,6 +31,7 @@ from paddlenlp_ext.transposed_weights import transposed_weights
 
 IDS = np.array([[5, 17, 99, 230, 11, 400, 7, 1200], [42, 42, 8, 900, 1500, 3, 64, 77]], dtype="int64")
 NEW_TOKENS = 12
+CACHES = ("concat", "static")
 RELATIVE_TOLERANCE = 8 * 2.0**-8
 
 
@@ -57,19 +58,25 @@ def _export_logits(model, directory):
 def exports(request, tmp_path_factory):
     """For float32 and bfloat16 (the float32 weights cast) of an embedded model (llama2-gqa:
     grouped-query attention, whose repeat_kv the export patches): the logits program and
-    the generation loop (PIR, concat cache: the one a bfloat16 model exports with)."""
+    the generation loops (PIR, the only format a bfloat16 model exports in), by cache:
+    ``(logits directory, {cache: loop directory})``, and under "layers" the number of
+    decoder layers."""
     root = tmp_path_factory.mktemp("bfloat16")
     home = root / "home"
     directories = {}
     for dtype in ("float32", "bfloat16"):
+        loops = {}
         with dygraph_mode():
             model, tokenizer = load_model(request.param, cache_dir=home, dtype=dtype)
             assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
             _export_logits(model, root / f"logits-{dtype}")
             decoding = DecodingConfig(eos_token_id=-1, pad_token_id=0)  # no eos: every step generates
-            export_generation_model(model, root / f"loop-{dtype}", decoding=decoding, format="pir", cache="concat",
-                                    remove_loop_assign=True)
-        directories[dtype] = (root / f"logits-{dtype}", root / f"loop-{dtype}")
+            for cache in CACHES:
+                loops[cache] = root / f"loop-{dtype}-{cache}"
+                export_generation_model(model, loops[cache], decoding=decoding, format="pir", cache=cache,
+                                        remove_loop_assign=True)
+        directories[dtype] = (root / f"logits-{dtype}", loops)
+    directories["layers"] = model.config.num_hidden_layers
     return directories
 
 
@@ -117,17 +124,11 @@ def test_a_converted_bfloat16_program_is_right_on_paddles_default_config(exports
         assert np.abs(got - want).max() <= RELATIVE_TOLERANCE * np.abs(want).max()
 
 
-@pytest.mark.parametrize("onednn", ["all", "off"])
-def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn):
-    runs, model = _generate(exports["bfloat16"][1], onednn)
-    if cpu_supports_avx512_bf16():  # the decode's weight products ran on our kernel
-        gemv = model.pipeline.get("loop_bfloat16_gemv")
-        assert gemv.rewritten > 0 and gemv.unavailable is None, gemv.summary()
-    np.testing.assert_array_equal(runs[0], runs[1])  # run after run
-    tokens = runs[0]
+def _assert_near_float32s_best(exports, tokens):
+    """Teacher-forced on float32 with the bfloat16 run's own sequence: at the position
+    before each generated token, that token's logit is within 2 * TOLERANCE of float32's
+    best."""
     assert tokens.shape == (len(IDS), NEW_TOKENS)
-    # float32's logits on the bfloat16 run's own sequence: at the position before each
-    # generated token, how far that token's logit is from float32's best
     sequence = np.concatenate([IDS, tokens], axis=1)
     logits = _logits(exports["float32"][0], sequence)[0]
     tolerance = RELATIVE_TOLERANCE * np.abs(logits).max()
@@ -135,13 +136,52 @@ def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, o
     chosen = np.take_along_axis(steps, tokens[..., None], axis=-1)[..., 0]
     shortfall = steps.max(axis=-1) - chosen
     assert shortfall.max() <= 2 * tolerance, (shortfall, tolerance)
-    float32 = _generate(exports["float32"][1], onednn)[0][0]
-    print(f"greedy tokens equal to float32's ({onednn}): {(float32 == tokens).mean():.2f}")
+
+
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("onednn", ["all", "off"])
+def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn, cache):
+    runs, model = _generate(exports["bfloat16"][1][cache], onednn)
+    if cpu_supports_avx512_bf16():  # the decode's weight products ran on our kernel
+        gemv = model.pipeline.get("loop_bfloat16_gemv")
+        assert gemv.rewritten > 0 and gemv.unavailable is None, gemv.summary()
+    np.testing.assert_array_equal(runs[0], runs[1])  # run after run
+    _assert_near_float32s_best(exports, runs[0])
+    float32 = _generate(exports["float32"][1][cache], onednn)[0][0]
+    print(f"greedy tokens equal to float32's ({onednn}, {cache}): {(float32 == runs[0]).mean():.2f}")
+
+
+def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_path):
+    """``put_along_axis_`` has no bfloat16 CPU kernel, so a bfloat16 buffer is written
+    by ``set_value_with_tensor_`` (``compat.write_cache_position_``), one position in
+    place. Its tokens keep the contract as a user of ``convert``'s directory runs it,
+    Paddle's default CPU config (oneDNN placement and fusion, inplace_pass), and as
+    the save hook writes it."""
+    from onednn_cases import paddle_default_predictor
+
+    from paddlenlp_ext.convert import convert
+    from paddlenlp_ext.inference import load_program, run_predictor
+    from paddlenlp_ext.inference import count_loop_copies
+
+    source = exports["bfloat16"][1]["static"]
+    loaded = load_program(source)
+    (loop,) = [op for op in loaded.program.global_block().ops if op.name() == "pd_op.while"]
+    body = [op.name() for op in loop.as_while_op().body().ops]
+    assert body.count("pd_op.set_value_with_tensor_") == 2 * exports["layers"]  # a key and a value a layer
+    assert "pd_op.set_value_with_tensor" not in body and "pd_op.put_along_axis_" not in body
+    assert count_loop_copies(loaded.program) == 0
+    convert(source, tmp_path / "converted")
+    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    predictor = paddle_default_predictor(str(tmp_path / "converted" / "model"))
+    names = predictor.get_input_names()
+    runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    _assert_near_float32s_best(exports, runs[0])
 
 
 @pytest.mark.parametrize("settings, message", [
     ({"format": "legacy", "cache": "concat"}, "a bfloat16 model exports in the pir format only"),
-    ({"format": "pir", "cache": "static"}, "cache 'static': a bfloat16 model exports with cache 'concat' only"),
     ({"format": "pir", "loop": "paddlenlp"}, "a bfloat16 model exports with loop generation_loop only"),
 ])
 def test_the_exports_a_bfloat16_model_cannot_take_are_refused(tmp_path, settings, message):

@@ -54,13 +54,17 @@ def test_a_float16_checkpoint_runs_in_float32_in_both_modes(checkpoints, tmp_pat
 
 
 def test_a_bfloat16_export_is_made_and_run_in_static_mode(checkpoints, tmp_path, monkeypatch):
-    """--dtype bfloat16 exports in the one format a bfloat16 model exports in (pir) and
-    runs there; test_bfloat16 holds its tokens to float32's."""
+    """--dtype bfloat16 exports in the one format a bfloat16 model exports in (pir), with
+    the static cache as float32 has it, and runs there; test_bfloat16 holds its tokens to
+    float32's."""
+    from paddlenlp_ext.export import METADATA_FILE
+
     monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))
     predictor, ids = _greedy(checkpoints / "float16", mode="static", dtype="bfloat16")
     assert predictor.config.export_format == "pir" and ids.shape == (len(PROMPTS), 8)
     (export,) = (tmp_path / "exports").iterdir()
     assert json.loads((export / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((export / METADATA_FILE).read_text())["cache"] == "static"
     with pytest.raises(PredictorError, match="^--dtype float32: .* was exported in bfloat16"):
         _greedy(export, dtype="float32")
 

@@ -153,9 +153,6 @@ def test_benchmark_takes_the_prefill_from_the_whole_run(monkeypatch):
         ("unknown dtype", ["--dtype", "fp32"], "--dtype must be one of float32, float16, bfloat16, got 'fp32'"),
         ("bfloat16 in dygraph", ["--dtype", "bfloat16"], "--dtype bfloat16: Paddle's dygraph has no bfloat16 matmul "
          "on CPU; use --mode static (a static program computes in bfloat16 on oneDNN)"),
-        ("bfloat16 with the static cache", ["--dtype", "bfloat16", "--mode", "static", "--cache", "static"],
-         "cache 'static': a bfloat16 model exports with cache 'concat' only (the static cache's in-place write, "
-         "put_along_axis, has no bfloat16 CPU kernel)"),
         ("float16 export on CPU", ["--model_name_or_path", "{tmp}/float16"],
          "{tmp}/float16: the model was exported in float16, which Paddle's CPU kernels cannot compute; export it "
          "again from its checkpoint with --dtype float32"),
