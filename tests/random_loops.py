@@ -62,6 +62,8 @@ TAGS = {
     "in-place": "an in-place op on a value computed in the body",
     "in-place arg": "an in-place op on a block argument (or a copy result)",
     "in-place outer": "an in-place op on a value defined before the loop",
+    "row write": "one of those in-place ops writes one row only (set_value_with_tensor_, as the static KV cache "
+                 "writes a position)",
     "invariant const": "a body value computed from constants only (full in the body, or outer constants)",
     "invariant param": "a body value computed from parameters only",
     "invariant copy": "a loop-invariant value copied into a loop variable",
@@ -160,13 +162,18 @@ class _Program:
     def in_place(self, target, other=None):
         """One in-place op on ``target`` (a copy of nothing: it writes target's buffer)."""
         rng = self.rng
-        kind = rng.choice(["scale_", "scale_", "tanh_", "add_"] if other is not None else ["scale_", "scale_", "tanh_"])
+        kinds = ["scale_", "scale_", "tanh_"] + (["add_", "set_value_"] if other is not None else [])
+        kind = rng.choice(kinds)
         if kind == "scale_":
             _C_ops.scale_(target, rng.choice(COEFFICIENTS), 0.25, True)
         elif kind == "tanh_":
             _C_ops.tanh_(target)
-        else:
+        elif kind == "add_":
             _C_ops.add_(target, other)
+        else:  # one row of target written from other's, as the static KV cache writes a position
+            self.tags.add("row write")
+            row = rng.randrange(SHAPE[0])
+            _C_ops.set_value_with_tensor_(target, other[row:row + 1], [row], [row + 1], [1], [0], [], [])
 
     def invariant(self):
         """A value computed in the body from constants or parameters only."""
