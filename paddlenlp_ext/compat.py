@@ -309,12 +309,23 @@ def _top_k_process(probs, top_k, min_tokens_to_keep):
         top_k = paddle.clip(top_k, min=min_tokens_to_keep, max=vocab_size if vocab_size > 0 else None)
     else:
         top_k = min(max(top_k, min_tokens_to_keep), vocab_size)
-    if probs.dtype == paddle.bfloat16:
-        topk_probs, _ = paddle.topk(paddle.cast(probs, paddle.float32), k=top_k)
-        topk_probs = paddle.cast(topk_probs, paddle.bfloat16)
-    else:
-        topk_probs, _ = paddle.topk(probs, k=top_k)
+    topk_probs, _ = paddle.topk(probs, k=top_k)
     return paddle.where(probs >= topk_probs[:, -1:], probs, paddle.full_like(probs, 0.0))
+
+
+def _logits_in_float32(adjust):
+    """PaddleNLP 2.8.1's ``GenerationMixin.adjust_logits_during_generation`` (the hook
+    its decoding loops call on each step's last logits), whose result is cast to float32
+    when it is bfloat16: the sampling after it (softmax, ``where``, ``argmax``, ``topk``,
+    ``multinomial``) has no bfloat16 CPU kernels on Paddle 3.3.1, and PIR refuses a
+    bfloat16 ``where`` or ``argmax`` as the loop is traced. A bfloat16 value is exactly a
+    float32 one, so greedy search picks the same token."""
+
+    def adjust_logits_during_generation(self, logits):
+        logits = adjust(self, logits)
+        return paddle.cast(logits, paddle.float32) if logits.dtype == paddle.bfloat16 else logits
+
+    return adjust_logits_during_generation
 
 
 def _fill_special_token_ids(model, config: dict) -> dict:
@@ -422,6 +433,8 @@ def paddlenlp_export_patches():
                             patch(owner, name, _dispatch(getattr(owner, name), op))
             patch(generation_utils, "TopKProcess", _top_k_process)
             mixin = generation_utils.GenerationMixin
+            patch(mixin, "adjust_logits_during_generation",
+                  _logits_in_float32(mixin.adjust_logits_during_generation))
             patch(mixin, "to_static", _to_static_patched(mixin.to_static))
             yield
         finally:

@@ -140,7 +140,7 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     if cache == "static" and not supports_static_cache(model):
         raise ExportError("cache 'static' covers PaddleNLP's plain llama attention only (no fused qkv or rope, "
                           "tensor/sequence parallelism, dynamic NTK or flash attention)")
-    _check_bfloat16_export(model, format, loop)
+    _check_bfloat16_export(model, format)
     config = model.config
     decoding = decoding or DecodingConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id or 0)
     save = _save_paddlenlp_loop if loop == "paddlenlp" else functools.partial(_save_generation_loop, cache=cache)
@@ -184,26 +184,25 @@ def _is_bfloat16(model) -> bool:
     return model.config.dtype == "bfloat16"
 
 
-def _check_bfloat16_export(model, format: str, loop: str) -> None:
+def _check_bfloat16_export(model, format: str) -> None:
     """What a bfloat16 model cannot be exported as on Paddle 3.3.1 (CPU wheel), found
-    by trying each: PaddleNLP's own loop cannot be traced in bfloat16 (its sampling's
-    ``where`` has no bfloat16 kernel), and a legacy bfloat16 program is saved but
-    cannot be lowered to kernels when it is loaded."""
-    if not _is_bfloat16(model):
-        return
-    if format != "pir":
+    by trying: a legacy bfloat16 program is saved but cannot be lowered to kernels when
+    it is loaded."""
+    if _is_bfloat16(model) and format != "pir":
         raise ExportError("a bfloat16 model exports in the pir format only (Paddle cannot lower a legacy "
                           "bfloat16 program to CPU kernels)")
-    if loop != "generation_loop":
-        raise ExportError("a bfloat16 model exports with loop generation_loop only (PaddleNLP's own loop cannot be "
-                          "traced in bfloat16)")
+
+
+def _weights_as_exported(model):
+    """A bfloat16 model's weight matrices stored [out, in] while it is traced: a bfloat16
+    product reads them twice as fast so (``transposed_weights``)."""
+    from .transposed_weights import transposed_weights
+
+    return transposed_weights(model) if _is_bfloat16(model) else contextlib.nullcontext()
 
 
 def _save_generation_loop(model, decoding: DecodingConfig, prefix: str, format: str, cache: str) -> None:
-    from .transposed_weights import transposed_weights
-
-    # a bfloat16 product reads its weights twice as fast transposed (transposed_weights)
-    with transposed_weights(model) if _is_bfloat16(model) else contextlib.nullcontext():
+    with _weights_as_exported(model):
         (export_legacy if format == "legacy" else export_pir)(GenerationLoop(model, decoding, cache=cache), prefix)
 
 
@@ -216,7 +215,7 @@ def _save_paddlenlp_loop(model, decoding: DecodingConfig, prefix: str, format: s
     settings = {"dtype": model.config.dtype or "float32", "export_precache": False,
                 "use_top_p": decoding.top_p < 1.0}
     try:
-        with guard(), paddlenlp_export_patches(), dygraph_mode():
+        with guard(), paddlenlp_export_patches(), dygraph_mode(), _weights_as_exported(model):
             model.to_static(prefix, settings)
     except TopPSamplingUnavailable as error:
         raise ExportError(str(error)) from None

@@ -22,8 +22,8 @@ float32) chooses what runs: float32 the variants of ``--variants``, bfloat16 one
 
 - ``bf16``: the same model object cast to bfloat16 after the float32 exports (so the
   weights are theirs rounded to bfloat16) and exported as a bfloat16 model exports
-  (``paddlenlp_ext.export``: PIR, concat cache, weight matrices transposed), loaded
-  as it is. ``GenerationLoop`` only: PaddleNLP's loop cannot be traced in bfloat16.
+  (``paddlenlp_ext.export``: PIR, weight matrices transposed; the static cache on our
+  loop, PaddleNLP's concat cache on its own), loaded as it is.
 
 With both dtypes the bf16 row is timed in the same rounds as the float32 ones.
 
@@ -111,8 +111,9 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
   and ``decode_ms_per_token`` at the same context over this row's (above 1 is faster).
 
 ``deep_pass`` times both passes (median as for ``pass_ms``), once per run, on a
-translated legacy export of ``--pass-layers`` layers (default 32; 0 skips it and
-leaves null) at the model's hidden size. Its export costs about 1.5 s per layer on a
+translated legacy export of ``--pass-layers`` layers (default 32, skipped where they
+do not fit in float32, ``args.pass_layers_skipped`` saying why; 0 skips it; null when
+skipped) at the model's hidden size. Its export costs about 1.5 s per layer on a
 2-core machine whatever the hidden size (dy2static tracing dominates), so the hidden
 size is not reduced for it. ``limits``, ``machine``, ``versions``, ``model`` and
 ``args`` (with the ``preset``) record where and what ran.
@@ -147,8 +148,8 @@ from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
 # The run's settings, lowest precedence first: the full run's or --quick's, then
 # --preset's model shape (--quick makes the toy smaller), then every flag given.
-FULL = {"contexts": [128, 512, 1024, 2048], "new_tokens": 64, "repeats": 5, "threads": None}
-QUICK = {"contexts": [32, 64], "new_tokens": 16, "repeats": 3, "threads": None}
+FULL = {"contexts": [128, 512, 1024, 2048], "new_tokens": 64, "repeats": 5, "threads": None, "pass_layers": 32}
+QUICK = {"contexts": [32, 64], "new_tokens": 16, "repeats": 3, "threads": None, "pass_layers": 32}
 QUICK_TOY = {"layers": 2, "hidden_size": 128}
 
 
@@ -222,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vocab-size", type=int)
     model.add_argument("--max-position-embeddings", type=int,
                        help="(default the largest context + --new-tokens)")
-    model.add_argument("--pass-layers", type=int, default=32,
+    model.add_argument("--pass-layers", type=int,
                        help="layers of the extra program the passes are timed on once per run; 0 skips it "
-                            "(default 32)")
+                            "(default 32, or 0 where 32 such layers do not fit in float32)")
     return parser
 
 
@@ -257,15 +258,15 @@ def resolve(args: argparse.Namespace) -> dict:
         settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
     if settings["intermediate_size"] <= 0:
         raise BenchmarkError(f"--intermediate-size must be positive, got {settings['intermediate_size']}")
-    _check_fits(settings)
+    _check_fits(settings, pass_layers_given="pass_layers" in given)
     needed = max(settings["contexts"]) + settings["new_tokens"]
     settings.setdefault("max_position_embeddings", needed)
     if settings["max_position_embeddings"] < needed:
         raise BenchmarkError(f"--max-position-embeddings must be at least the largest context + --new-tokens "
                              f"({needed}), got {settings['max_position_embeddings']}")
     if not any(loop_variants(settings, loop) for loop in settings["loops"]):
-        raise BenchmarkError(f"no variant runs with --dtypes {','.join(settings['dtypes'])} on --loops "
-                             f"{','.join(settings['loops'])} (bf16 runs on generation_loop only)")
+        raise BenchmarkError(f"no variant of --variants {','.join(settings['variants'])} runs on --loops "
+                             f"{','.join(settings['loops'])} (static-cache runs on generation_loop only)")
     output = Path(settings["output"])
     if output.suffix != ".json":
         raise BenchmarkError(f"--output must be a .json path (the plot is written beside it), got {output}")
@@ -279,11 +280,12 @@ def resolve(args: argparse.Namespace) -> dict:
 WEIGHTS_SHARE_OF_MEMORY = 0.85
 
 
-def _check_fits(settings: dict) -> None:
+def _check_fits(settings: dict, pass_layers_given: bool) -> None:
     """A dtype of ``--dtypes`` whose weights do not fit this machine's available memory
     (``/proc/meminfo``; no check elsewhere) is refused before anything runs, saying why;
     so is a ``--pass-layers`` program (float32) that does not, which would otherwise be
-    found after every timing."""
+    found after every timing. The default one is skipped instead (a whole llama2-7B's
+    does not fit), and ``settings["pass_layers_skipped"]`` says why."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
@@ -299,10 +301,13 @@ def _check_fits(settings: dict) -> None:
                 f"activations); use fewer --layers, or --dtypes bfloat16 alone")
     pass_program = weight_bytes({**settings, "layers": settings["pass_layers"]}, "float32")["all"]
     if settings["pass_layers"] and pass_program > WEIGHTS_SHARE_OF_MEMORY * available:
-        raise BenchmarkError(
-            f"--pass-layers {settings['pass_layers']} cannot fit: the float32 program the passes are timed on "
-            f"holds {pass_program / 2**30:.1f} GiB of weights and the machine has {available / 2**30:.1f} GiB "
-            f"available; use fewer --pass-layers, or 0 to skip it")
+        why = (f"the float32 program the passes are timed on holds {pass_program / 2**30:.1f} GiB of weights and "
+               f"the machine has {available / 2**30:.1f} GiB available")
+        if pass_layers_given:
+            raise BenchmarkError(f"--pass-layers {settings['pass_layers']} cannot fit: {why}; use fewer "
+                                 "--pass-layers, or 0 to skip it")
+        settings["pass_layers_skipped"] = f"{settings['pass_layers']} layers do not fit: {why}"
+        settings["pass_layers"] = 0
 
 
 def loop_variants(settings: dict, loop: str) -> list[str]:
@@ -341,6 +346,8 @@ def benchmark(settings: dict) -> dict:
             progress(f"{loop}: timing {len(variants)} variants in {settings['repeats']} rounds of child processes")
             timings = time_variants(variants, settings, workdir, lambda message: progress(f"{loop}: {message}"))
             rows += records(loop, variants, timings, settings, limits)
+        if "pass_layers_skipped" in settings:
+            progress(f"passes not timed on a deep program: {settings['pass_layers_skipped']}")
         deep = deep_pass(settings, workdir, progress)
         model = llama_config(settings, settings["layers"]).to_dict()
     return {

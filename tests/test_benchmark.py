@@ -92,8 +92,8 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--preset", "llama4"], "argument --preset: invalid choice: 'llama4'"),
     (["--dtypes", "float32,float16"], "argument --dtypes: unknown dtype 'float16' (choose from float32, bfloat16)"),
     (["--dtypes", "bfloat16,bfloat16"], "argument --dtypes: a dtype is named twice in 'bfloat16,bfloat16'"),
-    (["--dtypes", "bfloat16", "--loops", "paddlenlp"],
-     "no variant runs with --dtypes bfloat16 on --loops paddlenlp (bf16 runs on generation_loop only)"),
+    (["--variants", "static-cache", "--loops", "paddlenlp"],
+     "no variant of --variants static-cache runs on --loops paddlenlp (static-cache runs on generation_loop only)"),
     (["--preset", "llama2-7b", "--layers", "1000", "--dtypes", "bfloat16"],
      "--dtypes bfloat16 cannot fit: this model's bfloat16 weights are 377.5 GiB and the machine has"),
     # 1000 layers of 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096 float32 values, and two
@@ -101,7 +101,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--preset", "llama2-7b", "--layers", "1", "--pass-layers", "1000"],
      "--pass-layers 1000 cannot fit: the float32 program the passes are timed on holds 754.9 GiB of weights"),
 ], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset",
-        "unknown dtype", "dtype twice", "bfloat16 on paddlenlp's loop", "does not fit", "pass program does not fit"])
+        "unknown dtype", "dtype twice", "static-cache on paddlenlp's loop", "does not fit", "pass program does not fit"])
 def test_bad_argument_is_one_error_line(tmp_path, args, message):
     result = bench("--quick", *args, "--output", str(tmp_path / "out.json"))
     assert result.returncode == 2
@@ -129,6 +129,19 @@ def test_a_preset_sets_the_shape_and_flags_override_it():
         "vocab_size": 2000, "preset": "llama2-7b"}
     gqa = benchmark.resolve(benchmark.build_parser().parse_args(["--quick", "--preset", "llama3-8b", "--layers", "1"]))
     assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
+
+
+def test_a_default_pass_program_that_cannot_fit_is_skipped_saying_why():
+    """Given, ``--pass-layers`` is refused when it cannot fit ("pass program does not
+    fit" above); the default 32 layers are skipped. 32 float32 layers four times
+    llama2-7B's width hold about 400 GiB; the bfloat16 model itself, one such layer, 8.3."""
+    benchmark = _benchmark_module()
+    settings = benchmark.resolve(benchmark.build_parser().parse_args(
+        ["--preset", "llama2-7b", "--layers", "1", "--hidden-size", "16384", "--intermediate-size", "44032",
+         "--dtypes", "bfloat16"]))
+    assert settings["pass_layers"] == 0
+    assert settings["pass_layers_skipped"].startswith(
+        "32 layers do not fit: the float32 program the passes are timed on holds 3")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -220,15 +233,17 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_bfloat16_alone_runs_the_bf16_variant_only(tmp_path):
+def test_bfloat16_alone_runs_the_bf16_variant_only_on_both_loops(tmp_path):
     output = tmp_path / "bench.json"
     result = bench(*TINY, "--dtypes", "bfloat16", "--pass-layers", "0", "--output", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(output.read_text())["results"]
-    assert [(row["loop"], row["variant"], row["dtype"]) for row in rows] == [("generation_loop", "bf16", "bfloat16")]
-    assert rows[0]["token_agreement_with_float32"] is None and rows[0]["decode_speedup_vs_float32"] is None
-    assert rows[0]["tokens_identical"] is True
-    assert "loop: paddlenlp" not in result.stdout and "| bfloat16 | 16 | bf16 |" in result.stdout
+    assert [(row["loop"], row["variant"], row["dtype"]) for row in rows] == [("generation_loop", "bf16", "bfloat16"),
+                                                                             ("paddlenlp", "bf16", "bfloat16")]
+    for row in rows:
+        assert row["token_agreement_with_float32"] is None and row["decode_speedup_vs_float32"] is None
+        assert row["tokens_identical"] is True
+    assert "loop: paddlenlp" in result.stdout and result.stdout.count("| bfloat16 | 16 | bf16 |") == 2
 
 
 def _bench_module(name):

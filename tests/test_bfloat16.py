@@ -31,7 +31,10 @@ from paddlenlp_ext.transposed_weights import transposed_weights
 
 IDS = np.array([[5, 17, 99, 230, 11, 400, 7, 1200], [42, 42, 8, 900, 1500, 3, 64, 77]], dtype="int64")
 NEW_TOKENS = 12
-CACHES = ("concat", "static")
+# The generation loops a bfloat16 model exports as: ours with either cache, PaddleNLP's
+# (``model.to_static``) with its concat cache.
+LOOPS = {"concat": ("generation_loop", "concat"), "static": ("generation_loop", "static"),
+         "paddlenlp": ("paddlenlp", "concat")}
 RELATIVE_TOLERANCE = 8 * 2.0**-8
 
 
@@ -58,9 +61,9 @@ def _export_logits(model, directory):
 def exports(request, tmp_path_factory):
     """For float32 and bfloat16 (the float32 weights cast) of an embedded model (llama2-gqa:
     grouped-query attention, whose repeat_kv the export patches): the logits program and
-    the generation loops (PIR, the only format a bfloat16 model exports in), by cache:
-    ``(logits directory, {cache: loop directory})``, and under "layers" the number of
-    decoder layers."""
+    the generation loops (PIR, the only format a bfloat16 model exports in):
+    ``(logits directory, {LOOPS key: loop directory})``, and under "layers" the number
+    of decoder layers."""
     root = tmp_path_factory.mktemp("bfloat16")
     home = root / "home"
     directories = {}
@@ -71,10 +74,10 @@ def exports(request, tmp_path_factory):
             assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
             _export_logits(model, root / f"logits-{dtype}")
             decoding = DecodingConfig(eos_token_id=-1, pad_token_id=0)  # no eos: every step generates
-            for cache in CACHES:
-                loops[cache] = root / f"loop-{dtype}-{cache}"
-                export_generation_model(model, loops[cache], decoding=decoding, format="pir", cache=cache,
-                                        remove_loop_assign=True)
+            for loop, cache in LOOPS.values():
+                loops[cache if loop == "generation_loop" else loop] = root / f"{loop}-{dtype}-{cache}"
+                export_generation_model(model, root / f"{loop}-{dtype}-{cache}", decoding=decoding, format="pir",
+                                        loop=loop, cache=cache, remove_loop_assign=True)
         directories[dtype] = (root / f"logits-{dtype}", loops)
     directories["layers"] = model.config.num_hidden_layers
     return directories
@@ -138,17 +141,17 @@ def _assert_near_float32s_best(exports, tokens):
     assert shortfall.max() <= 2 * tolerance, (shortfall, tolerance)
 
 
-@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("onednn", ["all", "off"])
-def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn, cache):
-    runs, model = _generate(exports["bfloat16"][1][cache], onednn)
+def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn, loop):
+    runs, model = _generate(exports["bfloat16"][1][loop], onednn)
     if cpu_supports_avx512_bf16():  # the decode's weight products ran on our kernel
         gemv = model.pipeline.get("loop_bfloat16_gemv")
         assert gemv.rewritten > 0 and gemv.unavailable is None, gemv.summary()
     np.testing.assert_array_equal(runs[0], runs[1])  # run after run
     _assert_near_float32s_best(exports, runs[0])
-    float32 = _generate(exports["float32"][1][cache], onednn)[0][0]
-    print(f"greedy tokens equal to float32's ({onednn}, {cache}): {(float32 == runs[0]).mean():.2f}")
+    float32 = _generate(exports["float32"][1][loop], onednn)[0][0]
+    print(f"greedy tokens equal to float32's ({onednn}, {loop}): {(float32 == runs[0]).mean():.2f}")
 
 
 def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_path):
@@ -180,15 +183,12 @@ def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_p
     _assert_near_float32s_best(exports, runs[0])
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"format": "legacy", "cache": "concat"}, "a bfloat16 model exports in the pir format only"),
-    ({"format": "pir", "loop": "paddlenlp"}, "a bfloat16 model exports with loop generation_loop only"),
-])
-def test_the_exports_a_bfloat16_model_cannot_take_are_refused(tmp_path, settings, message):
+@pytest.mark.parametrize("loop", ["generation_loop", "paddlenlp"])
+def test_a_bfloat16_model_is_refused_the_legacy_format(tmp_path, loop):
     with dygraph_mode():
         model, _ = load_model("llama2", cache_dir=tmp_path / "home", dtype="bfloat16")
-        with pytest.raises(ExportError, match=f"^{message}"):
-            export_generation_model(model, tmp_path / "out", **settings)
+        with pytest.raises(ExportError, match="^a bfloat16 model exports in the pir format only"):
+            export_generation_model(model, tmp_path / "out", format="legacy", loop=loop, cache="concat")
     assert not (tmp_path / "out").exists()
 
 

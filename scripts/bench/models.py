@@ -62,8 +62,8 @@ def random_llama(settings: dict, layers: int, dtype: str = "float32"):
 
 # What export_model can write: a format of the loop with its concat KV cache (PaddleNLP's),
 # "static-cache": GenerationLoop's static cache, in the legacy format, or "bf16": the
-# model cast to bfloat16, as a bfloat16 model exports (PIR, GenerationLoop only) with the
-# static cache. "bf16" comes last: the float32 exports are written before the cast.
+# model cast to bfloat16, as a bfloat16 model exports (PIR; on GenerationLoop, with the
+# static cache). "bf16" comes last: the float32 exports are written before the cast.
 EXPORTS = ("legacy", "pir", "static-cache", "bf16")
 
 
@@ -101,7 +101,7 @@ def _export_in_this_process(settings: dict, layers: int, directory: Path, loop: 
             if fmt == "bf16":
                 model.to(dtype="bfloat16")
                 model.config.dtype = "bfloat16"  # what the export reads the model's dtype from
-            static = fmt in ("static-cache", "bf16")
+            static = fmt == "static-cache" or (fmt == "bf16" and loop == "generation_loop")
             export_generation_model(model, directory / loop / fmt, decoding=DecodingConfig(eos_token_id=None),
                                     format="legacy" if fmt == "static-cache" else "pir" if fmt == "bf16" else fmt,
                                     remove_loop_assign=False, loop=loop, cache="static" if static else "concat")

@@ -170,7 +170,7 @@ def table(result: dict) -> str:
                      "bfloat16 may part from float32 at near-ties, which does not fail the run.")
     for loop in args["loops"]:
         rows = [r for r in result["results"] if r["loop"] == loop]
-        if not rows:  # e.g. bfloat16 alone on PaddleNLP's loop, which it cannot be traced with
+        if not rows:  # e.g. static-cache alone on PaddleNLP's loop, which keeps its concat cache
             continue
         lines += [
             "", f"loop: {loop}", "",

@@ -81,8 +81,8 @@ def run_static_cache(exports: dict, workdir: Path, settings: dict) -> Variant:
 
 def run_bf16(exports: dict, workdir: Path, settings: dict) -> Variant:
     """The same weights cast to bfloat16 and exported as a bfloat16 model exports (PIR,
-    concat cache, weight matrices transposed: ``paddlenlp_ext.export``), loaded as it
-    is (a PIR export has no loop copies), run by our predictor."""
+    weight matrices transposed: ``paddlenlp_ext.export``; the static cache on our loop),
+    loaded as it is (a PIR export has no loop copies), run by our predictor."""
     return _prepare(BF16, exports["bf16"], workdir, settings, rewrite=None, dtype="bfloat16")
 
 
@@ -91,9 +91,9 @@ RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "le
 # The export each variant runs (bench.models.EXPORTS).
 EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
              "pir": "pir", "static-cache": "static-cache", BF16: "bf16"}
-# PaddleNLP's own loop has its concat cache only, and cannot be traced in bfloat16.
+# PaddleNLP's own loop has its concat cache only.
 LOOP_VARIANTS = {"generation_loop": VARIANTS + (BF16,),
-                 "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache")}
+                 "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache") + (BF16,)}
 
 
 def exported_formats(variants) -> tuple:
