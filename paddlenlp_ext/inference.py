@@ -313,10 +313,8 @@ class StaticGenerationModel:
         if self.report is not None:
             logger.info("remove_loop_assign on %s: %s", self.model_dir, self.report.summary())
         self.copies_after = count_loop_copies(loaded.program)
-        predictor, config = _staged_predictor(
-            loaded, lambda prefix: our_config(prefix, self.device, dump_optimized_to, self.onednn))
-        loaded.release()  # the predictor holds its own copy of the weights
-        return predictor, config
+        return _staged_predictor(loaded, lambda prefix: our_config(prefix, self.device, dump_optimized_to,
+                                                                     self.onednn))
 
     def _next_stage(self, failed: str | None = None, error: Exception | None = None) -> None:
         """Create the next stage's predictor (the first at ``failed`` None), skipping
@@ -456,7 +454,8 @@ def prepare_program(loaded: LoadedProgram, device: str, onednn: str, batch_size:
 def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to: str | None = None,
                   onednn: str = DEFAULT_ONEDNN, batch_size: int = 1):
     """A predictor for ``loaded``: prepared as ``prepare_program`` says (this changes
-    ``loaded.program``), saved to a staging directory, in our configuration."""
+    ``loaded.program``), saved to a staging directory, in our configuration; ``loaded``'s
+    weights are released (``_staged_predictor``)."""
     prepare_program(loaded, device, onednn, batch_size)
     predictor, _ = _staged_predictor(loaded, lambda prefix: our_config(prefix, device, dump_optimized_to, onednn))
     return predictor
@@ -464,12 +463,15 @@ def predictor_for(loaded: LoadedProgram, device: str = "cpu", dump_optimized_to:
 
 def _staged_predictor(loaded: LoadedProgram, config_for):
     """``(predictor, config)`` for ``loaded`` saved to a staging directory,
-    ``config_for(prefix)`` the configuration."""
+    ``config_for(prefix)`` the configuration. ``loaded``'s weights are released once
+    saved, before the predictor loads its own copy: a process holds them once (a whole
+    bfloat16 llama2-7B is 12.6 GiB; twice that does not fit 24 GiB)."""
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-") as staging:
         # Paddle Inference reads the files while creating the predictor, so the
         # staged program need not outlive this block.
         prefix = os.path.join(staging, MODEL_PREFIX)
         save_program(loaded, prefix)
+        loaded.release()
         config = config_for(prefix)
         return _create_predictor(config), config
 

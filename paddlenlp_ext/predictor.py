@@ -113,6 +113,14 @@ class BasePredictor:
         raise NotImplementedError
 
     def _postprocess(self, ids: np.ndarray) -> list[str]:
+        # A model whose vocabulary is larger than its tokenizer's (padded for speed, or a
+        # mismatched tokenizer) can generate an id the tokenizer has no piece for;
+        # sentencepiece raises IndexError (OUT_OF_RANGE) for it.
+        pieces = len(self.tokenizer)
+        unknown = ids[(ids >= pieces) | (ids < 0)]
+        if unknown.size:
+            raise PredictorError(f"the model generated token id {int(unknown[0])}, which its tokenizer (ids 0 to "
+                                 f"{pieces - 1}) cannot decode: the tokenizer beside the model does not match it")
         return self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True,
                                            clean_up_tokenization_spaces=False)
 

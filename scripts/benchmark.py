@@ -81,10 +81,9 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
 - ``weights_mib``, ``memory_bound_ms_per_token``, ``prefill_bound_ms``: the model's
   weights at the row's dtype, and what the machine's limits allow for a decode step
   (its weights and KV cache at the row's dtype) and for the prefill (``bench.roofline``
-  says how each is computed, from ``limits``: the memory bandwidth and float32 GEMM
-  throughput measured once per run at ``threads``); ``prefill_bound_gemm_dtype``: whose
-  GEMM throughput the prefill bound uses, float32's for every row (no bfloat16 GEMM
-  throughput is measured, so a bf16 row can beat its prefill bound);
+  says how each is computed, from ``limits``: the memory bandwidth and the float32 and
+  bfloat16 GEMM throughputs measured once per run at ``threads``);
+  ``prefill_bound_gemm_dtype``: whose GEMM throughput the prefill bound uses, the row's;
   ``roofline_ratio`` = ``decode_ms_per_token`` / ``memory_bound_ms_per_token`` and
   ``prefill_roofline_ratio`` = ``prefill_ms`` / ``prefill_bound_ms`` (1 is the limit);
 - ``threads``: the predictor's CPU math threads;
@@ -128,19 +127,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.models import LOOPS, PRESETS, export_model, llama_config
+from bench.models import LOOPS, PRESETS, default_intermediate_size, export_model, llama_config
 from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
 from bench.roofline import measure_machine, weight_bytes
 from bench.timing import time_variants
-from bench.variants import DTYPE_VARIANTS, LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
+from bench.variants import BASELINE, BF16, DTYPE_VARIANTS, LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
@@ -254,8 +253,8 @@ def resolve(args: argparse.Namespace) -> dict:
                              f"{settings['kv_heads']}")
     if settings["vocab_size"] <= 3:
         raise BenchmarkError(f"--vocab-size must be above 3 (prompts draw ids from 3 up), got {settings['vocab_size']}")
-    if settings["intermediate_size"] is None:  # the toy's: llama's 8/3 of the hidden size
-        settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
+    if settings["intermediate_size"] is None:
+        settings["intermediate_size"] = default_intermediate_size(settings["hidden_size"])
     if settings["intermediate_size"] <= 0:
         raise BenchmarkError(f"--intermediate-size must be positive, got {settings['intermediate_size']}")
     _check_fits(settings, pass_layers_given="pass_layers" in given)
@@ -267,6 +266,7 @@ def resolve(args: argparse.Namespace) -> dict:
     if not any(loop_variants(settings, loop) for loop in settings["loops"]):
         raise BenchmarkError(f"no variant of --variants {','.join(settings['variants'])} runs on --loops "
                              f"{','.join(settings['loops'])} (static-cache runs on generation_loop only)")
+    _check_scratch_space(settings)
     output = Path(settings["output"])
     if output.suffix != ".json":
         raise BenchmarkError(f"--output must be a .json path (the plot is written beside it), got {output}")
@@ -308,6 +308,36 @@ def _check_fits(settings: dict, pass_layers_given: bool) -> None:
                                  "--pass-layers, or 0 to skip it")
         settings["pass_layers_skipped"] = f"{settings['pass_layers']} layers do not fit: {why}"
         settings["pass_layers"] = 0
+
+
+def scratch_bytes(settings: dict) -> int:
+    """The bytes the run writes under TMPDIR, all held until it ends: per loop each
+    export and each prepared program (every variant but the baseline, which runs its
+    export) holds the weights in its dtype, and so does the ``--pass-layers`` program."""
+    def weights(dtype: str, layers: int = settings["layers"]) -> int:
+        return weight_bytes({**settings, "layers": layers}, dtype)["all"]
+
+    def dtype_of(name: str) -> str:  # of a variant or an export: "bf16" names both
+        return "bfloat16" if name == BF16 else "float32"
+
+    total = weights("float32", settings["pass_layers"]) if settings["pass_layers"] else 0
+    for loop in settings["loops"]:
+        names = loop_variants(settings, loop)
+        total += sum(weights(dtype_of(fmt)) for fmt in exported_formats(names))
+        total += sum(weights(dtype_of(name)) for name in names if name != BASELINE)
+    return total
+
+
+def _check_scratch_space(settings: dict) -> None:
+    """A run whose files do not fit TMPDIR's free space is refused before anything runs
+    (a whole bfloat16 llama2-7B writes 25 GiB: its export and its prepared program);
+    otherwise Paddle fails to write a tensor after the export, with no word of space."""
+    directory = tempfile.gettempdir()
+    needed, free = scratch_bytes(settings), shutil.disk_usage(directory).free
+    if needed > free:
+        raise BenchmarkError(f"the run writes {needed / 2**30:.1f} GiB of exports and prepared programs under "
+                             f"{directory} and it has {free / 2**30:.1f} GiB free; free some, or set TMPDIR to a "
+                             "larger disk")
 
 
 def loop_variants(settings: dict, loop: str) -> list[str]:

@@ -42,6 +42,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     assert set(data) >= {"results", "tokens_identical", "deep_pass", "limits", "machine", "versions", "model", "args"}
     assert data["limits"]["threads"] == 1 and data["args"]["preset"] == "toy"
     assert data["limits"]["bandwidth_gib_s"] > 0 and data["limits"]["gemm_gflops"] > 0
+    assert data["limits"]["gemm_gflops_bfloat16"] > 0
     assert set(data["machine"]) >= {"cpu", "cores", "os"}
     assert set(data["versions"]) == {"python", "paddle", "paddlenlp", "paddlenlp_ext"}
     assert data["model"]["num_hidden_layers"] == 1 and data["model"]["hidden_size"] == 64
@@ -119,8 +120,9 @@ def _benchmark_module():
     return benchmark
 
 
-def test_a_preset_sets_the_shape_and_flags_override_it():
+def test_a_preset_sets_the_shape_and_flags_override_it(monkeypatch):
     benchmark = _benchmark_module()
+    monkeypatch.setattr(benchmark, "_check_scratch_space", lambda settings: None)  # 66 GiB at llama3-8b's shape
     settings = benchmark.resolve(benchmark.build_parser().parse_args(
         ["--preset", "llama2-7b", "--layers", "1", "--vocab-size", "2000", "--contexts", "1024"]))
     assert {key: settings[key] for key in ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size",
@@ -131,11 +133,30 @@ def test_a_preset_sets_the_shape_and_flags_override_it():
     assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
 
 
-def test_a_default_pass_program_that_cannot_fit_is_skipped_saying_why():
+def test_a_run_whose_files_do_not_fit_tmpdir_is_refused_before_it_starts(monkeypatch):
+    """A whole bfloat16 llama2-7B writes its export and its prepared program, two copies
+    of 12,852.5 MiB of weights (``docs/benchmark-llama2-7b.md``); Paddle's own error on
+    a full disk comes after the export and says nothing of space."""
+    import collections
+
+    benchmark = _benchmark_module()
+    args = benchmark.build_parser().parse_args(["--preset", "llama2-7b", "--dtypes", "bfloat16", "--loops",
+                                                "generation_loop", "--pass-layers", "0"])
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(benchmark.shutil, "disk_usage", lambda path: usage(100 * 2**30, 0, 25 * 2**30))
+    with pytest.raises(benchmark.BenchmarkError, match=r"^the run writes 25\.1 GiB of exports and prepared "
+                                                        r"programs under .* and it has 25\.0 GiB free"):
+        benchmark.resolve(args)
+    monkeypatch.setattr(benchmark.shutil, "disk_usage", lambda path: usage(100 * 2**30, 0, 26 * 2**30))
+    assert benchmark.resolve(args)["dtypes"] == ["bfloat16"]
+
+
+def test_a_default_pass_program_that_cannot_fit_is_skipped_saying_why(monkeypatch):
     """Given, ``--pass-layers`` is refused when it cannot fit ("pass program does not
     fit" above); the default 32 layers are skipped. 32 float32 layers four times
     llama2-7B's width hold about 400 GiB; the bfloat16 model itself, one such layer, 8.3."""
     benchmark = _benchmark_module()
+    monkeypatch.setattr(benchmark, "_check_scratch_space", lambda settings: None)
     settings = benchmark.resolve(benchmark.build_parser().parse_args(
         ["--preset", "llama2-7b", "--layers", "1", "--hidden-size", "16384", "--intermediate-size", "44032",
          "--dtypes", "bfloat16"]))
@@ -215,12 +236,16 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
     float32, bf16 = rows
     for row in rows:
         assert set(row) >= RECORD_FIELDS and row["tokens_identical"] is True and row["loaded_rss_mib"] > 0
-        assert row["prefill_bound_gemm_dtype"] == "float32"
+        assert row["prefill_bound_gemm_dtype"] == row["dtype"]
     bandwidth = data["limits"]["bandwidth_gib_s"] * 2**30
     for row, itemsize in ((float32, 4), (bf16, 2)):  # the bound is rounded to 4 decimals
         assert row["memory_bound_ms_per_token"] == pytest.approx(
             _step_bytes_by_hand(data, itemsize) / bandwidth * 1e3, rel=1e-3, abs=5e-5)
     assert bf16["weights_mib"] == pytest.approx(float32["weights_mib"] / 2, abs=0.1)
+    # the same FLOPs, each over its dtype's GEMM throughput
+    limits = data["limits"]
+    assert float32["prefill_bound_ms"] / bf16["prefill_bound_ms"] == pytest.approx(
+        limits["gemm_gflops_bfloat16"] / limits["gemm_gflops"], rel=1e-3)
     assert bf16["copies"] == 0 and bf16["runtime"] == float32["runtime"]
     assert 0.0 <= bf16["token_agreement_with_float32"] <= 1.0 and float32["token_agreement_with_float32"] is None
     assert bf16["prefill_speedup_vs_float32"] == pytest.approx(float32["prefill_ms"] / bf16["prefill_ms"], rel=0.01)
@@ -289,5 +314,33 @@ def test_bf16_tokens_are_checked_against_bf16_runs_and_scored_against_float32(mo
            for name, dtype in (("pir", "float32"), ("static-cache", "float32"), ("bf16", "bfloat16"))]
     timings = timing.time_variants(ran, settings, tmp_path, lambda message: None)
     assert {name: timings[16][name].tokens_identical for name in tokens} == identical
-    rows = report.records("generation_loop", ran, timings, settings, {"bandwidth_gib_s": 10.0, "gemm_gflops": 100.0})
+    rows = report.records("generation_loop", ran, timings, settings, {"bandwidth_gib_s": 10.0, "gemm_gflops": 100.0,
+                                                                           "gemm_gflops_bfloat16": 200.0})
     assert [row["token_agreement_with_float32"] for row in rows] == [None, None, agreement]
+
+
+def test_a_random_checkpoint_loads_as_a_user_checkpoint_and_decodes_every_id(tmp_path):
+    """``scripts/random_checkpoint.py``: what the whole-model runs through the drop-in
+    predictor load (``docs/benchmark-llama2-7b.md``). Its vocabulary outgrows the shipped
+    tokenizer's, which is padded to it, so every id the model may generate decodes."""
+    from paddlenlp_ext.models import load_model
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+
+    script = SCRIPT.parent / "random_checkpoint.py"
+    output = tmp_path / "checkpoint"
+    args = [sys.executable, str(script), "--preset", "toy", "--layers", "1", "--vocab-size", "2100", "--output"]
+    result = subprocess.run([*args, str(output)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with dygraph_mode():
+        model, tokenizer = load_model(output, dtype="bfloat16")
+        assert {str(p.dtype) for p in model.parameters()} == {"paddle.bfloat16"}
+    assert model.config.vocab_size == len(tokenizer) == 2100
+    assert tokenizer.decode([5, 2099]).endswith("<pad99>")
+    again = subprocess.run([*args, str(output)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: --output {output} exists; name a new directory"]
+    small = subprocess.run([*args[:-3], "--vocab-size", "100", "--output", str(tmp_path / "small")],
+                           capture_output=True, text=True, timeout=600)
+    assert small.stderr.strip().splitlines()[-1] == (
+        "error: --vocab-size must be at least the shipped tokenizer's 2000 pieces, got 100")
+    assert not (tmp_path / "small").exists()

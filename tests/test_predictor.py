@@ -203,6 +203,22 @@ def test_generated_tokens_are_counted_up_to_each_rows_eos():
     assert count_generated(ids, eos_token_id=None) == 12
 
 
+def test_an_id_the_tokenizer_cannot_decode_is_one_error():
+    """A model whose vocabulary outgrows its tokenizer's: sentencepiece's IndexError
+    (OUT_OF_RANGE) would be a traceback."""
+    from paddlenlp.transformers import LlamaTokenizer
+
+    from paddlenlp_ext.models import TOKENIZER_MODEL
+    from paddlenlp_ext.predictor import BasePredictor, PredictorArgument, PredictorError
+
+    tokenizer = LlamaTokenizer(vocab_file=str(TOKENIZER_MODEL), pad_token="<unk>")
+    predictor = BasePredictor(PredictorArgument(), tokenizer)
+    assert predictor._postprocess(np.array([[5, 1999]])) == [tokenizer.decode([5, 1999], skip_special_tokens=True)]
+    with pytest.raises(PredictorError, match="^the model generated token id 2000, which its tokenizer "
+                                             r"\(ids 0 to 1999\) cannot decode"):
+        predictor._postprocess(np.array([[5, 2000]]))
+
+
 def test_a_failed_write_leaves_no_partial_file(tmp_path):
     from paddlenlp_ext.predictor import PredictorError, write_results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
 from pathlib import Path
 
@@ -27,6 +28,11 @@ PRESETS = {
     "llama3-8b": {"layers": 32, "hidden_size": 4096, "heads": 32, "kv_heads": 8, "intermediate_size": 14336,
                   "vocab_size": 128256},
 }
+
+
+def default_intermediate_size(hidden_size: int) -> int:
+    """The toy preset's: llama's 8/3 of the hidden size, rounded up to a multiple of 32."""
+    return 32 * math.ceil(8 * hidden_size / 3 / 32)
 
 
 def llama_config(settings: dict, layers: int):

@@ -159,7 +159,8 @@ def table(result: dict) -> str:
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
         f"bounds, at {args['threads']} threads on this machine: memory bandwidth "
         f"{result['limits']['bandwidth_gib_s']} GiB/s for the bytes a decode step reads (at the row's dtype), "
-        f"float32 GEMM {result['limits']['gemm_gflops']} GFLOP/s for the prefill's matmuls (every dtype's); "
+        f"GEMM {result['limits']['gemm_gflops']} GFLOP/s in float32 and "
+        f"{result['limits']['gemm_gflops_bfloat16']} in bfloat16 for the prefill's matmuls (at the row's dtype); "
         "weights " + ", ".join(f"{mib} MiB in {dtype}" for dtype, mib in
                                {row["dtype"]: row["weights_mib"] for row in result["results"]}.items()) + "; "
         "loaded MiB: a predictor's RSS once made, above Python and Paddle.",

@@ -6,7 +6,11 @@ Measured once per run, in a child process whose BLAS uses the run's thread count
 - ``bandwidth_gib_s``: memory read bandwidth: the best of 5 float32 matrix-vector
   products (numpy's BLAS) over a 1 GiB matrix, far larger than any cache; such a
   product reads the matrix once and does 2 flops per 4 bytes, so memory bounds it;
-- ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products.
+- ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products;
+- ``gemm_gflops_bfloat16``: bfloat16 GEMM throughput: the best of 3 such products in
+  bfloat16 on Paddle's oneDNN matmul (a static program on the Executor; the second
+  matrix read transposed, as a bfloat16 model's weights are stored), the kernel a
+  bfloat16 prefill's products run on.
 
 Per row (``bounds``), from the model's shape and the row's dtype (``DTYPE_BYTES``: 4
 bytes a value in float32, 2 in bfloat16; a bfloat16 model holds every parameter and
@@ -23,12 +27,8 @@ its KV cache in bfloat16):
   projections and the MLP, 2 * batch * context * (2 h^2 + 2 h kv_dim + 3 h intermediate),
   and attention's two products at full context x context (what the kernels compute),
   4 * batch * context^2 * h; plus the lm_head for the last position only, which is all
-  the first token needs. ``gemm_gflops`` is float32's for every dtype
-  (``prefill_bound_gemm_dtype`` says so in each row): no bfloat16 GEMM throughput is
-  measured, so a bfloat16 row's bound is float32's limit, which bfloat16's products
-  can beat (oneDNN's bfloat16 products have run at 143-205 GFLOP/s here for
-  [128..2048, 4096] x [4096, 11008], float32's at 87-105), and its
-  ``prefill_roofline_ratio`` can go below 1.
+  the first token needs; over the row's dtype's GEMM throughput
+  (``prefill_bound_gemm_dtype``).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ import time
 from pathlib import Path
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-# The dtype whose GEMM throughput ``gemm_gflops`` measures (numpy's float32 BLAS).
-GEMM_DTYPE = "float32"
+# The GEMM throughput of each dtype, in ``limits``.
+GEMM_LIMIT = {"float32": "gemm_gflops", "bfloat16": "gemm_gflops_bfloat16"}
 BANDWIDTH_MATRIX = 16384  # 16384^2 float32: 1 GiB
 GEMM_SIZE = 4096
+GEMM_REPEATS = 8
 
 
 def measure_in_process() -> dict:
@@ -59,7 +60,32 @@ def measure_in_process() -> dict:
     square = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     square @ square
     gemm = min(_seconds(lambda: square @ square) for _ in range(3))
-    return {"bandwidth_gib_s": round(bandwidth, 2), "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1)}
+    return {"bandwidth_gib_s": round(bandwidth, 2), "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1),
+            "gemm_gflops_bfloat16": round(2 * GEMM_SIZE**3 / _bfloat16_gemm_seconds() / 1e9, 1)}
+
+
+def _bfloat16_gemm_seconds() -> float:
+    """The best of 3 bfloat16 [GEMM_SIZE]^2 products (``transpose_y``) on Paddle's
+    Executor, which runs them on oneDNN (dygraph has no bfloat16 CPU matmul)."""
+    import numpy as np
+    import paddle
+
+    paddle.enable_static()
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        a = paddle.static.data("a", [GEMM_SIZE, GEMM_SIZE], "float32")
+        b = paddle.static.data("b", [GEMM_SIZE, GEMM_SIZE], "float32")
+        x, b16 = paddle.cast(a, "bfloat16"), paddle.cast(b, "bfloat16")
+        for _ in range(GEMM_REPEATS):  # chained, so no pass can merge them (entries in [0, 1): 4096**8 fits)
+            x = paddle.matmul(x, b16, transpose_y=True)
+        done = paddle.cast(x[:1, :1], "float32")
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    rng = np.random.default_rng(2)
+    feed = {name: rng.random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for name in ("a", "b")}
+    run = lambda: executor.run(main, feed=feed, fetch_list=[done])  # noqa: E731
+    run()
+    # GEMM_REPEATS products a run amortize the casts and the feed's copies
+    return min(_seconds(run) for _ in range(3)) / GEMM_REPEATS
 
 
 def _seconds(work) -> float:
@@ -106,8 +132,8 @@ def bounds(settings: dict, machine: dict, context: int, dtype: str) -> dict:
     prefill_flops = layers * layer_flops + 2 * batch * h * settings["vocab_size"]
     return {"weights_mib": round(weights["all"] / 2**20, 1),
             "memory_bound_ms_per_token": round(step_bytes / (machine["bandwidth_gib_s"] * 2**30) * 1e3, 4),
-            "prefill_bound_ms": round(prefill_flops / (machine["gemm_gflops"] * 1e9) * 1e3, 4),
-            "prefill_bound_gemm_dtype": GEMM_DTYPE}
+            "prefill_bound_ms": round(prefill_flops / (machine[GEMM_LIMIT[dtype]] * 1e9) * 1e3, 4),
+            "prefill_bound_gemm_dtype": dtype}
 
 
 if __name__ == "__main__":
