@@ -1,7 +1,7 @@
 """A legacy loop model with one large parameter matrix, and a fresh process's RSS once a
 predictor is made on it by one route: ``python memory_child.py ROUTE DIR`` prints
-``{"before_kib": ..., "after_kib": ..., "after_run_kib": ...}`` (VmRSS before the
-predictor, once it is made, and after one run).
+``{"before_kib": ..., "after_kib": ..., "peak_kib": ..., "after_run_kib": ...}`` (VmRSS
+before the predictor, once it is made, its peak while it was made, and after one run).
 
 Routes: ``model`` (StaticGenerationModel), ``second model`` (a StaticGenerationModel made
 after another one was made and dropped in the same process: what our predictors free
@@ -45,9 +45,15 @@ def build_legacy_model(directory: str) -> None:
             paddle.static.save_inference_model(f"{directory}/model", [x], [h], exe, program=main)
 
 
-def _rss_kib() -> int:
+def _rss_kib(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM (the peak RSS) again from the current RSS (Linux 4.0 and later)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def main(route: str, directory: str) -> None:
@@ -59,6 +65,7 @@ def main(route: str, directory: str) -> None:
 
     gc.collect()
     before = _rss_kib()
+    _reset_peak_rss()
     if route == "model":
         kept = StaticGenerationModel(directory)
     elif route == "second model":
@@ -76,10 +83,10 @@ def main(route: str, directory: str) -> None:
     else:
         raise SystemExit(f"unknown route {route!r}")
     gc.collect()
-    after = _rss_kib()
+    after, peak = _rss_kib(), _rss_kib("VmHWM")
     predictor = kept.predictor if isinstance(kept, StaticGenerationModel) else kept
     run_predictor(predictor, {"x": np.full([1, WEIGHT_ROWS], 0.5, "float32")})
-    print(json.dumps({"before_kib": before, "after_kib": after, "after_run_kib": _rss_kib()}))
+    print(json.dumps({"before_kib": before, "after_kib": after, "peak_kib": peak, "after_run_kib": _rss_kib()}))
 
 
 if __name__ == "__main__":

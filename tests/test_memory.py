@@ -1,9 +1,10 @@
 """Issue 16: a predictor of ours holds the weights once, as PaddleNLP's config does.
 
 Each route runs in a fresh process on a loop model with a 256 MiB parameter matrix;
-its RSS after the predictor is made, and after one run, above the RSS before (Python,
-Paddle and our package loaded), must stay under 1.5x the weights: a second copy (the
-translated program's scope, kept by Paddle until exit) makes it 2x and more. The loop's
+its RSS after the predictor is made, after one run, and at its peak while it was made,
+above the RSS before (Python, Paddle and our package loaded), must stay under 1.5x the
+weights: a second copy (the translated program's scope, kept by Paddle until exit, or
+held while Paddle Inference loads its own) makes it 2x and more. The loop's
 product is one ``passes.loop_weight_matmul`` rewrites, so the rewritten program is
 measured too.
 """
@@ -50,10 +51,11 @@ def test_every_route_holds_the_weights_once(model_dirs):
         sizes = json.loads(out.strip().splitlines()[-1])
         above[route] = (sizes["after_kib"] - sizes["before_kib"]) / 1024
         above[route + ", run"] = (sizes["after_run_kib"] - sizes["before_kib"]) / 1024
+        above[route + ", peak"] = (sizes["peak_kib"] - sizes["before_kib"]) / 1024
     assert above["paddlenlp"] > 0.9 * WEIGHT_MIB, above  # the measure sees the weights at all
     for route in ("model", "second model", "hook", "paddle-default"):
-        assert above[route] < 1.5 * WEIGHT_MIB, (route, above)
-        assert above[route + ", run"] < 1.5 * WEIGHT_MIB, (route, above)
+        for when in ("", ", run", ", peak"):
+            assert above[route + when] < 1.5 * WEIGHT_MIB, (route + when, above)
 
 
 def test_a_dropped_loaded_program_frees_its_parameters(model_dirs):
