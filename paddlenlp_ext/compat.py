@@ -482,6 +482,8 @@ def write_cache_position_(buffer, position, value):
     own setitem emits), and it writes the one position: 0.07 ms on a [1, 32, 2176, 128]
     buffer, whose copy would move 17 MiB each way.
     """
+    if buffer.dtype == paddle.bfloat16 and not _is_legacy_variable(buffer):
+        return _C_ops.set_value_with_tensor_(buffer, value, position, position + 1, [1], [2], [], [])
     index = paddle.zeros_like(value, dtype="int64") + position
     if _is_legacy_variable(buffer):
         helper = LayerHelper("put_along_axis")
@@ -489,8 +491,6 @@ def write_cache_position_(buffer, position, value):
                          outputs={"Result": [buffer]}, inplace_map={"Input": "Result"},
                          attrs={"Axis": 2, "Reduce": "assign", "include_self": True})
         return buffer
-    if buffer.dtype == paddle.bfloat16:
-        return _C_ops.set_value_with_tensor_(buffer, value, position, position + 1, [1], [2], [], [])
     return _C_ops.put_along_axis_(buffer, index, value, 2, "assign", True)
 
 
