@@ -42,6 +42,9 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     assert set(data) >= {"results", "tokens_identical", "deep_pass", "limits", "machine", "versions", "model", "args"}
     assert data["limits"]["threads"] == 1 and data["args"]["preset"] == "toy"
     assert data["limits"]["bandwidth_gib_s"] > 0 and data["limits"]["gemm_gflops"] > 0
+    readers = data["limits"]["bandwidth_readers_gib_s"]  # the bound is the fastest reader's
+    assert {"numpy_float32_gemv", "paddle_float32_matmul"} <= set(readers)
+    assert data["limits"]["bandwidth_gib_s"] == max(readers.values())
     assert data["limits"]["gemm_gflops_bfloat16"] > 0
     assert set(data["machine"]) >= {"cpu", "cores", "os"}
     assert set(data["versions"]) == {"python", "paddle", "paddlenlp", "paddlenlp_ext"}

@@ -23,7 +23,7 @@ def _bfloat16_values(array: np.ndarray) -> np.ndarray:
 
 
 @requires_avx512_bf16
-@pytest.mark.parametrize("rows, n, k", [(1, 1, 1), (1, 5, 7), (3, 13, 33), (2, 67, 4096), (5, 130, 100), (4, 64, 64)])
+@pytest.mark.parametrize("rows, n, k", [(1, 1, 1), (1, 5, 7), (3, 13, 33), (2, 67, 4096), (5, 130, 100), (4, 64, 64), (2, 203, 4100)])
 def test_the_kernel_is_the_product_rounded_once_to_bfloat16(rows, n, k):
     """Float32 sums of exact bfloat16 products (each sum of ``k`` terms off by at most
     ``k * 2**-24`` of the sum of their magnitudes) rounded once to bfloat16 (at most

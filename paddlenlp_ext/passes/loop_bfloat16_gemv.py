@@ -12,8 +12,8 @@ Why. A bfloat16 model's decode step multiplies one row per sequence by every wei
 matrix, held ``[out, in]`` (``transposed_weights``), so it waits on reading them. Paddle
 3.3.1's oneDNN bfloat16 matmul repacks the weights on every call at one row: one
 [1, 4096] x [4096, 11008] product took 7.9-8.4 ms on one Zen 4 thread (about 11 GB/s)
-and 4.5-4.7 on two; the kernel reads the rows as they are stored, 4.4-4.9 ms on one
-thread and 2.6-3.2 on two (19-33 GB/s: the memory's speed). The prefill (outside the
+and 4.5-4.7 on two; the kernel reads the rows as they are stored, 3.8 ms on one
+thread and 2.8 on two (24 and 32 GB/s: the memory's speed). The prefill (outside the
 loop, many rows) keeps oneDNN's matmul, which runs at the CPU's bfloat16 peak there.
 
 Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction

@@ -158,7 +158,9 @@ def table(result: dict) -> str:
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
         f"bounds, at {args['threads']} threads on this machine: memory bandwidth "
-        f"{result['limits']['bandwidth_gib_s']} GiB/s for the bytes a decode step reads (at the row's dtype), "
+        f"{result['limits']['bandwidth_gib_s']} GiB/s (the fastest of "
+        + ", ".join(f"{name} {speed}" for name, speed in result["limits"].get("bandwidth_readers_gib_s", {}).items())
+        + ") for the bytes a decode step reads (at the row's dtype), "
         f"GEMM {result['limits']['gemm_gflops']} GFLOP/s in float32 and "
         f"{result['limits']['gemm_gflops_bfloat16']} in bfloat16 for the prefill's matmuls (at the row's dtype); "
         "weights " + ", ".join(f"{mib} MiB in {dtype}" for dtype, mib in

@@ -3,9 +3,14 @@
 Measured once per run, in a child process whose BLAS uses the run's thread count
 (``python roofline.py THREADS`` prints the JSON):
 
-- ``bandwidth_gib_s``: memory read bandwidth: the best of 5 float32 matrix-vector
-  products (numpy's BLAS) over a 1 GiB matrix, far larger than any cache; such a
-  product reads the matrix once and does 2 flops per 4 bytes, so memory bounds it;
+- ``bandwidth_gib_s``: memory read bandwidth: the fastest of the one-row products here
+  (``bandwidth_readers_gib_s``, each the best of 5 over a matrix far larger than any
+  cache; such a product reads the matrix once and does 2 flops per 2-4 bytes, so memory
+  bounds it): numpy's float32 GEMV (its BLAS), Paddle's float32 ``x @ W^T`` (MKL, on
+  the code path our predictors set: ``mkl_dispatch``; the float32 decode loop's
+  products) and, where this CPU and build have it, our bfloat16 GEMV kernel (the
+  bfloat16 loop's). One reader alone understates what a core can read: on this
+  project's Zen 4, one thread, numpy's read 18.7 GiB/s, MKL's and our kernel's 22.7;
 - ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products;
 - ``gemm_gflops_bfloat16``: bfloat16 GEMM throughput: the best of 3 such products in
   bfloat16 on Paddle's oneDNN matmul (a static program on the Executor; the second
@@ -51,17 +56,47 @@ GEMM_REPEATS = 8
 def measure_in_process() -> dict:
     import numpy as np
 
-    matrix = np.random.default_rng(0).random((BANDWIDTH_MATRIX, BANDWIDTH_MATRIX), dtype=np.float32)
-    vector = np.ones(BANDWIDTH_MATRIX, np.float32)
-    matrix @ vector  # first touch
-    gemv = min(_seconds(lambda: matrix @ vector) for _ in range(5))
-    bandwidth = matrix.nbytes / 2**30 / gemv
-    del matrix
+    readers = _bandwidth_readers()
     square = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     square @ square
     gemm = min(_seconds(lambda: square @ square) for _ in range(3))
-    return {"bandwidth_gib_s": round(bandwidth, 2), "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1),
+    return {"bandwidth_gib_s": max(readers.values()), "bandwidth_readers_gib_s": readers,
+            "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1),
             "gemm_gflops_bfloat16": round(2 * GEMM_SIZE**3 / _bfloat16_gemm_seconds() / 1e9, 1)}
+
+
+def _bandwidth_readers() -> dict:
+    """``{reader: GiB/s}``: the best of 5 one-row products over a matrix of
+    ``BANDWIDTH_MATRIX`` squared (float32: 1 GiB; bfloat16: 0.5 GiB), one matrix in
+    memory at a time."""
+    import numpy as np
+
+    from paddlenlp_ext import mkl_dispatch
+
+    mkl_dispatch.use_avx2_path_on_amd()  # before MKL first runs, as our predictors do
+    import paddle
+    from paddlenlp_ext.native import load_bfloat16_gemv
+
+    paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    readers = {}
+    matrix = np.random.default_rng(0).random((BANDWIDTH_MATRIX, BANDWIDTH_MATRIX), dtype=np.float32)
+    readers["numpy_float32_gemv"] = _read_speed(lambda: matrix @ np.ones(BANDWIDTH_MATRIX, np.float32), matrix.nbytes)
+    weight = paddle.to_tensor(matrix)
+    del matrix
+    row = paddle.ones([1, BANDWIDTH_MATRIX])
+    readers["paddle_float32_matmul"] = _read_speed(lambda: paddle.matmul(row, weight, transpose_y=True),
+                                                   4 * weight.size)
+    kernel, _ = load_bfloat16_gemv()
+    if kernel is not None:
+        weight = weight.astype("bfloat16")
+        row = row.astype("bfloat16")
+        readers["bfloat16_gemv_kernel"] = _read_speed(lambda: kernel(row, weight), 2 * weight.size)
+    return readers
+
+
+def _read_speed(product, nbytes: int) -> float:
+    product()  # first touch
+    return round(nbytes / 2**30 / min(_seconds(product) for _ in range(5)), 2)
 
 
 def _bfloat16_gemm_seconds() -> float:
