@@ -139,7 +139,8 @@ from bench.pass_timing import deep_pass
 from bench.report import machine, plot, records, table, versions
 from bench.roofline import measure_machine, weight_bytes
 from bench.timing import time_variants
-from bench.variants import BASELINE, BF16, DTYPE_VARIANTS, LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
+from bench.variants import (BASELINE, DTYPE_OF, DTYPE_VARIANTS, EXPORT_DTYPE, LOOP_VARIANTS, RUNNERS,
+                            VARIANTS, exported_formats)
 
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.files import write_atomically
@@ -317,14 +318,11 @@ def scratch_bytes(settings: dict) -> int:
     def weights(dtype: str, layers: int = settings["layers"]) -> int:
         return weight_bytes({**settings, "layers": layers}, dtype)["all"]
 
-    def dtype_of(name: str) -> str:  # of a variant or an export: "bf16" names both
-        return "bfloat16" if name == BF16 else "float32"
-
     total = weights("float32", settings["pass_layers"]) if settings["pass_layers"] else 0
     for loop in settings["loops"]:
         names = loop_variants(settings, loop)
-        total += sum(weights(dtype_of(fmt)) for fmt in exported_formats(names))
-        total += sum(weights(dtype_of(name)) for name in names if name != BASELINE)
+        total += sum(weights(EXPORT_DTYPE[fmt]) for fmt in exported_formats(names))
+        total += sum(weights(DTYPE_OF[name]) for name in names if name != BASELINE)
     return total
 
 

@@ -65,21 +65,21 @@ def _write(settings: dict, layers: int, dtype: str, output: Path) -> None:
         model.config.save_pretrained(str(output))
         model.generation_config.save_pretrained(str(output))
         state = model.state_dict()
+        sizes = {name: tensor.numel().item() * tensor.element_size() for name, tensor in state.items()}
         shards, size = [[]], 0
-        for name, tensor in state.items():
+        for name, nbytes in sizes.items():
             if size > SHARD_BYTES:
                 shards.append([])
                 size = 0
             shards[-1].append(name)
-            size += tensor.numel().item() * tensor.element_size()
+            size += nbytes
         weight_map = {}
         for number, names in enumerate(shards, start=1):
             file = f"model_state-{number:05d}-of-{len(shards):05d}.pdparams"
             paddle.save({name: state[name] for name in names}, str(output / file))
             weight_map.update(dict.fromkeys(names, file))
             gc.collect()
-        total = sum(tensor.numel().item() * tensor.element_size() for tensor in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
     (output / "model_state.pdparams.index.json").write_text(json.dumps(index, indent=2) + "\n")
     _save_padded_tokenizer(settings["vocab_size"], output)
 

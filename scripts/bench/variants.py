@@ -91,6 +91,9 @@ RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "le
 # The export each variant runs (bench.models.EXPORTS).
 EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
              "pir": "pir", "static-cache": "static-cache", BF16: "bf16"}
+# The dtype of each variant's weights and computation, and of each export's weights.
+DTYPE_OF = {name: dtype for dtype, names in DTYPE_VARIANTS.items() for name in names}
+EXPORT_DTYPE = {EXPORT_OF[name]: dtype for name, dtype in DTYPE_OF.items()}
 # PaddleNLP's own loop has its concat cache only.
 LOOP_VARIANTS = {"generation_loop": VARIANTS + (BF16,),
                  "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache") + (BF16,)}
