@@ -15,6 +15,8 @@ every token greedy bfloat16 generation picks is, teacher-forced on float32 with 
 same prefix, within 2 * TOLERANCE of float32's best logit at that step.
 """
 
+import logging
+
 import numpy as np
 import paddle
 import pytest
@@ -80,6 +82,7 @@ def exports(request, tmp_path_factory):
                                         loop=loop, cache=cache, remove_loop_assign=True)
         directories[dtype] = (root / f"logits-{dtype}", loops)
     directories["layers"] = model.config.num_hidden_layers
+    directories["model"] = (request.param, home)  # load_model's name and cache_dir
     return directories
 
 
@@ -158,8 +161,7 @@ def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_p
     """``put_along_axis_`` has no bfloat16 CPU kernel, so a bfloat16 buffer is written
     by ``set_value_with_tensor_`` (``compat.write_cache_position_``), one position in
     place. Its tokens keep the contract as a user of ``convert``'s directory runs it,
-    Paddle's default CPU config (oneDNN placement and fusion, inplace_pass), and as
-    the save hook writes it."""
+    Paddle's default CPU config (oneDNN placement and fusion, inplace_pass)."""
     from onednn_cases import paddle_default_predictor
 
     from paddlenlp_ext.convert import convert
@@ -180,6 +182,57 @@ def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_p
     names = predictor.get_input_names()
     runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
+    _assert_near_float32s_best(exports, runs[0])
+
+
+def test_a_bfloat16_static_cache_saved_under_the_hook_is_right_on_paddles_default_config(exports, tmp_path,
+                                                                                           caplog):
+    """The save hook runs ``saving_passes`` where ``paddle.jit.save`` saves: an export
+    with our pass turned off, saved while the hook is on, is what Paddle's default CPU
+    config runs right, run after run."""
+    from onednn_cases import paddle_default_predictor
+
+    import paddlenlp_ext
+    from paddlenlp_ext.inference import run_predictor
+
+    name, home = exports["model"]
+    caplog.set_level(logging.INFO, logger="paddlenlp_ext")
+    with dygraph_mode():
+        model, _ = load_model(name, cache_dir=home, dtype="bfloat16")
+        decoding = DecodingConfig(eos_token_id=-1, pad_token_id=0)
+        with paddlenlp_ext.enable():
+            export_generation_model(model, tmp_path / "hooked", decoding=decoding, format="pir",
+                                    loop="generation_loop", cache="static", remove_loop_assign=False)
+    assert any(record.getMessage().startswith("remove_loop_assign on ") for record in caplog.records)  # it ran
+    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    predictor = paddle_default_predictor(str(tmp_path / "hooked" / "model"))
+    names = predictor.get_input_names()
+    runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    _assert_near_float32s_best(exports, runs[0])
+
+
+@pytest.mark.parametrize("onednn", ["all", "off"])
+def test_a_bfloat16_static_cache_keeps_the_contract_on_the_fallback(exports, monkeypatch, onednn):
+    """Where the prepared program cannot be built, the untouched program runs on our
+    configuration (only the passes that make it safe: ``running_passes(optimize=False)``):
+    its loop products on oneDNN's bfloat16 matmul, not our kernel, and its tokens still
+    within the contract."""
+    from paddlenlp_ext.passes import pipeline
+
+    def broken(program, outputs):
+        raise RuntimeError("a pass failed")
+
+    monkeypatch.setattr(pipeline, "LOOP_CACHE_LAYOUT", pipeline.PassStep("loop_cache_layout", broken))
+    model = StaticGenerationModel(exports["bfloat16"][1]["static"], onednn=onednn)
+    assert model.runtime == f"the untouched program on paddlenlp_ext's configuration (oneDNN {onednn})"
+    assert model.pipeline.get("loop_bfloat16_gemv") is None
+    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    runs = [model.run({name: inputs[name] for name in model.input_names}) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    monkeypatch.undo()  # float32's reference logits run on the prepared program
     _assert_near_float32s_best(exports, runs[0])
 
 
