@@ -95,9 +95,13 @@ def _logits(directory, ids, onednn="all"):
 def _generate(directory, onednn):
     """Two runs' tokens, and the model (its ``pipeline`` says what ran)."""
     model = StaticGenerationModel(directory, onednn=onednn, fall_back=False)
-    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
-    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    inputs = _greedy_inputs()
     return [model.run({name: inputs[name] for name in model.input_names}) for _ in range(2)], model
+
+
+def _greedy_inputs():
+    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
+    return model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
 
 
 @pytest.mark.parametrize("onednn", ["all", "off"])
@@ -144,6 +148,21 @@ def _assert_near_float32s_best(exports, tokens):
     assert shortfall.max() <= 2 * tolerance, (shortfall, tolerance)
 
 
+def _assert_right_on_paddles_default_config(exports, prefix):
+    """Greedy generation by the loop saved at ``prefix``, run twice as a user of the
+    directory runs it (Paddle's default CPU config): the same tokens, within the contract."""
+    from onednn_cases import paddle_default_predictor
+
+    from paddlenlp_ext.inference import run_predictor
+
+    inputs = _greedy_inputs()
+    predictor = paddle_default_predictor(str(prefix))
+    names = predictor.get_input_names()
+    runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    _assert_near_float32s_best(exports, runs[0])
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("onednn", ["all", "off"])
 def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn, loop):
@@ -162,11 +181,8 @@ def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_p
     by ``set_value_with_tensor_`` (``compat.write_cache_position_``), one position in
     place. Its tokens keep the contract as a user of ``convert``'s directory runs it,
     Paddle's default CPU config (oneDNN placement and fusion, inplace_pass)."""
-    from onednn_cases import paddle_default_predictor
-
     from paddlenlp_ext.convert import convert
-    from paddlenlp_ext.inference import load_program, run_predictor
-    from paddlenlp_ext.inference import count_loop_copies
+    from paddlenlp_ext.inference import count_loop_copies, load_program
 
     source = exports["bfloat16"][1]["static"]
     loaded = load_program(source)
@@ -176,13 +192,7 @@ def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_p
     assert "pd_op.set_value_with_tensor" not in body and "pd_op.put_along_axis_" not in body
     assert count_loop_copies(loaded.program) == 0
     convert(source, tmp_path / "converted")
-    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
-    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
-    predictor = paddle_default_predictor(str(tmp_path / "converted" / "model"))
-    names = predictor.get_input_names()
-    runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
-    np.testing.assert_array_equal(runs[0], runs[1])
-    _assert_near_float32s_best(exports, runs[0])
+    _assert_right_on_paddles_default_config(exports, tmp_path / "converted" / "model")
 
 
 def test_a_bfloat16_static_cache_saved_under_the_hook_is_right_on_paddles_default_config(exports, tmp_path,
@@ -190,10 +200,7 @@ def test_a_bfloat16_static_cache_saved_under_the_hook_is_right_on_paddles_defaul
     """The save hook runs ``saving_passes`` where ``paddle.jit.save`` saves: an export
     with our pass turned off, saved while the hook is on, is what Paddle's default CPU
     config runs right, run after run."""
-    from onednn_cases import paddle_default_predictor
-
     import paddlenlp_ext
-    from paddlenlp_ext.inference import run_predictor
 
     name, home = exports["model"]
     caplog.set_level(logging.INFO, logger="paddlenlp_ext")
@@ -204,13 +211,7 @@ def test_a_bfloat16_static_cache_saved_under_the_hook_is_right_on_paddles_defaul
             export_generation_model(model, tmp_path / "hooked", decoding=decoding, format="pir",
                                     loop="generation_loop", cache="static", remove_loop_assign=False)
     assert any(record.getMessage().startswith("remove_loop_assign on ") for record in caplog.records)  # it ran
-    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
-    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
-    predictor = paddle_default_predictor(str(tmp_path / "hooked" / "model"))
-    names = predictor.get_input_names()
-    runs = [run_predictor(predictor, {name: inputs[name] for name in names})[0] for _ in range(2)]
-    np.testing.assert_array_equal(runs[0], runs[1])
-    _assert_near_float32s_best(exports, runs[0])
+    _assert_right_on_paddles_default_config(exports, tmp_path / "hooked" / "model")
 
 
 @pytest.mark.parametrize("onednn", ["all", "off"])
@@ -228,8 +229,7 @@ def test_a_bfloat16_static_cache_keeps_the_contract_on_the_fallback(exports, mon
     model = StaticGenerationModel(exports["bfloat16"][1]["static"], onednn=onednn)
     assert model.runtime == f"the untouched program on paddlenlp_ext's configuration (oneDNN {onednn})"
     assert model.pipeline.get("loop_bfloat16_gemv") is None
-    settings = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "seed": 0}
-    inputs = model_inputs(IDS, np.ones_like(IDS), NEW_TOKENS, settings)
+    inputs = _greedy_inputs()
     runs = [model.run({name: inputs[name] for name in model.input_names}) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     monkeypatch.undo()  # float32's reference logits run on the prepared program
