@@ -23,6 +23,14 @@ avoids it, which is oneDNN off for most ops. A copy by a plain op inside each br
 before the yield, avoids it: there the kernel lowering sees the oneDNN value and adds the
 transform, and the if yields a plain tensor. A copy after the if does not (it is one of
 the plain readers above).
+
+Paddle Inference's ``dead_code_elimination_pass`` erases an if whose result only a dead
+op reads (an op in a loop body whose own result nothing reads), with the in-place
+writes its branches make to values defined before it: later readers of such a value
+see it unwritten, on every configuration, oneDNN off included. The Executor runs the
+write. Found by the oneDNN differential drawing in-place row writes. Our exports'
+in-place writes (the static cache's) are in a loop body, outside any if, and their
+results are read.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from onednn_cases import FEED, paddle_default_predictor, save
+from onednn_cases import FEED, linear, paddle_default_predictor, save
+from paddle import _C_ops
 
 from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
 
@@ -119,3 +128,44 @@ def test_plain_op_reading_an_if_result_reads_a_blocked_tensor_raw(tmp_path, conf
         outputs[where] = [np.abs(run[0] - reference).max() for run in _runs(predictor, feed)]
     assert all(error > 1e-2 for error in outputs["after the if"]), outputs
     assert all(error < 1e-5 for error in outputs["in the branch"]), outputs
+
+
+def _write_in_an_if_read_only_by_dead_code(x):
+    """``h`` written in place (one position) in an if's branch; the if's result read only
+    by an op whose result nothing reads, in a loop body; ``h`` read after the if."""
+    h = linear(x)
+    written = paddle.static.nn.cond(
+        paddle.mean(x) > -100.0,  # always true for FEED
+        lambda: _C_ops.set_value_with_tensor_(h, x[:, :, 3:4], [5], [6], [1], [2], [], []) * 1.0,
+        lambda: h * 3.0)
+    after = h * 2.0
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 2, "int64")
+
+    def step(i, y):
+        paddle.nn.functional.silu(written)  # dead: nothing reads it
+        return [i + 1, paddle.tanh(y)]
+
+    return [paddle.static.nn.while_loop(lambda i, y: i < n, step, [i, after])[1]]
+
+
+@pytest.mark.parametrize("configuration", ["ours, oneDNN all", "ours, oneDNN off", "paddle default"])
+def test_dead_code_elimination_erases_an_if_with_its_in_place_writes(tmp_path, configuration):
+    from paddle import inference
+
+    from paddlenlp_ext.inference import load_program, run_program
+
+    prefix = str(tmp_path / "model")
+    feed = save(prefix, _write_in_an_if_read_only_by_dead_code)
+    (want,) = run_program(load_program(tmp_path), feed)  # the Executor runs the write
+    factories = {"ours, oneDNN all": lambda: create_paddle_predictor(prefix, "cpu", onednn="all"),
+                 "ours, oneDNN off": lambda: create_paddle_predictor(prefix, "cpu", onednn="off"),
+                 "paddle default": lambda: paddle_default_predictor(prefix)}
+    for (got,) in _runs(factories[configuration](), feed):
+        assert np.abs(got - want).max() > 0.1  # the write is lost
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.disable_mkldnn()
+    config.delete_pass("dead_code_elimination_pass")
+    for (got,) in _runs(inference.create_predictor(config), feed):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
