@@ -10,7 +10,8 @@ Measured once per run, in a child process whose BLAS uses the run's thread count
   the code path our predictors set: ``mkl_dispatch``; the float32 decode loop's
   products) and, where this CPU and build have it, our bfloat16 GEMV kernel (the
   bfloat16 loop's). One reader alone understates what a core can read: on this
-  project's Zen 4, one thread, numpy's read 18.7 GiB/s, MKL's and our kernel's 22.7;
+  project's Zen 4, one thread, numpy's read 17.5-19.4 GiB/s, MKL's 24.2-24.4, our
+  kernel's 23.5-25.3 (``docs/benchmark-llama2-7b*.json``);
 - ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products;
 - ``gemm_gflops_bfloat16``: bfloat16 GEMM throughput: the best of 3 such products in
   bfloat16 on Paddle's oneDNN matmul (a static program on the Executor; the second
