@@ -20,7 +20,6 @@ configuration (``a``: oneDNN off, the reference).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.models import GREEDY_SETTINGS
+from bench.models import GREEDY_SETTINGS, default_intermediate_size
 from bench.worker import run_once
 
 from paddlenlp_ext.cli_flags import OneLineParser
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown configuration {unknown[0]!r}")
     settings = {"layers": args.layers, "hidden_size": args.hidden_size, "heads": 8, "kv_heads": 8, "vocab_size": 2000,
                 "seed": 0, "max_position_embeddings": args.context + 128,
-                "intermediate_size": 32 * math.ceil(8 * args.hidden_size / 3 / 32)}
+                "intermediate_size": default_intermediate_size(args.hidden_size)}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from onednn_bisect import _native_stdout_to_stderr  # Paddle's C++ prints to stdout
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import collections
 import glob
 import itertools
-import math
 import json
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.models import LOOPS, PRESETS, export_model, prompt
+from bench.models import LOOPS, PRESETS, default_intermediate_size, export_model, prompt
 from bench.worker import create_predictor, run_once
 from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
@@ -121,8 +120,8 @@ def main(argv=None) -> int:
              if getattr(args, name) is not None}
     settings = {**SETTINGS, **PRESETS[args.preset], **given,
                 "max_position_embeddings": args.context + args.decode_steps + 1, "new_tokens": 1 + args.decode_steps}
-    if settings["intermediate_size"] is None:  # the toy's: llama's 8/3 of the hidden size
-        settings["intermediate_size"] = 32 * math.ceil(8 * settings["hidden_size"] / 3 / 32)
+    if settings["intermediate_size"] is None:
+        settings["intermediate_size"] = default_intermediate_size(settings["hidden_size"])
     with quiet_paddle(), tempfile.TemporaryDirectory() as scratch:
         import paddle
 

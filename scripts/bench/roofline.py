@@ -81,7 +81,8 @@ def _bandwidth_readers() -> dict:
     paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     readers = {}
     matrix = np.random.default_rng(0).random((BANDWIDTH_MATRIX, BANDWIDTH_MATRIX), dtype=np.float32)
-    readers["numpy_float32_gemv"] = _read_speed(lambda: matrix @ np.ones(BANDWIDTH_MATRIX, np.float32), matrix.nbytes)
+    vector = np.ones(BANDWIDTH_MATRIX, np.float32)
+    readers["numpy_float32_gemv"] = _read_speed(lambda: matrix @ vector, matrix.nbytes)
     weight = paddle.to_tensor(matrix)
     del matrix
     row = paddle.ones([1, BANDWIDTH_MATRIX])
