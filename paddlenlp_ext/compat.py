@@ -597,6 +597,27 @@ def empty_scope(scope) -> None:
     scope.erase(scope.local_var_names())
 
 
+# -- the Executor's order ------------------------------------------------------------------
+
+# Paddle 3.3.1's interpreter (``paddle.static.Executor``) runs ops in an order built from
+# the variables they read and write, which misses one write-after-read: in a while body,
+# after an in-place write into a carried buffer (``set_value_with_tensor_`` on a block
+# argument) whose result an op reads, a later ``assign_out_`` into that block argument
+# may run before the read. Its serial mode then runs the copy first, every time; its
+# default multi-thread mode races. Paddle Inference runs the program's order. With
+# ``FLAGS_new_executor_sequential_run`` the Executor runs it too (seen on Paddle 3.3.1,
+# CPU; tests/test_paddle_defects.py pins it).
+@contextlib.contextmanager
+def executor_in_program_order():
+    flag = "FLAGS_new_executor_sequential_run"
+    previous = paddle.get_flags([flag])
+    paddle.set_flags({flag: True})
+    try:
+        yield
+    finally:
+        paddle.set_flags(previous)
+
+
 # -- translating legacy programs -----------------------------------------------------------
 
 # Paddle 3.3.1's ProgramDesc-to-PIR translator (ProgramTranslator::TranslateIfOperation in

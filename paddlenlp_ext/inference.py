@@ -61,7 +61,7 @@ import paddle
 from paddle import inference
 
 from . import host_memory, mkl_dispatch
-from .compat import empty_scope, read_persistables_written_in_branches
+from .compat import empty_scope, executor_in_program_order, read_persistables_written_in_branches
 from .passes.copy_ops import loop_copies
 from .passes.program_index import WHILE, ProgramIndex, walk_ops
 from .errors import error_line
@@ -215,9 +215,10 @@ def _check_inputs(names, feed: dict) -> None:
 
 
 def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
-    """Run a loaded program on ``paddle.static.Executor`` (CPU) and fetch its outputs."""
+    """Run a loaded program on ``paddle.static.Executor`` (CPU), its ops in the program's
+    order as Paddle Inference runs them, and fetch its outputs."""
     _check_inputs(loaded.feed_names, feed)
-    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope):
+    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope), executor_in_program_order():
         return paddle.static.Executor(paddle.CPUPlace()).run(
             loaded.program, feed={name: feed[name] for name in loaded.feed_names}, fetch_list=loaded.outputs)
 

@@ -31,6 +31,14 @@ see it unwritten, on every configuration, oneDNN off included. The Executor runs
 write. Found by the oneDNN differential drawing in-place row writes. Our exports'
 in-place writes (the static cache's) are in a loop body, outside any if, and their
 results are read.
+
+Paddle's interpreter (``paddle.static.Executor``) misses a write-after-read in a while
+body: an op reading the result of an in-place write into a carried buffer may run after
+a later ``assign_out_`` into that buffer. Its serial mode runs the copy first; its
+default mode races. Paddle Inference is right; ``run_program`` runs the Executor in the
+program's order (``compat.executor_in_program_order``). Our exports' loop copies into
+the cache are copies of the written buffer onto itself, which no order changes. Found
+by the oneDNN differential drawing in-place row writes (its seed 25).
 """
 
 from __future__ import annotations
@@ -169,3 +177,72 @@ def test_dead_code_elimination_erases_an_if_with_its_in_place_writes(tmp_path, c
     config.delete_pass("dead_code_elimination_pass")
     for (got,) in _runs(inference.create_predictor(config), feed):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _carried_buffer_read_then_copied_into(x):
+    """A loop whose body writes position 4 of its carried ``a`` in place, reads the written
+    buffer, then copies a new value into ``a`` (``assign_out_``, as dy2static's loop copies)."""
+    c = paddle.sqrt(paddle.abs(x) + 0.5)
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def step(i, a, b):
+        new = paddle.tanh(paddle.exp(paddle.clip(c, -3.0, 3.0)))
+        written = _C_ops.set_value_with_tensor_(a, c[:, :, 1:2], [4], [5], [1], [2], [], [])
+        read = written * 1.0
+        return [i + 1, _C_ops.assign_out_(new, a), read * 0.5]
+
+    return [paddle.static.nn.while_loop(lambda i, a, b: i < n, step, [i, x * 1.0, x * 1.0])[2] * 1.0]
+
+
+def _read_then_copied_expected(x):
+    """Position 4 holds the written value, read before the copy; the rest, the copy
+    of the step before."""
+    c = np.sqrt(np.abs(x) + 0.5)
+    want = 0.5 * np.tanh(np.exp(np.clip(c, -3.0, 3.0)))
+    want[:, :, 4] = 0.5 * c[:, :, 1]
+    return want
+
+
+def _executor_as_scheduled(loaded, feed, serial: bool):
+    """The Executor in the order Paddle 3.3.1 schedules it (not ``run_program``'s)."""
+    flags = {"FLAGS_new_executor_serial_run": serial, "FLAGS_new_executor_sequential_run": False}
+    previous = paddle.get_flags(list(flags))
+    paddle.set_flags(flags)
+    try:
+        with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope):
+            return paddle.static.Executor(paddle.CPUPlace()).run(loaded.program, feed=feed,
+                                                                  fetch_list=loaded.outputs)
+    finally:
+        paddle.set_flags(previous)
+
+
+def test_executor_runs_a_copy_into_a_carried_buffer_before_a_read_of_its_in_place_write(tmp_path):
+    from paddlenlp_ext.inference import load_files
+
+    prefix = str(tmp_path / "model")
+    feed = save(prefix, _carried_buffer_read_then_copied_into)
+    want = _read_then_copied_expected(feed["x"])
+    for _ in range(2):
+        (got,) = _executor_as_scheduled(load_files(prefix, "pir"), feed, serial=True)
+        assert np.abs(got - want).max() > 0.05  # the read saw the copy
+
+
+@pytest.mark.parametrize("configuration", ["ours, oneDNN all", "ours, oneDNN off", "paddle default"])
+def test_paddle_inference_runs_it_in_the_programs_order(tmp_path, configuration):
+    prefix = str(tmp_path / "model")
+    feed = save(prefix, _carried_buffer_read_then_copied_into)
+    factories = {"ours, oneDNN all": lambda: create_paddle_predictor(prefix, "cpu", onednn="all"),
+                 "ours, oneDNN off": lambda: create_paddle_predictor(prefix, "cpu", onednn="off"),
+                 "paddle default": lambda: paddle_default_predictor(prefix)}
+    for (got,) in _runs(factories[configuration](), feed):
+        np.testing.assert_allclose(got, _read_then_copied_expected(feed["x"]), rtol=1e-5, atol=1e-5)
+
+
+def test_run_program_runs_it_in_the_programs_order(tmp_path):
+    from paddlenlp_ext.inference import load_files, run_program
+
+    prefix = str(tmp_path / "model")
+    feed = save(prefix, _carried_buffer_read_then_copied_into)
+    for _ in range(2):
+        (got,) = run_program(load_files(prefix, "pir"), feed)
+        np.testing.assert_allclose(got, _read_then_copied_expected(feed["x"]), rtol=1e-5, atol=1e-5)
