@@ -1,6 +1,7 @@
 """passes.inplace_reads: after an in-place write, a read of the written value goes
-through the writer's result; Paddle Inference 3.3.1 with oneDNN loses the write for a
-reader of the value itself (pinned), and the rewired program is right on every route."""
+through the writer's result; Paddle Inference 3.3.1 with oneDNN, and its CSE with
+oneDNN off, lose the write for a reader of the value itself (pinned), and the rewired
+program is right on every route."""
 
 import numpy as np
 import paddle
@@ -30,14 +31,26 @@ def tanh_of_a_sum(x):  # a oneDNN elementwise result written in place, then read
     return [s * 3.0, h + 0.0]
 
 
-CASES = {"scale_ of a transpose": scaled_transpose, "tanh_ of a sum": tanh_of_a_sum}
+def feed_written_in_a_loop(x):  # the same sum of the fed x read before and after a write into x
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def step(i, c):
+        paddle.add(x, c)  # read before the write: Paddle's CSE merges the later sum into it
+        _C_ops.set_value_with_tensor_(x, x[:, :, 15:], [9], [10], [1], [2], [], [])
+        return [i + 1, paddle.tanh(paddle.add(x, c))]
+
+    return [paddle.static.nn.while_loop(lambda i, c: i < n, step, [i, x * _two()])[1] * 1.0]
+
+
+CASES = {"scale_ of a transpose": scaled_transpose, "tanh_ of a sum": tanh_of_a_sum,
+         "a fed value written in a loop": feed_written_in_a_loop}
 
 
 def _error(outputs, reference):
     return max(float(np.abs(got - want).max()) for got, want in zip(outputs, reference))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", ["scale_ of a transpose", "tanh_ of a sum"])
 def test_onednn_loses_an_inplace_write_for_readers_of_the_value(tmp_path, name):
     """The defect, pinned: when this test fails, Paddle keeps the write, and the pass can go."""
     feed = save(str(tmp_path / "model"), CASES[name])
@@ -46,6 +59,22 @@ def test_onednn_loses_an_inplace_write_for_readers_of_the_value(tmp_path, name):
     for predictor in (create_paddle_predictor(str(tmp_path / "model")), paddle_default_predictor(
             str(tmp_path / "model"))):
         assert _error(run_predictor(predictor, feed), reference) > 0.1
+
+
+def test_common_subexpression_elimination_loses_an_inplace_write_into_a_fed_value(tmp_path):
+    """The defect, pinned (oneDNN off; right with the CSE pass deleted)."""
+    from paddle import inference
+
+    prefix = str(tmp_path / "model")
+    feed = save(prefix, feed_written_in_a_loop)
+    reference = run_program(load_files(prefix, "pir"), feed)
+    assert _error(run_predictor(create_paddle_predictor(prefix, onednn="off"), feed), reference) > 0.01
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.disable_mkldnn()
+    config.delete_pass("common_subexpression_elimination_pass")
+    assert _error(run_predictor(inference.create_predictor(config), feed), reference) == 0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -31,11 +31,12 @@ GUARD = ["onednn_inplace_guard"]
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv"] + GUARD),
-    ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout"]),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv", "inplace_reads"]
+     + GUARD),
+    ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
     ("cpu", "all", 1, False, FIRST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
-    ("cpu", "off", 1, False, FIRST + GUARD),  # bfloat16 ops still run on oneDNN
-    ("gpu", "all", 1, False, FIRST),
+    ("cpu", "off", 1, False, FIRST + ["inplace_reads"] + GUARD),  # bfloat16 ops still run on oneDNN
+    ("gpu", "all", 1, False, FIRST + ["inplace_reads"]),
 ])
 def test_running_passes_per_configuration(device, onednn, batch_size, optimize, expected):
     assert names(pipeline.running_passes(device, onednn, batch_size, optimize=optimize)) == expected

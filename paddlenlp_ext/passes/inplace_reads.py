@@ -8,7 +8,11 @@ kernel writes through ``onednn_to_paddle_layout(%v)`` (a reorder of a transpose'
 strided output, or a tensor whose oneDNN memory object the later oneDNN reader keeps),
 and a reader of ``%v`` after ``P_`` sees the value before the write (off by 2.6 after a
 ``scale_`` of a transpose's result, by 4.5 after a ``tanh_`` of a sum; readers of
-``%r`` are right; oneDNN off is right). ``tests/test_inplace_reads.py`` pins it.
+``%r`` are right; oneDNN off is right). And Paddle Inference's
+``common_subexpression_elimination_pass`` (seen with oneDNN off) merges two equal ops
+that read a fed ``%v`` in a loop body on both sides of an in-place write into it: the
+later one gets the value before the write (off by 0.24-0.63; the oneDNN differential's
+seed 381). ``tests/test_inplace_reads.py`` pins both.
 
 Rule. Every reader of ``%v`` that runs after ``P_`` reads ``%r`` instead (for each
 operand ``P_`` writes in place, and the result that is its buffer)::
@@ -21,8 +25,8 @@ becomes::
     (%r) = "pd_op.scale_" (%v, %f) ...
     (%y) = "pd_op.add" (%r, %c)
 
-On any runtime that honours in-place semantics (the Executor, oneDNN off) this changes
-nothing: ``%r`` and ``%v`` are one buffer after ``P_``. No op is added.
+On any runtime that honours in-place semantics (the Executor) this changes nothing:
+``%r`` and ``%v`` are one buffer after ``P_``. No op is added. So every route runs it.
 
 Safety conditions (checked in ``_later_reads``, before any read changes):
 

@@ -15,8 +15,8 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
-  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists), with oneDNN on
-  ``inplace_reads``, and the guard, as much of it as the configuration needs
+  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists); ``inplace_reads``;
+  on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
   optimizations, only what makes the configuration safe (``float32_outputs``,
@@ -176,8 +176,9 @@ FLOAT32_OUTPUTS = PassStep("float32_outputs", _float32_outputs)
 # (harmless elsewhere: the same permutation).
 TRANSPOSE_PERMS = PassStep("transpose_perms", _transpose_perms)
 REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
-# oneDNN loses an in-place write for the readers of the written value: they read the
-# writer's result instead (the same buffer elsewhere). After the loop passes, whose
+# oneDNN, and Paddle Inference's CSE, lose an in-place write for the readers of the
+# written value: they read the writer's result instead (the same buffer elsewhere), on
+# every route. After the loop passes, whose
 # rules read the copies as Paddle's translator writes them; before the guard.
 INPLACE_READS = PassStep("inplace_reads", _inplace_reads)
 LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
@@ -215,8 +216,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
             steps.append(LOOP_WEIGHT_MATMUL)
         if device == "cpu":
             steps.append(LOOP_BFLOAT16_GEMV)
-    if device == "cpu" and onednn != "off":
-        steps.append(INPLACE_READS)
+    steps.append(INPLACE_READS)
     if device == "cpu":
         steps.append(ONEDNN_GUARD_OURS if onednn != "off" else ONEDNN_GUARD_OFF)
     return tuple(steps)
