@@ -6,7 +6,8 @@ and the guard, each predictor run twice in a row, against the unmodified program
 Configurations (``CONFIGS``): StaticGenerationModel's (oneDNN as Paddle places it,
 ``inplace_pass`` deleted, the program prepared as ``prepare_program`` says: loop weight
 matmuls as ``addmm``, guarded where ``passes.pipeline`` says; also what the load-time
-hook creates) on the program as built and cleaned by the pass; oneDNN off on the program as built
+hook creates) on the program as built and cleaned by the pass, and with oneDNN off on the
+cleaned program as it prepares it for that configuration; oneDNN off on the program as built
 and cleaned (bit for bit: the same plain kernels as the Executor, subnormals flushed:
 Paddle Inference flushes them); Paddle's default CPU config on the converted program
 (cleaned and guarded, as ``convert`` and the save hook write it). oneDNN's kernels are
@@ -29,7 +30,10 @@ Likewise oneDNN off on a bfloat16 program, unguarded here (the "oneDNN off" vari
 are the program as built and cleaned, not prepared: our own oneDNN-off configuration
 guards a bfloat16 program, ``onednn_inplace_guard.needs_guard_with_onednn_off``, and
 ``test_onednn_classes`` runs that route): a wrong output there is counted as that alias,
-apart, only when the same program is right with ``inplace_pass`` deleted. A program
+apart, only when the same program is right with ``inplace_pass`` deleted; and those
+variants' wrong outputs through Paddle's CSE merging reads across an in-place write
+(``passes.inplace_reads``, which our configurations run), only when the program is right
+with ``common_subexpression_elimination_pass`` deleted. A program
 with an ``if`` (Paddle's kernel lowering loses the oneDNN layout of an if's results,
 ``test_paddle_defects.py``) is held to the same bar as any other: the guard copies what
 its branches yield (condition 6).
@@ -80,6 +84,7 @@ CONFIGS = {
     "ours, cleaned": ("ours, cleaned", _ours, False),
     "oneDNN off, as built": ("source", _off, True),
     "oneDNN off, cleaned": ("cleaned", _off, True),
+    "ours with oneDNN off, cleaned": ("ours off, cleaned", _off, False),
     "Paddle's default, converted": ("converted", paddle_default_predictor, False),
 }
 
@@ -91,15 +96,22 @@ def _paddle_default_without_fuse_defect(prefix):
     return paddle_default_predictor(prefix, delete=PADDLE_FUSE_DEFECT)
 
 
-def _off_without_inplace_pass(prefix):
-    from paddle import inference
+def _off_without(*passes):
+    def factory(prefix):
+        from paddle import inference
 
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.disable_mkldnn()
-    config.delete_pass("inplace_pass")
-    return inference.create_predictor(config)
+        config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+        config.disable_gpu()
+        config.disable_glog_info()
+        config.disable_mkldnn()
+        for name in passes:
+            config.delete_pass(name)
+        return inference.create_predictor(config)
+    return factory
+
+
+_off_without_inplace_pass = _off_without("inplace_pass")
+_off_without_cse = _off_without("common_subexpression_elimination_pass")
 
 
 def _reference(prefix, feed):
@@ -136,7 +148,7 @@ def check_program(seed: int, workdir: str) -> dict:
     Executor cannot run the program itself."""
     body, shape, feed, tags = build_onednn_program(seed)
     prefixes = {name: os.path.join(workdir, str(seed), name.replace(" ", "_").replace(",", ""), "model")
-                for name in ("source", "ours, as built", "cleaned", "ours, cleaned", "converted")}
+                for name in ("source", "ours, as built", "cleaned", "ours, cleaned", "ours off, cleaned", "converted")}
     save(prefixes["source"], body, shape)
     try:
         reference = _reference(prefixes["source"], feed)
@@ -152,6 +164,9 @@ def check_program(seed: int, workdir: str) -> dict:
     loaded = load_files(prefixes["cleaned"], "pir")  # as StaticGenerationModel runs it
     prepare_program(loaded, "cpu", "all")
     save_program(loaded, prefixes["ours, cleaned"])
+    loaded = load_files(prefixes["cleaned"], "pir")  # as StaticGenerationModel(onednn="off") runs it
+    prepare_program(loaded, "cpu", "off")
+    save_program(loaded, prefixes["ours off, cleaned"])
     loaded = load_files(prefixes["cleaned"], "pir")  # as convert writes it (the copies already removed)
     guarded = run_passes(loaded.program, loaded.outputs, saving_passes(remove_copies=False)).get(
         "onednn_inplace_guard")
@@ -168,16 +183,22 @@ def check_program(seed: int, workdir: str) -> dict:
         if paddle_defect:
             del problems["Paddle's default, converted"]
     bfloat16_inplace = []  # oneDNN off variants wrong through Paddle's bfloat16 in-place defect
+    cse = []  # oneDNN off variants wrong through Paddle's CSE (passes.inplace_reads)
     for name in ("oneDNN off, as built", "oneDNN off, cleaned"):
         if name in problems and "bfloat16" in tags and _run_twice(
                 _off_without_inplace_pass, prefixes[CONFIGS[name][0]], feed, reference, True)[0] is None:
             bfloat16_inplace.append(name)
+            del problems[name]
+        if name in problems and "row write" in tags and _run_twice(
+                _off_without_cse, prefixes[CONFIGS[name][0]], feed, reference, True)[0] is None:
+            cse.append(name)
             del problems[name]
     same = None  # not comparable: one of them raised
     if outputs["ours, cleaned"] is not None and outputs["ours, as built"] is not None:
         same = _problem(outputs["ours, cleaned"], outputs["ours, as built"], True) is None
     return {"tags": tags, "removed": report.removed, "guarded": guarded.guarded, "on our kernel": on_kernel, "problems": problems,
             "paddle fuse defect": paddle_defect, "paddle bfloat16 inplace defect": bfloat16_inplace,
+            "paddle cse defect": cse,
             "pass changes no bits on ours": same}
 
 
@@ -198,7 +219,7 @@ def _run_twice(factory, prefix, feed, reference, exact, tolerance=1e-4) -> tuple
 def differential(seeds, workdir) -> dict:
     stats = {"programs": 0, "unrunnable": [], "removed": 0, "guarded": 0, "on our kernel": 0, "tags": Counter(),
              "wrong": defaultdict(list), "details": {}, "paddle fuse defect": [], "paddle bfloat16 inplace defect": [],
-             "same bits": 0, "compared bits": 0}
+             "paddle cse defect": [], "same bits": 0, "compared bits": 0}
     for seed in seeds:
         result = check_program(seed, workdir)
         if result is None:
@@ -216,6 +237,8 @@ def differential(seeds, workdir) -> dict:
             stats["paddle fuse defect"].append(seed)
         if result["paddle bfloat16 inplace defect"]:
             stats["paddle bfloat16 inplace defect"].append(seed)
+        if result["paddle cse defect"]:
+            stats["paddle cse defect"].append(seed)
         for name, problem in result["problems"].items():
             stats["wrong"][name].append(seed)
             stats["details"][(seed, name)] = problem
@@ -236,6 +259,9 @@ def format_summary(stats) -> str:
     lines.append(f"wrong on oneDNN off, unguarded, through the in-place alias of the oneDNN kernels bfloat16 "
                  f"runs there (right with inplace_pass deleted): {len(stats['paddle bfloat16 inplace defect'])} "
                  f"{stats['paddle bfloat16 inplace defect'][:20]}")
+    lines.append(f"wrong on oneDNN off, unprepared, through Paddle's CSE across an in-place write (right with "
+                 f"common_subexpression_elimination_pass deleted): {len(stats['paddle cse defect'])} "
+                 f"{stats['paddle cse defect'][:20]}")
     for (seed, name), problem in sorted(stats["details"].items())[:20]:
         lines.append(f"  seed {seed}, {name}: {problem}")
     lines.append("drawn: " + ", ".join(f"{tag} {n}" for tag, n in sorted(stats["tags"].items())))
