@@ -399,3 +399,44 @@ def test_only_programs_holding_bfloat16_need_the_guard_with_onednn_off():
     with static_mode(), paddle.pir_utils.IrGuard():
         assert needs_guard_with_onednn_off(program("bfloat16"))  # found in a loop body
         assert not needs_guard_with_onednn_off(program("float32"))
+
+
+def _bfloat16_written_in_a_loop(x):
+    """A bfloat16 activation from before a loop written in place (one position) in its
+    body, the written buffer read by a ``scale`` (the oneDNN differential's seed 437):
+    ``scale_`` would write the activation's buffer, which the next iteration writes and
+    reads again."""
+    from onednn_cases import linear
+    from paddle import _C_ops
+
+    h = paddle.nn.functional.hardswish(linear(x).cast("bfloat16"))
+    i, n = paddle.full([1], 0, "int64"), paddle.full([1], 3, "int64")
+
+    def step(i, y):
+        written = _C_ops.set_value_with_tensor_(h, y.cast("bfloat16")[:, :, 1:2], [4], [5], [1], [2], [], [])
+        return [i + 1, (written * 0.5).cast("float32")]
+
+    return [paddle.static.nn.while_loop(lambda i, y: i < n, step, [i, x * 1.0])[1]]
+
+
+def test_a_read_of_an_in_place_result_counts_the_reads_of_its_buffer(tmp_path):
+    """Condition 4 over the buffer an in-place op writes: guarded, our oneDNN-off route is
+    right; the program as saved is wrong there."""
+    from onednn_cases import FEED, save
+
+    from paddlenlp_ext.inference import StaticGenerationModel
+
+    source = tmp_path / "source"
+    save(str(source / "model"), _bfloat16_written_in_a_loop)
+    flag = "FLAGS_pir_apply_inplace_pass"  # the Executor's own alias, off (test_onednn_classes)
+    previous = paddle.get_flags([flag])
+    paddle.set_flags({flag: False})
+    try:
+        (want,) = run_program(load_files(str(source / "model"), "pir"), FEED)
+    finally:
+        paddle.set_flags(previous)
+    assert np.abs(run_predictor(plain_predictor(str(source / "model")), FEED)[0] - want).max() > 0.05
+    model = StaticGenerationModel(source, onednn="off", fall_back=False)
+    assert model.pipeline.get("onednn_inplace_guard").guarded > 0
+    for _ in range(2):
+        np.testing.assert_array_equal(model.run(FEED), want)

@@ -164,14 +164,19 @@ all of these hold:
    ``fused_elementwise_mul``, which then computes it wrong, guarded or not: a fusion
    defect of Paddle's (``docs/onednn.md``), not an alias. So an int64 loop counter
    (``full``, then ``i + 1``) is not guarded. [_onednn_values]
-4. ``h`` is read after ``P``'s write can land, counting reads as
+4. ``h``'s buffer is read after ``P``'s write can land, counting reads as
    ``common_subexpression_elimination_pass`` leaves them (``h`` and every value that
-   pass may merge with it are one value): another op reads it too, or it is a program
-   output, or ``P`` sits in a loop body that ``h`` is defined outside of (the next
-   iteration's ``P`` reads it again), or ``h`` is a block argument or a result of a
-   control-flow op (it may share the buffer of a loop's init or of a value yielded
-   elsewhere). (Another reader *before* ``P`` is counted as well; the copy is then
-   unneeded but harmless.) [_read_again]
+   pass may merge with it are one value), and counting the values an explicit in-place
+   op makes one buffer with it (``h``'s in-place sources and in-place results, by the
+   ops' inplace maps): another op reads one of them, or one is a program output, or
+   ``P`` sits in a loop body that one of them is defined outside of (the next
+   iteration reads it again), or one is a block argument or a result of a control-flow
+   op (it may share the buffer of a loop's init or of a value yielded elsewhere).
+   Seen: ``scale(set_value_with_tensor_(h0, ...))`` in a loop body, ``h0`` a bfloat16
+   activation from before the loop, oneDNN off: the written result's only reader is
+   the scale, but ``scale_`` writes ``h0``'s buffer, which the next iteration writes
+   and reads again (the oneDNN differential's seed 437). (Another reader *before*
+   ``P`` is counted as well; the copy is then unneeded but harmless.) [_read_again]
 
 and an operand of a while op (an init) or of its body's yield (a value carried to the
 next iteration and out of the loop) is copied when
@@ -207,7 +212,7 @@ import paddle
 
 from ..paddle_modes import static_mode
 from .onednn_layouts import blocked_layout_values
-from .program_index import FEED_OPS, IF, PERSISTABLE_PRODUCERS, WHILE, ProgramIndex, value_key, walk_ops
+from .program_index import FEED_OPS, IF, PERSISTABLE_PRODUCERS, WHILE, ProgramIndex, inplace_map, value_key, walk_ops
 from .report import PassReport
 
 # In-place versions that write no new data: their result is their input's buffer.
@@ -371,17 +376,40 @@ def _merged_values(index: ProgramIndex) -> dict:
     return merged
 
 
+def _inplace_buffer(index: ProgramIndex, members: list) -> set:
+    """``members`` and every value an in-place op makes one buffer with them: the operand
+    an in-place result was written into, the results written into them (transitively)."""
+    shared, frontier = set(members), list(members)
+    while frontier:
+        key = frontier.pop()
+        found = []
+        producer = _producer(index.values[key])
+        if producer is not None:
+            for out, inp in inplace_map(producer).items():
+                if value_key(producer.result(out)) == key:
+                    found.append(value_key(producer.operand_source(inp)))
+        for user, k in index.uses.get(key, ()):
+            info = index.ops[user]
+            found += [info.results[out] for out, inp in inplace_map(info.op).items() if inp == k]
+        for other in found:
+            if other in index.values and other not in shared:
+                shared.add(other)
+                frontier.append(other)
+    return shared
+
+
 def _read_again(index: ProgramIndex, members: list, reader: int, outputs: set) -> bool:
-    """Condition 4 for a value that is ``members`` once merged (the first defined outermost)."""
-    readers = {user for key in members for user, _ in index.uses.get(key, [])}
-    if len(readers) > 1 or any(key in outputs for key in members):
+    """Condition 4 for a value that is ``members`` once merged."""
+    shared = _inplace_buffer(index, members)
+    readers = {user for key in shared for user, _ in index.uses.get(key, [])}
+    if len(readers) > 1 or any(key in outputs for key in shared):
         return True
-    for key in members:
+    for key in shared:
         producer = _producer(index.values[key])
         if producer is None or producer.name() in CONTROL_FLOW:
             return True
     inner = set(index.enclosing_loops(index.ops[reader].block))
-    return bool(inner - set(index.enclosing_loops(index.defined_in[members[0]])))
+    return any(inner - set(index.enclosing_loops(index.defined_in[key])) for key in shared)
 
 
 def _guarded_reads(index: ProgramIndex, outputs: set, merged: dict) -> list[tuple[int, int]]:
