@@ -511,14 +511,16 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
 def register_native_ops(program_file: str) -> None:
     """Register our kernels' ops in this process when the saved PIR program
     ``program_file`` holds them (Paddle Inference fails on an op it does not know)."""
-    from .native import BFLOAT16_GEMV, load_bfloat16_gemv
+    from .native import NATIVE_OPS, load_bfloat16_gemv
 
     with open(program_file, encoding="utf-8", errors="replace") as text:
-        if BFLOAT16_GEMV not in text.read():
-            return
-    gemv, why = load_bfloat16_gemv()
+        program = text.read()
+    held = [name for name in NATIVE_OPS if name in program]
+    if not held:
+        return
+    gemv, why = load_bfloat16_gemv()  # (every kernel is built and registered at once)
     if gemv is None:
-        raise ModelDirectoryError(f"{program_file} holds {BFLOAT16_GEMV}, and {why}")
+        raise ModelDirectoryError(f"{program_file} holds {held[0]}, and {why}")
 
 
 def tune_cpu_process() -> None:

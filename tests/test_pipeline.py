@@ -26,13 +26,14 @@ GUARD = ["onednn_inplace_guard"]
 
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv", "inplace_reads"]
-     + GUARD),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
+              "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "inplace_reads"] + GUARD),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul",
+              "inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv", "inplace_reads"]
-     + GUARD),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
+              "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
     ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
     ("cpu", "all", 1, False, FIRST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
     ("cpu", "off", 1, False, FIRST + ["inplace_reads"] + GUARD),  # bfloat16 ops still run on oneDNN
@@ -58,7 +59,7 @@ def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
     for attribute in ("FLOAT32_OUTPUTS", "TRANSPOSE_PERMS", "INPLACE_READS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT",
-                      "LOOP_WEIGHT_MATMUL", "LOOP_BFLOAT16_GEMV", "ONEDNN_GUARD", "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
+                      "LOOP_WEIGHT_MATMUL", "LOOP_BFLOAT16_GEMV", "LOOP_BFLOAT16_BATCHED_MATMUL", "ONEDNN_GUARD", "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
         step = getattr(pipeline, attribute)
 
         def run(program, outputs, step=step):

@@ -2,15 +2,18 @@
 
 ``load_bfloat16_gemv()`` gives ``paddlenlp_ext_bfloat16_gemv(x, w)``: ``x @ w^T`` for a few
 rows of bfloat16 activations and a bfloat16 weight matrix stored ``[out, in]``
-(``bfloat16_gemv.cc`` says why oneDNN's matmul is not enough at one row). It is built
+(``bfloat16_gemv.cc`` says why oneDNN's matmul is not enough at one row);
+``load_bfloat16_batched_matmul()`` gives ``product(x, y, transpose_y)``: ``x @ y^T`` or
+``x @ y`` per batch, for a few rows and bfloat16 matrices (a decode step's attention
+over its KV cache). They are built
 from the shipped source the first time a process asks for it, with the compiler Paddle's
 ``cpp_extension`` uses, into ``<cache home>/native/`` (``files.cache_home``; about 15 s,
 once per source and Paddle version; concurrent builds wait on a lock), and registered
 in the process, so that Paddle Inference can run programs holding it.
 
 When the CPU lacks AVX512-BF16 or the build fails (no compiler), there is no kernel:
-``load_bfloat16_gemv()`` returns None and why, in one line; callers keep oneDNN's
-matmul, which is right, only slower.
+each loader returns None and why, in one line; callers keep oneDNN's matmul, which is
+right, only slower.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from ..quiet import library_quiet
 logger = logging.getLogger("paddlenlp_ext")
 
 BFLOAT16_GEMV = "paddlenlp_ext_bfloat16_gemv"
+BFLOAT16_BATCHED_MATMUL = "paddlenlp_ext_bfloat16_batched_matmul"  # x @ y
+BFLOAT16_BATCHED_MATMUL_T = "paddlenlp_ext_bfloat16_batched_matmul_t"  # x @ y^T
+NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T)
 _SOURCE = Path(__file__).resolve().parent / "bfloat16_gemv.cc"
-_CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp")
+_CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
 def cpu_supports_avx512_bf16() -> bool:
@@ -43,25 +49,44 @@ def cpu_supports_avx512_bf16() -> bool:
 
 
 @functools.cache
-def load_bfloat16_gemv():
-    """``(op, None)``, ``op(x, w)`` appending (static) or running (dygraph) the kernel,
-    or ``(None, why there is none)``; built and registered once a process."""
+def _unavailable() -> str | None:
+    """Why there are no kernels in this process, or None once they are built and registered."""
     if not cpu_supports_avx512_bf16():
-        return None, "this CPU has no AVX512-BF16"
+        return "this CPU has no AVX512-BF16"
     try:
         _build_and_register()
-    except Exception as error:  # no compiler, a compile error: the product stays on oneDNN
+    except Exception as error:  # no compiler, a compile error: the products stay on oneDNN
         first = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-        reason = f"the {BFLOAT16_GEMV} kernel could not be built: {first}"
+        reason = f"the {BFLOAT16_GEMV} kernels could not be built: {first}"
         logger.warning("%s; bfloat16 loop products stay on oneDNN's matmul", reason)
-        return None, reason
-    return _bfloat16_gemv_op, None
+        return reason
+    return None
+
+
+def load_bfloat16_gemv():
+    """``(op, None)``, ``op(x, w)`` appending (static) or running (dygraph) the kernel,
+    or ``(None, why there is none)``."""
+    reason = _unavailable()
+    return (None, reason) if reason else (_bfloat16_gemv_op, None)
+
+
+def load_bfloat16_batched_matmul():
+    """``(op, None)``, ``op(x, y, transpose_y)`` appending or running the batched kernel,
+    or ``(None, why there is none)``."""
+    reason = _unavailable()
+    return (None, reason) if reason else (_bfloat16_batched_matmul_op, None)
 
 
 def _bfloat16_gemv_op(x, w):
     from paddle import _C_ops
 
     return _C_ops._run_custom_op(BFLOAT16_GEMV, x, w)[0]
+
+
+def _bfloat16_batched_matmul_op(x, y, transpose_y: bool):
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op(BFLOAT16_BATCHED_MATMUL_T if transpose_y else BFLOAT16_BATCHED_MATMUL, x, y)[0]
 
 
 def _build_and_register() -> None:

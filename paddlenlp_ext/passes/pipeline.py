@@ -15,7 +15,8 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
-  oneDNN off) and ``loop_bfloat16_gemv`` (where the kernel exists); ``inplace_reads``;
+  oneDNN off), ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
+  kernels exist); ``inplace_reads``;
   on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
@@ -139,6 +140,13 @@ def _loop_bfloat16_gemv(program, outputs):
     return run_loop_bfloat16_matmuls_on_gemv(program, load_bfloat16_gemv)
 
 
+def _loop_bfloat16_batched_matmul(program, outputs):
+    from ..native import load_bfloat16_batched_matmul
+    from .loop_bfloat16_batched_matmul import run_loop_bfloat16_matmuls_on_batched_kernel
+
+    return run_loop_bfloat16_matmuls_on_batched_kernel(program, load_bfloat16_batched_matmul)
+
+
 def _guard(program, outputs):
     from .onednn_inplace_guard import guard_onednn_inplace
 
@@ -186,6 +194,9 @@ LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
 # Where the kernel exists (``native``: else the step keeps every matmul); before the
 # guard, which sees its readers.
 LOOP_BFLOAT16_GEMV = PassStep("loop_bfloat16_gemv", _loop_bfloat16_gemv)
+# The attention's bfloat16 products over the KV cache; after the weights' (whose
+# products it leaves to loop_bfloat16_gemv), before the guard.
+LOOP_BFLOAT16_BATCHED_MATMUL = PassStep("loop_bfloat16_batched_matmul", _loop_bfloat16_batched_matmul)
 # What Paddle's default CPU config needs (inplace_pass on): every program we save.
 ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
 # What our oneDNN configuration needs (inplace_pass deleted).
@@ -215,7 +226,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
         if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
             steps.append(LOOP_WEIGHT_MATMUL)
         if device == "cpu":
-            steps.append(LOOP_BFLOAT16_GEMV)
+            steps += [LOOP_BFLOAT16_GEMV, LOOP_BFLOAT16_BATCHED_MATMUL]
     steps.append(INPLACE_READS)
     if device == "cpu":
         steps.append(ONEDNN_GUARD_OURS if onednn != "off" else ONEDNN_GUARD_OFF)

@@ -1,0 +1,103 @@
+"""loop_bfloat16_batched_matmul: a decode loop's bfloat16 products of two activations (the
+attention over the KV cache) on our batched kernel.
+
+Rule. In a ``pd_op.while`` body (at any depth), a matmul of a few rows of bfloat16
+activations by a bfloat16 value that is not a parameter becomes our kernel's op
+(``native.load_bfloat16_batched_matmul``: ``x @ y^T`` or ``x @ y`` per batch, float32
+sums rounded to bfloat16)::
+
+    (%s) = "pd_op.matmul" (%q, %K) {transpose_x:false, transpose_y:true}    # [B, H, G, D] x [B, H, S, D]
+    (%a) = "pd_op.matmul" (%p, %V) {transpose_x:false, transpose_y:false}   # [B, H, G, S] x [B, H, S, D]
+
+    (%s) = "custom_op.paddlenlp_ext_bfloat16_batched_matmul_t" (%q, %K)    # [B, H, G, S] bf16
+    (%a) = "custom_op.paddlenlp_ext_bfloat16_batched_matmul" (%p, %V)      # [B, H, G, D] bf16
+
+Why. A bfloat16 model's decode step reads its whole KV cache twice, for the scores and
+for the weighted values, one query row (or one per grouped head) a head. Paddle 3.3.1's
+oneDNN bfloat16 matmul read it at about 4 GB/s: 10 ms of a 38 ms step for one llama2-7B
+layer at 2176 positions on one Zen 4 thread, where the cache's 36 MB take 1.5 ms at the
+memory's speed. The prefill (outside the loop, many rows) keeps oneDNN's matmul.
+
+Safety conditions (1-4 checked by ``_rewritable``, at the check; 5-6 hold by construction
+or are the pipeline's):
+
+1. ``x`` and ``y`` are bfloat16, and ``y`` is no ``builtin.parameter``: weights are
+   ``loop_bfloat16_gemv``'s (stored ``[out, in]``), which runs first.
+2. ``transpose_x`` is false: the kernel reads ``x``'s rows as stored.
+3. ``x`` and ``y`` have rank 2 or more, and ``x``'s row count (its second-to-last dim) is
+   static and at most ``MAX_ROWS``: the kernel reads ``y`` from memory once and from
+   cache for each further row, a product of a few rows; more rows are a GEMM, oneDNN's.
+4. The inner dims agree where static; the batch dims broadcast as matmul's do (the
+   kernel broadcasts them the same way, and raises on dims that do not broadcast, as
+   matmul does).
+5. The value is the same product: float32 sums of bfloat16 products, rounded to
+   bfloat16 once, as oneDNN's bfloat16 matmul writes it; the order of the sums differs
+   (last bits). The op writes a new tensor and reads its inputs only.
+6. The pipeline runs this pass only on CPU, and only when the kernels exist in this
+   process (``native``); ``convert`` and the save hook never do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import paddle
+
+from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
+from .report import PassReport
+
+MAX_ROWS = 16  # of x: grouped-query attention's queries per key/value head, or a few sequences
+
+
+@dataclass(frozen=True)
+class LoopBfloat16BatchedMatmulReport(PassReport):
+    rewritten: int  # matmuls now run on the kernel
+    kept: int  # matmuls in a loop body left as they are
+    unavailable: str | None = None  # why there is no kernel, when one was needed
+
+    @property
+    def modified(self) -> bool:
+        return self.rewritten > 0
+
+    def summary(self) -> str:
+        text = f"{self.rewritten} loop bfloat16 activation matmuls run on the batched kernel; kept {self.kept}"
+        return text if self.unavailable is None else f"{text} ({self.unavailable})"
+
+
+def _rewritable(op) -> bool:
+    x, y = op.operand_source(0), op.operand_source(1)
+    if x.dtype != paddle.bfloat16 or y.dtype != paddle.bfloat16:  # condition 1
+        return False
+    producer = y.get_defining_op()
+    if producer is not None and producer.name() == PARAMETER:  # condition 1
+        return False
+    attrs = op.attrs()
+    if attrs.get("transpose_x"):  # condition 2
+        return False
+    if len(x.shape) < 2 or len(y.shape) < 2 or not 0 < x.shape[-2] <= MAX_ROWS:  # condition 3 (-1: not static)
+        return False
+    inner = y.shape[-1] if attrs.get("transpose_y") else y.shape[-2]
+    return x.shape[-1] < 0 or inner < 0 or x.shape[-1] == inner  # condition 4
+
+
+def loop_bfloat16_activation_matmuls(program) -> tuple[list, int]:
+    """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
+    return loop_matmuls(program, _rewritable)
+
+
+def run_loop_bfloat16_matmuls_on_batched_kernel(program, load_kernel) -> LoopBfloat16BatchedMatmulReport:
+    """Rewrite every matmul the rule selects (all are matched before any is changed).
+    ``load_kernel()`` is called only when there is one: it returns ``(product, reason)``,
+    ``product(x, y, transpose_y)`` appending the kernel's op, or None and why there is no
+    kernel (``native.load_bfloat16_batched_matmul``), in which case nothing changes."""
+    matmuls, kept = loop_bfloat16_activation_matmuls(program)
+    if not matmuls:
+        return LoopBfloat16BatchedMatmulReport(0, kept)
+    product, unavailable = load_kernel()
+    if product is None:  # condition 6
+        return LoopBfloat16BatchedMatmulReport(0, kept + len(matmuls), unavailable)
+    transposed = {id(op): bool(op.attrs().get("transpose_y")) for op in matmuls}
+    for transpose_y in (True, False):
+        chosen = [op for op in matmuls if transposed[id(op)] == transpose_y]
+        replace_matmuls(program, chosen, lambda x, y: product(x, y, transpose_y))
+    return LoopBfloat16BatchedMatmulReport(len(matmuls), kept)

@@ -1,0 +1,145 @@
+"""Our batched bfloat16 kernel (``native``: ``x @ y^T`` and ``x @ y`` per batch) and the
+pass that runs a decode loop's bfloat16 products of two activations on it
+(``passes.loop_bfloat16_batched_matmul``): the kernel's error bound, with broadcast batch
+dims; each safety condition; the route without a kernel. The llama loops' accuracy
+contract on it is in ``test_bfloat16.py``."""
+
+import numpy as np
+import paddle
+import pytest
+from test_bfloat16_gemv import ROUNDING, _bfloat16_values, requires_avx512_bf16
+
+from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
+from paddlenlp_ext.native import load_bfloat16_batched_matmul
+from paddlenlp_ext.paddle_modes import dygraph_mode
+
+HEAD = 40  # not a multiple of 32 (the transposed kernel's step) nor 16 (a register of sums)
+POSITIONS = 37
+
+
+@requires_avx512_bf16
+@pytest.mark.parametrize("x_shape, y_shape, transpose_y", [
+    ((2, 4, 3, 40), (2, 4, 37, 40), True),
+    ((2, 4, 3, 37), (2, 4, 37, 130), False),  # more than 128 columns: two passes
+    ((1, 3, 5), (4, 1, 9, 5), True),  # batch dims broadcast both ways, ranks differ
+    ((4, 1, 2, 9), (3, 9, 17), False),
+    ((2, 7), (5, 7), True),  # no batch dims
+    ((1, 8, 1, 128), (1, 8, 300, 128), True),  # a decode step's attention: one row a head
+    ((1, 8, 1, 300), (1, 8, 300, 128), False),
+])
+def test_the_kernel_is_the_product_rounded_once_to_bfloat16(x_shape, y_shape, transpose_y):
+    """The bound of ``test_bfloat16_gemv``'s test: float32 sums of exact bfloat16 products
+    rounded once to bfloat16."""
+    product, why = load_bfloat16_batched_matmul()
+    assert product is not None, why
+    rng = np.random.default_rng(sum(x_shape) * 100 + sum(y_shape))
+    x, y = _bfloat16_values(rng.normal(size=x_shape)), _bfloat16_values(rng.normal(size=y_shape))
+    with dygraph_mode():
+        out = product(paddle.to_tensor(x.astype("float32")).astype("bfloat16"),
+                      paddle.to_tensor(y.astype("float32")).astype("bfloat16"), transpose_y)
+        assert out.dtype == paddle.bfloat16
+        got = out.astype("float32").numpy()
+    y_as_used = np.swapaxes(y, -1, -2) if transpose_y else y
+    exact = x @ y_as_used
+    assert got.shape == exact.shape
+    k = x.shape[-1]
+    summing = k * 2.0**-24 * (np.abs(x) @ np.abs(y_as_used))
+    bound = ROUNDING * (np.abs(exact) + summing) + summing
+    assert (np.abs(got - exact) <= bound).all(), np.abs(got - exact).max()
+
+
+@requires_avx512_bf16
+def test_batch_dims_that_do_not_broadcast_are_refused():
+    product, _ = load_bfloat16_batched_matmul()
+    with dygraph_mode(), pytest.raises(Exception, match="batch dims do not broadcast"):
+        product(paddle.ones([2, 1, 8], "bfloat16"), paddle.ones([3, 4, 8], "bfloat16"), True)
+
+
+class _Attention(paddle.nn.Layer):
+    """``steps`` times in a while loop, attention of ``h`` [B, 2, 1, HEAD] over a cache
+    [B, 2, POSITIONS, HEAD] computed before the loop: ``p = softmax(h @ K^T)``, ``h = p @ K``.
+    ``transpose_x``: the scores of 8 rows stored transposed; ``dynamic_rows``: ``h``'s row
+    count known at run time only; ``parameter``: K a parameter."""
+
+    def __init__(self, transpose_x=False, dynamic_rows=False, parameter=False):
+        super().__init__()
+        self.transpose_x, self.dynamic_rows = transpose_x, dynamic_rows
+        self.gain = self.create_parameter([HEAD], dtype="float32", default_initializer=paddle.nn.initializer.Constant(1.5))
+        self.key = self.create_parameter([POSITIONS, HEAD], dtype="float32") if parameter else None
+        if parameter:
+            self.key.set_value(np.random.default_rng(0).normal(0, 0.3, (POSITIONS, HEAD)).astype("float32"))
+
+    def forward(self, x, cache, steps):
+        h = (x + cache[:, :, :1] * 0.1).astype("bfloat16") * self.gain
+        key = self.key if self.key is not None else (cache * 0.5).astype("bfloat16")
+        if self.dynamic_rows:
+            h = h.reshape([0, 2, -1, HEAD])
+        i = paddle.zeros([1], dtype="int64")
+        while i < steps:
+            if self.transpose_x:  # 8 rows stored transposed: square, so only condition 2 tells
+                square = (cache[:, :, :8, :8] * 0.1).astype("bfloat16") + h[:, :, :, :8]
+                scores = paddle.matmul(square, key[:, :, :, :8], transpose_x=True, transpose_y=True)
+            else:
+                scores = paddle.matmul(h, key, transpose_y=True)
+            weights = paddle.nn.functional.softmax(scores.astype("float32"), -1)
+            weights = weights.mean(2, keepdim=True).astype("bfloat16")
+            h = paddle.matmul(weights, key) * 2.0
+            i = i + 1
+        return h.astype("float32")
+
+
+def _save_attention(directory, **options):
+    with dygraph_mode():
+        layer = _Attention(**options)
+        layer.to(dtype="bfloat16")  # a bfloat16 model's parameters
+        spec = [paddle.static.InputSpec([None, 2, 1, HEAD], "float32", "x"),
+                paddle.static.InputSpec([None, 2, POSITIONS, HEAD], "float32", "cache"),
+                paddle.static.InputSpec([1], "int64", "steps")]
+        with paddle.pir_utils.IrGuard():
+            paddle.jit.save(paddle.jit.to_static(layer, input_spec=spec, full_graph=True), str(directory / "model"))
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.normal(size=(3, 2, 1, HEAD)).astype("float32"),
+            "cache": rng.normal(size=(3, 2, POSITIONS, HEAD)).astype("float32"), "steps": np.array([3])}
+    return feed, run_program(load_program(directory), feed)[0]  # the Executor, no pass
+
+
+def _check_runs(model, feed, want):
+    for _ in range(2):  # run after run
+        np.testing.assert_allclose(model.run(feed), want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
+
+
+@requires_avx512_bf16
+@pytest.mark.parametrize("onednn", ["all", "off"])
+def test_a_loops_attention_over_a_bfloat16_cache_runs_on_the_kernel(tmp_path, onednn):
+    feed, want = _save_attention(tmp_path)
+    model = StaticGenerationModel(tmp_path, onednn=onednn, fall_back=False)
+    report = model.pipeline.get("loop_bfloat16_batched_matmul")
+    assert (report.rewritten, report.kept, report.unavailable) == (2, 0, None)
+    _check_runs(model, feed, want)
+
+
+@pytest.mark.parametrize("options, kept", [
+    # condition 1: weights are loop_bfloat16_gemv's, which takes the scores (h @ K^T); p @ K stays on matmul
+    ({"parameter": True}, 1),
+    ({"transpose_x": True}, 1),  # condition 2 (the weighted values run on the kernel)
+    ({"dynamic_rows": True}, 1),  # condition 3 (the weighted values, one row after the mean, run on the kernel)
+])
+def test_what_the_rule_leaves_on_matmul(tmp_path, options, kept):
+    feed, want = _save_attention(tmp_path, **options)
+    model = StaticGenerationModel(tmp_path, fall_back=False)
+    report = model.pipeline.get("loop_bfloat16_batched_matmul")
+    assert report.kept == kept, report.summary()
+    _check_runs(model, feed, want)
+
+
+def test_without_the_kernel_the_products_stay_on_matmul_and_say_why(tmp_path, monkeypatch):
+    """Condition 6: no AVX512-BF16, or no compiler: the step changes nothing."""
+    from paddlenlp_ext import native
+
+    monkeypatch.setattr(native, "load_bfloat16_batched_matmul", lambda: (None, "no compiler here"))
+    feed, want = _save_attention(tmp_path)
+    model = StaticGenerationModel(tmp_path, fall_back=False)
+    report = model.pipeline.get("loop_bfloat16_batched_matmul")
+    assert (report.rewritten, report.kept, report.unavailable) == (0, 2, "no compiler here")
+    assert "no compiler here" in report.summary()
+    _check_runs(model, feed, want)
