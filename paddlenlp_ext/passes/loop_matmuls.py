@@ -1,6 +1,6 @@
 """The matmuls of ``pd_op.while`` bodies, and replacing matmuls one by one: what the
-rules that move a decode loop's weight products to another kernel share
-(``loop_weight_matmul``, ``loop_bfloat16_gemv``)."""
+rules that move a decode loop's products to another kernel share
+(``loop_weight_matmul``, ``loop_bfloat16_gemv``, ``loop_bfloat16_batched_matmul``)."""
 
 from __future__ import annotations
 
