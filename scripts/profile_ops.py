@@ -7,8 +7,10 @@ is exported by ``--loop``; each variant (``bench.variants``: the same predictors
 benchmark times) runs once untimed, then twice under Paddle's profiler (CPU): with 1 new
 token (the prefill) and with 1 + ``--decode-steps``. Per op type the table gives the
 prefill's self time (an op's time minus the ops it ran inside it, so a ``while`` counts
-its own bookkeeping only) and one decode step's, (longer run - prefill run) /
-``--decode-steps``, with each one's share of its total. A profiled run is slower than a
+its own bookkeeping only) and one decode step's: the longer run's ops inside its
+``while`` over ``--decode-steps`` (the loop's iterations), or, for a runtime whose trace
+shows no while, (longer run - prefill run) / ``--decode-steps`` (then the prefill's
+jitter lands on the ops both share); each with its share of its total. A profiled run is slower than a
 timed one; the shares are what to read. Op names are the runtime's: legacy ops on the old
 IR, ``pd_op.*`` / ``onednn_op.*`` on the new IR.
 
@@ -56,12 +58,13 @@ def build_parser():
     return parser
 
 
-def op_self_times(trace_dir: str) -> dict:
-    """``{op type: self microseconds}`` from the profiler's chrome trace in ``trace_dir``."""
+def op_self_times(trace_dir: str) -> tuple[dict, dict]:
+    """``({op type: self microseconds}, the same for the ops run inside a while op)``
+    from the profiler's chrome trace in ``trace_dir``."""
     (path,) = glob.glob(f"{trace_dir}/*.json")
     data = json.loads(Path(path).read_text())
     events = [e for e in (data["traceEvents"] if isinstance(data, dict) else data) if e.get("cat") == "Operator"]
-    totals = collections.Counter()
+    totals, in_loop = collections.Counter(), collections.Counter()
     by_thread = collections.defaultdict(list)
     for event in events:
         by_thread[event["tid"]].append(event)
@@ -73,13 +76,17 @@ def op_self_times(trace_dir: str) -> dict:
                 open_ops.pop()
             name = re.sub(r"\[[^\]]*\]$", "", event["name"])  # the trace appends "[12.3 us]"
             totals[name] += event["dur"]
+            if any("while" in enclosing for _, enclosing in open_ops):  # run by a loop
+                in_loop[name] += event["dur"]
             if open_ops:
                 totals[open_ops[-1][1]] -= event["dur"]
+                if any("while" in enclosing for _, enclosing in open_ops[:-1]):  # its parent is run by a loop
+                    in_loop[open_ops[-1][1]] -= event["dur"]
             open_ops.append([event["ts"] + event["dur"], name])
-    return totals
+    return totals, in_loop
 
 
-def profiled_run(predictor, feed: dict) -> dict:
+def profiled_run(predictor, feed: dict) -> tuple[dict, dict]:
     import paddle.profiler as profiler
 
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -95,10 +102,11 @@ def profile(predictor, settings: dict, context: int, steps: int) -> tuple[dict, 
     """(prefill µs per op type, one decode step's µs per op type)."""
     prefill_feed, long_feed = prompt(settings, context, 1), prompt(settings, context, 1 + steps)
     run_once(predictor, long_feed)  # untimed: first-run costs
-    prefill = profiled_run(predictor, prefill_feed)
-    longer = profiled_run(predictor, long_feed)
-    step = {name: (longer[name] - prefill.get(name, 0)) / steps for name in longer}
-    return prefill, step
+    prefill, _ = profiled_run(predictor, prefill_feed)
+    longer, in_loop = profiled_run(predictor, long_feed)
+    if in_loop:
+        return prefill, {name: value / steps for name, value in in_loop.items()}
+    return prefill, {name: (longer[name] - prefill.get(name, 0)) / steps for name in longer}
 
 
 def _top(times: dict, count: int) -> list[str]:
