@@ -25,6 +25,8 @@ POSITIONS = 37
     ((4, 1, 2, 9), (3, 9, 17), False),
     ((2, 7), (5, 7), True),  # no batch dims
     ((1, 8, 1, 128), (1, 8, 300, 128), True),  # a decode step's attention: one row a head
+    ((2, 1, 3, 256), (2, 1, 50, 256), True),  # the longest rows the short-row path takes
+    ((2, 1, 3, 257), (2, 1, 50, 257), True),  # the shortest the long-row path takes
     ((1, 8, 1, 300), (1, 8, 300, 128), False),
 ])
 def test_the_kernel_is_the_product_rounded_once_to_bfloat16(x_shape, y_shape, transpose_y):
