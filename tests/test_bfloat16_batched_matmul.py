@@ -7,7 +7,7 @@ contract on it is in ``test_bfloat16.py``."""
 import numpy as np
 import paddle
 import pytest
-from test_bfloat16_gemv import ROUNDING, _bfloat16_values, requires_avx512_bf16
+from test_bfloat16_gemv import ROUNDING, _bfloat16_values, _check_runs, requires_avx512_bf16
 
 from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
 from paddlenlp_ext.native import load_bfloat16_batched_matmul
@@ -103,11 +103,6 @@ def _save_attention(directory, **options):
     feed = {"x": rng.normal(size=(3, 2, 1, HEAD)).astype("float32"),
             "cache": rng.normal(size=(3, 2, POSITIONS, HEAD)).astype("float32"), "steps": np.array([3])}
     return feed, run_program(load_program(directory), feed)[0]  # the Executor, no pass
-
-
-def _check_runs(model, feed, want):
-    for _ in range(2):  # run after run
-        np.testing.assert_allclose(model.run(feed), want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
 
 
 @requires_avx512_bf16

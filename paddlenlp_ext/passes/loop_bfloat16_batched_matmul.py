@@ -39,29 +39,15 @@ or are the pipeline's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import paddle
 
-from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
-from .report import PassReport
+from .loop_matmuls import PARAMETER, LoopKernelReport, replace_matmuls, run_on_kernel
 
 MAX_ROWS = 16  # of x: grouped-query attention's queries per key/value head, or a few sequences
 
 
-@dataclass(frozen=True)
-class LoopBfloat16BatchedMatmulReport(PassReport):
-    rewritten: int  # matmuls now run on the kernel
-    kept: int  # matmuls in a loop body left as they are
-    unavailable: str | None = None  # why there is no kernel, when one was needed
-
-    @property
-    def modified(self) -> bool:
-        return self.rewritten > 0
-
-    def summary(self) -> str:
-        text = f"{self.rewritten} loop bfloat16 activation matmuls run on the batched kernel; kept {self.kept}"
-        return text if self.unavailable is None else f"{text} ({self.unavailable})"
+class LoopBfloat16BatchedMatmulReport(LoopKernelReport):
+    rewritten_to = "loop bfloat16 activation matmuls run on the batched kernel"
 
 
 def _rewritable(op) -> bool:
@@ -80,24 +66,16 @@ def _rewritable(op) -> bool:
     return x.shape[-1] < 0 or inner < 0 or x.shape[-1] == inner  # condition 4
 
 
-def loop_bfloat16_activation_matmuls(program) -> tuple[list, int]:
-    """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
-    return loop_matmuls(program, _rewritable)
+def _rewrite(program, matmuls: list, product) -> None:
+    for transpose_y in (True, False):
+        chosen = [op for op in matmuls if bool(op.attrs().get("transpose_y")) == transpose_y]
+        replace_matmuls(program, chosen, lambda x, y: product(x, y, transpose_y))
 
 
 def run_loop_bfloat16_matmuls_on_batched_kernel(program, load_kernel) -> LoopBfloat16BatchedMatmulReport:
     """Rewrite every matmul the rule selects (all are matched before any is changed).
     ``load_kernel()`` is called only when there is one: it returns ``(product, reason)``,
     ``product(x, y, transpose_y)`` appending the kernel's op, or None and why there is no
-    kernel (``native.load_bfloat16_batched_matmul``), in which case nothing changes."""
-    matmuls, kept = loop_bfloat16_activation_matmuls(program)
-    if not matmuls:
-        return LoopBfloat16BatchedMatmulReport(0, kept)
-    product, unavailable = load_kernel()
-    if product is None:  # condition 6
-        return LoopBfloat16BatchedMatmulReport(0, kept + len(matmuls), unavailable)
-    transposed = {id(op): bool(op.attrs().get("transpose_y")) for op in matmuls}
-    for transpose_y in (True, False):
-        chosen = [op for op in matmuls if transposed[id(op)] == transpose_y]
-        replace_matmuls(program, chosen, lambda x, y: product(x, y, transpose_y))
-    return LoopBfloat16BatchedMatmulReport(len(matmuls), kept)
+    kernel (``native.load_bfloat16_batched_matmul``), in which case nothing changes
+    (condition 6)."""
+    return run_on_kernel(program, _rewritable, load_kernel, _rewrite, LoopBfloat16BatchedMatmulReport)

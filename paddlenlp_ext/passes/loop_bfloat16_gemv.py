@@ -40,27 +40,13 @@ or are the pipeline's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import paddle
 
-from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
-from .report import PassReport
+from .loop_matmuls import PARAMETER, LoopKernelReport, replace_matmuls, run_on_kernel
 
 
-@dataclass(frozen=True)
-class LoopBfloat16GemvReport(PassReport):
-    rewritten: int  # matmuls now run on the kernel
-    kept: int  # matmuls in a loop body left as they are
-    unavailable: str | None = None  # why there is no kernel, when one was needed
-
-    @property
-    def modified(self) -> bool:
-        return self.rewritten > 0
-
-    def summary(self) -> str:
-        text = f"{self.rewritten} loop bfloat16 matmuls run on the GEMV kernel; kept {self.kept}"
-        return text if self.unavailable is None else f"{text} ({self.unavailable})"
+class LoopBfloat16GemvReport(LoopKernelReport):
+    rewritten_to = "loop bfloat16 matmuls run on the GEMV kernel"
 
 
 def _rewritable(op) -> bool:
@@ -77,21 +63,9 @@ def _rewritable(op) -> bool:
     return x.dtype == paddle.bfloat16 and len(x.shape) >= 1 and x.shape[-1] == weight.shape[1]  # condition 3
 
 
-def loop_bfloat16_matmuls(program) -> tuple[list, int]:
-    """(the matmuls in loop bodies the rule rewrites, the number of other loop matmuls)."""
-    return loop_matmuls(program, _rewritable)
-
-
 def run_loop_bfloat16_matmuls_on_gemv(program, load_gemv) -> LoopBfloat16GemvReport:
     """Rewrite every matmul the rule selects (all are matched before any is changed).
     ``load_gemv()`` is called only when there is one: it returns ``(gemv, reason)``,
     ``gemv(x, w)`` appending the kernel's op, or None and why there is no kernel
-    (``native.load_bfloat16_gemv``), in which case nothing changes."""
-    matmuls, kept = loop_bfloat16_matmuls(program)
-    if not matmuls:
-        return LoopBfloat16GemvReport(0, kept)
-    gemv, unavailable = load_gemv()
-    if gemv is None:  # condition 5
-        return LoopBfloat16GemvReport(0, kept + len(matmuls), unavailable)
-    replace_matmuls(program, matmuls, gemv)
-    return LoopBfloat16GemvReport(len(matmuls), kept)
+    (``native.load_bfloat16_gemv``), in which case nothing changes (condition 5)."""
+    return run_on_kernel(program, _rewritable, load_gemv, replace_matmuls, LoopBfloat16GemvReport)

@@ -4,11 +4,13 @@ rules that move a decode loop's products to another kernel share
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import paddle
 
 from ..paddle_modes import static_mode
+from .report import PassReport
 
 MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
 
@@ -46,3 +48,36 @@ def replace_matmuls(program, matmuls: list, product: Callable) -> None:
             op.result(0).replace_all_uses_with(result)
             op.erase()
         paddle.pir.reset_insertion_point_to_end()
+
+
+@dataclass(frozen=True)
+class LoopKernelReport(PassReport):
+    """What a rule that moves loop matmuls to one of our kernels did."""
+
+    rewritten: int  # matmuls now run on the kernel
+    kept: int  # matmuls in a loop body left as they are
+    unavailable: str | None = None  # why there is no kernel, when one was needed
+    rewritten_to: ClassVar[str] = "run on our kernel"  # the summary's words, per rule
+
+    @property
+    def modified(self) -> bool:
+        return self.rewritten > 0
+
+    def summary(self) -> str:
+        text = f"{self.rewritten} {self.rewritten_to}; kept {self.kept}"
+        return text if self.unavailable is None else f"{text} ({self.unavailable})"
+
+
+def run_on_kernel(program, selected: Callable, load_kernel: Callable, rewrite: Callable,
+                  report: type[LoopKernelReport]) -> LoopKernelReport:
+    """Match every loop matmul ``selected(op)`` accepts, then (only when there is one)
+    ``load_kernel()``: ``(kernel, None)`` or ``(None, why there is none)``. With a kernel,
+    ``rewrite(program, matmuls, kernel)`` replaces them all; without, nothing changes."""
+    matmuls, kept = loop_matmuls(program, selected)
+    if not matmuls:
+        return report(0, kept)
+    kernel, unavailable = load_kernel()
+    if kernel is None:
+        return report(0, kept + len(matmuls), unavailable)
+    rewrite(program, matmuls, kernel)
+    return report(len(matmuls), kept)
