@@ -67,9 +67,12 @@ def _rewritable(op) -> bool:
 
 
 def _rewrite(program, matmuls: list, product) -> None:
-    for transpose_y in (True, False):
-        chosen = [op for op in matmuls if bool(op.attrs().get("transpose_y")) == transpose_y]
-        replace_matmuls(program, chosen, lambda x, y: product(x, y, transpose_y))
+    # Sorted by transpose_y before any is replaced: an erased op has no attributes to read.
+    by_transpose = {True: [], False: []}
+    for op in matmuls:
+        by_transpose[bool(op.attrs().get("transpose_y"))].append(op)
+    for transpose_y, chosen in by_transpose.items():
+        replace_matmuls(program, chosen, lambda x, y, transpose_y=transpose_y: product(x, y, transpose_y))
 
 
 def run_loop_bfloat16_matmuls_on_batched_kernel(program, load_kernel) -> LoopBfloat16BatchedMatmulReport:
