@@ -70,19 +70,21 @@ def op_self_times(trace_dir: str) -> tuple[dict, dict]:
         by_thread[event["tid"]].append(event)
     for thread_events in by_thread.values():
         thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
-        open_ops = []  # [end time, name] of the ops enclosing the current one
+        open_ops = []  # [end time, name, run by a loop] of the ops enclosing the current one
         for event in thread_events:
             while open_ops and open_ops[-1][0] <= event["ts"]:
                 open_ops.pop()
             name = re.sub(r"\[[^\]]*\]$", "", event["name"])  # the trace appends "[12.3 us]"
+            # run by a loop: inside a while, or inside an op that is
+            looped = bool(open_ops) and (open_ops[-1][2] or "while" in open_ops[-1][1])
             totals[name] += event["dur"]
-            if any("while" in enclosing for _, enclosing in open_ops):  # run by a loop
+            if looped:
                 in_loop[name] += event["dur"]
             if open_ops:
                 totals[open_ops[-1][1]] -= event["dur"]
-                if any("while" in enclosing for _, enclosing in open_ops[:-1]):  # its parent is run by a loop
+                if open_ops[-1][2]:
                     in_loop[open_ops[-1][1]] -= event["dur"]
-            open_ops.append([event["ts"] + event["dur"], name])
+            open_ops.append([event["ts"] + event["dur"], name, looped])
     return totals, in_loop
 
 

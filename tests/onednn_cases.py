@@ -124,15 +124,17 @@ CONV_SHAPE = (-1, 2, 5, 5)
 CONV_FEED = {"x": np.random.RandomState(1).randn(2, 2, 5, 5).astype("float32")}
 
 
-def paddle_default_predictor(prefix: str, delete=()):
+def paddle_default_predictor(prefix: str, delete=(), onednn: bool = True):
     """What a user of a converted directory writes: Paddle's defaults on CPU (new IR,
     oneDNN with its placement and fuse passes, inplace_pass), with the passes named in
-    ``delete`` deleted."""
+    ``delete`` deleted; ``onednn=False``: with ``disable_mkldnn()``."""
     from paddle import inference
 
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.disable_gpu()
     config.disable_glog_info()
+    if not onednn:
+        config.disable_mkldnn()
     for name in delete:
         config.delete_pass(name)
     return inference.create_predictor(config)

@@ -63,18 +63,12 @@ def test_onednn_loses_an_inplace_write_for_readers_of_the_value(tmp_path, name):
 
 def test_common_subexpression_elimination_loses_an_inplace_write_into_a_fed_value(tmp_path):
     """The defect, pinned (oneDNN off; right with the CSE pass deleted)."""
-    from paddle import inference
-
     prefix = str(tmp_path / "model")
     feed = save(prefix, feed_written_in_a_loop)
     reference = run_program(load_files(prefix, "pir"), feed)
     assert _error(run_predictor(create_paddle_predictor(prefix, onednn="off"), feed), reference) > 0.01
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.disable_mkldnn()
-    config.delete_pass("common_subexpression_elimination_pass")
-    assert _error(run_predictor(inference.create_predictor(config), feed), reference) == 0
+    without_cse = paddle_default_predictor(prefix, delete=("common_subexpression_elimination_pass",), onednn=False)
+    assert _error(run_predictor(without_cse, feed), reference) == 0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -97,17 +97,7 @@ def _paddle_default_without_fuse_defect(prefix):
 
 
 def _off_without(*passes):
-    def factory(prefix):
-        from paddle import inference
-
-        config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-        config.disable_gpu()
-        config.disable_glog_info()
-        config.disable_mkldnn()
-        for name in passes:
-            config.delete_pass(name)
-        return inference.create_predictor(config)
-    return factory
+    return lambda prefix: paddle_default_predictor(prefix, delete=passes, onednn=False)
 
 
 _off_without_inplace_pass = _off_without("inplace_pass")

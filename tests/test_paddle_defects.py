@@ -158,8 +158,6 @@ def _write_in_an_if_read_only_by_dead_code(x):
 
 @pytest.mark.parametrize("configuration", ["ours, oneDNN all", "ours, oneDNN off", "paddle default"])
 def test_dead_code_elimination_erases_an_if_with_its_in_place_writes(tmp_path, configuration):
-    from paddle import inference
-
     from paddlenlp_ext.inference import load_program, run_program
 
     prefix = str(tmp_path / "model")
@@ -170,12 +168,8 @@ def test_dead_code_elimination_erases_an_if_with_its_in_place_writes(tmp_path, c
                  "paddle default": lambda: paddle_default_predictor(prefix)}
     for (got,) in _runs(factories[configuration](), feed):
         assert np.abs(got - want).max() > 0.1  # the write is lost
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.disable_mkldnn()
-    config.delete_pass("dead_code_elimination_pass")
-    for (got,) in _runs(inference.create_predictor(config), feed):
+    without_dce = paddle_default_predictor(prefix, delete=("dead_code_elimination_pass",), onednn=False)
+    for (got,) in _runs(without_dce, feed):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -189,6 +189,11 @@ BF16_TARGET void WeightedRows(const uint16_t* x, const uint16_t* v, uint16_t* y,
   for (int64_t n0 = 0; n0 < n_total; n0 += kColumnsPerPass) {
     const int64_t width = n_total - n0 < kColumnsPerPass ? n_total - n0 : kColumnsPerPass;
     const int vectors = static_cast<int>((width + 15) / 16);
+    __mmask16 masks[kColumnsPerPass / 16];  // the columns of each register of sums
+    for (int j = 0; j < vectors; ++j) {
+      const int64_t left = width - 16 * j;
+      masks[j] = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+    }
     for (int64_t m = 0; m < rows; ++m) {
       __m512 sums[kColumnsPerPass / 16];
       for (int j = 0; j < vectors; ++j) sums[j] = _mm512_setzero_ps();
@@ -197,16 +202,12 @@ BF16_TARGET void WeightedRows(const uint16_t* x, const uint16_t* v, uint16_t* y,
         const __m512 weight = _mm512_set1_ps(Bfloat16ToFloat(xm[s]));
         const uint16_t* row = v + s * n_total + n0;
         for (int j = 0; j < vectors; ++j) {
-          const int64_t left = width - 16 * j;
-          const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
-          const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + 16 * j));
+          const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(masks[j], row + 16 * j));
           sums[j] = _mm512_fmadd_ps(weight, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), sums[j]);
         }
       }
-      float out[kColumnsPerPass];
-      for (int j = 0; j < vectors; ++j) _mm512_storeu_ps(out + 16 * j, sums[j]);
       uint16_t* ym = y + m * n_total + n0;
-      for (int64_t n = 0; n < width; ++n) ym[n] = RoundToBfloat16(out[n]);
+      for (int j = 0; j < vectors; ++j) _mm256_mask_storeu_epi16(ym + 16 * j, masks[j], RoundEachToBfloat16(sums[j]));
     }
   }
 }
