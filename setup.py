@@ -34,5 +34,11 @@ setup(
         # pytest-xdist: the README's test command runs the suite in two workers; pytest-timeout:
         # a hung test fails with its stacks (pytest.ini).
         "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "matplotlib>=3.7,<3.12"],
+        # scripts/benchmark.py --peers (scripts/bench/peers.py): never in the default install.
+        # torch 2.13.0: the CPU wheel (a version pip must download is a CUDA build of
+        # several GB); transformers 4.48.3: the last that keeps the huggingface-hub 0.25.2
+        # paddlenlp 2.8.1 imports with (4.49 upgrades it); llama-cpp-python builds from
+        # source (about 20 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=ON builds for this CPU).
+        "peers": ["torch==2.13.0", "transformers==4.48.3", "gguf==0.19.0", "llama-cpp-python==0.3.36"],
     },
 )

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_flags import OneLineParser
 from .quiet import library_quiet, quiet_paddle
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class ConversionResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m paddlenlp_ext.convert", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m paddlenlp_ext.convert", description=__doc__.splitlines()[0])
     parser.add_argument("src_dir", metavar="SRC_DIR",
                         help="a static model directory (model.pdmodel or model.json, with model.pdiparams)")
     parser.add_argument("dst_dir", metavar="DST_DIR", help="where to write the PIR model directory")
@@ -170,13 +171,18 @@ def _copy_files(src: Path, staging: Path, skip) -> None:
 
 
 def main(argv=None) -> int:
+    from .interrupts import recording_interrupts
+
     args = build_parser().parse_args(argv)
     try:
-        with quiet_paddle():  # an error must stay one line on stderr
+        with recording_interrupts(), quiet_paddle():  # an error must stay one line on stderr
             result = convert(args.src_dir, args.dst_dir, force=args.force)
     except ConvertError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the staging directory is gone; nothing went into place
+        print("interrupted", file=sys.stderr)
+        return 130
     print(f"remove_loop_assign: {result.report.summary()}")
     print(f"wrote {result.directory} (pir: model.json, model.pdiparams) from {args.src_dir} ({result.source_format})")
     return 0

@@ -36,9 +36,11 @@ def settings_feed(top_k: int, top_p: float, temperature: float, repetition_penal
     return {name: np.array([values[name]], dtype=SETTING_DTYPES[name]) for name in SETTING_INPUTS}
 
 
-# What a setting left unset (None) is: PaddleNLP 2.8's llm/predictor.py defaults, and
-# this project's seed, unless the model fixes the setting (``fixed_settings``).
-DEFAULTS = {"top_k": 1, "top_p": 1.0, "temperature": 0.95, "repetition_penalty": 1.0, "seed": 42}
+# What a setting left unset (None) is, unless the model fixes it (``fixed_settings``):
+# PaddleNLP 2.8's llm/predictor.py (its PredictorArgument: top_k 0, top_p 0.7,
+# temperature 0.95, repetition_penalty 1.0, decode_strategy "sampling", so with no flag
+# it samples; a 2023 copy had top_k 1, greedy in effect) and this project's seed.
+DEFAULTS = {"top_k": 0, "top_p": 0.7, "temperature": 0.95, "repetition_penalty": 1.0, "seed": 42}
 UNKNOWN = object()  # a setting a static model fixes at a value nobody recorded
 
 

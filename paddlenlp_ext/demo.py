@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from .cli_flags import OneLineParser
 from .quiet import quiet_paddle
 
 
@@ -26,7 +27,7 @@ class DemoError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m paddlenlp_ext.demo", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m paddlenlp_ext.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the demo llama (default 2)")
     parser.add_argument("--hidden-size", type=int, default=64, help="hidden size (default 64)")
     parser.add_argument("--prompt-length", type=int, default=64, help="prompt tokens (default 64)")

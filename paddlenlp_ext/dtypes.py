@@ -12,13 +12,17 @@ On Paddle 3.3.1's CPU wheel (measured here):
   error; an unset ``--dtype`` loads any checkpoint in float32 there, the one dtype
   both modes compute in.
 - bfloat16 has no dygraph CPU ``matmul`` either; a static bfloat16 program computes on
-  oneDNN's bfloat16 kernels (``export.py`` says which exports a bfloat16 model takes).
+  oneDNN's bfloat16 kernels (``export.py`` says which exports a bfloat16 model takes),
+  which need AVX-512 (``cpu.computes_bfloat16``): on a CPU without it, bfloat16 is an
+  error too, before anything is loaded.
 
 On a GPU the unset ``--dtype`` keeps the checkpoint's, as PaddleNLP does. Nothing here
 imports Paddle.
 """
 
 from __future__ import annotations
+
+from . import cpu
 
 DTYPES = ("float32", "float16", "bfloat16")
 CPU_DTYPES = ("float32", "bfloat16")  # bfloat16 in static mode only
@@ -45,6 +49,9 @@ def load_dtype(requested: str | None, device: str, *, static: bool) -> str | Non
     if requested == "bfloat16" and not static:
         raise DtypeError("--dtype bfloat16: Paddle's dygraph has no bfloat16 matmul on CPU; use --mode static "
                          "(a static program computes in bfloat16 on oneDNN)")
+    if requested == "bfloat16" and not cpu.computes_bfloat16():
+        raise DtypeError(f"--dtype bfloat16: {cpu.NO_BFLOAT16}; use --dtype float32, which loads a bfloat16 "
+                         "checkpoint cast to float32")
     return requested
 
 
@@ -56,6 +63,9 @@ def check_exported_dtype(exported: str | None, requested: str | None, device: st
     if device == "cpu" and exported == "float16":
         raise DtypeError(f"{directory}: the model was exported in float16, which Paddle's CPU kernels cannot "
                          "compute; export it again from its checkpoint with --dtype float32")
+    if device == "cpu" and exported == "bfloat16" and not cpu.computes_bfloat16():
+        raise DtypeError(f"{directory}: the model was exported in bfloat16 and {cpu.NO_BFLOAT16}; export it "
+                         "again from its checkpoint with --dtype float32")
     if requested is not None and requested != exported:
         raise DtypeError(f"--dtype {requested}: {directory} was exported in {exported}, which --dtype cannot "
                          "change; export it again from its checkpoint with that --dtype")

@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_flags import boolean_flag
+from .cli_flags import OneLineParser, add_paddlenlp_only_flags, boolean_flag, refused_flag
 from .dtypes import DTYPES
 from .quiet import quiet_paddle, quiet_paddlenlp
 
@@ -34,7 +34,7 @@ class ExportModelError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="export_model.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="export_model.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--model_name_or_path", help="a PaddleNLP save_pretrained checkpoint")
     add("--model", help="an embedded model: llama2 (the default) or llama2-gqa")
@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
         help="recorded in generation_config.json; both loops take the decoding settings as inputs at run time "
              "(the paddlenlp loop top_k only, or top_p and temperature)")
-    add("--top_k", type=int, default=1)
-    add("--top_p", type=float, default=1.0, help="< 1 needs top_p_sampling, which has no CPU kernel for --loop paddlenlp")
-    add("--temperature", type=float, default=0.95)
+    add("--top_k", type=int, help="recorded in generation_config.json (default PaddleNLP's, 0)")
+    add("--top_p", type=float,
+        help="recorded in generation_config.json (default PaddleNLP's, 0.7); with --loop paddlenlp, < 1 exports "
+             "top_p_sampling, which has no CPU kernel, and unset exports top-k sampling (top_p 1.0)")
+    add("--temperature", type=float, help="recorded in generation_config.json (default PaddleNLP's, 0.95)")
     add("--device", choices=["cpu", "gpu"], default="cpu",
         help="where the export will run: an unset --dtype loads float32 for the CPU, the checkpoint's dtype for a GPU")
     add("--export_format", choices=["pir", "legacy"], default="pir",
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV cache of --loop generation_loop: static (preallocated, written in place; the default where the "
              "model's attention allows it) or concat (PaddleNLP's, grown every step)")
     add("--overwrite", action="store_true", help="replace a non-empty --output_path")
+    add_paddlenlp_only_flags(parser)
     return parser
 
 
@@ -70,6 +73,9 @@ def _validate(args: argparse.Namespace) -> None:
     from .decoding import CACHES
     from .dtypes import DtypeError, load_dtype
 
+    refused = refused_flag(args)
+    if refused is not None:
+        raise ExportModelError(refused)
     if args.model is not None and args.model_name_or_path is not None:
         raise ExportModelError("give --model or --model_name_or_path, not both")
     try:
@@ -91,6 +97,19 @@ def _validate(args: argparse.Namespace) -> None:
         raise ExportModelError(f"{output} already exists and is not empty: choose a new directory or use --overwrite")
 
 
+def _recorded_settings(args: argparse.Namespace) -> dict:
+    """The sampling settings the export records: the flags, else PaddleNLP 2.8's
+    defaults; PaddleNLP's loop exports top-p sampling only when ``--top_p`` < 1 is asked
+    for (``export.py``), so unset it records the top-k export's top_p, 1.0."""
+    from .decoding_settings import DEFAULTS
+
+    settings = {name: DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+                for name in ("top_k", "top_p", "temperature")}
+    if args.loop == "paddlenlp" and args.top_p is None:
+        settings["top_p"] = 1.0
+    return settings
+
+
 def export(args: argparse.Namespace):
     """Load the model and export it as ``args`` say; raises ExportModelError for bad input."""
     from .decoding import DecodingConfig
@@ -103,8 +122,8 @@ def export(args: argparse.Namespace):
     try:
         with dygraph_mode():
             model, tokenizer = load_model(args.model_name_or_path or args.model or DEFAULT_MODEL, dtype=args.dtype)
-            decoding = DecodingConfig(args.decode_strategy, top_k=args.top_k, top_p=args.top_p,
-                                      temperature=args.temperature, eos_token_id=model.config.eos_token_id,
+            decoding = DecodingConfig(args.decode_strategy, **_recorded_settings(args),
+                                      eos_token_id=model.config.eos_token_id,
                                       pad_token_id=model.config.pad_token_id or 0)
             return export_generation_model(model, args.output_path, tokenizer=tokenizer, decoding=decoding,
                                            format=args.export_format, remove_loop_assign=args.remove_loop_assign,

@@ -37,7 +37,7 @@ import numpy as np
 from .errors import error_line
 from .files import LEGACY_FILE, PIR_FILE, cache_home, write_atomically
 from .host_memory import return_free_memory
-from .cli_flags import boolean_flag
+from .cli_flags import OneLineParser, add_paddlenlp_only_flags, boolean_flag, refused_flag
 from .dtypes import DTYPES
 from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
 
@@ -62,19 +62,22 @@ class PredictorArgument:
     src_length: int = 512  # prompt tokens kept (the last ones); PaddleNLP's 1024 + 64 overflows llama2's 1024 positions
     max_length: int = 64  # new tokens to generate
     # The decoding settings. None: the value a static model fixes, if it fixes one, else
-    # PaddleNLP's default (decoding_settings.DEFAULTS: top_k 1, top_p 1.0, temperature
-    # 0.95, repetition_penalty 1.0; seed 42). A value a model cannot honour is an error.
+    # PaddleNLP 2.8's default (decoding_settings.DEFAULTS: top_k 0, top_p 0.7,
+    # temperature 0.95, repetition_penalty 1.0: it samples; seed 42). A value a model
+    # cannot honour is an error.
     top_k: int | None = None
     top_p: float | None = None
     temperature: float | None = None
     repetition_penalty: float | None = None
     decode_strategy: str = "sampling"
-    mode: str | None = None  # dynamic | static; static when --remove_loop_assign is given
+    mode: str | None = None  # dynamic | static; static when remove_loop_assign is True
     dtype: str | None = None
     device: str = "cpu"
     batch_size: int = 1
     benchmark: bool = False
-    remove_loop_assign: bool = False
+    # The loop cleanup. None: on in static mode (validate resolves it); True also
+    # chooses static mode; False runs the program as PaddleNLP's predictor would.
+    remove_loop_assign: bool | None = None
     export_format: str | None = None  # None: legacy, pir for bfloat16 (see the module's docstring)
     cache: str | None = None  # the exported GenerationLoop's KV cache; None: export_generation_model's choice
     seed: int | None = None  # of the sampling; see top_k
@@ -191,9 +194,11 @@ class StaticGraphPredictor(BasePredictor):
             raise PredictorError(f"{static_dir}: the model takes input {unknown[0]!r}, which this predictor does "
                                  f"not know (it feeds {', '.join(GENERATION_INPUTS)})")
         self.settings = decoding_settings(config, self.static_model.input_names)
-        if "position_ids" in self.static_model.input_names and self.settings["top_k"] == 0:
+        if "position_ids" in self.static_model.input_names and config.top_k == 0:
             # PaddleNLP's loop (sample_d2s) clips top_k to at least 1, so 0 would be greedy
-            # there; top-k over the whole vocabulary is "off", as 0 is everywhere else.
+            # there; --top_k 0 asks for top-k over the whole vocabulary ("off"), as 0 is
+            # everywhere else. Unset, top_k is fed as PaddleNLP's predictor feeds its
+            # default (0): that loop then decodes greedily, as it does under PaddleNLP.
             self.settings["top_k"] = _vocab_size(Path(static_dir))
 
     def _infer(self, input_ids, attention_mask, max_new_tokens):
@@ -218,7 +223,7 @@ def _pass_line(static_model) -> str:
         return f"not applied: {static_model.runtime} runs the model (see the warning above)"
     if static_model.report is not None:
         return static_model.report.summary()
-    return f"off ({static_model.copies_before} copies in the loop)"
+    return f"off by --remove_loop_assign false ({static_model.copies_before} copies in the loop)"
 
 
 def decoding_settings(config: PredictorArgument, input_names=GENERATION_INPUTS) -> dict:
@@ -391,29 +396,32 @@ def _check_lengths(config: PredictorArgument, max_positions: int | None) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predictor.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="predictor.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--model_name_or_path", help="a PaddleNLP save_pretrained checkpoint or a static model directory")
     add("--model", help="an embedded model: llama2 (the default) or llama2-gqa")
     add("--src_length", type=int, default=512, help="prompt tokens kept, the last ones (default 512)")
     add("--max_length", type=int, default=64, help="new tokens to generate (default 64)")
     unset = "; unset: what a static model fixes, else "
-    add("--top_k", type=int, help=f"sample from the k most likely tokens (0: off, 1: greedy){unset}1")
-    add("--top_p", type=float, help=f"sample from the smallest set of this mass (1.0: off){unset}1.0")
+    add("--top_k", type=int, help=f"sample from the k most likely tokens (0: off, 1: greedy){unset}0")
+    add("--top_p", type=float, help=f"sample from the smallest set of this mass (1.0: off){unset}0.7")
     add("--temperature", type=float, help=f"divides the logits before sampling{unset}0.95")
     add("--repetition_penalty", type=float, help=f"PaddleNLP's repetition penalty (1.0: off){unset}1.0")
     add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
         help="greedy_search is top_k 1 (default sampling)")
-    add("--mode", choices=["dynamic", "static"], help="default dynamic; static with --remove_loop_assign")
+    add("--mode", choices=["dynamic", "static"],
+        help="default dynamic; static for a static model directory or with --remove_loop_assign")
     add("--dtype", help=f"{', '.join(DTYPES)}: the dtype the weights load in (from_pretrained's dtype); on CPU "
         "float32, also the default there (a float16 checkpoint is cast); unset on GPU: the checkpoint's")
     add("--device", choices=["cpu", "gpu"], default="cpu")
     add("--batch_size", type=int, default=1)
     add("--data_file", help="JSONL prompts: {\"src\": ..., \"tgt\": ...} per line")
     add("--output_file", default="output.json", help="JSONL results (default output.json)")
-    for name, text in (("benchmark", "time generation and print tokens/s and QPS"),
-                       ("remove_loop_assign", "remove the loop copies (implies --mode static)")):
-        add(f"--{name}", type=boolean_flag, nargs="?", const=True, default=False, help=text)
+    add("--benchmark", type=boolean_flag, nargs="?", const=True, default=False,
+        help="time generation: prefill and per-token cost, tokens/s")
+    add("--remove_loop_assign", type=boolean_flag, nargs="?", const=True, default=None,
+        help="remove the loop copies: on by default in static mode; given alone it chooses --mode static; "
+             "false runs the static program as PaddleNLP's predictor does")
     add("--export_format", choices=["legacy", "pir"],
         help="format of the static model exported from a dygraph checkpoint (default legacy; pir for bfloat16, "
              "the only one a bfloat16 model exports in)")
@@ -421,11 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV cache of the loop exported from a dygraph checkpoint: static (preallocated, written in place; "
              "the default where the model's attention allows it) or concat (PaddleNLP's, grown every step)")
     add("--seed", type=int, help=f"sampling seed{unset}42")
+    add_paddlenlp_only_flags(parser)
     return parser
 
 
 def parse_arguments(argv=None) -> tuple[PredictorArgument, ModelArgument]:
-    namespace = vars(build_parser().parse_args(argv))
+    parsed = build_parser().parse_args(argv)
+    refused = refused_flag(parsed)
+    if refused is not None:
+        raise PredictorError(refused)
+    namespace = vars(parsed)
     predictor_args = PredictorArgument(**{f.name: namespace[f.name] for f in fields(PredictorArgument)})
     model_args = ModelArgument(**{f.name: namespace[f.name] for f in fields(ModelArgument)})
     return validate(predictor_args, model_args), model_args
@@ -439,10 +452,13 @@ DEVICES = ("cpu", "gpu")
 
 def validate(config: PredictorArgument, model_args: ModelArgument | None = None) -> PredictorArgument:
     """Check the arguments, the same way for the command line and ``create_predictor``,
-    before Paddle is imported or a model is loaded: a copy with the mode resolved.
+    before Paddle is imported or a model is loaded: a copy with the mode and the cleanup resolved.
 
     The mode left unset is static for a static model directory or with
-    ``remove_loop_assign``, else dynamic. PredictorError (a ValueError), one line, for
+    ``remove_loop_assign`` True, else dynamic; ``remove_loop_assign`` left unset is on
+    in static mode: the command a PaddleNLP user already types gets the cleanup (it
+    keeps any copy it cannot prove redundant, and the tokens are the same).
+    PredictorError (a ValueError), one line, for
     anything wrong; ``model_args``' data file is read and its output file's directory
     checked too.
     """
@@ -463,7 +479,7 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     mode = _check_source(config)
     dtype = _load_dtype(config, mode)
     _check_lengths(config, _max_positions(config))
-    if config.remove_loop_assign and mode == "dynamic":
+    if config.remove_loop_assign is True and mode == "dynamic":
         raise PredictorError("--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic")
     if config.cache is not None and mode == "dynamic":
         raise PredictorError(f"--cache {config.cache} is the static loop's: use --mode static (--mode dynamic runs "
@@ -472,7 +488,8 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
         read_prompts(model_args.data_file)
         check_writable(model_args.output_file)
     export_format = config.export_format or ("pir" if dtype == "bfloat16" else "legacy")
-    return replace(config, mode=mode, dtype=dtype, export_format=export_format)
+    remove_loop_assign = mode == "static" if config.remove_loop_assign is None else config.remove_loop_assign
+    return replace(config, mode=mode, dtype=dtype, export_format=export_format, remove_loop_assign=remove_loop_assign)
 
 
 def _check_exported_dtype(config: PredictorArgument, directory: Path) -> None:
@@ -535,12 +552,29 @@ def _check_source(config: PredictorArgument) -> str:
         _check_exported_dtype(config, Path(source))
         return "static"
     if source is not None and not Path(source).exists():
-        raise PredictorError(f"{source}: no such model directory")
+        hub_id = source.count("/") == 1 and not source.startswith(("/", ".", "~"))
+        raise PredictorError(f"{source}: no such model directory" + (
+            " (a model hub name? this predictor never downloads: give a local save_pretrained directory)"
+            if hub_id else ""))
+    if source is not None:
+        _check_static_prefix(Path(source))
     try:
         check_model_source(source if source is not None else (config.model or DEFAULT_MODEL))
     except ModelError as error:
         raise PredictorError(str(error)) from None
     return config.mode or ("static" if config.remove_loop_assign else "dynamic")
+
+
+def _check_static_prefix(directory: Path) -> None:
+    """A static model saved under another prefix than ``model`` (``--model_prefix``)
+    is named as such, not reported as a checkpoint without weights."""
+    if not directory.is_dir():
+        return
+    others = sorted(path.name for path in directory.glob("*.pdmodel")) + sorted(
+        path.name for path in directory.glob("*.json") if path.with_suffix(".pdiparams").is_file())
+    if others:
+        raise PredictorError(f"{directory}: a static model saved as {others[0]}; this predictor reads "
+                             f"{PIR_FILE} or {LEGACY_FILE} (PaddleNLP's --model_prefix model): rename its files")
 
 
 def _check_params(directory: Path) -> None:

@@ -26,6 +26,10 @@ float32) chooses what runs: float32 the variants of ``--variants``, bfloat16 one
   loop, PaddleNLP's concat cache on its own), loaded as it is.
 
 With both dtypes the bf16 row is timed in the same rounds as the float32 ones.
+``--peers`` (comma-separated, from ``llama.cpp-f32,llama.cpp-bf16,llama.cpp-q8_0,
+hf-float32,hf-bf16``; default none) adds the engines users leave us for, on the same
+weights and prompt ids, in the same rounds, beside GenerationLoop's rows
+(``bench.peers``; ``pip install -e ".[peers]"``).
 
 All but the baseline are saved and run by their own predictor configured as
 ``StaticGenerationModel`` does (``inference.create_paddle_predictor``). ``--threads``
@@ -107,7 +111,15 @@ everything printed. Each record of ``results`` is one (loop, variant, context):
   at near-ties (random weights have many), which is expected and fails nothing;
 - ``prefill_speedup_vs_float32``, ``decode_speedup_vs_float32`` (bf16 rows; None
   otherwise and when ``static-cache`` did not run): ``static-cache``'s ``prefill_ms``
-  and ``decode_ms_per_token`` at the same context over this row's (above 1 is faster).
+  and ``decode_ms_per_token`` at the same context over this row's (above 1 is faster);
+- peer rows (``peer`` true; ``dtype`` "q8_0" for llama.cpp's 8-bit blocks, 34 bytes a
+  32 values; ``kv_dtype`` the cache's, float16 in llama.cpp, counted at 2 bytes): ``ours``,
+  our variant of the same precision (``static-cache``, ``bf16`` for the bfloat16 peers),
+  ``ours_prefill_speedup``, ``ours_decode_speedup``: the peer's ``prefill_ms`` and
+  ``decode_ms_per_token`` over that variant's at the same context (above 1: we are
+  faster; None when it did not run), ``token_agreement_with_ours`` and
+  ``tokens_equal_until`` (the new tokens equal to that variant's before the first
+  difference, in the first row). A peer's tokens are held to its own runs only.
 
 ``deep_pass`` times both passes (median as for ``pass_ms``), once per run, on a
 translated legacy export of ``--pass-layers`` layers (default 32, skipped where they
@@ -136,6 +148,7 @@ from pathlib import Path
 
 from bench.models import LOOPS, PRESETS, default_intermediate_size, export_model, llama_config
 from bench.pass_timing import deep_pass
+from bench.peers import PEERS, missing_extras
 from bench.report import machine, plot, records, table, versions
 from bench.roofline import measure_machine, weight_bytes
 from bench.timing import time_variants
@@ -143,6 +156,7 @@ from bench.variants import (BASELINE, DTYPE_OF, DTYPE_VARIANTS, EXPORT_DTYPE, LO
                             VARIANTS, exported_formats)
 
 from paddlenlp_ext.cli_flags import OneLineParser
+from paddlenlp_ext.cpu import NO_BFLOAT16, computes_bfloat16
 from paddlenlp_ext.files import write_atomically
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
@@ -195,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", type=_names(tuple(DTYPE_VARIANTS), "dtype"), default=["float32"],
                         help="comma-separated: float32 runs --variants, bfloat16 the bf16 variant (the same "
                              "weights cast; GenerationLoop only) (default float32)")
+    parser.add_argument("--peers", type=_names(tuple(PEERS), "peer"), default=[],
+                        help=f"comma-separated, from {','.join(PEERS)}: other engines on the same weights "
+                             "(pip install -e \".[peers]\"; default none)")
     parser.add_argument("--loops", type=_names(LOOPS, "loop"), default=list(LOOPS),
                         help=f"the decoding loops to export the model with, comma-separated (default "
                              f"{','.join(LOOPS)})")
@@ -252,6 +269,13 @@ def resolve(args: argparse.Namespace) -> dict:
     if settings["heads"] % settings["kv_heads"]:
         raise BenchmarkError(f"--heads must be a multiple of --kv-heads, got {settings['heads']} and "
                              f"{settings['kv_heads']}")
+    missing = missing_extras(settings["peers"])
+    if missing is not None:
+        raise BenchmarkError(missing)
+    if settings["peers"] and "generation_loop" not in settings["loops"]:
+        raise BenchmarkError("--peers run beside --loops generation_loop's rows: add it to --loops")
+    if "bfloat16" in settings["dtypes"] and not computes_bfloat16():
+        raise BenchmarkError(f"--dtypes bfloat16: {NO_BFLOAT16}; run --dtypes float32")
     if settings["vocab_size"] <= 3:
         raise BenchmarkError(f"--vocab-size must be above 3 (prompts draw ids from 3 up), got {settings['vocab_size']}")
     if settings["intermediate_size"] is None:
@@ -342,7 +366,7 @@ def loop_variants(settings: dict, loop: str) -> list[str]:
     """The variants run on ``loop``, float32's (``--variants``) first, as ``--dtypes`` asks."""
     chosen = [name for dtype, names in DTYPE_VARIANTS.items() if dtype in settings["dtypes"] for name in names
               if dtype != "float32" or name in settings["variants"]]
-    return [name for name in chosen if name in LOOP_VARIANTS[loop]]
+    return [name for name in chosen + settings["peers"] if name in LOOP_VARIANTS[loop]]
 
 
 def progress(message: str) -> None:

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hardware import requires_bfloat16
+
+from paddlenlp_ext.cpu import computes_bfloat16
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 VARIANTS = ["paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache"]
@@ -45,7 +48,9 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     readers = data["limits"]["bandwidth_readers_gib_s"]  # the bound is the fastest reader's
     assert {"numpy_float32_gemv", "paddle_float32_matmul"} <= set(readers)
     assert data["limits"]["bandwidth_gib_s"] == max(readers.values())
-    assert data["limits"]["gemm_gflops_bfloat16"] > 0
+    # measured only where oneDNN computes bfloat16 (None elsewhere: no bfloat16 row can run)
+    assert (data["limits"]["gemm_gflops_bfloat16"] or 0) > 0 if computes_bfloat16() else (
+        data["limits"]["gemm_gflops_bfloat16"] is None)
     assert set(data["machine"]) >= {"cpu", "cores", "os"}
     assert set(data["versions"]) == {"python", "paddle", "paddlenlp", "paddlenlp_ext"}
     assert data["model"]["num_hidden_layers"] == 1 and data["model"]["hidden_size"] == 64
@@ -98,10 +103,10 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     (["--dtypes", "bfloat16,bfloat16"], "argument --dtypes: a dtype is named twice in 'bfloat16,bfloat16'"),
     (["--variants", "static-cache", "--loops", "paddlenlp"],
      "no variant of --variants static-cache runs on --loops paddlenlp (static-cache runs on generation_loop only)"),
-    (["--preset", "llama2-7b", "--layers", "1000", "--dtypes", "bfloat16"],
-     "--dtypes bfloat16 cannot fit: this model's bfloat16 weights are 377.5 GiB and the machine has"),
     # 1000 layers of 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096 float32 values, and two
     # 32000 x 4096 tables: 754.9 GiB
+    (["--preset", "llama2-7b", "--layers", "1000"],
+     "--dtypes float32 cannot fit: this model's float32 weights are 754.9 GiB and the machine has"),
     (["--preset", "llama2-7b", "--layers", "1", "--pass-layers", "1000"],
      "--pass-layers 1000 cannot fit: the float32 program the passes are timed on holds 754.9 GiB of weights"),
 ], ids=["not a number", "unknown variant", "unknown loop", "hidden size", "one new token", "threads", "preset",
@@ -143,6 +148,7 @@ def test_a_run_whose_files_do_not_fit_tmpdir_is_refused_before_it_starts(monkeyp
     import collections
 
     benchmark = _benchmark_module()
+    monkeypatch.setattr(benchmark, "computes_bfloat16", lambda: True)  # a CPU oneDNN computes bfloat16 on
     args = benchmark.build_parser().parse_args(["--preset", "llama2-7b", "--dtypes", "bfloat16", "--loops",
                                                 "generation_loop", "--pass-layers", "0"])
     usage = collections.namedtuple("usage", "total used free")
@@ -154,12 +160,21 @@ def test_a_run_whose_files_do_not_fit_tmpdir_is_refused_before_it_starts(monkeyp
     assert benchmark.resolve(args)["dtypes"] == ["bfloat16"]
 
 
+def test_bfloat16_on_a_cpu_without_avx512_is_refused_before_it_starts(monkeypatch):
+    benchmark = _benchmark_module()
+    monkeypatch.setattr(benchmark, "computes_bfloat16", lambda: False)
+    with pytest.raises(benchmark.BenchmarkError, match=r"^--dtypes bfloat16: this CPU has no AVX-512 .*; run "
+                                                        r"--dtypes float32$"):
+        benchmark.resolve(benchmark.build_parser().parse_args(["--quick", "--dtypes", "float32,bfloat16"]))
+
+
 def test_a_default_pass_program_that_cannot_fit_is_skipped_saying_why(monkeypatch):
     """Given, ``--pass-layers`` is refused when it cannot fit ("pass program does not
     fit" above); the default 32 layers are skipped. 32 float32 layers four times
     llama2-7B's width hold about 400 GiB; the bfloat16 model itself, one such layer, 8.3."""
     benchmark = _benchmark_module()
     monkeypatch.setattr(benchmark, "_check_scratch_space", lambda settings: None)
+    monkeypatch.setattr(benchmark, "computes_bfloat16", lambda: True)
     settings = benchmark.resolve(benchmark.build_parser().parse_args(
         ["--preset", "llama2-7b", "--layers", "1", "--hidden-size", "16384", "--intermediate-size", "44032",
          "--dtypes", "bfloat16"]))
@@ -228,6 +243,7 @@ def _step_bytes_by_hand(data: dict, itemsize: int) -> float:
     return itemsize * (weights + cache)
 
 
+@requires_bfloat16
 def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
     output = tmp_path / "bench.json"
     result = bench(*TINY, "--dtypes", "float32,bfloat16", "--variants", "static-cache", "--loops", "generation_loop",
@@ -261,6 +277,7 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
+@requires_bfloat16
 def test_bfloat16_alone_runs_the_bf16_variant_only_on_both_loops(tmp_path):
     output = tmp_path / "bench.json"
     result = bench(*TINY, "--dtypes", "bfloat16", "--pass-layers", "0", "--output", str(output))

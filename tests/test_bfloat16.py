@@ -20,13 +20,14 @@ import logging
 import numpy as np
 import paddle
 import pytest
+from hardware import requires_bfloat16
 
 from paddlenlp_ext import compat
+from paddlenlp_ext.cpu import NO_BFLOAT16, computes_bfloat16, has_avx512_bf16
 from paddlenlp_ext.decoding import DecodingConfig
 from paddlenlp_ext.export import ExportError, export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel
 from paddlenlp_ext.models import load_model
-from paddlenlp_ext.native import cpu_supports_avx512_bf16
 from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.predictor import model_inputs
 from paddlenlp_ext.transposed_weights import transposed_weights
@@ -66,6 +67,8 @@ def exports(request, tmp_path_factory):
     the generation loops (PIR, the only format a bfloat16 model exports in):
     ``(logits directory, {LOOPS key: loop directory})``, and under "layers" the number
     of decoder layers."""
+    if not computes_bfloat16():
+        pytest.skip(f"computes in bfloat16: {NO_BFLOAT16}")
     root = tmp_path_factory.mktemp("bfloat16")
     home = root / "home"
     directories = {}
@@ -167,7 +170,7 @@ def _assert_right_on_paddles_default_config(exports, prefix):
 @pytest.mark.parametrize("onednn", ["all", "off"])
 def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, onednn, loop):
     runs, model = _generate(exports["bfloat16"][1][loop], onednn)
-    if cpu_supports_avx512_bf16():  # the decode's weight products ran on our kernel
+    if has_avx512_bf16():  # the decode's weight products ran on our kernel
         gemv = model.pipeline.get("loop_bfloat16_gemv")
         assert gemv.rewritten > 0 and gemv.unavailable is None, gemv.summary()
     np.testing.assert_array_equal(runs[0], runs[1])  # run after run
@@ -304,6 +307,7 @@ class _BFloat16Loop(paddle.nn.Layer):
         return h
 
 
+@requires_bfloat16
 def test_a_bfloat16_loop_product_stays_on_onednn(tmp_path, every_weight_is_large):
     """``addmm`` has no bfloat16 CPU kernel: a bfloat16 loop product is not rewritten to
     it (loop_weight_matmul's condition 6), on a program whose weights are as stored."""

@@ -7,7 +7,8 @@ contract on it is in ``test_bfloat16.py``."""
 import numpy as np
 import paddle
 import pytest
-from test_bfloat16_gemv import ROUNDING, _bfloat16_values, _check_runs, requires_avx512_bf16
+from hardware import requires_avx512_bf16, requires_bfloat16
+from test_bfloat16_gemv import ROUNDING, _bfloat16_values, _check_runs
 
 from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
 from paddlenlp_ext.native import load_bfloat16_batched_matmul
@@ -121,6 +122,7 @@ def test_a_loops_attention_over_a_bfloat16_cache_runs_on_the_kernel(tmp_path, on
     ({"transpose_x": True}, 1),  # condition 2 (the weighted values run on the kernel)
     ({"dynamic_rows": True}, 1),  # condition 3 (the weighted values, one row after the mean, run on the kernel)
 ])
+@requires_bfloat16
 def test_what_the_rule_leaves_on_matmul(tmp_path, options, kept):
     feed, want = _save_attention(tmp_path, **options)
     model = StaticGenerationModel(tmp_path, fall_back=False)
@@ -129,6 +131,7 @@ def test_what_the_rule_leaves_on_matmul(tmp_path, options, kept):
     _check_runs(model, feed, want)
 
 
+@requires_bfloat16
 def test_without_the_kernel_the_products_stay_on_matmul_and_say_why(tmp_path, monkeypatch):
     """Condition 6: no AVX512-BF16, or no compiler: the step changes nothing."""
     from paddlenlp_ext import native

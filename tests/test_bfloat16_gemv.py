@@ -6,12 +6,12 @@ is in ``test_bfloat16.py``."""
 import numpy as np
 import paddle
 import pytest
+from hardware import requires_avx512_bf16, requires_bfloat16
 
 from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
-from paddlenlp_ext.native import cpu_supports_avx512_bf16, load_bfloat16_gemv
+from paddlenlp_ext.native import load_bfloat16_gemv
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
-requires_avx512_bf16 = pytest.mark.skipif(not cpu_supports_avx512_bf16(), reason="this CPU has no AVX512-BF16")
 HIDDEN = 48  # not a multiple of the kernel's 32 bfloat16 a step, nor 64 rows a task
 ROUNDING = 2.0**-8  # bfloat16's unit roundoff: 8 significant bits, half a spacing of 2**-7 relative
 
@@ -93,6 +93,7 @@ def test_a_loop_product_of_a_bfloat16_weight_stored_out_in_runs_on_the_kernel(tm
     _check_runs(model, feed, want)
 
 
+@requires_bfloat16
 def test_a_weight_computed_in_the_loop_stays_on_matmul(tmp_path):
     """Condition 1: the kernel takes parameters only."""
     feed, want = _save_loop(tmp_path, weight_in_loop=True)
@@ -110,6 +111,7 @@ def test_a_float32_loop_product_stays_on_matmul(tmp_path):
     assert not model.pipeline.get("loop_bfloat16_gemv").modified
 
 
+@requires_bfloat16
 def test_a_weight_stored_in_out_stays_on_matmul(tmp_path):
     """Condition 2: ``h @ W`` is not the kernel's ``h @ W^T`` (same shape: a square W)."""
     feed, want = _save_loop(tmp_path, transpose_y=False)
@@ -118,6 +120,7 @@ def test_a_weight_stored_in_out_stays_on_matmul(tmp_path):
     assert not model.pipeline.get("loop_bfloat16_gemv").modified
 
 
+@requires_bfloat16
 def test_without_the_kernel_the_products_stay_on_matmul_and_say_why(tmp_path, monkeypatch):
     """Condition 5: no AVX512-BF16, or no compiler: the step changes nothing."""
     from paddlenlp_ext import native

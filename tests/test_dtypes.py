@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from hardware import requires_bfloat16
 
-from paddlenlp_ext.dtypes import DtypeError, load_dtype
+from paddlenlp_ext import cpu
+from paddlenlp_ext.dtypes import DtypeError, check_exported_dtype, load_dtype
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.predictor import PredictorArgument, PredictorError, create_predictor
@@ -53,6 +55,7 @@ def test_a_float16_checkpoint_runs_in_float32_in_both_modes(checkpoints, tmp_pat
     assert json.loads((exports[0] / "config.json").read_text()).get("dtype", "float32") == "float32"
 
 
+@requires_bfloat16
 def test_a_bfloat16_export_is_made_and_run_in_static_mode(checkpoints, tmp_path, monkeypatch):
     """--dtype bfloat16 exports in the one format a bfloat16 model exports in (pir), with
     the static cache as float32 has it, and runs there; test_bfloat16 holds its tokens to
@@ -87,8 +90,28 @@ def test_a_fresh_export_no_runtime_can_load_is_not_kept(checkpoints, tmp_path, m
 @pytest.mark.parametrize("requested, device, static, loaded", [
     (None, "cpu", False, "float32"), ("float32", "cpu", False, "float32"), ("bfloat16", "cpu", True, "bfloat16"),
     (None, "gpu", False, None), ("float16", "gpu", True, "float16"), ("bfloat16", "gpu", False, "bfloat16")])
-def test_the_dtype_loaded_on_each_device(requested, device, static, loaded):
+def test_the_dtype_loaded_on_each_device(requested, device, static, loaded, monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: cpu.BFLOAT16_FLAGS)  # a CPU oneDNN computes bfloat16 on
     assert load_dtype(requested, device, static=static) == loaded
+
+
+def test_bfloat16_on_a_cpu_without_avx512_is_refused_in_one_line(monkeypatch):
+    """oneDNN computes bfloat16 from AVX-512 up, and Paddle has no other bfloat16 CPU
+    matmul: on an AVX2-only CPU a bfloat16 program would die in dnnl::error mid-run."""
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+    with pytest.raises(DtypeError, match="^--dtype bfloat16: this CPU has no AVX-512 .*; use --dtype float32"):
+        load_dtype("bfloat16", "cpu", static=True)
+    with pytest.raises(DtypeError, match="^out/m: the model was exported in bfloat16 and this CPU has no AVX-512"):
+        check_exported_dtype("bfloat16", None, "cpu", "out/m")
+    assert load_dtype("bfloat16", "gpu", static=True) == "bfloat16"
+    check_exported_dtype("bfloat16", None, "gpu", "out/m")
+    check_exported_dtype("float32", None, "cpu", "out/m")
+
+
+def test_the_cpu_check_agrees_with_paddles():
+    from paddle.base import core
+
+    assert cpu.computes_bfloat16() == core.supports_bfloat16()
 
 
 @pytest.mark.parametrize("requested, static", [("float16", True), ("bfloat16", False), ("int8", True)])

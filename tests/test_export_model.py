@@ -65,6 +65,11 @@ def test_cli_writes_paddlenlps_layout(native):
     metadata = json.loads((directory / "paddlenlp_ext.json").read_text())
     assert metadata["loop"] == "paddlenlp" and metadata["inputs"] == PADDLENLP_ORDER
     assert StaticGenerationModel(directory, remove_loop_assign=False).input_names == PADDLENLP_ORDER
+    # PaddleNLP's defaults, recorded; its loop exports top-k sampling (top_p 1.0) unless --top_p < 1 is asked for.
+    from paddlenlp.generation import GenerationConfig
+
+    recorded = GenerationConfig.from_pretrained(str(directory))  # the file holds what differs from its defaults
+    assert (recorded.decode_strategy, recorded.top_k, recorded.top_p, recorded.temperature) == ("sampling", 0, 1.0, 0.95)
 
 
 @pytest.mark.parametrize("clean", [False, True], ids=["as translated", "remove_loop_assign"])
@@ -130,3 +135,13 @@ def test_a_non_empty_output_path_needs_overwrite(native, tmp_path):
                           f"{tmp_path / 'out'} already exists and is not empty: choose a new directory or use "
                           "--overwrite")
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["keep"]
+
+
+def test_paddlenlps_flags_we_do_not_run_are_refused_in_one_line(tmp_path, capsys):
+    from paddlenlp_ext.export_model import main
+
+    assert main(["--output_path", str(tmp_path / "out"), "--block_attn"]) == 2
+    assert capsys.readouterr().err == ("error: --block_attn true: needs PaddleNLP's fused inference models and their "
+                                       "GPU custom ops (paddlenlp_ops); this predictor runs the model's own "
+                                       "generation loop on Paddle Inference\n")
+    assert not (tmp_path / "out").exists()

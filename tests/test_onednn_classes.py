@@ -19,6 +19,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
+from hardware import requires_bfloat16
 from onednn_cases import CLASSES, CONV_FEED, CONV_SHAPE, FEED, conv_loop, paddle_default_predictor, save
 from onednn_routes import ROUTES, run_every_route, spec, wrong_routes
 from test_onednn_inplace_guard import assert_bit_identical, twice
@@ -311,6 +312,7 @@ def _bfloat16_if(x):
     return chosen.cast("float32") * 1.0
 
 
+@requires_bfloat16
 def test_onednn_off_cannot_run_a_bfloat16_if(tmp_path):
     prefix, reference = _saved(tmp_path, _bfloat16_if)
     with pytest.raises(Exception, match="could not create a primitive descriptor for a reorder primitive"):
@@ -323,6 +325,7 @@ def _bfloat16_scaled_and_cast(x):
     return [(z * 0.5).cast("float32"), z.cast("float32")]
 
 
+@requires_bfloat16
 def test_onednn_off_runs_onednn_kernels_for_bfloat16_and_needs_the_guard(tmp_path):
     """oneDNN off is not free of oneDNN: Paddle 3.3.1 runs the oneDNN kernel of a
     bfloat16 op that has no plain bfloat16 kernel (``exp``) with oneDNN disabled, and on

@@ -6,6 +6,7 @@ before on plain kernels."""
 import numpy as np
 import paddle
 import pytest
+from hardware import requires_bfloat16
 from onednn_cases import paddle_default_predictor
 from test_inference import _scale_pow_add
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
@@ -419,6 +420,7 @@ def _bfloat16_written_in_a_loop(x):
     return [paddle.static.nn.while_loop(lambda i, y: i < n, step, [i, x * 1.0])[1]]
 
 
+@requires_bfloat16
 def test_a_read_of_an_in_place_result_counts_the_reads_of_its_buffer(tmp_path):
     """Condition 4 over the buffer an in-place op writes: guarded, our oneDNN-off route is
     right; the program as saved is wrong there."""

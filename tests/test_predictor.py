@@ -65,11 +65,13 @@ def run_mode(tmp_path, data_file, name, *args):
 def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, capsys):
     modes = {
         "dynamic": ["--mode", "dynamic"],
-        "legacy": ["--mode", "static", "--export_format", "legacy"],
-        "legacy+pass": ["--remove_loop_assign", "--export_format", "legacy"],
-        "pir": ["--mode", "static", "--export_format", "pir"],
+        # The cleanup is on in static mode unless --remove_loop_assign false; given alone, it chooses static mode.
+        "legacy": ["--mode", "static", "--export_format", "legacy", "--remove_loop_assign", "false"],
+        "legacy+pass": ["--mode", "static", "--export_format", "legacy"],
+        "pir": ["--mode", "static", "--export_format", "pir", "--remove_loop_assign", "false"],
         "pir+pass": ["--remove_loop_assign", "--export_format", "pir"],
-        "legacy concat": ["--mode", "static", "--export_format", "legacy", "--cache", "concat"],
+        "legacy concat": ["--mode", "static", "--export_format", "legacy", "--cache", "concat",
+                          "--remove_loop_assign", "false"],
         "legacy+pass concat": ["--remove_loop_assign", "--export_format", "legacy", "--cache", "concat"],
     }
     results = {name: run_mode(tmp_path, data_file, name, *args) for name, args in modes.items()}
@@ -81,9 +83,9 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
         assert records == reference, name
     printed = capsys.readouterr().out
     assert "remove_loop_assign: removed 9 copies from 1 loops; kept 0" in printed  # legacy+pass, static cache
-    assert "remove_loop_assign: off (9 copies in the loop)" in printed  # legacy, static cache
+    assert "remove_loop_assign: off by --remove_loop_assign false (9 copies in the loop)" in printed  # legacy
     assert "remove_loop_assign: removed 14 copies from 1 loops; kept 0" in printed  # legacy+pass concat
-    assert "remove_loop_assign: off (14 copies in the loop)" in printed  # legacy concat
+    assert "remove_loop_assign: off by --remove_loop_assign false (14 copies in the loop)" in printed  # concat
 
 
 def test_benchmark_reports_prefill_and_decode_apart_on_the_given_prompts(home, tmp_path, data_file, capsys):
@@ -136,6 +138,11 @@ def test_benchmark_takes_the_prefill_from_the_whole_run(monkeypatch):
         ("no src", ["--data_file", "{tmp}/nosrc.jsonl"], "{tmp}/nosrc.jsonl line 1: expected an object with a string \"src\""),
         ("empty data file", ["--data_file", "{tmp}/empty.jsonl"], "{tmp}/empty.jsonl: no prompts"),
         ("missing model dir", ["--model_name_or_path", "{tmp}/nomodel"], "{tmp}/nomodel: no such model directory"),
+        ("hub name", ["--model_name_or_path", "meta-llama/Llama-2-7b-chat"], "meta-llama/Llama-2-7b-chat: no such "
+         "model directory (a model hub name? this predictor never downloads: give a local save_pretrained directory)"),
+        ("another prefix", ["--model_name_or_path", "{tmp}/prefixed"], "{tmp}/prefixed: a static model saved as "
+         "rank_0.pdmodel; this predictor reads model.json or model.pdmodel (PaddleNLP's --model_prefix model): "
+         "rename its files"),
         ("unknown model", ["--model", "gpt5"], "unknown model 'gpt5': known models are llama2, llama2-gqa, or give a save_pretrained directory"),
         ("zero max_length", ["--max_length", "0"], "--max_length must be a positive integer, got 0"),
         ("negative src_length", ["--src_length", "-3"], "--src_length must be a positive integer, got -3"),
@@ -178,6 +185,9 @@ def test_bad_input_gives_one_line_exit_2_and_no_output_file(home, tmp_path, case
     (tmp_path / "static").mkdir()
     (tmp_path / "static" / "model.pdmodel").write_bytes(b"")
     (tmp_path / "truncated").mkdir()
+    (tmp_path / "prefixed").mkdir()
+    for name in ("rank_0.pdmodel", "rank_0.pdiparams", "config.json"):
+        (tmp_path / "prefixed" / name).write_bytes(b"{}")
     (tmp_path / "float16").mkdir()
     for name, data in (("model.pdmodel", b""), ("model.pdiparams", b""), ("tokenizer_config.json", b"{}"),
                        ("config.json", b'{"dtype": "float16"}')):
@@ -403,6 +413,16 @@ def test_every_decoding_flag_is_honoured_on_our_export(sampling_export, monkeypa
     np.testing.assert_array_equal(sampled, run_dynamic(GenerationLoop(model, settings), ids, mask, 12, seed=3))
     assert not np.array_equal(sampled, tokens("static", top_k=5, temperature=1.5, top_p=0.9, seed=4))
     assert not np.array_equal(sampled[:, :greedy.shape[1]], greedy[:, :sampled.shape[1]])
+    # A sampling flag alone samples, with PaddleNLP 2.8's other defaults (top_k 0, top_p
+    # 0.7, temperature 0.95): never greedy for want of a --top_k.
+    for flags in ({"top_p": 0.5}, {"temperature": 5.0}):
+        alone = tokens("static", seed=3, **flags)
+        settings = DecodingConfig("sampling", **{"top_k": 0, "top_p": 0.7, "temperature": 0.95, **flags},
+                                  eos_token_id=2, pad_token_id=0)
+        np.testing.assert_array_equal(alone, run_dynamic(GenerationLoop(model, settings), ids, mask, 12, seed=3))
+        assert not np.array_equal(alone[:, :greedy.shape[1]], greedy[:, :alone.shape[1]]), flags
+        dynamic = tokens("dynamic", seed=3, **flags)  # PaddleNLP's generate samples too
+        assert not np.array_equal(dynamic[:, :greedy.shape[1]], greedy[:, :dynamic.shape[1]]), flags
 
 
 @pytest.mark.parametrize("names, flags, message", [
@@ -431,6 +451,8 @@ def test_top_k_0_is_off_on_paddlenlps_loop_too(monkeypatch, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 2000}))
     assert predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(top_k=0)).settings["top_k"] == 2000
     assert predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument(top_k=7)).settings["top_k"] == 7
+    # Unset, it is what PaddleNLP's predictor feeds (its default, 0): greedy on that loop, as there.
+    assert predictor_for_inputs(monkeypatch, tmp_path, names, PredictorArgument()).settings["top_k"] == 0
 
 
 def test_a_static_model_that_does_not_generate_is_one_error(home, tmp_path, capsys):
@@ -604,3 +626,35 @@ def test_the_exported_dygraph_model_is_freed_before_the_predictor_loads(tmp_path
         assert loaded[0]() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--inference_model"], "--inference_model true: needs PaddleNLP's fused inference models"),
+    (["--block_attn", "true"], "--block_attn true: needs PaddleNLP's fused inference models"),
+    (["--quant_type", "weight_only_int8"], "--quant_type weight_only_int8: quantized inference needs PaddleNLP's"),
+    (["--lora_path", "lora"], "--lora_path lora: LoRA is not applied here: merge the tuned weights"),
+    (["--avx_model"], "--avx_model true: PaddleNLP's AVX mode needs xFasterTransformer's custom ops"),
+    (["--model_type", "gpt-3"], "--model_type gpt-3: PaddleNLP's modeling files under llm/"),
+    (["--model_prefix", "rank_0"], "--model_prefix rank_0: static models are read as model.json or model.pdmodel"),
+])
+def test_paddlenlps_flags_we_do_not_run_are_refused_in_one_line(args, message):
+    from paddlenlp_ext.predictor import PredictorError, parse_arguments
+
+    with pytest.raises(PredictorError) as raised:
+        parse_arguments(args)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_paddlenlps_flags_at_their_defaults_parse_and_argparse_errors_are_one_line(capsys):
+    from paddlenlp_ext.predictor import PredictorArgument, parse_arguments, validate
+
+    defaults = ["--model_prefix", "model", "--quant_type", "None", "--inference_model", "false", "--block_size", "64",
+                "--enable_memory_optim", "true", "--use_flash_attention", "false"]
+    assert parse_arguments(defaults)[0] == validate(PredictorArgument())
+    for args, line in ((["--device", "xpu"], "error: argument --device: invalid choice: 'xpu'"),
+                       (["--decode_strategy", "beam_search"], "error: argument --decode_strategy: invalid choice"),
+                       (["--num_beams", "4"], "error: unrecognized arguments: --num_beams 4")):
+        with pytest.raises(SystemExit) as exited:
+            parse_arguments(args)
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2 and stderr.startswith(line) and stderr.count("\n") == 1, stderr

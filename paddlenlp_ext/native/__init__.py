@@ -26,6 +26,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..cpu import has_avx512_bf16
 from ..files import cache_home
 from ..quiet import library_quiet
 
@@ -39,19 +40,10 @@ _SOURCE = Path(__file__).resolve().parent / "bfloat16_gemv.cc"
 _CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
-def cpu_supports_avx512_bf16() -> bool:
-    """True when this (Linux) CPU has the AVX512-BF16 instructions the kernel uses."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            return any(line.startswith("flags") and " avx512_bf16" in line for line in cpuinfo)
-    except OSError:
-        return False
-
-
 @functools.cache
 def _unavailable() -> str | None:
     """Why there are no kernels in this process, or None once they are built and registered."""
-    if not cpu_supports_avx512_bf16():
+    if not has_avx512_bf16():
         return "this CPU has no AVX512-BF16"
     try:
         _build_and_register()

@@ -67,10 +67,11 @@ def random_llama(settings: dict, layers: int, dtype: str = "float32"):
 
 
 # What export_model can write: a format of the loop with its concat KV cache (PaddleNLP's),
-# "static-cache": GenerationLoop's static cache, in the legacy format, or "bf16": the
-# model cast to bfloat16, as a bfloat16 model exports (PIR; on GenerationLoop, with the
-# static cache). "bf16" comes last: the float32 exports are written before the cast.
-EXPORTS = ("legacy", "pir", "static-cache", "bf16")
+# "static-cache": GenerationLoop's static cache, in the legacy format, "weights": the
+# float32 weights for the peers (``bench.peers``: ``weights.npz``), or "bf16": the model
+# cast to bfloat16, as a bfloat16 model exports (PIR; on GenerationLoop, with the static
+# cache). "bf16" comes last: the float32 exports are written before the cast.
+EXPORTS = ("legacy", "pir", "static-cache", "weights", "bf16")
 
 
 def export_model(settings: dict, layers: int, directory: Path, loop: str = "generation_loop",
@@ -104,6 +105,12 @@ def _export_in_this_process(settings: dict, layers: int, directory: Path, loop: 
         model = random_llama(settings, layers, "bfloat16" if formats == ("bf16",) else "float32")
         model.generation_config.eos_token_id = settings["vocab_size"]
         for fmt in sorted(formats, key=EXPORTS.index):
+            if fmt == "weights":
+                from .peers import save_weights
+
+                (directory / loop / fmt).mkdir(parents=True)
+                save_weights(model, directory / loop / fmt / "weights.npz")
+                continue
             if fmt == "bf16":
                 model.to(dtype="bfloat16")
                 model.config.dtype = "bfloat16"  # what the export reads the model's dtype from

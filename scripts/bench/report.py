@@ -11,6 +11,7 @@ import numpy as np
 
 from paddlenlp_ext.files import write_atomically
 
+from .peers import PEERS
 from .roofline import bounds
 from .variants import BASELINE, bytes_per_token
 
@@ -67,7 +68,7 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
     for context in settings["contexts"]:
         for variant in variants:
             timing = timings[context][variant.name]
-            bound = bounds(settings, limits, context, variant.dtype)
+            bound = bounds(settings, limits, context, variant.dtype, variant.kv_dtype)
             rates = [batch * new_tokens / s for s in timing.full_s]
             q25, q75 = np.percentile(rates, [25, 75])
             # per repeat: the whole run minus the prefill run beside it, per decoded token
@@ -92,7 +93,9 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
                 "token_agreement_with_float32": None,
                 **bound,
                 "roofline_ratio": round(decode[0] / bound["memory_bound_ms_per_token"], 2),
-                "prefill_roofline_ratio": round(prefill[0] / bound["prefill_bound_ms"], 2),
+                "prefill_roofline_ratio": (None if bound["prefill_bound_ms"] is None
+                                           else round(prefill[0] / bound["prefill_bound_ms"], 2)),
+                "peer": variant.peer, "kv_dtype": variant.kv_dtype or variant.dtype,
                 "copies": variant.copies, "bytes_per_token": bytes_per_token(variant, settings, context),
                 "peak_rss_mib": timing.peak_rss_mib, "baseline_rss_mib": timing.baseline_rss_mib,
                 "loaded_rss_mib": timing.loaded_rss_mib,
@@ -103,6 +106,9 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
     float32_names = [variant.name for variant in variants if variant.dtype == "float32"]
     reference = FLOAT32_REFERENCE if FLOAT32_REFERENCE in float32_names else next(iter(float32_names), None)
     for row in rows:
+        if row["peer"]:
+            _compare_with_ours(row, by_key, timings)
+            continue
         if row["dtype"] != "float32":
             speed = by_key.get((FLOAT32_REFERENCE, row["context"]))
             if speed is not None:
@@ -120,6 +126,23 @@ def records(loop: str, variants: list, timings: dict, settings: dict, limits: di
             row["decode_speedup_vs_paddlenlp_default"] = round(
                 base["decode_ms_per_token"] / row["decode_ms_per_token"], 3)
     return rows
+
+
+def _compare_with_ours(row: dict, by_key: dict, timings: dict) -> None:
+    """A peer row's comparison with our variant of its precision (``bench.peers``)."""
+    ours = PEERS[row["variant"]].ours
+    mine = by_key.get((ours, row["context"]))
+    row.update(ours=ours, ours_prefill_speedup=None, ours_decode_speedup=None, token_agreement_with_ours=None,
+               tokens_equal_until=None)
+    if mine is None:
+        return
+    row["ours_prefill_speedup"] = round(row["prefill_ms"] / mine["prefill_ms"], 3)
+    row["ours_decode_speedup"] = round(row["decode_ms_per_token"] / mine["decode_ms_per_token"], 3)
+    tokens, reference = timings[row["context"]][row["variant"]].tokens, timings[row["context"]][ours].tokens
+    row["token_agreement_with_ours"] = token_agreement(tokens, reference)
+    first, want = tokens[0], reference[0]
+    row["tokens_equal_until"] = next((i for i, (a, b) in enumerate(zip(first, want)) if a != b), min(len(first),
+                                                                                                   len(want)))
 
 
 def token_agreement(tokens: list, reference: list) -> float:
@@ -144,6 +167,31 @@ def _ratio(value) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _peer_table(rows: list) -> list:
+    """The peers, each beside our variant of its precision (``bench.peers``)."""
+    if not rows:
+        return []
+    lines = ["", "peers (bench.peers): ours faster = the peer's time over our variant's (above 1: we are faster); "
+             "tokens = ours: the share of greedy tokens equal to our variant's, equal until: the first row's new "
+             "tokens before the first difference", "",
+             "| context | peer | weights | KV | prefill ms | ms/token | ms/token ÷ bound | ours | ours faster: "
+             "prefill | per token | tokens = ours | equal until | loaded MiB |",
+             "|---:|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        agreement = row["token_agreement_with_ours"]
+        lines.append(
+            f"| {row['context']} | {row['variant']} | {row['dtype']} | {row['kv_dtype']} | {row['prefill_ms']:.1f} | "
+            f"{row['decode_ms_per_token']:.2f} | {row['roofline_ratio']:.2f} | {row['ours']} | "
+            f"{_ratio(row['ours_prefill_speedup'])} | {_ratio(row['ours_decode_speedup'])} | "
+            f"{'–' if agreement is None else f'{agreement:.1%}'} | {'–' if row['tokens_equal_until'] is None else row['tokens_equal_until']} | "
+            f"{row['loaded_rss_mib']:.1f} |")
+    return lines
+
+
 def table(result: dict) -> str:
     """The markdown report, from the JSON record alone."""
     m, args = result["model"], result["args"]
@@ -162,7 +210,8 @@ def table(result: dict) -> str:
         + ", ".join(f"{name} {speed}" for name, speed in result["limits"].get("bandwidth_readers_gib_s", {}).items())
         + ") for the bytes a decode step reads (at the row's dtype), "
         f"GEMM {result['limits']['gemm_gflops']} GFLOP/s in float32 and "
-        f"{result['limits']['gemm_gflops_bfloat16']} in bfloat16 for the prefill's matmuls (at the row's dtype); "
+        f"{result['limits']['gemm_gflops_bfloat16'] or 'none (no AVX-512)'} in bfloat16 for the prefill's matmuls "
+        "(at the row's dtype); "
         "weights " + ", ".join(f"{mib} MiB in {dtype}" for dtype, mib in
                                {row["dtype"]: row["weights_mib"] for row in result["results"]}.items()) + "; "
         "loaded MiB: a predictor's RSS once made, above Python and Paddle.",
@@ -172,7 +221,7 @@ def table(result: dict) -> str:
                      f"tokens equal to float32's ({FLOAT32_REFERENCE}'s, else the first float32 variant's); "
                      "bfloat16 may part from float32 at near-ties, which does not fail the run.")
     for loop in args["loops"]:
-        rows = [r for r in result["results"] if r["loop"] == loop]
+        rows = [r for r in result["results"] if r["loop"] == loop and not r.get("peer")]
         if not rows:  # e.g. static-cache alone on PaddleNLP's loop, which keeps its concat cache
             continue
         lines += [
@@ -191,10 +240,11 @@ def table(result: dict) -> str:
                 f"{row['min_tokens_per_s']:.2f}–{row['max_tokens_per_s']:.2f} | "
                 f"{_ratio(row['ratio_to_paddlenlp_default'])} | {_ratio(row['prefill_speedup_vs_paddlenlp_default'])} "
                 f"| {_ratio(row['decode_speedup_vs_paddlenlp_default'])} | {_ratio(row['ratio_to_legacy'])} | "
-                f"{row['prefill_roofline_ratio']:.2f} | {row['roofline_ratio']:.2f} | "
+                f"{_number(row['prefill_roofline_ratio'])} | {row['roofline_ratio']:.2f} | "
                 f"{row['copies']} | {_size(row['bytes_per_token'])} | {row['loaded_rss_mib']:.1f} | "
                 f"{row['peak_rss_mib']:.1f} | {pass_ms} | {_ratio(row['prefill_speedup_vs_float32'])} | "
                 f"{_ratio(row['decode_speedup_vs_float32'])} | {'–' if agreement is None else f'{agreement:.1%}'} |")
+    lines += _peer_table([r for r in result["results"] if r.get("peer")])
     lines.append("")
     deep = result["deep_pass"]
     if deep is not None:

@@ -13,7 +13,8 @@ Measured once per run, in a child process whose BLAS uses the run's thread count
   project's Zen 4, one thread, numpy's read 17.5-19.4 GiB/s, MKL's 24.2-24.4, our
   kernel's 23.5-25.3 (``docs/benchmark-llama2-7b*.json``);
 - ``gemm_gflops``: float32 GEMM throughput: the best of 3 numpy 4096-square products;
-- ``gemm_gflops_bfloat16``: bfloat16 GEMM throughput: the best of 3 such products in
+- ``gemm_gflops_bfloat16``: bfloat16 GEMM throughput (None where oneDNN computes no
+  bfloat16, ``paddlenlp_ext.cpu``): the best of 3 such products in
   bfloat16 on Paddle's oneDNN matmul (a static program on the Executor; the second
   matrix read transposed, as a bfloat16 model's weights are stored), the kernel a
   bfloat16 prefill's products run on.
@@ -46,9 +47,12 @@ import sys
 import time
 from pathlib import Path
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-# The GEMM throughput of each dtype, in ``limits``.
-GEMM_LIMIT = {"float32": "gemm_gflops", "bfloat16": "gemm_gflops_bfloat16"}
+# q8_0: llama.cpp's 8-bit blocks, 32 int8 values and one float16 scale; float16: its KV
+# cache (the peers', bench.peers).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "q8_0": 34 / 32}
+# The GEMM throughput of each dtype, in ``limits``; q8_0's prefill is held to float32's
+# (no int8 GEMM is measured here).
+GEMM_LIMIT = {"float32": "gemm_gflops", "bfloat16": "gemm_gflops_bfloat16", "q8_0": "gemm_gflops"}
 BANDWIDTH_MATRIX = 16384  # 16384^2 float32: 1 GiB
 GEMM_SIZE = 4096
 GEMM_REPEATS = 8
@@ -61,9 +65,12 @@ def measure_in_process() -> dict:
     square = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     square @ square
     gemm = min(_seconds(lambda: square @ square) for _ in range(3))
+    from paddlenlp_ext.cpu import computes_bfloat16
+
+    # None on a CPU oneDNN computes no bfloat16 on (where the benchmark runs no bfloat16 row)
+    bfloat16 = round(2 * GEMM_SIZE**3 / _bfloat16_gemm_seconds() / 1e9, 1) if computes_bfloat16() else None
     return {"bandwidth_gib_s": max(readers.values()), "bandwidth_readers_gib_s": readers,
-            "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1),
-            "gemm_gflops_bfloat16": round(2 * GEMM_SIZE**3 / _bfloat16_gemm_seconds() / 1e9, 1)}
+            "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1), "gemm_gflops_bfloat16": bfloat16}
 
 
 def _bandwidth_readers() -> dict:
@@ -157,20 +164,24 @@ def weight_bytes(settings: dict, dtype: str) -> dict:
     return {"all": size * (layers * per_layer + 2 * embedding + h), "embedding": size * embedding}
 
 
-def bounds(settings: dict, machine: dict, context: int, dtype: str) -> dict:
-    """The roofline columns but the ratios of a row of ``dtype`` (see the module docstring)."""
+def bounds(settings: dict, machine: dict, context: int, dtype: str, kv_dtype: str | None = None) -> dict:
+    """The roofline columns but the ratios of a row of ``dtype`` (see the module docstring),
+    its KV cache held in ``kv_dtype`` (default ``dtype``; llama.cpp's is float16 whatever
+    its weights')."""
     h, layers, batch = settings["hidden_size"], settings["layers"], settings["batch_size"]
     kv_dim = _kv_dim(settings)
     weights = weight_bytes(settings, dtype)
     length = context + settings["new_tokens"] / 2
-    step_bytes = weights["all"] - weights["embedding"] + DTYPE_BYTES[dtype] * 2 * layers * batch * length * kv_dim
+    kv_size = DTYPE_BYTES[kv_dtype or dtype]
+    step_bytes = weights["all"] - weights["embedding"] + kv_size * 2 * layers * batch * length * kv_dim
     layer_flops = (2 * batch * context * (2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"])
                    + 4 * batch * context**2 * h)
     prefill_flops = layers * layer_flops + 2 * batch * h * settings["vocab_size"]
+    gemm = machine[GEMM_LIMIT[dtype]]  # None: not measured (no bfloat16 on this CPU)
     return {"weights_mib": round(weights["all"] / 2**20, 1),
             "memory_bound_ms_per_token": round(step_bytes / (machine["bandwidth_gib_s"] * 2**30) * 1e3, 4),
-            "prefill_bound_ms": round(prefill_flops / (machine[GEMM_LIMIT[dtype]] * 1e9) * 1e3, 4),
-            "prefill_bound_gemm_dtype": dtype}
+            "prefill_bound_ms": None if gemm is None else round(prefill_flops / (gemm * 1e9) * 1e3, 4),
+            "prefill_bound_gemm_dtype": "float32" if dtype == "q8_0" else dtype}
 
 
 if __name__ == "__main__":

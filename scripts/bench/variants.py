@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import EXPORTS
+from .peers import PEERS, prepare_peer
 from .roofline import DTYPE_BYTES
 
 # The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today. All float32.
@@ -32,6 +33,8 @@ class Variant:
     pass_ms: float | None
     pass_report: str | None
     dtype: str = "float32"  # the weights' and the computation's
+    peer: bool = False  # another engine (bench.peers): its tokens are checked against its own runs only
+    kv_dtype: str | None = None  # its KV cache's, where not ``dtype``
 
 
 def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Variant:
@@ -86,16 +89,30 @@ def run_bf16(exports: dict, workdir: Path, settings: dict) -> Variant:
     return _prepare(BF16, exports["bf16"], workdir, settings, rewrite=None, dtype="bfloat16")
 
 
+def run_peer(name: str):
+    """``run_<peer>()`` for peer ``name`` (``bench.peers``): its files, written from the
+    float32 weights, for the worker to run on that engine."""
+    def run(exports: dict, workdir: Path, settings: dict) -> Variant:
+        peer = PEERS[name]
+        spec = prepare_peer(name, exports["weights"] / "weights.npz", workdir / "peers", settings)
+        return Variant(name, f"{peer.engine} ({peer.weights} weights)", spec, 0, [], None, None, peer.dtype,
+                       peer=True, kv_dtype=peer.kv_dtype)
+    return run
+
+
 RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+seed": run_legacy_seed,
-           "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache, BF16: run_bf16}
+           "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache, BF16: run_bf16,
+           **{name: run_peer(name) for name in PEERS}}
 # The export each variant runs (bench.models.EXPORTS).
 EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
-             "pir": "pir", "static-cache": "static-cache", BF16: "bf16"}
+             "pir": "pir", "static-cache": "static-cache", BF16: "bf16", **dict.fromkeys(PEERS, "weights")}
 # The dtype of each variant's weights and computation, and of each export's weights.
-DTYPE_OF = {name: dtype for dtype, names in DTYPE_VARIANTS.items() for name in names}
-EXPORT_DTYPE = {EXPORT_OF[name]: dtype for name, dtype in DTYPE_OF.items()}
-# PaddleNLP's own loop has its concat cache only.
-LOOP_VARIANTS = {"generation_loop": VARIANTS + (BF16,),
+DTYPE_OF = {**{name: dtype for dtype, names in DTYPE_VARIANTS.items() for name in names},
+            **{name: peer.dtype for name, peer in PEERS.items()}}
+EXPORT_DTYPE = {**{EXPORT_OF[name]: dtype for name, dtype in DTYPE_OF.items() if name not in PEERS},
+                "weights": "float32"}
+# PaddleNLP's own loop has its concat cache only; the peers run beside GenerationLoop's rows.
+LOOP_VARIANTS = {"generation_loop": VARIANTS + (BF16,) + tuple(PEERS),
                  "paddlenlp": tuple(v for v in VARIANTS if v != "static-cache") + (BF16,)}
 
 

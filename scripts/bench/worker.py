@@ -35,42 +35,59 @@ def reset_peak_rss() -> None:
         clear.write("5")
 
 
-def create_predictor(kind: str, path: str, threads: int | None):
-    """``kind`` "paddlenlp": PaddleNLP's static-predictor config on the legacy directory
-    ``path``; "ours": ``create_paddle_predictor`` on the saved PIR program ``path`` (a
-    prefix). ``threads``: Paddle Inference's CPU math threads (None: Paddle's default)."""
-    from paddle import inference
+class PaddleRunner:
+    """A Paddle Inference predictor: ``kind`` "paddlenlp": PaddleNLP's static-predictor
+    config on the legacy directory ``path``; "ours": ``create_paddle_predictor`` on the
+    saved PIR program ``path`` (a prefix). ``threads``: Paddle Inference's CPU math
+    threads (None: Paddle's default)."""
 
-    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
+    def __init__(self, kind: str, path: str, threads: int | None):
+        from paddle import inference
 
-    if kind == "paddlenlp":
-        config = paddlenlp_static_config(path)
-        if threads is not None:
-            config.set_cpu_math_library_num_threads(threads)
-        return inference.create_predictor(config)
-    return create_paddle_predictor(path, "cpu", None, cpu_threads=threads)
+        from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
+
+        if kind == "paddlenlp":
+            config = paddlenlp_static_config(path)
+            if threads is not None:
+                config.set_cpu_math_library_num_threads(threads)
+            self.predictor = inference.create_predictor(config)
+        else:
+            self.predictor = create_paddle_predictor(path, "cpu", None, cpu_threads=threads)
+
+    def run(self, feed: dict) -> tuple[float, np.ndarray]:
+        """Seconds of ``predictor.run()`` alone (the inputs are copied in before the timer
+        starts) and the first output, the token ids."""
+        predictor = self.predictor
+        for name in predictor.get_input_names():
+            predictor.get_input_handle(name).copy_from_cpu(feed[name])
+        start = time.perf_counter()
+        predictor.run()
+        seconds = time.perf_counter() - start
+        return seconds, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 
-def run_once(predictor, feed: dict) -> tuple[float, np.ndarray]:
-    """Seconds of ``predictor.run()`` alone (the inputs are copied in before the timer
-    starts) and the first output, the token ids."""
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(feed[name])
-    start = time.perf_counter()
-    predictor.run()
-    seconds = time.perf_counter() - start
-    return seconds, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+PEER_KINDS = ("llama.cpp", "hf")  # bench.peers' engines, run without Paddle in the process
+
+
+def create_runner(job: dict):
+    kind, path = job["predictor"]
+    if kind in PEER_KINDS:
+        from bench.peers import create_runner as create_peer_runner
+
+        return create_peer_runner(kind, path, job["threads"], max(job["contexts"]) + job["new_tokens"])
+    return PaddleRunner(kind, path, job["threads"])
 
 
 def run_job(job: dict) -> dict:
     from paddlenlp_ext.quiet import quiet_paddle
 
     with quiet_paddle():
-        import paddle  # noqa: F401 (before the baseline RSS: Paddle is not the predictor)
+        if job["predictor"][0] not in PEER_KINDS:
+            import paddle  # noqa: F401 (before the baseline RSS: Paddle is not the predictor)
 
         baseline = status_kib("VmRSS")
         start = time.perf_counter()
-        predictor = create_predictor(*job["predictor"], job["threads"])
+        predictor = create_runner(job)
         result = {"baseline_rss_kib": baseline, "loaded_rss_kib": status_kib("VmRSS"),
                   "load_s": time.perf_counter() - start, "contexts": {}}
         for context in job["contexts"]:
@@ -78,10 +95,10 @@ def run_job(job: dict) -> dict:
             full_feed = prompt(job["prompt"], context, job["new_tokens"])
             tokens = []  # every run's token ids, warm-up included: (prefill's, whole run's)
             for _ in range(job["warmup"]):
-                tokens.append((run_once(predictor, prefill_feed)[1].tolist(), run_once(predictor, full_feed)[1].tolist()))
-            prefill_s, first = run_once(predictor, prefill_feed)
+                tokens.append((predictor.run(prefill_feed)[1].tolist(), predictor.run(full_feed)[1].tolist()))
+            prefill_s, first = predictor.run(prefill_feed)
             reset_peak_rss()  # contexts run in increasing order: what an earlier one left counts too
-            full_s, whole = run_once(predictor, full_feed)
+            full_s, whole = predictor.run(full_feed)
             tokens.append((first.tolist(), whole.tolist()))
             result["contexts"][str(context)] = {"prefill_s": prefill_s, "full_s": full_s, "tokens": tokens,
                                                 "peak_rss_kib": status_kib("VmHWM")}
