@@ -38,7 +38,8 @@ def model_and_weights(tmp_path_factory):
         model = random_llama(SETTINGS, SETTINGS["layers"])
         peers.save_weights(model, weights)
         with paddle.no_grad():
-            generated, _ = model.generate(paddle.to_tensor(ids), max_new_tokens=NEW_TOKENS,
+            mask = paddle.ones(ids.shape, dtype="int64")  # PaddleNLP's generate needs one on Paddle 3
+            generated, _ = model.generate(paddle.to_tensor(ids), attention_mask=mask, max_new_tokens=NEW_TOKENS,
                                           decode_strategy="greedy_search", eos_token_id=None, pad_token_id=0)
     return weights, ids, generated.numpy()
 
@@ -78,3 +79,23 @@ def test_a_peer_without_its_extras_is_one_line(monkeypatch):
     assert peers.missing_extras(["hf-float32"]) is None
     assert peers.missing_extras(["hf-float32", "llama.cpp-q8_0"]) == (
         '--peers llama.cpp-q8_0 needs llama_cpp: pip install -e ".[peers]"')
+
+
+@pytest.mark.skipif(not _installed("torch", "transformers", "safetensors"),
+                    reason=f"HF's extras are not installed: {peers.EXTRAS}")
+def test_the_benchmark_puts_a_peer_beside_our_variant(tmp_path):
+    import json
+    import subprocess
+
+    output = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--layers", "1", "--hidden-size", "64",
+                             "--contexts", "16", "--new-tokens", "4", "--repeats", "1", "--variants", "static-cache",
+                             "--loops", "generation_loop", "--pass-layers", "0", "--peers", "hf-float32",
+                             "--output", str(output)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [row for row in json.loads(output.read_text())["results"] if row["peer"]]
+    assert (row["variant"], row["ours"], row["dtype"], row["kv_dtype"]) == ("hf-float32", "static-cache", "float32",
+                                                                          "float32")
+    assert row["ours_decode_speedup"] > 0 and row["tokens_equal_until"] == 4 and row["token_agreement_with_ours"] == 1
+    assert "| 16 | hf-float32 | float32 | float32 |" in result.stdout

@@ -222,6 +222,15 @@ class HFRunner:
         return seconds, out[:, ids.shape[1]:].numpy()
 
 
+def import_engine(kind: str) -> None:
+    """Load the engine's libraries (what the worker's baseline RSS includes)."""
+    if kind == "llama.cpp":
+        import llama_cpp  # noqa: F401
+    else:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+
 def create_runner(kind: str, spec: str, threads: int, max_tokens: int):
     path, weights = spec.split("|")
     if kind == "llama.cpp":

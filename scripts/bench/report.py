@@ -30,7 +30,11 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     except OSError:  # not Linux
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    from paddlenlp_ext.cpu import computes_bfloat16, has_avx512_bf16
+
+    # "AMD EPYC" names Zen 3 (AVX2 only) and Zen 4 (AVX-512 with BF16) alike: what bfloat16 can run on
+    isa = "AVX-512 with AVX512-BF16" if has_avx512_bf16() else "AVX-512" if computes_bfloat16() else "no AVX-512"
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "os": platform.platform(),
             # Paddle Inference's default, read rather than assumed (--threads overrides it)
             "predictor_math_threads": inference.Config().cpu_math_library_num_threads(),
@@ -200,7 +204,8 @@ def table(result: dict) -> str:
         f"({m['num_key_value_heads']} kv), vocab {m['vocab_size']}; batch {args['batch_size']}, "
         f"{args['new_tokens']} new tokens, {args['repeats']} repeats; preset {args['preset']}, "
         f"{args['threads']} math threads; "
-        f"{result['machine']['cpu']}, {result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}; "
+        f"{result['machine']['cpu']} ({result['machine'].get('isa', 'ISA not recorded')}), "
+        f"{result['machine']['usable_cores']} cores, Paddle {result['versions']['paddle']}; "
         f"MKL's code path in our predictors: {result['machine'].get('our_mkl_path', 'not recorded')}",
         "",
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
@@ -216,7 +221,7 @@ def table(result: dict) -> str:
                                {row["dtype"]: row["weights_mib"] for row in result["results"]}.items()) + "; "
         "loaded MiB: a predictor's RSS once made, above Python and Paddle.",
     ]
-    if any(row["dtype"] != "float32" for row in result["results"]):
+    if any(row["dtype"] != "float32" and not row.get("peer") for row in result["results"]):
         lines.append(f"vs float32: {FLOAT32_REFERENCE}'s time over the row's; tokens = float32: the share of greedy "
                      f"tokens equal to float32's ({FLOAT32_REFERENCE}'s, else the first float32 variant's); "
                      "bfloat16 may part from float32 at near-ties, which does not fail the run.")

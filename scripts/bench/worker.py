@@ -82,8 +82,13 @@ def run_job(job: dict) -> dict:
     from paddlenlp_ext.quiet import quiet_paddle
 
     with quiet_paddle():
-        if job["predictor"][0] not in PEER_KINDS:
-            import paddle  # noqa: F401 (before the baseline RSS: Paddle is not the predictor)
+        # the engine's libraries before the baseline RSS: they are not the predictor
+        if job["predictor"][0] in PEER_KINDS:
+            from bench.peers import import_engine
+
+            import_engine(job["predictor"][0])
+        else:
+            import paddle  # noqa: F401
 
         baseline = status_kib("VmRSS")
         start = time.perf_counter()
