@@ -107,3 +107,8 @@ def quiet_imports() -> None:
     logger = logging.getLogger("paddlenlp_ext")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
+    # PaddleNLP imports datasets, which logs "PyTorch version ... available." at INFO as it
+    # loads wherever torch is installed (the benchmark's peers extra brings it).
+    datasets = logging.getLogger("datasets")
+    if datasets.level == logging.NOTSET:
+        datasets.setLevel(logging.WARNING)
