@@ -361,6 +361,34 @@ def _static_tokenizer(directory: Path):
         raise PredictorError(f"{directory}: cannot load the tokenizer: {error_line(error)}") from None
 
 
+# The architectures (config.json's model_type) a checkpoint exports in for static mode, and
+# the formats (measured on tiny models, Paddle 3.3.1, PaddleNLP 2.8.1): GPT's and
+# ChatGLMv2's forwards call Paddle functions bound to new-IR-only kernels (gelu, cos),
+# which Paddle's legacy tracing rejects; QWen (dynamic NTK), Mixtral (data-dependent
+# expert routing) and Bloom (a mask built under a tensor condition) trace in neither.
+STATIC_FORMATS = {"llama": ("legacy", "pir"), "gpt": ("pir",), "chatglm_v2": ("pir",)}
+
+
+def _export_format(config: PredictorArgument, mode: str, dtype: str | None) -> str:
+    """The format a dygraph model is exported in for static mode: ``--export_format``,
+    else legacy (PaddleNLP 2.8's), pir for bfloat16 and for an architecture that exports
+    in pir only. PredictorError for an architecture, or a format, static mode cannot take."""
+    source = config.model_name_or_path
+    model_type = None
+    if mode == "static" and source is not None and not _is_static_dir(Path(source)):
+        model_type = _model_config(Path(source)).get("model_type")
+    formats = STATIC_FORMATS.get(model_type, ("legacy", "pir")) if model_type is not None else ("legacy", "pir")
+    if model_type is not None and model_type not in STATIC_FORMATS:
+        supported = ", ".join(f"{name} ({' or '.join(fmts)})" for name, fmts in STATIC_FORMATS.items())
+        raise PredictorError(f"{source}: static mode cannot export a {model_type} model (it exports {supported}); "
+                             "run it with --mode dynamic")
+    if config.export_format is not None and config.export_format not in formats:
+        raise PredictorError(f"--export_format {config.export_format}: a {model_type} model exports in "
+                             f"{' or '.join(formats)} only")
+    default = "pir" if dtype == "bfloat16" or "legacy" not in formats else "legacy"
+    return config.export_format or default
+
+
 def _model_config(directory: Path) -> dict:
     """The directory's ``config.json``, or {} when it has none that parses."""
     try:
@@ -487,7 +515,7 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     if model_args is not None:
         read_prompts(model_args.data_file)
         check_writable(model_args.output_file)
-    export_format = config.export_format or ("pir" if dtype == "bfloat16" else "legacy")
+    export_format = _export_format(config, mode, dtype)
     remove_loop_assign = mode == "static" if config.remove_loop_assign is None else config.remove_loop_assign
     return replace(config, mode=mode, dtype=dtype, export_format=export_format, remove_loop_assign=remove_loop_assign)
 

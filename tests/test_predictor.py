@@ -658,3 +658,68 @@ def test_paddlenlps_flags_at_their_defaults_parse_and_argparse_errors_are_one_li
             parse_arguments(args)
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and stderr.startswith(line) and stderr.count("\n") == 1, stderr
+
+
+def _checkpoint_stub(directory, model_type):
+    """What validation reads of a checkpoint (no model is loaded there)."""
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (directory / "model_state.pdparams").write_bytes(b"")
+    (directory / "tokenizer_config.json").write_text("{}")
+    return str(directory)
+
+
+@pytest.mark.parametrize("model_type", ["qwen", "mixtral", "bloom"])
+def test_an_architecture_static_mode_cannot_export_is_one_line(tmp_path, model_type):
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
+
+    source = _checkpoint_stub(tmp_path / model_type, model_type)
+    with pytest.raises(PredictorError, match=rf"^{source}: static mode cannot export a {model_type} model \(it "
+                                             r"exports llama \(legacy or pir\), gpt \(pir\), chatglm_v2 \(pir\)\); "
+                                             r"run it with --mode dynamic$"):
+        validate(PredictorArgument(model_name_or_path=source, mode="static"))
+    assert validate(PredictorArgument(model_name_or_path=source)).mode == "dynamic"
+
+
+def test_an_architecture_that_exports_in_pir_only_gets_pir(tmp_path):
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
+
+    source = _checkpoint_stub(tmp_path / "gpt", "gpt")
+    assert validate(PredictorArgument(model_name_or_path=source, mode="static")).export_format == "pir"
+    with pytest.raises(PredictorError, match="^--export_format legacy: a gpt model exports in pir only$"):
+        validate(PredictorArgument(model_name_or_path=source, mode="static", export_format="legacy"))
+    llama = _checkpoint_stub(tmp_path / "llama", "llama")
+    assert validate(PredictorArgument(model_name_or_path=llama, mode="static")).export_format == "legacy"
+
+
+def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_path):
+    """GPT (PaddleNLP's GPTForCausalLM) in static mode: exported in PIR, cleaned, the
+    tokens of PaddleNLP's dynamic generate. One prompt: PaddleNLP's GPT attends to the
+    padding of a batch (its prepare_inputs_for_generation drops the attention mask),
+    which our loop masks."""
+    import paddle
+    from paddlenlp.transformers import GPTConfig, GPTForCausalLM, LlamaTokenizer
+
+    from paddlenlp_ext.models import TOKENIZER_MODEL
+    from paddlenlp_ext.paddle_modes import dygraph_mode
+    from paddlenlp_ext.predictor import PredictorArgument, create_predictor
+
+    tokenizer = LlamaTokenizer(vocab_file=str(TOKENIZER_MODEL), pad_token="<unk>")
+    with dygraph_mode():
+        paddle.seed(1234)
+        config = GPTConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=256, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, initializer_range=0.2, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2)
+        GPTForCausalLM(config).save_pretrained(str(tmp_path / "gpt"))
+    tokenizer.save_pretrained(str(tmp_path / "gpt"))
+    texts = [PROMPTS[1]["src"]]
+    tokens = {}
+    for mode in ("dynamic", "static"):
+        predictor = create_predictor(PredictorArgument(model_name_or_path=str(tmp_path / "gpt"), mode=mode,
+                                                       decode_strategy="greedy_search", src_length=64, max_length=8))
+        tokens[mode] = predictor.generate_ids(texts)
+        if mode == "static":
+            assert predictor.static_model.format == "pir" and predictor.static_model.report is not None
+    np.testing.assert_array_equal(tokens["static"], tokens["dynamic"])
+    assert len(set(tokens["static"][0].tolist())) > 1  # not one token over and over
