@@ -39,7 +39,7 @@ from .files import LEGACY_FILE, PIR_FILE, cache_home, write_atomically
 from .host_memory import return_free_memory
 from .cli_flags import OneLineParser, add_paddlenlp_only_flags, boolean_flag, refused_flag
 from .dtypes import DTYPES
-from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp
+from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp, verbose
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
 # decoding.CACHES, spelled out so that parsing the flags does not import Paddle (which
@@ -340,6 +340,14 @@ def _cached_export(config: PredictorArgument, source: str, say) -> tuple[Path, b
         return directory, False
     except ExportError as error:
         raise PredictorError(str(error)) from None
+    except (TypeError, ValueError, AttributeError, NotImplementedError) as error:
+        # dy2static failing on a model's Python (an architecture's forward Paddle cannot
+        # trace): one line, the traceback under PADDLENLP_EXT_VERBOSE=1
+        if verbose():
+            raise
+        last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise PredictorError(f"{source}: the static export failed ({type(error).__name__}: {last}); run it with "
+                             "--mode dynamic (PADDLENLP_EXT_VERBOSE=1 shows the traceback)") from None
     finally:
         # The dygraph model goes before the predictor loads the weights again: a whole
         # bfloat16 llama2-7B is 12.6 GiB, twice that does not fit 24 GiB. A traced

@@ -723,3 +723,29 @@ def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_pa
             assert predictor.static_model.format == "pir" and predictor.static_model.report is not None
     np.testing.assert_array_equal(tokens["static"], tokens["dynamic"])
     assert len(set(tokens["static"][0].tolist())) > 1  # not one token over and over
+
+
+def test_a_model_paddle_cannot_trace_is_one_line(home, monkeypatch):
+    """dy2static failing inside a model's forward (an architecture the gate let through)
+    is one line suggesting dynamic mode; PADDLENLP_EXT_VERBOSE=1 keeps the traceback."""
+    from types import SimpleNamespace
+
+    import paddlenlp_ext.export as export
+    import paddlenlp_ext.predictor as predictor_module
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
+
+    def untraceable(*args, **kwargs):
+        raise TypeError("float(Variable) is not supported in static graph mode.\n")
+
+    model = SimpleNamespace(config=SimpleNamespace(eos_token_id=2, pad_token_id=0))
+    monkeypatch.setattr(predictor_module, "_load", lambda source, dtype: (model, None))
+    monkeypatch.setattr(export, "export_generation_model", untraceable)
+    config = validate(PredictorArgument(model="llama2", mode="static"))
+    with pytest.raises(PredictorError) as raised:
+        predictor_module._cached_export(config, "llama2", lambda message: None)
+    assert str(raised.value) == ("llama2: the static export failed (TypeError: float(Variable) is not supported in "
+                                 "static graph mode.); run it with --mode dynamic (PADDLENLP_EXT_VERBOSE=1 shows the "
+                                 "traceback)")
+    monkeypatch.setenv("PADDLENLP_EXT_VERBOSE", "1")
+    with pytest.raises(TypeError):
+        predictor_module._cached_export(config, "llama2", lambda message: None)

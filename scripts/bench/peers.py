@@ -113,8 +113,11 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
 def write_gguf(weights_path: Path, settings: dict, path: Path, weights_format: str) -> Path:
     """A GGUF file of the weights, its matrices in ``weights_format`` (F32, BF16, Q8_0;
     the norms stay F32, as llama.cpp keeps them)."""
+    import logging
+
     import gguf
 
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # it logs every file it writes at INFO
     quant = {"F32": gguf.GGMLQuantizationType.F32, "BF16": gguf.GGMLQuantizationType.BF16,
              "Q8_0": gguf.GGMLQuantizationType.Q8_0}[weights_format]
     file_type = {"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
