@@ -5,7 +5,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -508,21 +507,15 @@ def test_a_static_run_of_a_dygraph_model_exports_it_once(tmp_path, monkeypatch):
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     import os
-    import signal
+
+    from interrupting import interrupt_when_ready
 
     env = {**os.environ, "PADDLENLP_EXT_HOME": str(tmp_path / "home")}
     process = subprocess.Popen([sys.executable, str(SCRIPT), "--model", "llama2", "--mode", "static"], cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     exports = tmp_path / "home" / "exports"
-    for _ in range(1200):  # until the export is being written (its staging directory exists)
-        if exports.is_dir() and any(exports.iterdir()):
-            break
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    stderr = process.stderr.read()
-    assert process.wait(timeout=120) == 130, stderr
-    assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
+    # once the export is being written (its staging directory exists)
+    interrupt_when_ready(process, lambda: exports.is_dir() and any(exports.iterdir()))
     assert not (tmp_path / "output.json").exists()
     assert list(exports.iterdir()) == []  # no staging directory, no export
 
