@@ -718,7 +718,7 @@ def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_pa
     assert len(set(tokens["static"][0].tolist())) > 1  # not one token over and over
 
 
-def test_a_model_paddle_cannot_trace_is_one_line(home, monkeypatch):
+def test_a_model_paddle_cannot_trace_is_one_line(tmp_path, monkeypatch):
     """dy2static failing inside a model's forward (an architecture the gate let through)
     is one line suggesting dynamic mode; PADDLENLP_EXT_VERBOSE=1 keeps the traceback."""
     from types import SimpleNamespace
@@ -730,6 +730,7 @@ def test_a_model_paddle_cannot_trace_is_one_line(home, monkeypatch):
     def untraceable(*args, **kwargs):
         raise TypeError("float(Variable) is not supported in static graph mode.\n")
 
+    monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))  # no export kept from an earlier test
     model = SimpleNamespace(config=SimpleNamespace(eos_token_id=2, pad_token_id=0))
     monkeypatch.setattr(predictor_module, "_load", lambda source, dtype: (model, None))
     monkeypatch.setattr(export, "export_generation_model", untraceable)
