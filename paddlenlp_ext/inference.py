@@ -152,7 +152,14 @@ def model_format(model_dir: str | os.PathLike) -> str:
 
 
 def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
-    """The directory's program as PIR (translated if legacy), parameters in a new scope."""
+    """The directory's program as PIR (translated if legacy), parameters in a new scope.
+
+    What the process freed before (a predictor dropped, its weights kept mapped by
+    ``host_memory.keep_freed_memory``) goes back to the system first: a heap that
+    cannot fit the new weights into those freed blocks would hold both (a second
+    StaticGenerationModel made after one was dropped peaked at twice the weights, now
+    and then: tests/test_memory.py)."""
+    host_memory.return_free_memory()
     fmt = model_format(model_dir)
     try:
         return load_files(str(Path(model_dir) / MODEL_PREFIX), fmt)

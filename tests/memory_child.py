@@ -23,9 +23,9 @@ WEIGHT_ROWS = 8192  # one 8192 x 8192 float32 matrix: 256 MiB
 WEIGHT_ELEMENTS = WEIGHT_ROWS * WEIGHT_ROWS
 
 
-def build_legacy_model(directory: str) -> None:
+def build_legacy_model(directory: str, rows: int = WEIGHT_ROWS) -> None:
     """``model.pdmodel``/``.pdiparams``: a while loop that multiplies its input row by a
-    parameter matrix (the product ``passes.loop_weight_matmul`` rewrites)."""
+    ``rows`` x ``rows`` parameter matrix (the product ``passes.loop_weight_matmul`` rewrites)."""
     import paddle
 
     from paddlenlp_ext.compat import legacy_export_patches
@@ -33,9 +33,9 @@ def build_legacy_model(directory: str) -> None:
     with paddle.pir_utils.OldIrGuard(), legacy_export_patches():
         main, startup = paddle.static.Program(), paddle.static.Program()
         with paddle.static.program_guard(main, startup):
-            x = paddle.static.data("x", [1, WEIGHT_ROWS], "float32")
+            x = paddle.static.data("x", [1, rows], "float32")
             weight = paddle.static.create_parameter(
-                [WEIGHT_ROWS, WEIGHT_ROWS], "float32", default_initializer=paddle.nn.initializer.Constant(1e-4))
+                [rows, rows], "float32", default_initializer=paddle.nn.initializer.Constant(1e-4))
             i = paddle.full([1], 0, "int64")
             limit = paddle.full([1], 2, "int64")
             _, h = paddle.static.nn.while_loop(lambda i, h: i < limit,

@@ -32,6 +32,7 @@ def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("host_memory")
     build_scale_model(str(directory / "scale" / "model"))
     build_legacy_model(str(directory / "legacy"))
+    build_legacy_model(str(directory / "small"), rows=64)
     return directory
 
 
@@ -112,3 +113,33 @@ def test_use_avx2_path_sets_mkls_variable_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(mkl_dispatch, "read_cpuinfo", lambda: AMD)
     assert mkl_dispatch.use_avx2_path_on_amd()
     assert os.environ[mkl_dispatch.MKL_VARIABLE] == mkl_dispatch.AVX2_PATH
+
+
+TRIM_CHILD = """
+import sys
+import numpy as np
+from paddlenlp_ext import host_memory
+from paddlenlp_ext.inference import load_program
+
+def rss_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+host_memory.keep_freed_memory()
+load_program(sys.argv[1])  # imports and first-use caches, before the measure
+block = np.ones(256 * 2**20 // 8)  # from glibc's heap (keep_freed_memory: no mmap), then freed: it stays
+del block
+before = rss_mib()
+load_program(sys.argv[1])
+print(before - rss_mib())
+"""
+
+
+def test_loading_a_program_gives_back_what_was_freed_before(model_dir):
+    """A dropped predictor's weights stay mapped (keep_freed_memory); load_program
+    gives them back before it allocates new ones, or a heap that cannot fit the new
+    weights into the freed blocks holds both (test_memory's second model)."""
+    result = subprocess.run([sys.executable, "-c", TRIM_CHILD, str(model_dir / "small")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 200, result.stdout  # of the 256 MiB freed
