@@ -78,7 +78,7 @@ class PredictorArgument:
     # The loop cleanup. None: on in static mode (validate resolves it); True also
     # chooses static mode; False runs the program as PaddleNLP's predictor would.
     remove_loop_assign: bool | None = None
-    export_format: str | None = None  # None: legacy, pir for bfloat16 (see the module's docstring)
+    export_format: str | None = None  # None: legacy; pir for bfloat16 and for gpt/chatglm_v2 (_export_format)
     cache: str | None = None  # the exported GenerationLoop's KV cache; None: export_generation_model's choice
     seed: int | None = None  # of the sampling; see top_k
 
