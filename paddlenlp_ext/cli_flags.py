@@ -29,6 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 # docs parses; any other value is refused in one line saying why (``refused_flag``).
 _FUSED = ("needs PaddleNLP's fused inference models and their GPU custom ops (paddlenlp_ops); this predictor "
           "runs the model's own generation loop on Paddle Inference")
+_AVX = "PaddleNLP's AVX mode needs xFasterTransformer's custom ops"
 _TUNING = ("is not applied here: merge the tuned weights into the checkpoint first (PaddleNLP's "
            "llm/merge_lora_params.py) and give that checkpoint")
 PADDLENLP_ONLY_FLAGS = {
@@ -47,11 +48,9 @@ PADDLENLP_ONLY_FLAGS = {
     "cachekv_int8_type": (None, (None, "None"), f"an int8 KV cache {_FUSED}"),
     "use_cachekv_int8": (False, (False, None, "None"), f"an int8 KV cache {_FUSED}"),
     "use_fake_parameter": (False, (False,), f"quantized inference {_FUSED}"),
-    "avx_model": (False, (False,), "PaddleNLP's AVX mode needs xFasterTransformer's custom ops; on CPU, "
-                  "--dtype bfloat16 runs this project's bfloat16 kernels"),
-    "avx_type": (None, (None,), "PaddleNLP's AVX mode needs xFasterTransformer's custom ops; on CPU, "
-                 "--dtype bfloat16 runs this project's bfloat16 kernels"),
-    "avx_cachekv_type": ("fp16", ("fp16",), "PaddleNLP's AVX mode needs xFasterTransformer's custom ops"),
+    "avx_model": (False, (False,), f"{_AVX}; on CPU, --dtype bfloat16 runs this project's bfloat16 kernels"),
+    "avx_type": (None, (None,), f"{_AVX}; on CPU, --dtype bfloat16 runs this project's bfloat16 kernels"),
+    "avx_cachekv_type": ("fp16", ("fp16",), _AVX),
     "chat_template": (None, (None,), "chat templates are not applied: give each prompt as the model expects it"),
     "enable_memory_optim": (True, (True,), "this predictor configures Paddle Inference itself (docs/predictor.md)"),
     "init_fleet_worker": (True, (True,), "tensor parallelism (fleet) is not run: one process holds the model"),

@@ -1,4 +1,4 @@
-"""What this CPU can compute, read from ``/proc/cpuinfo`` without importing Paddle.
+"""What this CPU is and can compute, read from ``/proc/cpuinfo`` without importing Paddle.
 
 bfloat16 runs on oneDNN's kernels only: Paddle has no other bfloat16 ``matmul`` on CPU,
 and oneDNN 3.6 (in Paddle 3.3.1) computes bfloat16 from its ``avx512_core`` ISA up
@@ -18,17 +18,29 @@ NO_BFLOAT16 = ("this CPU has no AVX-512 (AVX-512 F, BW, VL and DQ), the least on
                "Paddle has no other bfloat16 matmul on CPU")
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def read_cpuinfo() -> str | None:
+    """The text of ``/proc/cpuinfo``, or None where there is none."""
+    try:
+        with open(CPUINFO, encoding="ascii", errors="replace") as info:
+            return info.read()
+    except OSError:  # not Linux
+        return None
+
+
+def first_processor(cpuinfo: str | None) -> dict:
+    """The fields of the first processor's entry of ``cpuinfo`` (its text), by name."""
+    first = (cpuinfo or "").split("\n\n", 1)[0]
+    fields = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    return {name.strip(): value.strip() for name, value in fields}
+
+
 @functools.cache
 def cpu_flags() -> frozenset:
     """The first processor's feature flags (empty where ``/proc/cpuinfo`` cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset(first_processor(read_cpuinfo()).get("flags", "").split())
 
 
 def computes_bfloat16() -> bool:

@@ -39,21 +39,13 @@ from __future__ import annotations
 import logging
 import os
 
+from .cpu import CPUINFO, first_processor, read_cpuinfo  # read_cpuinfo: the tests replace it here
+
 logger = logging.getLogger("paddlenlp_ext")
 
 MKL_VARIABLE = "MKL_DEBUG_CPU_TYPE"
 AVX2_PATH = "5"  # MKL 2019's value for its AVX2 code path
 OPT_OUT_VARIABLE = "PADDLENLP_EXT_MKL_AVX2"  # "0": leave MKL's own choice
-CPUINFO = "/proc/cpuinfo"
-
-
-def read_cpuinfo() -> str | None:
-    """The text of ``/proc/cpuinfo``, or None where there is none."""
-    try:
-        with open(CPUINFO) as info:
-            return info.read()
-    except OSError:  # not Linux
-        return None
 
 
 def reason_to_leave_alone(cpuinfo: str | None, environ) -> str | None:
@@ -65,9 +57,7 @@ def reason_to_leave_alone(cpuinfo: str | None, environ) -> str | None:
         return f"{MKL_VARIABLE}={environ[MKL_VARIABLE]} is set"
     if cpuinfo is None:
         return f"no {CPUINFO}"
-    first = cpuinfo.split("\n\n", 1)[0]  # the first processor's entry
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {name.strip(): value.strip() for name, value in fields.items()}
+    fields = first_processor(cpuinfo)
     if fields.get("vendor_id") != "AuthenticAMD":  # condition 1
         return f"not an AMD processor ({fields.get('vendor_id', 'unknown')})"
     missing = {"avx2", "fma"} - set(fields.get("flags", "").split())

@@ -385,7 +385,7 @@ def _export_format(config: PredictorArgument, mode: str, dtype: str | None) -> s
     model_type = None
     if mode == "static" and source is not None and not _is_static_dir(Path(source)):
         model_type = _model_config(Path(source)).get("model_type")
-    formats = STATIC_FORMATS.get(model_type, ("legacy", "pir")) if model_type is not None else ("legacy", "pir")
+    formats = STATIC_FORMATS.get(model_type, ("legacy", "pir"))  # unknown (None): what the exports offer
     if model_type is not None and model_type not in STATIC_FORMATS:
         supported = ", ".join(f"{name} ({' or '.join(fmts)})" for name, fmts in STATIC_FORMATS.items())
         raise PredictorError(f"{source}: static mode cannot export a {model_type} model (it exports {supported}); "

@@ -24,14 +24,9 @@ MIB = 2**20
 def machine() -> dict:
     from paddle import inference
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:  # not Linux
-        pass
-    from paddlenlp_ext.cpu import computes_bfloat16, has_avx512_bf16
+    from paddlenlp_ext.cpu import computes_bfloat16, first_processor, has_avx512_bf16, read_cpuinfo
 
+    cpu = first_processor(read_cpuinfo()).get("model name") or platform.processor() or platform.machine()
     # "AMD EPYC" names Zen 3 (AVX2 only) and Zen 4 (AVX-512 with BF16) alike: what bfloat16 can run on
     isa = "AVX-512 with AVX512-BF16" if has_avx512_bf16() else "AVX-512" if computes_bfloat16() else "no AVX-512"
     return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),

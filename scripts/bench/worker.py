@@ -21,6 +21,8 @@ if __name__ == "__main__":  # run as a script: bench is a package of the scripts
 import numpy as np
 
 from bench.models import prompt
+from bench.peers import PEERS, import_engine
+from bench.peers import create_runner as create_peer_runner
 
 
 def status_kib(field_name: str) -> int:
@@ -35,45 +37,49 @@ def reset_peak_rss() -> None:
         clear.write("5")
 
 
+def create_predictor(kind: str, path: str, threads: int | None):
+    """``kind`` "paddlenlp": PaddleNLP's static-predictor config on the legacy directory
+    ``path``; "ours": ``create_paddle_predictor`` on the saved PIR program ``path`` (a
+    prefix). ``threads``: Paddle Inference's CPU math threads (None: Paddle's default)."""
+    from paddle import inference
+
+    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
+
+    if kind == "paddlenlp":
+        config = paddlenlp_static_config(path)
+        if threads is not None:
+            config.set_cpu_math_library_num_threads(threads)
+        return inference.create_predictor(config)
+    return create_paddle_predictor(path, "cpu", None, cpu_threads=threads)
+
+
+def run_once(predictor, feed: dict) -> tuple[float, np.ndarray]:
+    """Seconds of ``predictor.run()`` alone (the inputs are copied in before the timer
+    starts) and the first output, the token ids."""
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(feed[name])
+    start = time.perf_counter()
+    predictor.run()
+    seconds = time.perf_counter() - start
+    return seconds, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
 class PaddleRunner:
-    """A Paddle Inference predictor: ``kind`` "paddlenlp": PaddleNLP's static-predictor
-    config on the legacy directory ``path``; "ours": ``create_paddle_predictor`` on the
-    saved PIR program ``path`` (a prefix). ``threads``: Paddle Inference's CPU math
-    threads (None: Paddle's default)."""
+    """A Paddle Inference predictor (``create_predictor``) behind the peers' ``run(feed)``."""
 
     def __init__(self, kind: str, path: str, threads: int | None):
-        from paddle import inference
-
-        from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
-
-        if kind == "paddlenlp":
-            config = paddlenlp_static_config(path)
-            if threads is not None:
-                config.set_cpu_math_library_num_threads(threads)
-            self.predictor = inference.create_predictor(config)
-        else:
-            self.predictor = create_paddle_predictor(path, "cpu", None, cpu_threads=threads)
+        self.predictor = create_predictor(kind, path, threads)
 
     def run(self, feed: dict) -> tuple[float, np.ndarray]:
-        """Seconds of ``predictor.run()`` alone (the inputs are copied in before the timer
-        starts) and the first output, the token ids."""
-        predictor = self.predictor
-        for name in predictor.get_input_names():
-            predictor.get_input_handle(name).copy_from_cpu(feed[name])
-        start = time.perf_counter()
-        predictor.run()
-        seconds = time.perf_counter() - start
-        return seconds, predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        return run_once(self.predictor, feed)
 
 
-PEER_KINDS = ("llama.cpp", "hf")  # bench.peers' engines, run without Paddle in the process
+PEER_KINDS = {peer.engine for peer in PEERS.values()}  # run without Paddle in the process
 
 
 def create_runner(job: dict):
     kind, path = job["predictor"]
     if kind in PEER_KINDS:
-        from bench.peers import create_runner as create_peer_runner
-
         return create_peer_runner(kind, path, job["threads"], max(job["contexts"]) + job["new_tokens"])
     return PaddleRunner(kind, path, job["threads"])
 
@@ -84,8 +90,6 @@ def run_job(job: dict) -> dict:
     with quiet_paddle():
         # the engine's libraries before the baseline RSS: they are not the predictor
         if job["predictor"][0] in PEER_KINDS:
-            from bench.peers import import_engine
-
             import_engine(job["predictor"][0])
         else:
             import paddle  # noqa: F401
