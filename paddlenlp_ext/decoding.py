@@ -32,6 +32,7 @@ import paddle.nn.functional as F
 
 from .compat import (StaticCacheLayer, fresh_trace_records, legacy_export_patches, pir_export_patches,
                      static_cache_attention)
+from .last_position import last_position_only
 from .paddle_modes import dygraph_mode
 from .inference import LoadedProgram, run_program
 from .decoding_settings import SETTING_DTYPES, SETTING_INPUTS, check_settings, settings_feed
@@ -323,8 +324,9 @@ class GenerationLoop(paddle.nn.Layer):
         # Unpacked at once: a name holding the model's whole output would be one more loop
         # variable, carrying the cache a second time (in PIR, one value yielded at two
         # positions, which passes.loop_cache_layout cannot carry permuted).
-        logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                   use_cache=True, return_dict=False)[:2]
+        with last_position_only(self.model):
+            logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                       use_cache=True, return_dict=False)[:2]
         step = paddle.full([1], 0, dtype="int64")
         seen = self._seen_in_prompt(input_ids)
         choice = self._token_choice(settings, logits.dtype)
@@ -373,8 +375,9 @@ class GenerationLoop(paddle.nn.Layer):
         prompt's keys and values are then copied once into the buffers, which the
         steps write into in place."""
         position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
-        prefill = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
-                             return_dict=False)
+        with last_position_only(self.model):
+            prefill = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                 use_cache=True, return_dict=False)
         cache = self._allocate_static_cache(prefill[1], max_new_tokens)
         batch = paddle.shape(input_ids)[0]
         # The mask over the buffers' positions once every new token is written: the

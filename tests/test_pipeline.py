@@ -22,20 +22,21 @@ def names(steps):
 
 FIRST = ["float32_outputs", "transpose_perms"]  # every route
 GUARD = ["onednn_inplace_guard"]
+BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 
 
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
-              "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
+              "loop_bfloat16_batched_matmul"] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul",
-              "inplace_reads"] + GUARD),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul"]
+     + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
               "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
     ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
-    ("cpu", "all", 1, False, FIRST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
+    ("cpu", "all", 1, False, FIRST + BROADCAST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
     ("cpu", "off", 1, False, FIRST + ["inplace_reads"] + GUARD),  # bfloat16 ops still run on oneDNN
     ("gpu", "all", 1, False, FIRST + ["inplace_reads"]),
 ])
@@ -44,8 +45,8 @@ def test_running_passes_per_configuration(device, onednn, batch_size, optimize, 
 
 
 def test_saving_passes_always_guard():
-    assert names(pipeline.saving_passes()) == FIRST + ["remove_loop_assign", "inplace_reads"] + GUARD
-    assert names(pipeline.saving_passes(remove_copies=False)) == FIRST + ["inplace_reads"] + GUARD
+    assert names(pipeline.saving_passes()) == FIRST + ["remove_loop_assign"] + BROADCAST + ["inplace_reads"] + GUARD
+    assert names(pipeline.saving_passes(remove_copies=False)) == FIRST + BROADCAST + ["inplace_reads"] + GUARD
 
 
 @pytest.mark.parametrize("options", [{"onednn": "matmul"}, {"device": "xpu"}, {"batch_size": 0}])
@@ -58,8 +59,7 @@ def test_unknown_options_have_no_pipeline(options):
 def recorded(monkeypatch):
     """Every step the routes run, by name, as they run it."""
     ran = []
-    for attribute in ("FLOAT32_OUTPUTS", "TRANSPOSE_PERMS", "INPLACE_READS", "REMOVE_LOOP_ASSIGN", "LOOP_CACHE_LAYOUT",
-                      "LOOP_WEIGHT_MATMUL", "LOOP_BFLOAT16_GEMV", "LOOP_BFLOAT16_BATCHED_MATMUL", "ONEDNN_GUARD", "ONEDNN_GUARD_OURS", "ONEDNN_GUARD_OFF"):
+    for attribute in [name for name, value in vars(pipeline).items() if isinstance(value, pipeline.PassStep)]:
         step = getattr(pipeline, attribute)
 
         def run(program, outputs, step=step):

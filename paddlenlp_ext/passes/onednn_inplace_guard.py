@@ -63,7 +63,7 @@ pins the defect and that).
 
 The copy is ``pd_op.roll(h, 0, axes)`` (for bfloat16, float16, float8, int8, uint8
 and int16, which roll's CPU kernel does not take: ``cast`` to float32 or int32, roll,
-``cast`` back, exact both ways: ``_copy``). ``roll`` has no in-place version and no
+``cast`` back, exact both ways: ``exact_copy``). ``roll`` has no in-place version and no
 oneDNN kernel, so its result is a fresh plain buffer whichever configuration runs it:
 under oneDNN ``roll`` reads ``onednn_to_paddle_layout(h)`` (shared, or a reorder of a
 blocked ``h``, but ``roll`` writes nothing in place). The casts around it change the
@@ -211,6 +211,7 @@ from dataclasses import dataclass, field
 import paddle
 
 from ..paddle_modes import static_mode
+from .exact_copy import defining_op, exact_copy, is_exact_copy
 from .onednn_layouts import blocked_layout_values
 from .program_index import FEED_OPS, IF, PERSISTABLE_PRODUCERS, WHILE, ProgramIndex, inplace_map, value_key, walk_ops
 from .report import PassReport
@@ -245,15 +246,6 @@ UNMERGED_OPS = FEED_OPS | PERSISTABLE_PRODUCERS
 RUNTIME_ATTRIBUTES = frozenset({"op_callstack", "stop_gradient", "persistable", "struct_name", "op_role", "chunk_id",
                                 "op_namescope", "op_device", "with_quant_attr", "is_test", "use_mkldnn",
                                 "mkldnn_data_type", "use_onednn", "onednn_data_type", "use_quantizer"})
-# The dtypes roll's CPU kernel takes as they are; every other dtype a PIR value can
-# have goes through a wider one that holds each of its values exactly.
-ROLLED_DTYPES = (paddle.bool, paddle.int32, paddle.int64, paddle.float32, paddle.float64, paddle.complex64,
-                 paddle.complex128)
-WIDER_DTYPE = {paddle.bfloat16: paddle.float32, paddle.float16: paddle.float32, paddle.float8_e4m3fn: paddle.float32,
-               paddle.float8_e5m2: paddle.float32, paddle.int8: paddle.int32, paddle.uint8: paddle.int32,
-               paddle.int16: paddle.int32}
-
-
 @dataclass(frozen=True)
 class OneDNNGuardReport(PassReport):
     guarded: int  # reads given a copy
@@ -290,13 +282,6 @@ def _dtype(value):
         return None
 
 
-def _producer(value):
-    try:
-        return value.get_defining_op()
-    except Exception:  # a block argument
-        return None
-
-
 def _may_write(index: ProgramIndex, op_id: int, operand: int, depth: int = 0) -> bool:
     """Conditions 1 and 2 for ``op_id`` reading its ``operand``-th operand (views followed)."""
     info = index.ops[op_id]
@@ -317,7 +302,7 @@ def _onednn_values(index: ProgramIndex) -> frozenset:
     written, plain = set(), set()
     for key, value in index.values.items():
         dtype = _dtype(value)
-        producer = _producer(value)
+        producer = defining_op(value)
         if dtype is None or (producer is not None and producer.name() in PLAIN_PRODUCERS):
             plain.add(key)
         elif dtype in ONEDNN_KERNEL_DTYPES:  # any op may be placed on oneDNN, or fused into a oneDNN op
@@ -383,7 +368,7 @@ def _inplace_buffer(index: ProgramIndex, members: list) -> set:
     while frontier:
         key = frontier.pop()
         found = []
-        producer = _producer(index.values[key])
+        producer = defining_op(index.values[key])
         if producer is not None:
             for out, inp in inplace_map(producer).items():
                 if value_key(producer.result(out)) == key:
@@ -405,7 +390,7 @@ def _read_again(index: ProgramIndex, members: list, reader: int, outputs: set) -
     if len(readers) > 1 or any(key in outputs for key in shared):
         return True
     for key in shared:
-        producer = _producer(index.values[key])
+        producer = defining_op(index.values[key])
         if producer is None or producer.name() in CONTROL_FLOW:
             return True
     inner = set(index.enclosing_loops(index.ops[reader].block))
@@ -445,15 +430,6 @@ def _carried_blocked(index: ProgramIndex) -> list[tuple[int, int]]:
     return found
 
 
-def _is_copy(value) -> bool:
-    """Whether ``value`` is a copy as ``_copy`` builds it: a roll's result, or a cast of
-    one (the dtypes copied through a wider one), seen through reshapes (0-D values)."""
-    producer = _producer(value)
-    while producer is not None and producer.name() in ("pd_op.cast", "pd_op.reshape"):
-        producer = _producer(producer.operand_source(0))
-    return producer is not None and producer.name() == "pd_op.roll"
-
-
 def _branch_yields(index: ProgramIndex) -> list[tuple[int, int]]:
     """Condition 6: ``(yield op id, operand)`` of every value an if's branch yields that a
     oneDNN kernel may have written, and that is not already a copy."""
@@ -468,57 +444,25 @@ def _branch_yields(index: ProgramIndex) -> list[tuple[int, int]]:
                 continue
             operands = index.ops[body_yield].operands
             found += [(body_yield, k) for k, key in enumerate(operands)
-                      if key is not None and key in written and not _is_copy(index.values[key])]
+                      if key is not None and key in written and not is_exact_copy(index.values[key])]
     return found
 
 
 def _rolls_of(index: ProgramIndex, merged: dict) -> dict:
     """``{value: {axis lists}}``: the rolls the program holds (a run of this pass made
-    them, or the user), keyed by the value each copies as ``_copy`` builds it (its
+    them, or the user), keyed by the value each copies as ``exact_copy`` builds it (its
     operand, seen through the casts and reshapes around a roll) left in place by CSE."""
     taken = defaultdict(set)
     for info in index.ops.values():
         if info.name != "pd_op.roll":
             continue
         key = info.operands[0]
-        producer = _producer(index.values[key])
+        producer = defining_op(index.values[key])
         while producer is not None and producer.name() in ("pd_op.cast", "pd_op.reshape"):
             key = value_key(producer.operand_source(0))
-            producer = _producer(index.values[key])
+            producer = defining_op(index.values[key])
         taken[merged.get(key, key)].add(tuple(info.op.attrs()["axis"]))
     return taken
-
-
-def _copy(value, taken: set):
-    """A fresh tensor equal to ``value``: ``roll(value, 0, axes)``, built differently
-    from every roll of ``value`` already made (``taken``, its axis lists: updated), so
-    that common_subexpression_elimination_pass cannot merge two copies, nor a copy with
-    part of another, into one value read by two ops (which brings the hazard back).
-    One roll op whose axis list is the first ``n`` (written in bijective base 2 * rank)
-    not taken. A 0-D value is copied as a [1] view of it, then viewed back; a dtype
-    roll does not take, in a wider one (``WIDER_DTYPE``: exact both ways)."""
-    rank = len(value.shape)
-    if rank == 0:
-        return paddle._C_ops.reshape(_copy(paddle._C_ops.reshape(value, [1]), taken), [])
-    wider = WIDER_DTYPE.get(value.dtype)
-    if wider is not None:
-        return paddle._C_ops.cast(_copy(paddle._C_ops.cast(value, wider), taken), value.dtype)
-    if value.dtype not in ROLLED_DTYPES:  # none in Paddle 3.3.1: a later dtype must be added above
-        raise TypeError(f"onednn_inplace_guard: no exact copy for a {value.dtype} value")
-    symbols = list(range(rank)) + list(range(-rank, 0))
-    n = 0
-    while True:
-        axes, m = [], n
-        while True:
-            axes.append(symbols[m % len(symbols)])
-            m //= len(symbols)
-            if m == 0:
-                break
-            m -= 1
-        if tuple(axes) not in taken:
-            taken.add(tuple(axes))
-            return paddle._C_ops.roll(value, [0] * len(axes), axes)
-        n += 1
 
 
 def needs_guard_with_onednn_off(program) -> bool:
@@ -549,7 +493,7 @@ def guard_onednn_inplace(program, outputs=(), *, reads: bool = True) -> OneDNNGu
             op = index.ops[op_id].op
             source = op.operand_source(k)
             paddle.pir.set_insertion_point(op)
-            op.operand(k).set_source(_copy(source, taken[merged.get(value_key(source), value_key(source))]))
+            op.operand(k).set_source(exact_copy(source, taken[merged.get(value_key(source), value_key(source))]))
             if (op_id, k) in guarded:
                 names[op.name()] += 1
         paddle.pir.reset_insertion_point_to_end()

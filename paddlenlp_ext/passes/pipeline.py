@@ -8,20 +8,21 @@ returning a report whose ``modified`` is true exactly when the IR changed):
 
 - **Saved** (``saving_passes``): the directory is run by whoever loads it, Paddle
   Inference's default CPU config included (oneDNN on, ``inplace_pass`` on), so it gets
-  ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign``, ``inplace_reads``
-  then ``guard_onednn_inplace``, always.
+  ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign``,
+  ``onednn_broadcast_add``, ``inplace_reads`` then ``guard_onednn_inplace``, always.
 - **Run by our own predictors** (``running_passes``), on ``device`` with oneDNN as
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
   device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
   oneDNN off), ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
-  kernels exist); ``inplace_reads``;
+  kernels exist); on CPU with oneDNN on, ``onednn_broadcast_add``; ``inplace_reads``;
   on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
   optimizations, only what makes the configuration safe (``float32_outputs``,
-  ``transpose_perms``, ``inplace_reads``, the guard).
+  ``transpose_perms``, ``onednn_broadcast_add`` with oneDNN on, ``inplace_reads``, the
+  guard).
 
 The order matters: the guard decides on the program as it will be saved, so it runs
 last; ``loop_cache_layout`` reads loop variables as ``remove_loop_assign`` leaves them
@@ -147,6 +148,12 @@ def _loop_bfloat16_batched_matmul(program, outputs):
     return run_loop_bfloat16_matmuls_on_batched_kernel(program, load_bfloat16_batched_matmul)
 
 
+def _broadcast_add(program, outputs):
+    from .onednn_broadcast_add import copy_broadcast_add_operands
+
+    return copy_broadcast_add_operands(program)
+
+
 def _guard(program, outputs):
     from .onednn_inplace_guard import guard_onednn_inplace
 
@@ -184,6 +191,9 @@ FLOAT32_OUTPUTS = PassStep("float32_outputs", _float32_outputs)
 # (harmless elsewhere: the same permutation).
 TRANSPOSE_PERMS = PassStep("transpose_perms", _transpose_perms)
 REMOVE_LOOP_ASSIGN = PassStep("remove_loop_assign", _remove_loop_assign)
+# oneDNN's matmul + add fusion drops the add's broadcast: wherever oneDNN's fuse passes
+# run (Paddle's default CPU config, our "all"); before the guard, which sees the copies.
+ONEDNN_BROADCAST_ADD = PassStep("onednn_broadcast_add", _broadcast_add)
 # oneDNN, and Paddle Inference's CSE, lose an in-place write for the readers of the
 # written value: they read the writer's result instead (the same buffer elsewhere), on
 # every route. After the loop passes, whose
@@ -208,7 +218,7 @@ ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
     """The passes of a program that leaves our hands (``convert``, the save hook)."""
     return ((FLOAT32_OUTPUTS, TRANSPOSE_PERMS) + ((REMOVE_LOOP_ASSIGN,) if remove_copies else ())
-            + (INPLACE_READS, ONEDNN_GUARD))
+            + (ONEDNN_BROADCAST_ADD, INPLACE_READS, ONEDNN_GUARD))
 
 
 def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size: int = 1, *,
@@ -227,6 +237,8 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
             steps.append(LOOP_WEIGHT_MATMUL)
         if device == "cpu":
             steps += [LOOP_BFLOAT16_GEMV, LOOP_BFLOAT16_BATCHED_MATMUL]
+    if device == "cpu" and onednn != "off":
+        steps.append(ONEDNN_BROADCAST_ADD)
     steps.append(INPLACE_READS)
     if device == "cpu":
         steps.append(ONEDNN_GUARD_OURS if onednn != "off" else ONEDNN_GUARD_OFF)
