@@ -31,11 +31,12 @@ its KV cache in bfloat16):
   the dtype's size, so a bfloat16 step's bound is half float32's. The bandwidth is the
   same for either: bytes are bytes;
 - ``prefill_bound_ms``: the prefill's matmul FLOPs over ``gemm_gflops``: per layer the
-  projections and the MLP, 2 * batch * context * (2 h^2 + 2 h kv_dim + 3 h intermediate),
-  and attention's two products at full context x context (what the kernels compute),
-  4 * batch * context^2 * h; plus the lm_head for the last position only, which is all
-  the first token needs; over the row's dtype's GEMM throughput
-  (``prefill_bound_gemm_dtype``).
+  projections, 2 * batch * context * (2 h^2 + 2 h kv_dim), and attention's two products
+  at full context x context (what the kernels compute), 4 * batch * context^2 * h; the
+  MLP, 6 * h * intermediate a position, on every position but in the last layer, where
+  only the last position's output is read; and the lm_head for the last position: what
+  the first token needs, and what ours (``paddlenlp_ext.last_position``) and llama.cpp
+  compute; over the row's dtype's GEMM throughput (``prefill_bound_gemm_dtype``).
 """
 
 from __future__ import annotations
@@ -174,9 +175,10 @@ def bounds(settings: dict, machine: dict, context: int, dtype: str, kv_dtype: st
     length = context + settings["new_tokens"] / 2
     kv_size = DTYPE_BYTES[kv_dtype or dtype]
     step_bytes = weights["all"] - weights["embedding"] + kv_size * 2 * layers * batch * length * kv_dim
-    layer_flops = (2 * batch * context * (2 * h * h + 2 * h * kv_dim + 3 * h * settings["intermediate_size"])
-                   + 4 * batch * context**2 * h)
-    prefill_flops = layers * layer_flops + 2 * batch * h * settings["vocab_size"]
+    attention_flops = 2 * batch * context * (2 * h * h + 2 * h * kv_dim) + 4 * batch * context**2 * h
+    mlp_flops = 6 * h * settings["intermediate_size"]  # a position's
+    mlp_positions = (layers - 1) * batch * context + batch
+    prefill_flops = layers * attention_flops + mlp_positions * mlp_flops + 2 * batch * h * settings["vocab_size"]
     gemm = machine[GEMM_LIMIT[dtype]]  # None: not measured (no bfloat16 on this CPU)
     return {"weights_mib": round(weights["all"] / 2**20, 1),
             "memory_bound_ms_per_token": round(step_bytes / (machine["bandwidth_gib_s"] * 2**30) * 1e3, 4),
