@@ -18,6 +18,7 @@ import paddle
 from .files import current_umask
 from . import hook
 from .compat import supports_static_cache
+from .compat_architectures import export_patches
 from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .inference import MODEL_PREFIX
 from .interrupts import raise_if_interrupted
@@ -148,12 +149,13 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     report = None
     with library_quiet(paddlenlp=True), staged_directory(output_dir, overwrite=overwrite) as staging:
         prefix = str(staging / MODEL_PREFIX)
-        if format == "pir" and remove_loop_assign:
-            with hook.enable() as cleaning:
+        with export_patches(model):
+            if format == "pir" and remove_loop_assign:
+                with hook.enable() as cleaning:
+                    save(model, decoding, prefix, format)
+                (_, report), = cleaning.reports
+            else:
                 save(model, decoding, prefix, format)
-            (_, report), = cleaning.reports
-        else:
-            save(model, decoding, prefix, format)
         config.save_pretrained(str(staging))
         _generation_config(decoding, config).save_pretrained(str(staging))
         if tokenizer is not None:

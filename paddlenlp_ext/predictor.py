@@ -146,11 +146,12 @@ class DygraphPredictor(BasePredictor):
     def _infer(self, input_ids, attention_mask, max_new_tokens):
         import paddle
 
+        from .compat_architectures import dynamic_patches
         from .paddle_modes import dygraph_mode
 
         config = self.config
         settings = decoding_settings(config)
-        with dygraph_mode(), paddle.no_grad():
+        with dygraph_mode(), paddle.no_grad(), dynamic_patches(self.model):
             paddle.seed(settings["seed"])
             mask = paddle.to_tensor(attention_mask)
             # Positions count real tokens only, as GenerationLoop does for left padding.
@@ -371,10 +372,11 @@ def _static_tokenizer(directory: Path):
 
 # The architectures (config.json's model_type) a checkpoint exports in for static mode, and
 # the formats (measured on tiny models, Paddle 3.3.1, PaddleNLP 2.8.1): GPT's and
-# ChatGLMv2's forwards call Paddle functions bound to new-IR-only kernels (gelu, cos),
-# which Paddle's legacy tracing rejects; QWen (dynamic NTK), Mixtral (data-dependent
-# expert routing) and Bloom (a mask built under a tensor condition) trace in neither.
-STATIC_FORMATS = {"llama": ("legacy", "pir"), "gpt": ("pir",), "chatglm_v2": ("pir",)}
+# GPT's and ChatGLMv2's forwards call Paddle functions bound to new-IR-only kernels
+# (gelu, cos), which Paddle's legacy tracing rejects; so do QWen's, Mixtral's and Bloom's,
+# which trace in PIR with compat_architectures' patches.
+STATIC_FORMATS = {"llama": ("legacy", "pir"), "gpt": ("pir",), "chatglm_v2": ("pir",), "qwen": ("pir",),
+                  "mixtral": ("pir",), "bloom": ("pir",)}
 
 
 def _export_format(config: PredictorArgument, mode: str, dtype: str | None) -> str:
@@ -393,6 +395,13 @@ def _export_format(config: PredictorArgument, mode: str, dtype: str | None) -> s
     if config.export_format is not None and config.export_format not in formats:
         raise PredictorError(f"--export_format {config.export_format}: a {model_type} model exports in "
                              f"{' or '.join(formats)} only")
+    # QWen's export computes with dynamic NTK's alpha at 1 and a rotary cache of seq_length
+    # positions (compat_architectures): as PaddleNLP does up to seq_length tokens.
+    limit = _model_config(Path(source)).get("seq_length") if model_type == "qwen" else None
+    if limit is not None and config.src_length + config.max_length > limit:
+        raise PredictorError(f"--src_length + --max_length = {config.src_length + config.max_length}: a static "
+                             f"{model_type} export computes contexts of up to {limit} tokens as PaddleNLP does (its "
+                             "seq_length); lower them or run with --mode dynamic")
     default = "pir" if dtype == "bfloat16" or "legacy" not in formats else "legacy"
     return config.export_format or default
 

@@ -11,7 +11,8 @@ instead where oneDNN computes no bfloat16, ``paddlenlp_ext.cpu``). A
 program has:
 
 - values computed before the loop, from ``STATEMENTS``: the matmul family (without
-  bias, with bias, with an activation over it, with a residual), activations
+  bias, with bias, with an activation over it, with a residual, with a residual it is
+  broadcast to), activations
   (sigmoid, gelu, SiLU written out, hardsigmoid, softmax, floor...), ``divide``,
   ``pow``, norms written out (RMSNorm with a divide or an rsqrt, layer_norm),
   convolutions, pooling and batch, instance and group norms on 4-D programs, and (in
@@ -243,6 +244,8 @@ class _Draw:
         rng = self.rng
         weight, bias = rng.choice(self.weights)
         forms = ["plain", "bias", "bias+activation", "residual", "pool" if self.image else "transposed"]
+        if not self.image:
+            forms.append("broadcast residual")
         form = rng.choice(forms)
         if self.in_loop and weight.dtype == paddle.bfloat16 and _is_parameter(weight) and rng.random() < 0.5:
             form = "transposed"  # a decode step's product as a bfloat16 model exports it: on our kernel
@@ -262,6 +265,8 @@ class _Draw:
                 out = ACTIVATIONS[activation](out)
             elif form == "residual":
                 out = b + out
+            elif form == "broadcast residual":  # the product added to two positions, averaged back to one
+                out = (paddle.concat([b, b * 0.5], axis=1) + out).mean(axis=1, keepdim=True)
             elif form == "pool":
                 out = F.avg_pool2d(out, 3, stride=1, padding=1)
             elif form == "transposed":

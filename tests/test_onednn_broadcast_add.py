@@ -71,19 +71,32 @@ def _copied(build, *shapes) -> list[int]:
     return sorted(k for _, k in broadcast_adds(program))
 
 
+def _product(v):
+    """``v`` times a [H, H] parameter: a matmul's result."""
+    weight = paddle.static.create_parameter([H, H], "float32")
+    return paddle.matmul(v, weight)
+
+
 def test_the_operands_an_add_may_broadcast():
-    assert _copied(lambda x, y: x + y * 2.0, [-1, -1, H], [-1, 1, H]) == [1]
-    assert _copied(lambda x, y: x * 2.0 + y * 2.0, [-1, 1, H], [1, -1, H]) == [0, 1]
-    assert _copied(lambda x, y: x * 2.0 + y * 2.0, [-1, -1, H], [H]) == [1]  # fewer axes
-    assert _copied(lambda x, y: x * 2.0 + y * 2.0, [-1, -1, H], [-1, -1, H]) == []  # condition 2: unknown = unknown
+    assert _copied(lambda x, y: x + _product(y), [-1, -1, H], [-1, 1, H]) == [1]
+    assert _copied(lambda x, y: _product(x) + _product(y), [-1, 1, H], [1, -1, H]) == [0, 1]
+    assert _copied(lambda x, y: x + _product(y), [-1, -1, H], [H]) == [1]  # fewer axes
+    assert _copied(lambda x, y: _product(x) + _product(y), [-1, -1, H], [-1, -1, H]) == []  # unknown = unknown
     assert _copied(lambda x, y: x + y, [-1, -1, H], [-1, 1, H]) == []  # fed values
+    assert _copied(lambda x, y: x + y * 2.0, [-1, -1, H], [-1, 1, H]) == []  # no matmul's
     # A linear's bias, a parameter, broadcasts: never a matmul's result.
     assert _copied(lambda x: paddle.nn.Linear(H, H)(x), [-1, -1, H]) == []
-    assert _copied(lambda x, y: (x * 2.0).astype("int64") + (y * 2.0).astype("int64"), [-1, 4, H], [-1, 1, H]) == []
+    assert _copied(lambda x, y: (x * 2.0).astype("int64") + _product(y).astype("int64"), [-1, 4, H], [-1, 1, H]) == []
+
+
+def test_a_matmul_is_looked_for_three_ops_back():
+    relu = paddle.nn.functional.relu
+    assert _copied(lambda x, y: x + relu(relu(_product(y))), [-1, -1, H], [-1, 1, H]) == [1]
+    assert _copied(lambda x, y: x + relu(relu(relu(_product(y)))), [-1, -1, H], [-1, 1, H]) == []
 
 
 def test_a_second_run_copies_nothing():
-    program = _program(lambda x, y: x + y * 2.0, [[-1, -1, H], [-1, 1, H]])
+    program = _program(lambda x, y: x + _product(y), [[-1, -1, H], [-1, 1, H]])
     assert copy_broadcast_add_operands(program).copied == 1
     assert copy_broadcast_add_operands(program).copied == 0
     assert [op.name() for op in program.global_block().ops].count("pd_op.roll") == 1

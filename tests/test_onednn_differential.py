@@ -266,7 +266,8 @@ def test_random_onednn_programs_are_right_on_every_shipped_configuration(tmp_pat
     assert stats["removed"] > 0 and stats["guarded"] > 0, summary
     assert stats["on our kernel"] > 0 or not has_avx512_bf16(), summary  # loop_bfloat16_gemv ran
     # the generator draws what it promises
-    for tag in ("divide", "pow 2", "conv2d", "weighted residual", "weighted bias+activation", "softmax",
+    for tag in ("divide", "pow 2", "conv2d", "weighted residual", "weighted broadcast residual",
+                "weighted bias+activation", "softmax",
                 "rms_norm divide", "value from before the loop read inside", "chain", "duplicated subexpression",
                 "ids from a oneDNN cast", "copy-free loop", "if before the loop", "batch_norm", "row write",
                 *(("bfloat16", "bfloat16 parameters") if computes_bfloat16() else ())):

@@ -662,13 +662,14 @@ def _checkpoint_stub(directory, model_type):
     return str(directory)
 
 
-@pytest.mark.parametrize("model_type", ["qwen", "mixtral", "bloom"])
+@pytest.mark.parametrize("model_type", ["chatglm", "opt"])
 def test_an_architecture_static_mode_cannot_export_is_one_line(tmp_path, model_type):
     from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
 
     source = _checkpoint_stub(tmp_path / model_type, model_type)
     with pytest.raises(PredictorError, match=rf"^{source}: static mode cannot export a {model_type} model \(it "
-                                             r"exports llama \(legacy or pir\), gpt \(pir\), chatglm_v2 \(pir\)\); "
+                                             r"exports llama \(legacy or pir\), gpt \(pir\), chatglm_v2 \(pir\), "
+                                             r"qwen \(pir\), mixtral \(pir\), bloom \(pir\)\); "
                                              r"run it with --mode dynamic$"):
         validate(PredictorArgument(model_name_or_path=source, mode="static"))
     assert validate(PredictorArgument(model_name_or_path=source)).mode == "dynamic"
@@ -683,6 +684,26 @@ def test_an_architecture_that_exports_in_pir_only_gets_pir(tmp_path):
         validate(PredictorArgument(model_name_or_path=source, mode="static", export_format="legacy"))
     llama = _checkpoint_stub(tmp_path / "llama", "llama")
     assert validate(PredictorArgument(model_name_or_path=llama, mode="static")).export_format == "legacy"
+    for model_type in ("qwen", "mixtral", "bloom"):
+        source = _checkpoint_stub(tmp_path / model_type, model_type)
+        assert validate(PredictorArgument(model_name_or_path=source, mode="static")).export_format == "pir"
+
+
+def test_static_mode_states_qwens_context_limit(tmp_path):
+    """A QWen export computes as PaddleNLP does up to its seq_length tokens
+    (compat_architectures: dynamic NTK's alpha 1, the rotary cache's length)."""
+    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
+
+    source = _checkpoint_stub(tmp_path / "qwen", "qwen")
+    config = json.loads((tmp_path / "qwen" / "config.json").read_text())
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({**config, "seq_length": 512}))
+    assert validate(PredictorArgument(model_name_or_path=source, mode="static", src_length=448,
+                                      max_length=64)).mode == "static"
+    with pytest.raises(PredictorError, match=r"^--src_length \+ --max_length = 576: a static qwen export computes "
+                                             r"contexts of up to 512 tokens as PaddleNLP does \(its seq_length\); "
+                                             r"lower them or run with --mode dynamic$"):
+        validate(PredictorArgument(model_name_or_path=source, mode="static"))
+    assert validate(PredictorArgument(model_name_or_path=source, mode="dynamic")).mode == "dynamic"
 
 
 def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_path):

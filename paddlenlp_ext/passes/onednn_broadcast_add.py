@@ -8,14 +8,14 @@ checking no shape: the fused op's result has the matmul's shape. When the add br
 the matmul's result (``[B, 1, H] + [B, S, H]``: the last position's MLP added to the
 sequence's residual) the program returns ``[B, 1, H]``, wrong
 (``tests/test_onednn_broadcast_add.py``). The matmul may reach the add through ops a fuse
-pass folds into it first (an activation, a bias add turned into ``fc``), so the rule does
-not ask what produced the broadcast value: a copy between it and the add leaves the add
-nothing to fuse.
+pass folds into it first (an activation, a bias add turned into ``fc``, a reshape or
+transpose of its output), so the rule does not try to follow the fuse passes: a copy
+between the value and the add leaves the add nothing to fuse.
 
 Rule. For each ``pd_op.add`` of floating-point values, each operand the add may broadcast
-(``_broadcast_operands``) that is computed (not fed, a parameter or a constant: those
-are never a matmul's result) and not already a copy reaches the add through an exact
-copy (``exact_copy.exact_copy``: a roll by 0)::
+(``_broadcast_operands``) that a matmul computed, directly or within
+``MATMUL_DEPTH`` ops of any kind (``_from_matmul``), and that is not already a copy,
+reaches the add through an exact copy (``exact_copy.exact_copy``: a roll by 0)::
 
     (%5) = "pd_op.matmul" (%4, %w) {transpose_x:false,transpose_y:false}   # [-1, 1, 4096]
     (%6) = "pd_op.add" (%3, %5)                                            # %3: [-1, -1, 4096]
@@ -28,6 +28,10 @@ becomes::
 Safety conditions:
 
 1. The copy is exact, so the add computes the same tensor; only this add reads the copy.
+   Values no matmul computed within ``MATMUL_DEPTH`` ops (fed, parameters, constants,
+   attention masks) are left alone: no fuse pass chains that many ops onto a matmul
+   (the longest, matmul + transpose + reshape or + bias + activation, is 2), and a copy
+   of them would only cost time (a mask's, in every layer of every decode step).
 2. An operand may be broadcast when its static shape has fewer axes than the other's,
    or a 1 on an axis where the other's size is not 1 (unknown included). A size unknown
    on both sides (-1 and -1) is taken as equal: a program that gets both from one input
@@ -48,12 +52,13 @@ import paddle
 
 from ..paddle_modes import static_mode
 from .exact_copy import defining_op, exact_copy, is_exact_copy
-from .program_index import FEED_OPS, PERSISTABLE_PRODUCERS, value_key, walk_ops
+from .program_index import value_key, walk_ops
 from .report import PassReport
 
 ADD = "pd_op.add"
-# The results of these ops are never a matmul's (a fed tensor, a parameter, a constant).
-UNFUSED_PRODUCERS = FEED_OPS | PERSISTABLE_PRODUCERS | frozenset({"pd_op.full", "pd_op.full_like"})
+MATMULS = frozenset({"pd_op.matmul", "pd_op.fc"})
+# How many ops back from an add's operand a matmul is looked for (condition 1).
+MATMUL_DEPTH = 3
 # The dtypes a oneDNN matmul computes in.
 MATMUL_DTYPES = (paddle.float32, paddle.bfloat16, paddle.float16)
 
@@ -85,11 +90,20 @@ def _broadcast_operands(op) -> list[int]:
     return found
 
 
-def _needs_copy(value) -> bool:
+def _from_matmul(value, depth: int = MATMUL_DEPTH) -> bool:
+    """Whether a matmul computed ``value``, or an operand of its producer's, and so on
+    ``depth`` ops back (condition 1)."""
     producer = defining_op(value)
-    if producer is None or producer.name() in UNFUSED_PRODUCERS or is_exact_copy(value):
+    if producer is None:
         return False
-    return value.dtype in MATMUL_DTYPES
+    if producer.name() in MATMULS:
+        return True
+    return depth > 1 and any(_from_matmul(producer.operand_source(k), depth - 1)
+                             for k in range(producer.num_operands()))
+
+
+def _needs_copy(value) -> bool:
+    return value.dtype in MATMUL_DTYPES and not is_exact_copy(value) and _from_matmul(value)
 
 
 def broadcast_adds(program) -> list[tuple]:
