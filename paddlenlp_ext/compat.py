@@ -55,18 +55,26 @@ def _logical_not(x, out=None, name=None):
     return _append_legacy_op("logical_not", {"X": [x]}, {}, paddle.bool)
 
 
+def _roll(x, shifts, axis=None, name=None):
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    axis = [] if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+    return _append_legacy_op("roll", {"X": [x]}, {"shifts": shifts, "axis": axis}, x.dtype)
+
+
 # Paddle 3.3.1 (paddle/base/dygraph/generated_tensor_methods_patch.py) binds these
 # paddle.X / Tensor.X names straight to `_C_ops.X`, which takes eager tensors and PIR
 # values only: in legacy static mode they raise "argument (position 1) must be Value,
 # but got Variable". The llama forward reaches matmul (attention, lm_head), rsqrt
 # (RMSNorm), tril (causal mask) and logical_not (dy2static's `if`); decoding uses
-# argmax. For a legacy Variable we append the legacy op they used to emit.
+# argmax, the prefill roll (last_position's copy). For a legacy Variable we append the
+# legacy op they used to emit.
 _LEGACY_OPS = {
     "matmul": _matmul,
     "argmax": _argmax,
     "rsqrt": _rsqrt,
     "tril": _tril,
     "logical_not": _logical_not,
+    "roll": _roll,
 }
 
 

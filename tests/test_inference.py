@@ -133,7 +133,8 @@ def test_onednn_on_the_new_ir_is_right_only_without_the_inplace_pow(exported, tm
     for name, settings in {**ONEDNN_WRONG, **ONEDNN_RIGHT}.items():
         predictor = _onednn_predictor(prefix, **settings)
         first, second = _run(predictor, FEED), _run(predictor, FEED)
-        assert first[0, 0] == reference[0, 0], name  # the prefill is right either way
+        # Wrong from the prefill on where wrong: its last layer's RMSNorm runs on one
+        # position (paddlenlp_ext.last_position), the decode step's shape the defect hits.
         right = np.array_equal(first, reference) and np.array_equal(second, reference)
         assert right == (name in ONEDNN_RIGHT), (name, first)
 
