@@ -55,6 +55,32 @@ def _logical_not(x, out=None, name=None):
     return _append_legacy_op("logical_not", {"X": [x]}, {}, paddle.bool)
 
 
+def _unary(op_type: str):
+    def legacy(x, name=None):
+        return _append_legacy_op(op_type, {"X": [x]}, {}, x.dtype)
+
+    return legacy
+
+
+def _gelu(x, approximate=False, name=None):
+    return _append_legacy_op("gelu", {"X": [x]}, {"approximate": bool(approximate)}, x.dtype)
+
+
+def _sum(x, axis=None, dtype=None, keepdim=False, name=None):
+    # paddle.sum's dtypes: ``dtype`` if given, int64 for bool and int32 values.
+    if dtype is None and x.dtype in (paddle.bool, paddle.int32):
+        dtype = paddle.int64
+    if dtype is not None:
+        x = x.astype(dtype)
+    dims = [] if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+    return _append_legacy_op("reduce_sum", {"X": [x]}, {"dim": dims, "keep_dim": bool(keepdim),
+                                                       "reduce_all": axis is None}, x.dtype)
+
+
+def _bmm(x, y, name=None):
+    return _append_legacy_op("bmm", {"X": [x], "Y": [y]}, {}, x.dtype)
+
+
 def _roll(x, shifts, axis=None, name=None):
     shifts = [shifts] if isinstance(shifts, int) else list(shifts)
     axis = [] if axis is None else ([axis] if isinstance(axis, int) else list(axis))
@@ -62,12 +88,15 @@ def _roll(x, shifts, axis=None, name=None):
 
 
 # Paddle 3.3.1 (paddle/base/dygraph/generated_tensor_methods_patch.py) binds these
-# paddle.X / Tensor.X names straight to `_C_ops.X`, which takes eager tensors and PIR
-# values only: in legacy static mode they raise "argument (position 1) must be Value,
-# but got Variable". The llama forward reaches matmul (attention, lm_head), rsqrt
-# (RMSNorm), tril (causal mask) and logical_not (dy2static's `if`); decoding uses
-# argmax, the prefill roll (last_position's copy). For a legacy Variable we append the
-# legacy op they used to emit.
+# paddle.X / Tensor.X (and paddle.nn.functional.X) names straight to `_C_ops.X`, which
+# takes eager tensors and PIR values only: in legacy static mode they raise "argument
+# (position 1) must be Value, but got Variable". The llama forward reaches matmul
+# (attention, lm_head), rsqrt (RMSNorm), tril (causal mask) and logical_not (dy2static's
+# `if`); decoding uses argmax, the prefill roll (last_position's copy); the other
+# architectures cos, sin and bmm (ChatGLMv2's rotary embedding and attention), tanh
+# (Bloom's gelu) and sum (Mixtral's routing); GPT's gelu is swapped where GPT keeps it
+# (``legacy_aware_gelu``).
+# For a legacy Variable we append the legacy op they used to emit.
 _LEGACY_OPS = {
     "matmul": _matmul,
     "argmax": _argmax,
@@ -75,15 +104,26 @@ _LEGACY_OPS = {
     "tril": _tril,
     "logical_not": _logical_not,
     "roll": _roll,
+    **{name: _unary(name) for name in ("cos", "sin", "tanh")},
+    "bmm": _bmm,
+    "sum": _sum,
 }
 
 
+def legacy_aware_gelu():
+    """``F.gelu``, appending the legacy op for a legacy Variable: for the models that keep
+    ``F.gelu`` as an attribute, out of the patches' reach (GPT: compat_architectures)."""
+    return _dispatch(F.gelu, _gelu)
+
+
 def _dispatch(original, legacy):
+    # Not renamed after ``original``: dy2static converts a method called on a Variable
+    # (``emb.cos()``) by looking its __name__ up in the module it converted, where "cos"
+    # is not ("Function: cos doesn't exist in the Module transformed from AST").
     def op(*args, **kwargs):
         x = args[0] if args else kwargs.get("x")
         return legacy(*args, **kwargs) if _is_legacy_variable(x) else original(*args, **kwargs)
 
-    op.__name__ = getattr(original, "__name__", "op")
     return op
 
 
@@ -129,7 +169,7 @@ def legacy_export_patches():
     with _isolated_dy2static_cache():
         try:
             for name, legacy in _LEGACY_OPS.items():
-                for owner in (paddle, paddle.tensor, Variable):
+                for owner in (paddle, paddle.tensor, Variable, F, F.activation):
                     if hasattr(owner, name):
                         patch(owner, name, _dispatch(getattr(owner, name), legacy))
             # paddle.incubate.nn.functional.swiglu on Paddle 3.3.1 only handles dynamic and
@@ -160,6 +200,13 @@ def _llama_attention_without_shape_checks(query_states, config, key_states, valu
             or sequence_parallel or reshard_layer is not None):
         raise NotImplementedError("pir_export_patches covers the eager llama attention with a mask only: no flash "
                                   "attention, alibi, sequence or segment parallelism, or returned attention weights")
+    return masked_attention(query_states, key_states, value_states, attention_mask)
+
+
+def masked_attention(query_states, key_states, value_states, attention_mask):
+    """PaddleNLP 2.8.1's eager attention (its llama's, and its mixtral's, line for line):
+    softmax(q k^T / sqrt(head_dim) + mask) v, the softmax in float32, for [B, S, heads, D]
+    states and a mask of [B, 1, S, T] elements; [B, S, heads * D] out."""
     bsz, q_len, num_heads, head_dim = query_states.shape
     _, kv_seq_len, _, _ = value_states.shape
     query_states = paddle.transpose(query_states, [0, 2, 1, 3])

@@ -1,12 +1,13 @@
-"""What tracing PaddleNLP 2.8.1's QWen, Mixtral and Bloom into a PIR program needs patched
+"""What tracing PaddleNLP 2.8.1's QWen, Mixtral, Bloom and GPT into a program needs patched
 on Paddle 3.3.1, and running Mixtral at all (``compat.py`` holds the llama's and the
 loop's; the same rules: one
 patch per upstream behaviour, each undone on exit, each with a test that fails without
 it, ``tests/test_architectures.py``).
 
 ``export_patches(model)`` applies the patches of ``model``'s architecture while it is
-exported (either loop; PIR only: their legacy tracing fails further, on ops bound to
-new-IR kernels); ``dynamic_patches(model)`` those it needs to generate in dygraph. dy2static converts only functions it finds among their own module's
+exported (either loop, either format: the legacy format also needs the ops
+``compat._LEGACY_OPS`` emits the legacy way); ``dynamic_patches(model)`` those it needs
+to generate in dygraph. dy2static converts only functions it finds among their own module's
 globals, so every replacement is a module-level function here. Each keeps PaddleNLP's
 math; what a patch cannot keep is a limit the predictor states (QWen's, below).
 """
@@ -18,6 +19,8 @@ import math
 
 import paddle
 import paddle.nn.functional as F
+
+from .compat import masked_attention
 
 # --- QWen -------------------------------------------------------------------------------
 # 1. QWenAttention.forward computes dynamic NTK's alpha from the prompt's length with
@@ -131,16 +134,7 @@ def _mixtral_attention(query_states, config, key_states, value_states, attention
     mask, without the shape checks (3)."""
     if config.use_flash_attention or attention_mask is None or output_attentions or sequence_parallel:
         raise NotImplementedError("export_patches covers Mixtral's eager attention with a mask only")
-    bsz, q_len, num_heads, head_dim = query_states.shape
-    _, kv_seq_len, _, _ = value_states.shape
-    query_states = paddle.transpose(query_states, [0, 2, 1, 3])
-    key_states = paddle.transpose(key_states, [0, 2, 1, 3])
-    value_states = paddle.transpose(value_states, [0, 2, 1, 3])
-    attn_weights = paddle.matmul(query_states / math.sqrt(head_dim), key_states.transpose([0, 1, 3, 2]))
-    attn_weights = attn_weights + attention_mask.reshape([bsz, 1, q_len, kv_seq_len])
-    attn_weights = F.softmax(attn_weights, axis=-1, dtype="float32").astype(query_states.dtype)
-    attn_output = paddle.matmul(attn_weights, value_states).transpose([0, 2, 1, 3])
-    return attn_output.reshape([bsz, q_len, head_dim * num_heads])
+    return masked_attention(query_states, key_states, value_states, attention_mask)
 
 
 @contextlib.contextmanager
@@ -252,7 +246,28 @@ def _replaced(replacements):
             setattr(owner, name, value)
 
 
-PATCHES = {"qwen": _qwen, "mixtral": _mixtral, "bloom": _bloom}
+# --- GPT --------------------------------------------------------------------------------
+# 1. GPT's decoder layers keep ``F.gelu`` as an attribute, taken at construction, so the
+#    legacy tracing patches (compat.legacy_export_patches) never reach it: "gelu():
+#    argument (position 1) must be Value, but got Variable". Each is swapped for the
+#    legacy-aware gelu while the model is exported.
+
+
+@contextlib.contextmanager
+def _gpt(model):
+    from .compat import legacy_aware_gelu
+
+    layers = [layer for layer in model.sublayers() if getattr(layer, "activation", None) is F.gelu]
+    for layer in layers:
+        layer.activation = legacy_aware_gelu()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.activation = F.gelu
+
+
+PATCHES = {"qwen": _qwen, "mixtral": _mixtral, "bloom": _bloom, "gpt": _gpt}
 DYNAMIC_PATCHES = {"mixtral": _mixtral_dynamic}
 
 

@@ -370,40 +370,23 @@ def _static_tokenizer(directory: Path):
         raise PredictorError(f"{directory}: cannot load the tokenizer: {error_line(error)}") from None
 
 
-# The architectures (config.json's model_type) a checkpoint exports in for static mode, and
-# the formats (measured on tiny models, Paddle 3.3.1, PaddleNLP 2.8.1): GPT's and
-# GPT's and ChatGLMv2's forwards call Paddle functions bound to new-IR-only kernels
-# (gelu, cos), which Paddle's legacy tracing rejects; so do QWen's, Mixtral's and Bloom's,
-# which trace in PIR with compat_architectures' patches.
-STATIC_FORMATS = {"llama": ("legacy", "pir"), "gpt": ("pir",), "chatglm_v2": ("pir",), "qwen": ("pir",),
-                  "mixtral": ("pir",), "bloom": ("pir",)}
+# The architectures (config.json's model_type) a checkpoint exports for static mode, in
+# either format (measured on tiny models, Paddle 3.3.1, PaddleNLP 2.8.1: the tokens of
+# PaddleNLP's generate; GPT, QWen, Mixtral and Bloom with compat_architectures' patches).
+STATIC_ARCHITECTURES = ("llama", "gpt", "chatglm_v2", "qwen", "mixtral", "bloom")
 
 
 def _export_format(config: PredictorArgument, mode: str, dtype: str | None) -> str:
     """The format a dygraph model is exported in for static mode: ``--export_format``,
-    else legacy (PaddleNLP 2.8's), pir for bfloat16 and for an architecture that exports
-    in pir only. PredictorError for an architecture, or a format, static mode cannot take."""
+    else legacy (PaddleNLP 2.8's), pir for bfloat16. PredictorError for an architecture
+    static mode cannot export."""
     source = config.model_name_or_path
-    model_type = None
     if mode == "static" and source is not None and not _is_static_dir(Path(source)):
         model_type = _model_config(Path(source)).get("model_type")
-    formats = STATIC_FORMATS.get(model_type, ("legacy", "pir"))  # unknown (None): what the exports offer
-    if model_type is not None and model_type not in STATIC_FORMATS:
-        supported = ", ".join(f"{name} ({' or '.join(fmts)})" for name, fmts in STATIC_FORMATS.items())
-        raise PredictorError(f"{source}: static mode cannot export a {model_type} model (it exports {supported}); "
-                             "run it with --mode dynamic")
-    if config.export_format is not None and config.export_format not in formats:
-        raise PredictorError(f"--export_format {config.export_format}: a {model_type} model exports in "
-                             f"{' or '.join(formats)} only")
-    # QWen's export computes with dynamic NTK's alpha at 1 and a rotary cache of seq_length
-    # positions (compat_architectures): as PaddleNLP does up to seq_length tokens.
-    limit = _model_config(Path(source)).get("seq_length") if model_type == "qwen" else None
-    if limit is not None and config.src_length + config.max_length > limit:
-        raise PredictorError(f"--src_length + --max_length = {config.src_length + config.max_length}: a static "
-                             f"{model_type} export computes contexts of up to {limit} tokens as PaddleNLP does (its "
-                             "seq_length); lower them or run with --mode dynamic")
-    default = "pir" if dtype == "bfloat16" or "legacy" not in formats else "legacy"
-    return config.export_format or default
+        if model_type is not None and model_type not in STATIC_ARCHITECTURES:
+            raise PredictorError(f"{source}: static mode cannot export a {model_type} model (it exports "
+                                 f"{', '.join(STATIC_ARCHITECTURES)}); run it with --mode dynamic")
+    return config.export_format or ("pir" if dtype == "bfloat16" else "legacy")
 
 
 def _model_config(directory: Path) -> dict:
@@ -429,6 +412,20 @@ def _vocab_size(directory: Path) -> int:
     if not isinstance(vocab_size, int):
         raise PredictorError(f"--top_k 0 (off): {directory} has no config.json with the vocab_size it needs")
     return vocab_size
+
+
+def _check_static_context(config: PredictorArgument) -> None:
+    """A QWen export (of a checkpoint, or a directory of one) computes with dynamic NTK's
+    alpha at 1 and a rotary cache of seq_length positions (compat_architectures): as
+    PaddleNLP does up to seq_length tokens, and not beyond."""
+    if config.model_name_or_path is None:
+        return
+    model_config = _model_config(Path(config.model_name_or_path))
+    limit = model_config.get("seq_length") if model_config.get("model_type") == "qwen" else None
+    if isinstance(limit, int) and config.src_length + config.max_length > limit:
+        raise PredictorError(f"--src_length + --max_length = {config.src_length + config.max_length}: a static "
+                             f"qwen export computes contexts of up to {limit} tokens as PaddleNLP does (its "
+                             "seq_length); lower them or run with --mode dynamic")
 
 
 def _check_lengths(config: PredictorArgument, max_positions: int | None) -> None:
@@ -524,6 +521,8 @@ def validate(config: PredictorArgument, model_args: ModelArgument | None = None)
     mode = _check_source(config)
     dtype = _load_dtype(config, mode)
     _check_lengths(config, _max_positions(config))
+    if mode == "static":
+        _check_static_context(config)
     if config.remove_loop_assign is True and mode == "dynamic":
         raise PredictorError("--remove_loop_assign rewrites the static graph; it cannot be used with --mode dynamic")
     if config.cache is not None and mode == "dynamic":

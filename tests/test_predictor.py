@@ -668,25 +668,20 @@ def test_an_architecture_static_mode_cannot_export_is_one_line(tmp_path, model_t
 
     source = _checkpoint_stub(tmp_path / model_type, model_type)
     with pytest.raises(PredictorError, match=rf"^{source}: static mode cannot export a {model_type} model \(it "
-                                             r"exports llama \(legacy or pir\), gpt \(pir\), chatglm_v2 \(pir\), "
-                                             r"qwen \(pir\), mixtral \(pir\), bloom \(pir\)\); "
+                                             r"exports llama, gpt, chatglm_v2, qwen, mixtral, bloom\); "
                                              r"run it with --mode dynamic$"):
         validate(PredictorArgument(model_name_or_path=source, mode="static"))
     assert validate(PredictorArgument(model_name_or_path=source)).mode == "dynamic"
 
 
-def test_an_architecture_that_exports_in_pir_only_gets_pir(tmp_path):
-    from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
+def test_every_architecture_exports_in_either_format(tmp_path):
+    from paddlenlp_ext.predictor import STATIC_ARCHITECTURES, PredictorArgument, validate
 
-    source = _checkpoint_stub(tmp_path / "gpt", "gpt")
-    assert validate(PredictorArgument(model_name_or_path=source, mode="static")).export_format == "pir"
-    with pytest.raises(PredictorError, match="^--export_format legacy: a gpt model exports in pir only$"):
-        validate(PredictorArgument(model_name_or_path=source, mode="static", export_format="legacy"))
-    llama = _checkpoint_stub(tmp_path / "llama", "llama")
-    assert validate(PredictorArgument(model_name_or_path=llama, mode="static")).export_format == "legacy"
-    for model_type in ("qwen", "mixtral", "bloom"):
+    for model_type in STATIC_ARCHITECTURES:
         source = _checkpoint_stub(tmp_path / model_type, model_type)
-        assert validate(PredictorArgument(model_name_or_path=source, mode="static")).export_format == "pir"
+        assert validate(PredictorArgument(model_name_or_path=source, mode="static")).export_format == "legacy"
+        assert validate(PredictorArgument(model_name_or_path=source, mode="static",
+                                          export_format="pir")).export_format == "pir"
 
 
 def test_static_mode_states_qwens_context_limit(tmp_path):
@@ -707,10 +702,10 @@ def test_static_mode_states_qwens_context_limit(tmp_path):
 
 
 def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_path):
-    """GPT (PaddleNLP's GPTForCausalLM) in static mode: exported in PIR, cleaned, the
-    tokens of PaddleNLP's dynamic generate. One prompt: PaddleNLP's GPT attends to the
-    padding of a batch (its prepare_inputs_for_generation drops the attention mask),
-    which our loop masks."""
+    """GPT (PaddleNLP's GPTForCausalLM) in static mode: exported in PaddleNLP's legacy
+    format (compat_architectures' GPT patch), cleaned, the tokens of PaddleNLP's dynamic
+    generate. One prompt: PaddleNLP's GPT attends to the padding of a batch (its
+    prepare_inputs_for_generation drops the attention mask), which our loop masks."""
     import paddle
     from paddlenlp.transformers import GPTConfig, GPTForCausalLM, LlamaTokenizer
 
@@ -734,7 +729,7 @@ def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_pa
                                                        decode_strategy="greedy_search", src_length=64, max_length=8))
         tokens[mode] = predictor.generate_ids(texts)
         if mode == "static":
-            assert predictor.static_model.format == "pir" and predictor.static_model.report is not None
+            assert predictor.static_model.format == "legacy" and predictor.static_model.report is not None
     np.testing.assert_array_equal(tokens["static"], tokens["dynamic"])
     assert len(set(tokens["static"][0].tolist())) > 1  # not one token over and over
 
