@@ -1,8 +1,7 @@
 """What tracing PaddleNLP 2.8.1's QWen, Mixtral, Bloom and GPT into a program needs patched
 on Paddle 3.3.1, and running Mixtral at all (``compat.py`` holds the llama's and the
-loop's; the same rules: one
-patch per upstream behaviour, each undone on exit, each with a test that fails without
-it, ``tests/test_architectures.py``).
+loop's; the same rules: one patch per upstream behaviour, each undone on exit, each with
+a test that fails without it, ``tests/test_architectures.py``).
 
 ``export_patches(model)`` applies the patches of ``model``'s architecture while it is
 exported (either loop, either format: the legacy format also needs the ops

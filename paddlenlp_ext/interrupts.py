@@ -6,7 +6,11 @@ attaches each op's call stack, ``utils.py``), KeyboardInterrupt included: a Ctrl
 lands there is lost, and the export goes on to its end and into place. So the command
 lines record every SIGINT (``recording_interrupts``), and the points that make work
 permanent (an export's rename into place, an output file's) call
-``raise_if_interrupted`` first.
+``raise_if_interrupted`` first. A SIGINT that lands inside one of Paddle's C++ calls can
+also come out as another exception (seen, Paddle 3.3.1: ``save_inference_model`` raising
+"RuntimeError: Failed to get callstack object" when the KeyboardInterrupt hit its
+call-stack lookup): within ``recording_interrupts``, an error raised after a SIGINT is
+the interrupt.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ def _record_and_raise(signum, frame):
 @contextlib.contextmanager
 def recording_interrupts():
     """Within the block, a SIGINT raises KeyboardInterrupt as usual and is also
-    remembered. Outside the main thread (where signals cannot be handled) it does
-    nothing."""
+    remembered; an exception leaving the block after one is a KeyboardInterrupt. Outside
+    the main thread (where signals cannot be handled) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -35,6 +39,10 @@ def recording_interrupts():
     previous = signal.signal(signal.SIGINT, _record_and_raise)
     try:
         yield
+    except Exception as error:
+        if _interrupted.is_set():  # what a library made of the KeyboardInterrupt
+            raise KeyboardInterrupt from error
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
         _interrupted.clear()

@@ -101,3 +101,24 @@ def test_a_ctrl_c_a_library_swallowed_still_stops_the_commit(tmp_path, kind):
             write_atomically(target, lambda path: (open(path, "w").write("{}"), swallowed_ctrl_c()))
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_an_error_a_library_made_of_a_ctrl_c_is_the_interrupt():
+    """Paddle turns a KeyboardInterrupt that lands in its call-stack lookup into
+    "RuntimeError: Failed to get callstack object" (save_inference_model, seen in a
+    Ctrl-C test of convert); an error after a SIGINT is the interrupt. An error with no
+    SIGINT before it stays itself."""
+    import signal
+
+    from paddlenlp_ext.interrupts import recording_interrupts
+
+    def converted_ctrl_c():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Failed to get callstack object") from None
+
+    with pytest.raises(KeyboardInterrupt), recording_interrupts():
+        converted_ctrl_c()
+    with pytest.raises(RuntimeError), recording_interrupts():
+        raise RuntimeError("no Ctrl-C here")
