@@ -28,10 +28,11 @@ becomes::
 Safety conditions:
 
 1. The copy is exact, so the add computes the same tensor; only this add reads the copy.
-   Values no matmul computed within ``MATMUL_DEPTH`` ops (fed, parameters, constants,
-   attention masks) are left alone: no fuse pass chains that many ops onto a matmul
-   (the longest, matmul + transpose + reshape or + bias + activation, is 2), and a copy
-   of them would only cost time (a mask's, in every layer of every decode step).
+   Values with no matmul among their last ``MATMUL_DEPTH`` producers (fed values,
+   parameters, constants, attention masks) are left alone: the fuse passes fold at most
+   two ops between a matmul and the add (a bias add and an activation, or a transpose
+   and a reshape), and a copy of them would only cost time (a mask's, in every layer of
+   every decode step).
 2. An operand may be broadcast when its static shape has fewer axes than the other's,
    or a 1 on an axis where the other's size is not 1 (unknown included). A size unknown
    on both sides (-1 and -1) is taken as equal: a program that gets both from one input
