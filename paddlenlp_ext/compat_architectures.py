@@ -72,16 +72,13 @@ def _qwen(model):
             if isinstance(layer, modeling.RotaryEmbedding):
                 layer.update_cos_sin_cache(model.config.seq_length)  # (2)
     saved = [(layer, layer.use_dynamic_ntk, layer._ntk_cached) for layer in attentions]
-    originals = {"forward": modeling.RotaryEmbedding.forward, "_attn": modeling.QWenAttention._attn}
     for layer in attentions:
         layer.use_dynamic_ntk, layer._ntk_cached = False, 1.0  # (1)
-    modeling.RotaryEmbedding.forward = _qwen_rotary_forward
-    modeling.QWenAttention._attn = _qwen_attn
     try:
-        yield
+        with _replaced([(modeling.RotaryEmbedding, "forward", _qwen_rotary_forward),
+                        (modeling.QWenAttention, "_attn", _qwen_attn)]):
+            yield
     finally:
-        modeling.RotaryEmbedding.forward = originals["forward"]
-        modeling.QWenAttention._attn = originals["_attn"]
         for layer, dynamic_ntk, alpha in saved:
             layer.use_dynamic_ntk, layer._ntk_cached = dynamic_ntk, alpha
 
@@ -101,15 +98,22 @@ def _qwen(model):
 #    llama's does (``compat._llama_attention_without_shape_checks``).
 
 
+def _mixtral_routing(self, hidden_states):
+    """PaddleNLP 2.8.1's MixtralSparseMoeBlock routing of [tokens, hidden] states: the
+    router's logits, and each token's top-k experts with their weights (renormalized)."""
+    router_logits = self.gate(hidden_states)
+    with paddle.amp.auto_cast(False):
+        routing_weights = F.softmax(router_logits.astype("float32"), axis=1)
+    routing_weights, selected_experts = paddle.topk(routing_weights, self.top_k, axis=-1)
+    routing_weights /= routing_weights.sum(axis=-1, keepdim=True)
+    return router_logits, routing_weights.astype(hidden_states.dtype), selected_experts
+
+
 def _mixtral_dense_moe_forward(self, hidden_states):
     """PaddleNLP 2.8.1's MixtralSparseMoeBlock.forward, every expert on every token (1)."""
     batch_size, seq_len, hidden_dim = hidden_states.shape
     hidden_states = hidden_states.reshape([-1, hidden_dim])
-    router_logits = self.gate(hidden_states)
-    routing_weights = F.softmax(router_logits.astype("float32"), axis=1)
-    routing_weights, selected_experts = paddle.topk(routing_weights, self.top_k, axis=-1)
-    routing_weights /= routing_weights.sum(axis=-1, keepdim=True)
-    routing_weights = routing_weights.astype(hidden_states.dtype)
+    router_logits, routing_weights, selected_experts = _mixtral_routing(self, hidden_states)
     # [tokens, top_k, experts] -> [tokens, experts]: each expert's weight for each token.
     chosen = F.one_hot(selected_experts, num_classes=self.num_experts).astype(hidden_states.dtype)
     expert_weights = (chosen * routing_weights.unsqueeze(-1)).sum(axis=1)
@@ -157,12 +161,7 @@ def _mixtral_sparse_moe_forward(self, hidden_states):
     """PaddleNLP 2.8.1's MixtralSparseMoeBlock.forward with the routing weights [N, 1] (4)."""
     batch_size, seq_len, hidden_dim = hidden_states.shape
     hidden_states = hidden_states.reshape([-1, hidden_dim])
-    router_logits = self.gate(hidden_states)
-    with paddle.amp.auto_cast(False):
-        routing_weights = F.softmax(router_logits.astype("float32"), axis=1)
-    routing_weights, selected_experts = paddle.topk(routing_weights, self.top_k, axis=-1)
-    routing_weights /= routing_weights.sum(axis=-1, keepdim=True)
-    routing_weights = routing_weights.astype(hidden_states.dtype)
+    router_logits, routing_weights, selected_experts = _mixtral_routing(self, hidden_states)
     final_hidden_states = paddle.zeros([batch_size * seq_len, hidden_dim], dtype=hidden_states.dtype)
     expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).transpose([2, 1, 0])
     for expert_id in range(self.num_experts):
