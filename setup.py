@@ -38,7 +38,10 @@ setup(
         # torch 2.13.0: the CPU wheel (a version pip must download is a CUDA build of
         # several GB); transformers 4.48.3: the last that keeps the huggingface-hub 0.25.2
         # paddlenlp 2.8.1 imports with (4.49 upgrades it); llama-cpp-python builds from
-        # source (about 20 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=ON builds for this CPU).
+        # source (5-20 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=ON builds for this CPU, except
+        # on a CPU with AMX, where llama.cpp's AMX kernels then segfault on Q8_0 (seen with
+        # 0.3.36 on a Xeon with AMX; llama.cpp issue #20824): docs/benchmark-method.md gives
+        # the flags without AMX).
         "peers": ["torch==2.13.0", "transformers==4.48.3", "gguf==0.19.0", "llama-cpp-python==0.3.36"],
     },
 )

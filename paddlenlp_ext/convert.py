@@ -64,7 +64,8 @@ def convert(src_dir, dst_dir, *, force: bool = False) -> ConversionResult:
     """Write ``dst_dir`` as SRC's model in the PIR format, after ``remove_loop_assign``."""
     # Imported here, not at the top: they import Paddle, which main() configures first.
     from .export import METADATA_FILE, DirectoryExistsError, ExportError, library_versions, staged_directory
-    from .inference import MODEL_PREFIX, ModelDirectoryError, load_program, model_format, save_program
+    from .files import MODEL_PREFIX
+    from .program_files import ModelDirectoryError, load_program, model_format, save_program
     from .passes.pipeline import run_passes, saving_passes
 
     src, dst = Path(src_dir), Path(dst_dir)

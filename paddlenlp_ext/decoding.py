@@ -30,18 +30,14 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from .compat import (StaticCacheLayer, fresh_trace_records, legacy_export_patches, pir_export_patches,
-                     static_cache_attention)
+from .compat import fresh_trace_records, legacy_export_patches, pir_export_patches
+from .kv_cache import allocate_static_cache, static_cache_attention, static_cache_layers
 from .last_position import last_position_only
 from .paddle_modes import dygraph_mode
-from .inference import LoadedProgram, run_program
+from .program_files import LoadedProgram, run_program
+from .options import CACHES, DECODE_STRATEGIES
 from .decoding_settings import SETTING_DTYPES, SETTING_INPUTS, check_settings, settings_feed
 
-DECODE_STRATEGIES = ("greedy_search", "sampling")
-# How GenerationLoop keeps the KV cache: PaddleNLP's (each step concatenates every
-# layer's keys and values with the new token's), or buffers allocated once for the
-# prompt and max_new_tokens and written one position per step, in place.
-CACHES = ("concat", "static")
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,7 @@ class DecodingConfig:
 
     def __post_init__(self):
         if self.decode_strategy not in DECODE_STRATEGIES:
-            raise ValueError(f"decode_strategy must be one of {DECODE_STRATEGIES}, got {self.decode_strategy!r}")
+            raise ValueError(f"decode_strategy must be one of {', '.join(DECODE_STRATEGIES)}, got {self.decode_strategy!r}")
         check_settings(self.top_k, self.top_p, self.temperature, self.repetition_penalty)
 
     def feed(self, seed: int = 0) -> dict:
@@ -209,7 +205,7 @@ class GenerationLoop(paddle.nn.Layer):
     ``max_new_tokens`` positions per layer, allocated after the prefill; each step
     writes its token's keys and values at one position, in place, and attention reads
     the buffers with the positions not yet written masked
-    (``compat.static_cache_attention``, entered around every call of the loop and by
+    (``kv_cache.static_cache_attention``, entered around every call of the loop and by
     the exports). ``"concat"`` (the default) is PaddleNLP's cache, grown by
     ``paddle.concat`` every step: a copy of the whole cache per token.
     """
@@ -318,6 +314,28 @@ class GenerationLoop(paddle.nn.Layer):
         settings = settings._replace(draws=counter_uniform(settings.seed, steps, rows))
         if self.cache == "static":
             return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, settings)
+        cache, seen, choice, token, finished, generated, position, step, running = self._prefill(
+            input_ids, attention_mask, max_new_tokens, settings)
+        while running:
+            attention_mask = paddle.concat([attention_mask, paddle.ones_like(token)], axis=1)
+            logits, cache = self.model(token, position_ids=position, attention_mask=attention_mask,
+                                       past_key_values=cache, use_cache=True, return_dict=False)[:2]
+            token = self._next_token(logits[:, -1, :], seen, choice, step)
+            token, finished = self._finish(token, finished)
+            seen = _mark_seen(seen, token)
+            generated = paddle.concat([generated, token], axis=1)
+            position = position + 1
+            step = step + 1
+            running = self._running(step, max_new_tokens, finished)
+        return generated
+
+    def _prefill(self, input_ids, attention_mask, max_new_tokens, settings: DecodingInputs) -> tuple:
+        """The prompt's forward pass and the first new token, as both caches start:
+        ``(cache, seen, choice, token, finished, generated, position, step, running)``,
+        the model's cache of the prompt, then the loop's state after one token.
+
+        Only the ``while`` body stays inline in ``forward`` and
+        ``_decode_with_static_cache``: dy2static carries the names it assigns."""
         # Left padding: the first real token of each row is at position 0 (the pads get
         # position 0 too; they are masked out as keys and nothing reads their outputs).
         position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
@@ -340,18 +358,7 @@ class GenerationLoop(paddle.nn.Layer):
         position = position_ids[:, -1:] + 1
         step = step + 1
         running = self._running(step, max_new_tokens, finished)
-        while running:
-            attention_mask = paddle.concat([attention_mask, paddle.ones_like(token)], axis=1)
-            logits, cache = self.model(token, position_ids=position, attention_mask=attention_mask,
-                                       past_key_values=cache, use_cache=True, return_dict=False)[:2]
-            token = self._next_token(logits[:, -1, :], seen, choice, step)
-            token, finished = self._finish(token, finished)
-            seen = _mark_seen(seen, token)
-            generated = paddle.concat([generated, token], axis=1)
-            position = position + 1
-            step = step + 1
-            running = self._running(step, max_new_tokens, finished)
-        return generated
+        return cache, seen, choice, token, finished, generated, position, step, running
 
     def _settings(self, seed, top_k, top_p, temperature, repetition_penalty) -> DecodingInputs:
         """The settings as [1] tensors: those given (an export gives all), else
@@ -374,28 +381,15 @@ class GenerationLoop(paddle.nn.Layer):
         """``forward`` with the static cache: the same prefill and token choice; the
         prompt's keys and values are then copied once into the buffers, which the
         steps write into in place."""
-        position_ids = paddle.clip(paddle.cumsum(attention_mask, axis=1) - 1, min=0)
-        with last_position_only(self.model):
-            prefill = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                 use_cache=True, return_dict=False)
-        cache = self._allocate_static_cache(prefill[1], max_new_tokens)
+        prompt_cache, seen, choice, token, finished, generated, position, step, running = self._prefill(
+            input_ids, attention_mask, max_new_tokens, settings)
+        cache = allocate_static_cache(self.model.config, prompt_cache, max_new_tokens)
         batch = paddle.shape(input_ids)[0]
         # The mask over the buffers' positions once every new token is written: the
         # prompt's, then ones. Each step keeps its positions up to the one it writes.
         final_mask = paddle.concat([attention_mask, paddle.ones([batch, max_new_tokens[0]], dtype="int64")], axis=1)
         cache_positions = paddle.arange(paddle.shape(final_mask)[1], dtype="int64").unsqueeze(0)
         write_position = paddle.shape(input_ids)[1:2].astype("int64")
-        step = paddle.full([1], 0, dtype="int64")
-        seen = self._seen_in_prompt(input_ids)
-        choice = self._token_choice(settings, prefill[0].dtype)
-        token = self._next_token(prefill[0][:, -1, :], seen, choice, step)
-        finished = paddle.zeros_like(token, dtype="bool")
-        token, finished = self._finish(token, finished)
-        seen = _mark_seen(seen, token)
-        generated = paddle.assign(token)  # a copy: see forward
-        position = position_ids[:, -1:] + 1
-        step = step + 1
-        running = self._running(step, max_new_tokens, finished)
         while running:
             token, cache = self._static_cache_step(token, position, cache, write_position,
                                                    final_mask * (cache_positions <= write_position).astype("int64"),
@@ -419,23 +413,9 @@ class GenerationLoop(paddle.nn.Layer):
         be another variable per buffer, copied from the written buffer every step.
         """
         out = self.model(token, position_ids=position, attention_mask=attention_mask,
-                         past_key_values=_static_cache_layers(cache, write_position), use_cache=True,
+                         past_key_values=static_cache_layers(cache, write_position), use_cache=True,
                          return_dict=False)
         return self._next_token(out[0][:, -1, :], seen, choice, step), out[1]
-
-    def _allocate_static_cache(self, prompt_cache, max_new_tokens):
-        """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens,
-        head_dim] (positions after the prompt's zero), from the prefill's
-        ``(key, value)`` pairs [B, prompt, kv_heads, head_dim]."""
-        config = self.model.config
-        head_dim = config.hidden_size // config.num_attention_heads
-        buffers = []
-        for key, value in prompt_cache:
-            unwritten = paddle.zeros([paddle.shape(key)[0], config.num_key_value_heads, max_new_tokens[0], head_dim],
-                                     dtype=key.dtype)
-            buffers.append((paddle.concat([key.transpose([0, 2, 1, 3]), unwritten], axis=2),
-                            paddle.concat([value.transpose([0, 2, 1, 3]), unwritten], axis=2)))
-        return tuple(buffers)
 
 
 def _penalize(logits, seen, penalty):
@@ -450,11 +430,6 @@ def _mark_seen(seen, token):
     """``seen`` with each row's new token marked."""
     # broadcast=False: token is [B, 1] already, and broadcasting adds eight ops per step.
     return paddle.put_along_axis(seen, token, paddle.ones_like(token), axis=1, broadcast=False)
-
-
-def _static_cache_layers(cache, write_position) -> list:
-    """The ``past_key_values`` of one step: each layer's buffers and where to write."""
-    return [StaticCacheLayer(key, value, write_position) for key, value in cache]
 
 
 def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:

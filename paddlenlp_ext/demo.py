@@ -59,7 +59,7 @@ def _demo_llama(layers: int, hidden_size: int):
 
 
 def _timed_run(model, feed) -> tuple[np.ndarray, float]:
-    from .inference import run_program
+    from .program_files import run_program
 
     run_program(model, feed)  # warm-up
     start = time.perf_counter()
@@ -73,8 +73,8 @@ def run_demo(args) -> int:
     from . import remove_loop_assign, remove_loop_assign_pr9002
     from .decoding import DecodingConfig, GenerationLoop, export_legacy
     from .paddle_modes import dygraph_mode
-    from .inference import count_loop_copies as copies
-    from .inference import load_program
+    from .program_files import count_loop_copies as copies
+    from .program_files import load_program
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 1000, size=(1, args.prompt_length), dtype="int64")

@@ -17,10 +17,11 @@ import paddle
 
 from .files import current_umask
 from . import hook
-from .compat import supports_static_cache
+from .kv_cache import supports_static_cache
+from .options import CACHES, EXPORT_FORMATS, LOOPS
 from .compat_architectures import export_patches
-from .decoding import CACHES, DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
-from .inference import MODEL_PREFIX
+from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
+from .files import MODEL_PREFIX
 from .interrupts import raise_if_interrupted
 from .quiet import library_quiet
 from .passes.report import LoopAssignReport
@@ -82,7 +83,6 @@ def staged_directory(output_dir: str | os.PathLike, overwrite: bool = False):
         raise
 
 
-FORMATS = ("pir", "legacy")
 METADATA_FILE = "paddlenlp_ext.json"
 
 
@@ -94,7 +94,6 @@ class ExportResult:
     seconds: float
 
 
-LOOPS = ("generation_loop", "paddlenlp")
 PADDLENLP_INPUTS = ["input_ids", "attention_mask", "position_ids", "max_new_tokens", "top_k"]
 
 
@@ -122,14 +121,14 @@ def export_generation_model(model, output_dir, *, tokenizer=None, decoding: Deco
     in place); PaddleNLP's own loop has its concat cache only. None (the default)
     chooses ``"static"``, faster at every context in ``scripts/benchmark.py``, when the
     loop is ours and the model's attention is one it covers
-    (``compat.supports_static_cache``), else ``"concat"``.
+    (``kv_cache.supports_static_cache``), else ``"concat"``.
 
     With ``remove_loop_assign`` the pass runs on a PIR program before it is saved (the
     report is returned and logged); a legacy file cannot hold the cleaned loop, so
     ``paddlenlp_ext.inference`` cleans it when it loads it.
     """
-    if format not in FORMATS:
-        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format not in EXPORT_FORMATS:
+        raise ExportError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     if loop not in LOOPS:
         raise ExportError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
     if cache is None:

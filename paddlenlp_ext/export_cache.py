@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from importlib import metadata
 from pathlib import Path
@@ -28,10 +27,10 @@ def cached_export_directory(source: str, home: Path, *, format: str, cache: str 
                             remove_loop_assign: bool, dtype: str | None) -> Path:
     """The directory the export of ``source`` (an embedded model name or a checkpoint
     directory) with these settings is kept in; it exists once the export is complete."""
-    from .models import KNOWN_MODELS, _build_record
+    from .models import KNOWN_MODELS, build_record
 
     if source in KNOWN_MODELS:
-        model = {"embedded": _build_record(source)}
+        model = {"embedded": build_record(source)}
         name = source
     else:
         directory = Path(source).resolve()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .cli_flags import OneLineParser, add_paddlenlp_only_flags, boolean_flag, refused_flag
 from .dtypes import DTYPES
+from .options import CACHES, DECODE_STRATEGIES, DEVICES, EXPORT_FORMATS, LOOPS
 from .quiet import quiet_paddle, quiet_paddlenlp
 
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("src_length", "max_length"):
         add(f"--{name}", type=int, default=None,
             help="accepted for PaddleNLP's command line; lengths are run-time inputs of the exported loop")
-    add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
+    add("--decode_strategy", choices=DECODE_STRATEGIES, default="sampling",
         help="recorded in generation_config.json; both loops take the decoding settings as inputs at run time "
              "(the paddlenlp loop top_k only, or top_p and temperature)")
     add("--top_k", type=int, help="recorded in generation_config.json (default PaddleNLP's, 0)")
@@ -52,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recorded in generation_config.json (default PaddleNLP's, 0.7); with --loop paddlenlp, < 1 exports "
              "top_p_sampling, which has no CPU kernel, and unset exports top-k sampling (top_p 1.0)")
     add("--temperature", type=float, help="recorded in generation_config.json (default PaddleNLP's, 0.95)")
-    add("--device", choices=["cpu", "gpu"], default="cpu",
+    add("--device", choices=DEVICES, default="cpu",
         help="where the export will run: an unset --dtype loads float32 for the CPU, the checkpoint's dtype for a GPU")
-    add("--export_format", choices=["pir", "legacy"], default="pir",
+    add("--export_format", choices=EXPORT_FORMATS, default="pir",
         help="pir (model.json, Paddle 3's format) or legacy (model.pdmodel, PaddleNLP 2.8 on Paddle 2.x)")
     add("--remove_loop_assign", type=boolean_flag, nargs="?", const=True, default=False,
         help="run the loop-copy cleanup on the saved PIR program (legacy programs are cleaned at load)")
-    add("--loop", choices=["generation_loop", "paddlenlp"], default="generation_loop",
+    add("--loop", choices=LOOPS, default="generation_loop",
         help="the decoding loop to export: this project's GenerationLoop or PaddleNLP's own sample_d2s")
     add("--cache", default=None,
         help="KV cache of --loop generation_loop: static (preallocated, written in place; the default where the "
@@ -70,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     """Raises ExportModelError for bad input; ``args.dtype`` becomes the dtype to load in."""
-    from .decoding import CACHES
     from .dtypes import DtypeError, load_dtype
 
     refused = refused_flag(args)

@@ -17,7 +17,7 @@ is disabled):
   translated, cleaned program, configured as ``StaticGenerationModel`` runs it (new
   IR; on CPU Paddle's oneDNN placement with ``inplace_pass`` deleted, or oneDNN off when the
   caller's config disabled it); the caller's ``Config`` is left as it was and every other
-  setting in it is kept (``inference.cleaned_legacy_config``). The predictor has the
+  setting in it is kept (``hook_config.cleaned_legacy_config``). The predictor has the
   names the caller's own predictor has (``tmp_7``, not ``fetch_name_0``). Anything else
   is created as before. Where the cleaned program cannot be built or run, the
   untouched program runs on the same configuration, then the caller's own config,
@@ -69,7 +69,8 @@ def _save_cleaned(path_prefix, feed_vars, fetch_vars, executor, **kwargs):
 def _create_cleaned_predictor(config):
     """The hook's ``create_predictor``: for a legacy decoding loop, a FallbackPredictor
     (the first of its stages that builds); anything else as Paddle creates it."""
-    from .inference import ModelDirectoryError, cleaned_legacy_config
+    from .hook_config import cleaned_legacy_config
+    from .program_files import ModelDirectoryError
 
     try:
         cleaned = cleaned_legacy_config(config)
@@ -146,7 +147,10 @@ class FallbackPredictor:
 
     def _next_stage(self, failed: str, error: Exception) -> None:
         from .errors import error_line
-        from .inference import ModelDirectoryError, NoSafeRuntimeError, cleaned_legacy_config, known_wrong
+        from .hook_config import cleaned_legacy_config
+        from .inference import NoSafeRuntimeError
+        from .paddle_config import known_wrong
+        from .program_files import ModelDirectoryError
 
         path = self._config.prog_file()
         while True:

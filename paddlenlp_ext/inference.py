@@ -1,47 +1,21 @@
-"""Load a static generation model directory and run it on Paddle Inference.
+"""Run a static generation model directory on Paddle Inference: ``StaticGenerationModel``
+and the predictors our tools make.
 
-A directory holds ``model.json`` (PIR format) or ``model.pdmodel`` (legacy format)
-with ``model.pdiparams``. Paddle Inference 3.x runs PIR programs; a legacy file is
-translated to PIR first. Two facts seen on Paddle 3.3.1 (CPU) shape this module:
+The program is loaded (``program_files``), rewritten by the passes
+``passes.pipeline`` names for the device, oneDNN mode and batch (``prepare_program``),
+saved to a staging directory and loaded by a predictor in our configuration
+(``paddle_config``). Two of those rewrites are for speed on every route we run:
 
-- ``create_predictor`` on a legacy ``.pdmodel`` with the new IR fails at run time
-  ("Tensor holds no memory") on a decoding loop, while the same program translated
-  with ``paddle.pir.translate_to_pir`` and saved as ``.json`` runs and gives the
-  dynamic model's tokens. So legacy models are always translated here, and the pass
-  runs on the translated program when asked: the cleaned program is the one the
-  predictor executes (``executed_loop_copies`` checks that on Paddle's own
-  optimized-model dump).
-- oneDNN (on by default for CPU) gives wrong outputs on Paddle 3.3.1's new IR, with or
-  without the pass: Paddle's ``inplace_pass`` lets a plain kernel write over the buffer
-  that ``onednn_to_paddle_layout`` shares with its oneDNN input (``scripts/onednn_bisect.py``
-  found it; ``tests/test_inference.py`` shows it on a three-op program). Which reads it
-  hits is decided after us, by Paddle's placement and fuse passes, so every configuration
-  this module creates with oneDNN on deletes ``inplace_pass`` (``ONEDNN_DELETED_PASSES``).
-  Programs saved for Paddle's default config (``convert``, the save hook) are guarded
-  (``passes.onednn_inplace_guard``), and the programs we run on oneDNN get as much of
-  the guard as a configuration without ``inplace_pass`` needs (``passes.pipeline``: which
-  passes run on which route is said there, and only there).
-- Which kernels run on oneDNN (``ONEDNN_MODES``): ``"all"`` (the default) is Paddle's
-  own placement, ``"off"`` plain kernels only. A third mode, oneDNN for the fused matmuls
-  only (``onednn_placement_pass`` deleted), was faster per token but is a pipeline
-  Paddle 3.3.1 gets wrong: a fused matmul with a residual computed in a loop body
-  raises, and a plain op taking a vector (``concat``) gets no layout transform for a
-  oneDNN input, so two such reads of one fused matmul's output give wrong values
-  (``tests/test_onednn_classes.py`` pins both).
 - A decode step multiplies one row per sequence by every weight matrix, and oneDNN's
   matmul reads the weights at about a third of the memory bandwidth there, so our CPU
   configuration runs a loop's large weight products on the plain GEMM
-  (``prepare_program``, ``passes.loop_weight_matmul``).
+  (``passes.loop_weight_matmul``; in bfloat16, on our kernel).
 - On every device, a loop's concat cache is carried in the layout its attention reads,
-  so no step permutes the whole cache (``prepare_program``, ``passes.loop_cache_layout``).
-- Paddle keeps every parameter scope until the process exits, so a ``LoadedProgram``
-  empties its own when dropped or released (``compat.empty_scope``): a predictor made
-  from it holds the weights once.
-- Paddle's CPU tensors come from glibc's ``malloc``, which maps every large block afresh
-  and unmaps it when freed: at llama2-7B's layer shape the page faults were about half of
-  a concat loop's step. Our CPU predictors keep freed memory mapped (``host_memory``).
-- That plain GEMM is the MKL Paddle ships, which takes a generic code path on AMD
-  processors; our CPU predictors set its AVX2 path there (``mkl_dispatch``).
+  so no step permutes the whole cache (``passes.loop_cache_layout``).
+
+Where the prepared program cannot be built or run, ``StaticGenerationModel`` falls back
+through ``runtime_stages``, never onto a configuration known wrong
+(``paddle_config.known_wrong``).
 """
 
 from __future__ import annotations
@@ -51,194 +25,22 @@ import json
 import logging
 import os
 import tempfile
-import weakref
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import paddle
-from paddle import inference
 
-from . import host_memory, mkl_dispatch
-from .compat import empty_scope, executor_in_program_order, read_persistables_written_in_branches
-from .passes.copy_ops import loop_copies
-from .passes.program_index import WHILE, ProgramIndex, walk_ops
 from .errors import error_line
-from .quiet import library_quiet
-from .params_file import ParamsFileError, check_directory_params, check_params_file
-from .unknown_ops import unknown_legacy_ops, unknown_ops_message, unknown_pir_file_ops, unknown_pir_ops
-from .files import LEGACY_FILE, MODEL_PREFIX, PARAMS_FILE, PIR_FILE  # noqa: F401 (names of this module)
-from .paddle_modes import static_mode
-from .passes.pipeline import (  # noqa: F401 (ADDMM_MAX_BATCH, ONEDNN_MODES: names of this module too)
-    ADDMM_MAX_BATCH,
-    DEFAULT_ONEDNN,
-    ONEDNN_MODES,
-    PipelineReport,
-    check_options,
-    run_passes,
-    running_passes,
-)
+from .files import MODEL_PREFIX
+from .paddle_config import create_predictor, our_config, plain_paddle_config, register_native_ops
+from .passes.pipeline import DEFAULT_ONEDNN, PipelineReport, check_options, run_passes, running_passes
 from .passes.report import LoopAssignReport
+from .program_files import (LoadedProgram, ModelDirectoryError, check_inputs, count_loop_copies, has_loop,
+                            load_program, model_format, save_program)
+from .quiet import library_quiet
 
 logger = logging.getLogger("paddlenlp_ext")
-
-
-# Paddle Inference passes each oneDNN mode deletes.
-ONEDNN_DELETED_PASSES = {
-    "all": (
-        # Paddle 3.3.1: inplace_pass does not see that onednn_to_paddle_layout's result
-        # shares its oneDNN input's buffer, and turns the plain reader into a write over it
-        # (wrong outputs, no error). Deleted, no kernel writes in place unless the program
-        # says so.
-        "inplace_pass",
-        # Paddle 3.3.1: a biased linear under two activations or two scales,
-        # act2(act1(x @ W + b)), gives wrong values (each pass fuses the second op into
-        # the oneDNN fc as well; seen for tanh, gelu, sigmoid, sqrt and scale).
-        # tests/test_onednn_classes.py pins it on Paddle's default config.
-        "fc_activation_fuse_pass",
-        "operator_scale_onednn_fuse_pass",
-    ),
-    "off": (),
-}
-
-
-class ModelDirectoryError(Exception):
-    """A static model directory that cannot be loaded: one line says why."""
-
-
-class TranslationError(Exception):
-    """A legacy program Paddle reads but cannot translate to PIR (its translator fails)."""
-
-
-@dataclass
-class LoadedProgram:
-    program: object  # paddle.pir.Program
-    inputs: list  # the values fed: pd_op.data results, or pd_op.feed results in a translated legacy program
-    outputs: list  # values to fetch
-    scope: object  # parameters
-    # Paddle never frees a scope (compat.empty_scope): its parameters go with this object.
-    _release: weakref.finalize = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self._release = weakref.finalize(self, empty_scope, self.scope)
-        self._release.atexit = False  # at exit the process's memory goes anyway
-
-    def release(self) -> None:
-        """Free the parameters now (the program can no longer run or be saved), and give
-        their memory back to the system (``host_memory.return_free_memory``)."""
-        self._release()
-        host_memory.return_free_memory()
-
-    @property
-    def feed_names(self) -> list[str]:
-        return [value.get_defining_op().attrs()["name"] for value in self.inputs]
-
-
-def model_format(model_dir: str | os.PathLike) -> str:
-    """``"pir"`` or ``"legacy"``; raises ModelDirectoryError for anything else."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ModelDirectoryError(f"{path}: no such model directory")
-    found = [name for name in (PIR_FILE, LEGACY_FILE) if (path / name).is_file()]
-    if len(found) != 1:
-        what = "both" if found else "neither"
-        raise ModelDirectoryError(f"{path}: expected one of {PIR_FILE} or {LEGACY_FILE}, found {what}")
-    try:
-        check_directory_params(path)
-    except ParamsFileError as error:
-        raise ModelDirectoryError(str(error)) from None
-    return "pir" if found[0] == PIR_FILE else "legacy"
-
-
-def load_program(model_dir: str | os.PathLike) -> LoadedProgram:
-    """The directory's program as PIR (translated if legacy), parameters in a new scope.
-
-    What the process freed before (a predictor dropped, its weights kept mapped by
-    ``host_memory.keep_freed_memory``) goes back to the system first: a heap that
-    cannot fit the new weights into those freed blocks would hold both (a second
-    StaticGenerationModel made after one was dropped peaked at twice the weights, now
-    and then: tests/test_memory.py)."""
-    host_memory.return_free_memory()
-    fmt = model_format(model_dir)
-    try:
-        return load_files(str(Path(model_dir) / MODEL_PREFIX), fmt)
-    except (TranslationError, ModelDirectoryError):
-        raise
-    except Exception as error:  # Paddle raises RuntimeError, ValueError, json errors... for bad files
-        raise ModelDirectoryError(f"{model_dir}: cannot read the {fmt} model: {error_line(error)}") from None
-
-
-def load_files(prefix: str, fmt: str) -> LoadedProgram:
-    """``prefix``.pdmodel (``fmt`` legacy, translated) or .json (pir) with ``prefix``.pdiparams.
-
-    A program naming ops this Paddle does not have is a ModelDirectoryError.
-    """
-    scope = paddle.static.Scope()
-    with static_mode(), paddle.static.scope_guard(scope):
-        if fmt == "legacy":
-            with paddle.pir_utils.OldIrGuard():
-                paddle.enable_static()
-                legacy, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
-                _refuse_unknown_ops(prefix + ".pdmodel", unknown_legacy_ops(legacy.desc))
-                read_persistables_written_in_branches(legacy.desc)
-                try:
-                    with library_quiet():  # the translator logs each control-flow op
-                        program = paddle.pir.translate_to_pir(legacy.desc)
-                except Exception as error:  # the translator raises what its C++ code throws
-                    raise TranslationError(error_line(error)) from None
-        else:
-            program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
-            _refuse_unknown_ops(prefix + ".json", unknown_pir_ops(program, prefix + ".json"))
-    block = program.global_block()
-    feeds = [op for op in block.ops if op.name() in ("pd_op.data", "pd_op.feed")]
-    # A legacy program feeds by column; the translator emits its feed ops in reverse.
-    # Paddle Inference names its inputs in op order, so the ops are put in column
-    # order too (they read nothing, so moving them changes nothing else).
-    feeds.sort(key=lambda op: op.attrs().get("col", 0))
-    for op in reversed(feeds):
-        first = block.ops[0]
-        if first.id() != op.id():  # moving an op before itself crashes Paddle
-            op.move_before(first)
-    inputs = [op.result(0) for op in feeds]
-    # By column: Paddle Inference orders a program's outputs so (the hook maps the
-    # caller's output names onto ours by position).
-    fetches = sorted((op for op in block.ops if op.name() == "pd_op.fetch"), key=lambda op: op.attrs().get("col", 0))
-    outputs = [op.operand_source(0) for op in fetches]
-    for op in fetches:  # the executor and save_inference_model add their own
-        op.erase()
-    return LoadedProgram(program, inputs, outputs, scope)
-
-
-def _refuse_unknown_ops(path: str, unknown: list[str]) -> None:
-    if unknown:
-        raise ModelDirectoryError(unknown_ops_message(path, unknown))
-
-
-def _check_inputs(names, feed: dict) -> None:
-    missing = sorted(set(names) - set(feed))
-    if missing:
-        raise ValueError(f"missing model inputs: {', '.join(missing)}")
-
-
-def run_program(loaded: LoadedProgram, feed: dict) -> list[np.ndarray]:
-    """Run a loaded program on ``paddle.static.Executor`` (CPU), its ops in the program's
-    order as Paddle Inference runs them, and fetch its outputs."""
-    _check_inputs(loaded.feed_names, feed)
-    with paddle.pir_utils.IrGuard(), paddle.static.scope_guard(loaded.scope), executor_in_program_order():
-        return paddle.static.Executor(paddle.CPUPlace()).run(
-            loaded.program, feed={name: feed[name] for name in loaded.feed_names}, fetch_list=loaded.outputs)
-
-
-def save_program(loaded: LoadedProgram, prefix: str) -> None:
-    """Write ``prefix``.json/.pdiparams: a PIR inference model Paddle Inference loads."""
-    with static_mode(), paddle.static.scope_guard(loaded.scope):
-        paddle.static.save_inference_model(prefix, loaded.inputs, loaded.outputs,
-                                           paddle.static.Executor(paddle.CPUPlace()), program=loaded.program)
-
-
-def count_loop_copies(program) -> int:
-    return sum(len(found) for found in loop_copies(ProgramIndex.build(program)).values())
 
 
 class NoSafeRuntimeError(RuntimeError):
@@ -312,7 +114,7 @@ class StaticGenerationModel:
     def _prepared_predictor(self, remove_loop_assign: bool, optimize: bool, dump_optimized_to: str | None,
                             batch_size: int):
         loaded = load_program(self.model_dir)
-        self.has_loop = any(op.name() == "pd_op.while" for op in loaded.program.global_block().ops)
+        self.has_loop = has_loop(loaded.program)
         self.copies_before = count_loop_copies(loaded.program)
         steps = running_passes(self.device, self.onednn, batch_size, remove_copies=remove_loop_assign,
                                optimize=optimize)
@@ -354,7 +156,7 @@ class StaticGenerationModel:
 
     def run(self, feed: dict) -> np.ndarray:
         """The program's first output (a generation model's token ids) for ``feed``."""
-        _check_inputs(self.input_names, feed)
+        check_inputs(self.input_names, feed)
         while True:
             try:
                 return self._run(feed)
@@ -386,40 +188,8 @@ def runtime_stages(model: StaticGenerationModel, remove_loop_assign: bool, dump_
     if plain is not None:
         description, config = plain
         stages.append(RuntimeStage("the model's own program", description,
-                                   lambda: (_create_predictor(config), config)))
+                                   lambda: (create_predictor(config), config)))
     return stages
-
-
-def plain_paddle_config(model_dir: str | os.PathLike, device: str = "cpu", onednn: str = DEFAULT_ONEDNN):
-    """``(description, Config)``: Paddle Inference configured for ``model_dir`` as it runs
-    without this package, with oneDNN off where ``onednn`` is: a legacy directory as
-    PaddleNLP 2.8's static predictor configures it (``paddlenlp_static_config``: the old
-    IR), a PIR one with Paddle's defaults. None where that configuration is one
-    ``docs/onednn.md`` documents as wrong: Paddle's default CPU config (new IR, oneDNN,
-    ``inplace_pass``) on a program we have not guarded."""
-    directory = Path(model_dir)
-    if model_format(directory) == "legacy":
-        config, description = paddlenlp_static_config(directory), "PaddleNLP's static predictor configuration"
-    else:
-        config = inference.Config(str(directory / PIR_FILE), str(directory / PARAMS_FILE))
-        config.disable_glog_info()
-        description = "Paddle Inference's default configuration"
-    if device == "gpu":
-        config.enable_use_gpu(100, 0)
-    elif onednn == "off":
-        config.disable_mkldnn()
-        description += " (oneDNN off)"
-    return None if known_wrong(config) else (description, config)
-
-
-def known_wrong(config) -> str | None:
-    """Why Paddle Inference's ``config`` is one ``docs/onednn.md`` documents as giving
-    wrong outputs on a program we have not guarded, or None: Paddle 3.3.1's new IR (asked
-    for, or a PIR ``.json`` program) with oneDNN on CPU, with ``inplace_pass``."""
-    new_ir = config.new_ir_enabled() or config.prog_file().endswith(".json")
-    if new_ir and config.mkldnn_enabled() and not config.use_gpu():
-        return "its new IR with oneDNN gives wrong outputs on an unguarded program (docs/onednn.md)"
-    return None
 
 
 def run_predictor(predictor, feed: dict, quiet: bool = False) -> list[np.ndarray]:
@@ -429,24 +199,12 @@ def run_predictor(predictor, feed: dict, quiet: bool = False) -> list[np.ndarray
     oneDNN kernel choice prints ``ReduceMeanCheckIfOneDNNSupport`` to stdout; later runs
     print nothing, and other threads' output is not held up by them."""
     names = predictor.get_input_names()
-    _check_inputs(names, feed)
+    check_inputs(names, feed)
     for name in names:
         predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
     with library_quiet() if quiet else contextlib.nullcontext():
         predictor.run()
     return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
-
-
-def configure_cpu(config, onednn: str = DEFAULT_ONEDNN) -> None:
-    """Set ``config``'s oneDNN use on CPU to ``onednn`` (one of ``ONEDNN_MODES``), with
-    the passes that mode deletes (``ONEDNN_DELETED_PASSES``)."""
-    check_options("cpu", onednn)
-    if onednn == "off":
-        config.disable_mkldnn()
-    else:
-        config.enable_mkldnn()
-    for name in ONEDNN_DELETED_PASSES[onednn]:
-        config.delete_pass(name)
 
 
 def prepare_program(loaded: LoadedProgram, device: str, onednn: str, batch_size: int = 1, *,
@@ -481,29 +239,7 @@ def _staged_predictor(loaded: LoadedProgram, config_for):
         save_program(loaded, prefix)
         loaded.release()
         config = config_for(prefix)
-        return _create_predictor(config), config
-
-
-def our_config(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
-               onednn: str = DEFAULT_ONEDNN, cpu_threads: int | None = None):
-    """Paddle Inference's config for ``prefix``.json/.pdiparams as StaticGenerationModel
-    runs it: new IR; on CPU, oneDNN as ``onednn`` says (``configure_cpu``), and
-    ``cpu_threads`` math threads, None for Paddle's default."""
-    check_options(device, onednn)
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.enable_new_ir(True)
-    config.disable_glog_info()
-    if device == "gpu":
-        config.enable_use_gpu(256, 0)
-    else:
-        config.disable_gpu()
-        configure_cpu(config, onednn)
-        if cpu_threads is not None:
-            config.set_cpu_math_library_num_threads(cpu_threads)
-    if dump_optimized_to is not None:
-        config.set_optim_cache_dir(dump_optimized_to)
-        config.enable_save_optim_model(True)
-    return config
+        return create_predictor(config), config
 
 
 def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to: str | None = None,
@@ -512,54 +248,7 @@ def create_paddle_predictor(prefix: str, device: str = "cpu", dump_optimized_to:
     (``our_config``). A program our running passes prepared may hold our kernel's op
     (``passes.loop_bfloat16_gemv``): the op is registered in this process first."""
     register_native_ops(prefix + ".json")
-    return _create_predictor(our_config(prefix, device, dump_optimized_to, onednn, cpu_threads))
-
-
-def register_native_ops(program_file: str) -> None:
-    """Register our kernels' ops in this process when the saved PIR program
-    ``program_file`` holds them (Paddle Inference fails on an op it does not know)."""
-    from .native import NATIVE_OPS, load_bfloat16_gemv
-
-    with open(program_file, encoding="utf-8", errors="replace") as text:
-        program = text.read()
-    held = [name for name in NATIVE_OPS if name in program]
-    if not held:
-        return
-    gemv, why = load_bfloat16_gemv()  # (every kernel is built and registered at once)
-    if gemv is None:
-        raise ModelDirectoryError(f"{program_file} holds {held[0]}, and {why}")
-
-
-def tune_cpu_process() -> None:
-    """The process-wide settings a process running our CPU predictors gets: host memory
-    that runs free stays mapped for their next allocations (``host_memory``), and on an
-    AMD processor MKL takes its AVX2 path (``mkl_dispatch``)."""
-    host_memory.keep_freed_memory()
-    mkl_dispatch.use_avx2_path_on_amd()
-
-
-def _create_predictor(config):
-    """Paddle Inference's predictor for ``config``. On CPU, the process is tuned
-    (``tune_cpu_process``), and what loading the predictor freed is given back."""
-    if not config.use_gpu():
-        tune_cpu_process()
-    with library_quiet():  # glog lines, and oneDNN's passes print to stdout
-        predictor = inference.create_predictor(config)
-    host_memory.return_free_memory()
-    return predictor
-
-
-def paddlenlp_static_config(model_dir: str | os.PathLike):
-    """Paddle Inference configured as PaddleNLP 2.8's static predictor configures it
-    (``llm/predictor.py``, ``StaticGraphPredictor`` on CPU) for a legacy model directory:
-    what its users run today. Paddle's defaults otherwise: on 3.3.1 that is the old IR
-    with oneDNN on."""
-    directory = Path(model_dir)
-    config = inference.Config(str(directory / LEGACY_FILE), str(directory / PARAMS_FILE))
-    config.disable_gpu()
-    config.disable_glog_info()
-    config.enable_new_executor()
-    return config
+    return create_predictor(our_config(prefix, device, dump_optimized_to, onednn, cpu_threads))
 
 
 def executed_loop_ops(dump_dir: str) -> Counter:
@@ -597,76 +286,3 @@ def executed_loop_ops(dump_dir: str) -> Counter:
 def executed_loop_copies(dump_dir: str) -> int:
     """Loop copies (``assign_out_``) in the program Paddle Inference optimized and ran."""
     return executed_loop_ops(dump_dir)["assign_out_"]
-
-
-_kept_staging: list = []  # directories of cleaned programs that predictors were created from
-
-
-@dataclass(frozen=True)
-class CleanedConfig:
-    """What ``cleaned_legacy_config`` makes of a caller's config."""
-
-    config: object  # a copy of the caller's Config, naming the rewritten PIR program
-    report: LoopAssignReport | None  # remove_loop_assign's, None for the untouched program
-
-
-def cleaned_legacy_config(config, *, optimize: bool = True) -> CleanedConfig | None:
-    """For a Paddle Inference ``Config`` naming a legacy ``.pdmodel`` decoding loop, a
-    copy that runs it the way ``StaticGenerationModel`` does: translated, rewritten by
-    ``passes.pipeline.running_passes`` (``remove_loop_assign`` first), saved as PIR, on
-    the new IR. ``optimize=False``: the untouched program, with only the passes that keep
-    the configuration right (the hook's fallback). On CPU, oneDNN stays as the user set
-    it: off when they disabled it, else ``DEFAULT_ONEDNN`` (Paddle's placement,
-    ``inplace_pass`` deleted), and the process is tuned as for our own predictors
-    (``tune_cpu_process``).
-
-    A truncated parameters file is a ModelDirectoryError (Paddle would load it and run on
-    whatever its buffer held), and so is a program, legacy or PIR, naming ops this Paddle
-    does not have (Paddle Inference's own error does not say so). Returns None for
-    anything else (a PIR model, a model directory, a program without a while loop, a
-    params file not beside the model), which the caller runs as it is. The user's
-    config is not changed; every other setting (device, threads, logging...) is kept.
-    The cleaned files stay until the process exits, so the copy can create more
-    predictors.
-    """
-    prog, params = config.prog_file(), config.params_file()
-    if prog.endswith(".json") and os.path.isfile(prog):
-        _refuse_unknown_ops(prog, unknown_pir_file_ops(prog))
-    if not prog.endswith(".pdmodel") or params != prog[: -len(".pdmodel")] + ".pdiparams":
-        return None
-    try:
-        check_params_file(params)
-    except ParamsFileError as error:  # Paddle would run on whatever the buffer held
-        raise ModelDirectoryError(f"{params}: {error}") from None
-    except OSError:
-        return None  # no such file: Paddle's own predictor reports it
-    try:
-        loaded = load_files(prog[: -len(".pdmodel")], "legacy")
-    except (TranslationError, ModelDirectoryError):
-        raise
-    except Exception:  # not a program we can read: Paddle's own predictor reports it
-        return None
-    if not has_loop(loaded.program):  # not a decoding loop: nothing for us to do
-        loaded.release()
-        return None
-    device = "gpu" if config.use_gpu() else "cpu"
-    onednn = DEFAULT_ONEDNN if config.mkldnn_enabled() else "off"  # as the user set it
-    steps = running_passes(device, onednn, remove_copies=optimize, optimize=optimize)
-    report = run_passes(loaded.program, loaded.outputs, steps).get("remove_loop_assign")
-    staging = tempfile.TemporaryDirectory(prefix="paddlenlp_ext-cleaned-")
-    _kept_staging.append(staging)  # removed when the process exits
-    prefix = os.path.join(staging.name, MODEL_PREFIX)
-    save_program(loaded, prefix)
-    loaded.release()  # the predictor reads the weights from the saved files
-    cleaned = inference.Config(config)
-    cleaned.set_model(prefix + ".json", prefix + ".pdiparams")
-    cleaned.enable_new_ir(True)
-    if device == "cpu":
-        configure_cpu(cleaned, onednn)
-        tune_cpu_process()
-    return CleanedConfig(cleaned, report)
-
-
-def has_loop(program) -> bool:
-    """Whether ``program`` holds a ``pd_op.while``, at any depth."""
-    return any(op.name() == WHILE for op in walk_ops(program))

@@ -139,7 +139,9 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "~")) or any(s in text for s in separators) or os.path.exists(text)
 
 
-def _build_record(name: str) -> dict:
+def build_record(name: str) -> dict:
+    """What the embedded model ``name`` is built from (its config, seed and tokenizer):
+    a build is reused while its record is this, and an export while it was made from it."""
     known = KNOWN_MODELS[name]
     tokenizer_sha256 = hashlib.sha256(TOKENIZER_MODEL.read_bytes()).hexdigest()
     return {"name": name, "config": dict(known.config), "seed": known.seed, "tokenizer_sha256": tokenizer_sha256}
@@ -160,7 +162,7 @@ def _cached_model(name: str, home: Path) -> Path:
     writing or two processes write at once.
     """
     directory = home / name
-    record = _build_record(name)
+    record = build_record(name)
     if _read_build_record(directory) == record:
         return directory
     try:

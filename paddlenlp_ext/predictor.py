@@ -39,12 +39,10 @@ from .files import LEGACY_FILE, PIR_FILE, cache_home, write_atomically
 from .host_memory import return_free_memory
 from .cli_flags import OneLineParser, add_paddlenlp_only_flags, boolean_flag, refused_flag
 from .dtypes import DTYPES
+from .options import CACHES, DECODE_STRATEGIES, DEVICES, EXPORT_FORMATS, MODES
 from .quiet import library_quiet, quiet_paddle, quiet_paddlenlp, verbose
 
 DEFAULT_PROMPTS = ["hello world, how are you?", "What is the capital of France?"]
-# decoding.CACHES, spelled out so that parsing the flags does not import Paddle (which
-# reads its logging settings when it loads, in quiet_paddle()).
-CACHES = ("concat", "static")
 
 
 class PredictorError(ValueError):
@@ -305,7 +303,7 @@ def _load(source: str, dtype: str | None):
 
 
 def _static_predictor(config: PredictorArgument, directory: Path) -> StaticGraphPredictor:
-    from .inference import ModelDirectoryError
+    from .program_files import ModelDirectoryError
 
     try:
         return StaticGraphPredictor(config, directory, _static_tokenizer(directory))
@@ -449,13 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top_p", type=float, help=f"sample from the smallest set of this mass (1.0: off){unset}0.7")
     add("--temperature", type=float, help=f"divides the logits before sampling{unset}0.95")
     add("--repetition_penalty", type=float, help=f"PaddleNLP's repetition penalty (1.0: off){unset}1.0")
-    add("--decode_strategy", choices=["sampling", "greedy_search"], default="sampling",
+    add("--decode_strategy", choices=DECODE_STRATEGIES, default="sampling",
         help="greedy_search is top_k 1 (default sampling)")
-    add("--mode", choices=["dynamic", "static"],
+    add("--mode", choices=MODES,
         help="default dynamic; static for a static model directory or with --remove_loop_assign")
     add("--dtype", help=f"{', '.join(DTYPES)}: the dtype the weights load in (from_pretrained's dtype); on CPU "
         "float32, also the default there (a float16 checkpoint is cast); unset on GPU: the checkpoint's")
-    add("--device", choices=["cpu", "gpu"], default="cpu")
+    add("--device", choices=DEVICES, default="cpu")
     add("--batch_size", type=int, default=1)
     add("--data_file", help="JSONL prompts: {\"src\": ..., \"tgt\": ...} per line")
     add("--output_file", default="output.json", help="JSONL results (default output.json)")
@@ -464,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--remove_loop_assign", type=boolean_flag, nargs="?", const=True, default=None,
         help="remove the loop copies: on by default in static mode; given alone it chooses --mode static; "
              "false runs the static program as PaddleNLP's predictor does")
-    add("--export_format", choices=["legacy", "pir"],
+    add("--export_format", choices=EXPORT_FORMATS,
         help="format of the static model exported from a dygraph checkpoint (default legacy; pir for bfloat16, "
              "the only one a bfloat16 model exports in)")
     add("--cache", default=None,
@@ -486,10 +484,6 @@ def parse_arguments(argv=None) -> tuple[PredictorArgument, ModelArgument]:
     return validate(predictor_args, model_args), model_args
 
 
-DECODE_STRATEGIES = ("sampling", "greedy_search")  # decoding.DECODE_STRATEGIES, without importing Paddle
-MODES = ("dynamic", "static")
-EXPORT_FORMATS = ("legacy", "pir")
-DEVICES = ("cpu", "gpu")
 
 
 def validate(config: PredictorArgument, model_args: ModelArgument | None = None) -> PredictorArgument:

@@ -9,7 +9,7 @@ variant runs the same weights on the same random prompts:
   runs it (``inference.paddlenlp_static_config``: Paddle's defaults, on 3.3.1 the old
   IR with oneDNN): the baseline;
 - ``legacy``: the legacy export translated to PIR, as Paddle 3.x loads it, copies and all;
-- ``legacy+seed``: the same after the rule of PaddleNLP PR #9002
+- ``legacy+pr9002``: the same after the rule of PaddleNLP PR #9002
   (``paddlenlp_ext.remove_loop_assign_pr9002``);
 - ``legacy+pass``: the same after ``paddlenlp_ext.remove_loop_assign``;
 - ``pir``: the PIR-native export, which has no loop copies;
@@ -146,7 +146,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.models import LOOPS, PRESETS, default_intermediate_size, export_model, llama_config
+from bench.models import PRESETS, default_intermediate_size, export_model, llama_config
 from bench.pass_timing import deep_pass
 from bench.peers import PEERS, missing_extras
 from bench.report import machine, plot, records, table, versions
@@ -158,6 +158,7 @@ from bench.variants import (BASELINE, DTYPE_OF, DTYPE_VARIANTS, EXPORT_DTYPE, LO
 from paddlenlp_ext.cli_flags import OneLineParser
 from paddlenlp_ext.cpu import NO_BFLOAT16, computes_bfloat16
 from paddlenlp_ext.files import write_atomically
+from paddlenlp_ext.options import LOOPS
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
 # The run's settings, lowest precedence first: the full run's or --quick's, then

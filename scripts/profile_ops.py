@@ -31,11 +31,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.models import LOOPS, PRESETS, default_intermediate_size, export_model, prompt
+from bench.models import PRESETS, default_intermediate_size, export_model, prompt
 from bench.worker import create_predictor, run_once
 from bench.variants import LOOP_VARIANTS, RUNNERS, VARIANTS, exported_formats
 
 from paddlenlp_ext.cli_flags import OneLineParser
+from paddlenlp_ext.options import LOOPS
 from paddlenlp_ext.quiet import quiet_paddle, quiet_paddlenlp
 
 SETTINGS = {"seed": 0, "batch_size": 1, "warmup": 0, "repeats": 1}

@@ -18,8 +18,8 @@ import tempfile
 import numpy as np
 from loop_programs import Built, save_inference
 
-from paddlenlp_ext.inference import create_paddle_predictor, load_files, prepare_program, run_predictor, \
-    save_program
+from paddlenlp_ext.inference import create_paddle_predictor, prepare_program, run_predictor
+from paddlenlp_ext.program_files import load_files, save_program
 
 
 def run_original_inference(built: Built, onednn: str, runs: int = 2) -> list[list[np.ndarray]]:

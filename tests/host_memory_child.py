@@ -102,7 +102,8 @@ def main(route: str, directory: str) -> None:
     from paddle import inference
 
     import paddlenlp_ext
-    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config, run_predictor
+    from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
+    from paddlenlp_ext.paddle_config import paddlenlp_static_config
 
     run_faults = None
     if route == "ours":

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddlenlp_ext.inference import DEFAULT_ONEDNN, ONEDNN_MODES, load_files, predictor_for, run_predictor
+from paddlenlp_ext.inference import predictor_for, run_predictor
+from paddlenlp_ext.passes.pipeline import DEFAULT_ONEDNN, ONEDNN_MODES
+from paddlenlp_ext.program_files import load_files
 
 from paddlenlp_ext.passes.copy_ops import ASSIGN_OUT, loop_copies
 from paddlenlp_ext.passes.program_index import ProgramIndex

@@ -61,7 +61,8 @@ def main(route: str, directory: str) -> None:
     from paddle import inference
 
     import paddlenlp_ext
-    from paddlenlp_ext.inference import StaticGenerationModel, paddlenlp_static_config, run_predictor
+    from paddlenlp_ext.inference import StaticGenerationModel, run_predictor
+    from paddlenlp_ext.paddle_config import paddlenlp_static_config
 
     gc.collect()
     before = _rss_kib()

@@ -202,7 +202,7 @@ class _Draw:
 
     def _row_write(self):
         """One position of ``a`` written in place with one of ``b``, as the static cache
-        writes a row (``compat.write_cache_position_``), the written buffer read."""
+        writes a row (``kv_cache.write_cache_position_``), the written buffer read."""
         rng = self.rng
         self.tag("row write")
         p, q = rng.randrange(HIDDEN), rng.randrange(HIDDEN)

@@ -28,7 +28,8 @@ from onednn_cases import paddle_default_predictor
 
 import paddlenlp_ext
 from paddlenlp_ext.convert import convert
-from paddlenlp_ext.inference import StaticGenerationModel, load_files, run_predictor, run_program
+from paddlenlp_ext.inference import StaticGenerationModel, run_predictor
+from paddlenlp_ext.program_files import load_files, run_program
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 ROUTES = ("StaticGenerationModel, oneDNN all", "StaticGenerationModel, oneDNN off", "convert, Paddle's default",

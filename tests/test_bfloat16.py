@@ -181,11 +181,11 @@ def test_greedy_bfloat16_tokens_are_near_float32s_best_teacher_forced(exports, o
 
 def test_the_bfloat16_static_cache_writes_in_place_on_every_route(exports, tmp_path):
     """``put_along_axis_`` has no bfloat16 CPU kernel, so a bfloat16 buffer is written
-    by ``set_value_with_tensor_`` (``compat.write_cache_position_``), one position in
+    by ``set_value_with_tensor_`` (``kv_cache.write_cache_position_``), one position in
     place. Its tokens keep the contract as a user of ``convert``'s directory runs it,
     Paddle's default CPU config (oneDNN placement and fusion, inplace_pass)."""
     from paddlenlp_ext.convert import convert
-    from paddlenlp_ext.inference import count_loop_copies, load_program
+    from paddlenlp_ext.program_files import count_loop_copies, load_program
 
     source = exports["bfloat16"][1]["static"]
     loaded = load_program(source)
@@ -251,7 +251,7 @@ def test_a_bfloat16_model_is_refused_the_legacy_format(tmp_path, loop):
 def test_the_export_transposes_a_bfloat16_models_weights_and_puts_them_back(tmp_path):
     """oneDNN's bfloat16 matmul reads a weight twice as fast stored [out, in]
     (``transposed_weights``); the model is left as it was."""
-    from paddlenlp_ext.inference import load_program
+    from paddlenlp_ext.program_files import load_program
     from paddlenlp_ext.passes.program_index import walk_ops
 
     with dygraph_mode():
@@ -311,7 +311,7 @@ class _BFloat16Loop(paddle.nn.Layer):
 def test_a_bfloat16_loop_product_stays_on_onednn(tmp_path, every_weight_is_large):
     """``addmm`` has no bfloat16 CPU kernel: a bfloat16 loop product is not rewritten to
     it (loop_weight_matmul's condition 6), on a program whose weights are as stored."""
-    from paddlenlp_ext.inference import load_program, run_program
+    from paddlenlp_ext.program_files import load_program, run_program
 
     with dygraph_mode():
         layer = _BFloat16Loop()

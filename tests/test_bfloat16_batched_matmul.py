@@ -10,7 +10,8 @@ import pytest
 from hardware import requires_avx512_bf16, requires_bfloat16
 from test_bfloat16_gemv import ROUNDING, _bfloat16_values, _check_runs
 
-from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
+from paddlenlp_ext.inference import StaticGenerationModel
+from paddlenlp_ext.program_files import load_program, run_program
 from paddlenlp_ext.native import load_bfloat16_batched_matmul
 from paddlenlp_ext.paddle_modes import dygraph_mode
 

@@ -8,7 +8,8 @@ import paddle
 import pytest
 from hardware import requires_avx512_bf16, requires_bfloat16
 
-from paddlenlp_ext.inference import StaticGenerationModel, load_program, run_program
+from paddlenlp_ext.inference import StaticGenerationModel
+from paddlenlp_ext.program_files import load_program, run_program
 from paddlenlp_ext.native import load_bfloat16_gemv
 from paddlenlp_ext.paddle_modes import dygraph_mode
 

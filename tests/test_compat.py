@@ -67,7 +67,7 @@ def export_after_a_failed_trace(program_format, directory):
     import paddle.jit.dy2static.program_translator as legacy_recorder
     from test_decoding import BATCHES, llama, paddlenlp_greedy, run_dynamic
 
-    from paddlenlp_ext.inference import load_program
+    from paddlenlp_ext.program_files import load_program
     from paddlenlp_ext.decoding import run_generation
 
     legacy_recorder._program_hash = pir_recorder._program_hash = lambda program: 0
@@ -110,8 +110,9 @@ def branch_written_buffer(tmp_path_factory):
 def test_a_buffer_a_branch_may_rebuild_keeps_its_saved_value_on_every_route(branch_written_buffer):
     from branch_written_buffer import SAVED_ROWS, TRACED_ROWS, saved_row
 
-    from paddlenlp_ext.inference import (StaticGenerationModel, load_program, paddlenlp_static_config,
-                                         run_predictor, run_program)
+    from paddlenlp_ext.inference import StaticGenerationModel, run_predictor
+    from paddlenlp_ext.paddle_config import paddlenlp_static_config
+    from paddlenlp_ext.program_files import load_program, run_program
 
     def feed(k):
         return {"k": np.array([[k]], dtype="int64")}
@@ -126,11 +127,12 @@ def test_a_buffer_a_branch_may_rebuild_keeps_its_saved_value_on_every_route(bran
 
 
 def test_without_the_patch_the_translated_buffer_is_zeros_then_an_error(branch_written_buffer, monkeypatch):
-    import paddlenlp_ext.inference as inference
+    import paddlenlp_ext.program_files as program_files
     from branch_written_buffer import TRACED_ROWS
+    from paddlenlp_ext.inference import StaticGenerationModel
 
-    monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
-    predictor = inference.StaticGenerationModel(branch_written_buffer, remove_loop_assign=False, fall_back=False)
+    monkeypatch.setattr(program_files, "read_persistables_written_in_branches", lambda desc: [])
+    predictor = StaticGenerationModel(branch_written_buffer, remove_loop_assign=False, fall_back=False)
     assert not predictor.run({"k": np.array([[5]], dtype="int64")}).any()  # silently wrong
     with pytest.raises(Exception, match=r"Input\(index\[-1\)\] has wrong value, it is \[16\]"):
         predictor.run({"k": np.array([[TRACED_ROWS]], dtype="int64")})

@@ -16,8 +16,8 @@ from test_export import TEXTS, encode, feed
 from paddlenlp_ext.decoding_settings import SETTING_INPUTS
 from paddlenlp_ext.export import METADATA_FILE, export_generation_model
 from paddlenlp_ext.files import current_umask
-from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
-                                    run_predictor)
+from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, run_predictor
+from paddlenlp_ext.program_files import count_loop_copies, load_program
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
 

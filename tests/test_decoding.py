@@ -13,7 +13,7 @@ from paddlenlp_ext import analyze_loop_assign, remove_loop_assign
 from paddlenlp_ext.compat import pir_export_patches
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, counter_uniform, export_legacy, export_pir, run_generation
 from paddlenlp_ext.paddle_modes import dygraph_mode
-from paddlenlp_ext.inference import load_program
+from paddlenlp_ext.program_files import load_program
 
 PAD = 0
 # Two prompts of different lengths, the shorter one left-padded.

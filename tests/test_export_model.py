@@ -16,8 +16,8 @@ from test_decoding import NEW_TOKENS, paddlenlp_greedy
 
 import paddlenlp_ext
 from paddlenlp_ext.files import current_umask
-from paddlenlp_ext.inference import (StaticGenerationModel, executed_loop_copies, paddlenlp_static_config,
-                                     run_predictor)
+from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, run_predictor
+from paddlenlp_ext.paddle_config import paddlenlp_static_config
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.predictor import PredictorArgument, create_predictor, decoding_settings, model_inputs
 

@@ -13,7 +13,10 @@ from branch_written_buffer import SAVED_ROWS, TRACED_ROWS, build, saved_row
 from onednn_cases import FEED, linear, paddle_default_predictor, read_once_in_loop, save
 
 import paddlenlp_ext
+import paddlenlp_ext.hook_config as hook_config
 import paddlenlp_ext.inference as inference
+import paddlenlp_ext.paddle_config as paddle_config
+import paddlenlp_ext.program_files as program_files
 from paddlenlp_ext.passes import pipeline
 
 
@@ -32,7 +35,7 @@ def onednn_trap(tmp_path_factory):
     outputs for ``FEED``."""
     path = tmp_path_factory.mktemp("onednn_trap")
     save(str(path / "model"), lambda x: read_once_in_loop(linear(x)))
-    reference = inference.run_program(inference.load_program(path), FEED)
+    reference = program_files.run_program(program_files.load_program(path), FEED)
     wrong = inference.run_predictor(paddle_default_predictor(str(path / "model")), FEED)
     assert not np.allclose(wrong[0], reference[0], rtol=1e-4, atol=1e-4)  # the trap is armed
     return path, reference
@@ -54,7 +57,7 @@ def failing_step(monkeypatch, message="a pass failed"):
     monkeypatch.setattr(pipeline, "LOOP_CACHE_LAYOUT", pipeline.PassStep("loop_cache_layout", broken))
 
 
-@pytest.mark.parametrize("onednn", inference.ONEDNN_MODES)
+@pytest.mark.parametrize("onednn", pipeline.ONEDNN_MODES)
 def test_a_failing_pass_falls_back_to_the_untouched_program_on_our_config(onednn_trap, monkeypatch, caplog, onednn):
     """Issue 27, class 5: it used to land on Paddle's default config, which gets this
     program wrong, and ignored ``onednn="off"``."""
@@ -109,7 +112,7 @@ def test_a_program_that_fails_at_run_time_runs_as_paddlenlp_runs_it(directory, m
     # Without the translator patch, the translated program fails once k passes the traced
     # rows: the prepared and the untouched program alike, so the legacy directory ends on
     # PaddleNLP's own configuration (the old IR), which is right.
-    monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
+    monkeypatch.setattr(program_files, "read_persistables_written_in_branches", lambda desc: [])
     model = inference.StaticGenerationModel(directory)
     assert model.fallback_reason is None
     np.testing.assert_array_equal(model.run(feed(TRACED_ROWS)), saved_row(TRACED_ROWS))
@@ -141,7 +144,7 @@ def test_damaged_files_are_an_error_not_a_fallback(directory, tmp_path):
     params.write_bytes(params.read_bytes()[:100])
     # Paddle itself would load it and run on whatever the buffer held.
     message = f"^{damaged}: model.pdiparams: tensor 1: the file ends [0-9]+ bytes early \\(truncated\\?\\)$"
-    with pytest.raises(inference.ModelDirectoryError, match=message):
+    with pytest.raises(program_files.ModelDirectoryError, match=message):
         inference.StaticGenerationModel(damaged)
 
 
@@ -153,21 +156,21 @@ def test_the_hook_refuses_a_truncated_parameters_file(directory, tmp_path):
     params = damaged / "model.pdiparams"
     params.write_bytes(params.read_bytes()[:-8])
     message = f"^{params}: tensor 1: the file ends 8 bytes early \\(truncated\\?\\)$"
-    with paddlenlp_ext.enable(), pytest.raises(inference.ModelDirectoryError, match=message):
-        paddle.inference.create_predictor(inference.paddlenlp_static_config(damaged))
+    with paddlenlp_ext.enable(), pytest.raises(program_files.ModelDirectoryError, match=message):
+        paddle.inference.create_predictor(paddle_config.paddlenlp_static_config(damaged))
 
 
 @pytest.fixture
 def a_loop_everywhere(monkeypatch):
     """The hook cleans loops only; this program has none, but fails the same way."""
-    monkeypatch.setattr(inference, "has_loop", lambda program: True)
+    monkeypatch.setattr(hook_config, "has_loop", lambda program: True)
 
 
 def test_the_hook_falls_back_to_the_untouched_program_then_the_callers_config(directory, monkeypatch, caplog,
                                                                               a_loop_everywhere):
     failing_step(monkeypatch, "cannot prepare")
     with paddlenlp_ext.enable():
-        predictor = paddle.inference.create_predictor(inference.paddlenlp_static_config(directory))
+        predictor = paddle.inference.create_predictor(paddle_config.paddlenlp_static_config(directory))
     (warning,) = warnings_of(caplog)
     assert warning == (f"{directory / 'model.pdmodel'}: running the untouched program on paddlenlp_ext's "
                        "configuration (the cleaned program on paddlenlp_ext's configuration could not be built: "
@@ -182,15 +185,15 @@ def test_the_hook_never_falls_back_to_a_config_documented_wrong(directory, monke
     def broken(config, optimize=True):
         raise RuntimeError("cannot clean")
 
-    monkeypatch.setattr(inference, "cleaned_legacy_config", broken)
-    config = inference.paddlenlp_static_config(directory)
+    monkeypatch.setattr(hook_config, "cleaned_legacy_config", broken)
+    config = paddle_config.paddlenlp_static_config(directory)
     config.enable_new_ir(True)
     with paddlenlp_ext.enable(), pytest.raises(inference.NoSafeRuntimeError, match="the caller's config is not "
                                                                                   "used: its new IR with oneDNN"):
         paddle.inference.create_predictor(config)
     # PaddleNLP's own config (the old IR) is the last resort, and right.
     with paddlenlp_ext.enable():
-        predictor = paddle.inference.create_predictor(inference.paddlenlp_static_config(directory))
+        predictor = paddle.inference.create_predictor(paddle_config.paddlenlp_static_config(directory))
     assert predictor._stage == 2
     np.testing.assert_array_equal(inference.run_predictor(predictor, feed(5))[0], saved_row(5))
 
@@ -198,10 +201,10 @@ def test_the_hook_never_falls_back_to_a_config_documented_wrong(directory, monke
 def test_the_hook_falls_back_when_a_run_fails(directory, monkeypatch, caplog, a_loop_everywhere):
     """Inputs are fed again, by the handles the caller already holds, to the next stage's
     predictor; the caller's names keep resolving."""
-    monkeypatch.setattr(inference, "read_persistables_written_in_branches", lambda desc: [])
-    own = paddle.inference.create_predictor(inference.paddlenlp_static_config(directory))
+    monkeypatch.setattr(program_files, "read_persistables_written_in_branches", lambda desc: [])
+    own = paddle.inference.create_predictor(paddle_config.paddlenlp_static_config(directory))
     with paddlenlp_ext.enable():
-        predictor = paddle.inference.create_predictor(inference.paddlenlp_static_config(directory))
+        predictor = paddle.inference.create_predictor(paddle_config.paddlenlp_static_config(directory))
     assert predictor.get_input_names() == own.get_input_names() == ["k"]
     assert predictor.get_output_names() == own.get_output_names()
     (name,) = predictor.get_output_names()

@@ -11,7 +11,8 @@ from test_program_shapes import loop_with_outer_buffer
 
 import paddlenlp_ext
 import paddlenlp_ext.hook as hook
-from paddlenlp_ext.inference import paddlenlp_static_config, run_predictor
+from paddlenlp_ext.inference import run_predictor
+from paddlenlp_ext.paddle_config import paddlenlp_static_config
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 SPEC = [paddle.static.InputSpec([2, 3], "float32", "x")]
@@ -115,7 +116,7 @@ def test_the_hook_keeps_the_users_onednn_setting(exported):
     from paddle import inference
     from test_llama_loop import feed
 
-    from paddlenlp_ext.inference import cleaned_legacy_config
+    from paddlenlp_ext.hook_config import cleaned_legacy_config
 
     directory, reference = exported
     for onednn in (False, True):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
-from paddlenlp_ext.inference import (ModelDirectoryError, StaticGenerationModel, executed_loop_copies, model_format,
-                                    run_predictor)
+from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, run_predictor
+from paddlenlp_ext.program_files import ModelDirectoryError, model_format
 
 FEED = feed()
 
@@ -37,7 +37,7 @@ def test_predictor_runs_the_program_we_hand_it(exported, tmp_path, caplog, clean
 # still reads. The pass only in-places tensors whose static shape has -1 at most in its
 # first dimension, so in the llama it hits RMSNorm's pow(h, 2) over the new token's
 # hidden state ([-1, 1, hidden], inside the loop), not the prefill's ([-1, -1, hidden]):
-# the first token is right, then rsqrt(...) * h reads h ** 2. scripts/onednn_bisect.py
+# the first token is right, then rsqrt(...) * h reads h ** 2. scripts/investigations/onednn_bisect.py
 # tries every pass; these tests pin the result so that a Paddle fix shows up here.
 
 INPLACE_BLACKLIST = "FLAGS_ir_inplace_kernel_blacklist"
@@ -122,7 +122,7 @@ ONEDNN_RIGHT = {
 @pytest.mark.parametrize("clean", [False, True], ids=["as translated", "cleaned"])
 def test_onednn_on_the_new_ir_is_right_only_without_the_inplace_pow(exported, tmp_path, clean):
     from paddlenlp_ext import remove_loop_assign
-    from paddlenlp_ext.inference import load_program, save_program
+    from paddlenlp_ext.program_files import load_program, save_program
 
     directory, reference = exported
     loaded = load_program(directory)
@@ -146,7 +146,7 @@ def test_bisect_script_finds_the_inplace_pass(exported):
     from pathlib import Path
 
     directory, reference = exported
-    script = Path(__file__).resolve().parent.parent / "scripts" / "onednn_bisect.py"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "investigations" / "onednn_bisect.py"
     result = subprocess.run([sys.executable, str(script), str(directory), "--json"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

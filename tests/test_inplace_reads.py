@@ -10,8 +10,8 @@ from onednn_cases import paddle_default_predictor, save
 from paddle import _C_ops
 
 from paddlenlp_ext.convert import convert
-from paddlenlp_ext.inference import StaticGenerationModel, create_paddle_predictor, load_files, run_predictor, \
-    run_program
+from paddlenlp_ext.inference import StaticGenerationModel, create_paddle_predictor, run_predictor
+from paddlenlp_ext.program_files import load_files, run_program
 from paddlenlp_ext.passes.inplace_reads import read_inplace_results
 
 

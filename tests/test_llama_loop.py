@@ -10,7 +10,9 @@ from paddlenlp_ext import analyze_loop_assign, remove_loop_assign, remove_loop_a
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy
 from paddlenlp_ext.paddle_modes import dygraph_mode
 from paddlenlp_ext.passes.loop_cache_layout import carry_loop_caches_permuted
-from paddlenlp_ext.inference import ONEDNN_MODES, StaticGenerationModel, load_program, run_program
+from paddlenlp_ext.inference import StaticGenerationModel
+from paddlenlp_ext.passes.pipeline import ONEDNN_MODES
+from paddlenlp_ext.program_files import load_program, run_program
 
 PROMPT = np.array([[1, 17, 45, 300, 999, 5]], dtype="int64")
 NEW_TOKENS = 10
@@ -142,10 +144,9 @@ def test_the_cleaned_loop_carries_its_caches_in_the_attention_layout(request, fi
 def inspect(*args):
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "inspect_loop_copies.py"
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "paddlenlp_ext.inspect", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_inspect_script_reports_the_loop(exported):

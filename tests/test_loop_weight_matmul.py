@@ -9,15 +9,9 @@ import paddle
 import pytest
 from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference, save_inference
 
-from paddlenlp_ext.inference import (
-    ADDMM_MAX_BATCH,
-    StaticGenerationModel,
-    create_paddle_predictor,
-    executed_loop_ops,
-    load_files,
-    prepare_program,
-    save_program,
-)
+from paddlenlp_ext.inference import StaticGenerationModel, create_paddle_predictor, executed_loop_ops, prepare_program
+from paddlenlp_ext.passes.pipeline import ADDMM_MAX_BATCH
+from paddlenlp_ext.program_files import load_files, save_program
 from paddlenlp_ext.passes.loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 
 K, N = 8, 6

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from memory_child import WEIGHT_ELEMENTS, build_legacy_model
 
-from paddlenlp_ext.inference import load_program
+from paddlenlp_ext.program_files import load_program
 
 WEIGHT_MIB = WEIGHT_ELEMENTS * 4 / 2**20
 ROUTES = ("model", "second model", "hook", "paddle-default", "paddlenlp")

@@ -24,7 +24,8 @@ from onednn_cases import CLASSES, CONV_FEED, CONV_SHAPE, FEED, conv_loop, paddle
 from onednn_routes import ROUTES, run_every_route, spec, wrong_routes
 from test_onednn_inplace_guard import assert_bit_identical, twice
 
-from paddlenlp_ext.inference import create_paddle_predictor, load_files, run_predictor, run_program, save_program
+from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
+from paddlenlp_ext.program_files import load_files, run_program, save_program
 from paddlenlp_ext.passes import onednn_layouts
 from paddlenlp_ext.passes import remove_loop_assign as pass_module
 from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace, needs_guard_with_onednn_off

@@ -53,15 +53,9 @@ import paddle
 from onednn_cases import paddle_default_predictor, save
 from onednn_random import build_onednn_program
 
-from paddlenlp_ext.inference import (
-    ONEDNN_DELETED_PASSES,
-    create_paddle_predictor,
-    prepare_program,
-    load_files,
-    run_predictor,
-    run_program,
-    save_program,
-)
+from paddlenlp_ext.inference import create_paddle_predictor, prepare_program, run_predictor
+from paddlenlp_ext.paddle_config import ONEDNN_DELETED_PASSES
+from paddlenlp_ext.program_files import load_files, run_program, save_program
 from paddlenlp_ext.cpu import computes_bfloat16, has_avx512_bf16
 from paddlenlp_ext.passes.pipeline import run_passes, saving_passes
 from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign

@@ -11,7 +11,8 @@ from onednn_cases import paddle_default_predictor
 from test_inference import _scale_pow_add
 from test_llama_loop import exported, feed  # noqa: F401 (a fixture)
 
-from paddlenlp_ext.inference import load_files, load_program, run_program, run_predictor, save_program
+from paddlenlp_ext.inference import run_predictor
+from paddlenlp_ext.program_files import load_files, load_program, run_program, save_program
 from paddlenlp_ext.paddle_modes import static_mode
 from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
 from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign

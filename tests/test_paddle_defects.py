@@ -158,7 +158,7 @@ def _write_in_an_if_read_only_by_dead_code(x):
 
 @pytest.mark.parametrize("configuration", ["ours, oneDNN all", "ours, oneDNN off", "paddle default"])
 def test_dead_code_elimination_erases_an_if_with_its_in_place_writes(tmp_path, configuration):
-    from paddlenlp_ext.inference import load_program, run_program
+    from paddlenlp_ext.program_files import load_program, run_program
 
     prefix = str(tmp_path / "model")
     feed = save(prefix, _write_in_an_if_read_only_by_dead_code)
@@ -211,7 +211,7 @@ def _executor_as_scheduled(loaded, feed, serial: bool):
 
 
 def test_executor_runs_a_copy_into_a_carried_buffer_before_a_read_of_its_in_place_write(tmp_path):
-    from paddlenlp_ext.inference import load_files
+    from paddlenlp_ext.program_files import load_files
 
     prefix = str(tmp_path / "model")
     feed = save(prefix, _carried_buffer_read_then_copied_into)
@@ -233,7 +233,7 @@ def test_paddle_inference_runs_it_in_the_programs_order(tmp_path, configuration)
 
 
 def test_run_program_runs_it_in_the_programs_order(tmp_path):
-    from paddlenlp_ext.inference import load_files, run_program
+    from paddlenlp_ext.program_files import load_files, run_program
 
     prefix = str(tmp_path / "model")
     feed = save(prefix, _carried_buffer_read_then_copied_into)

@@ -12,6 +12,7 @@ from onednn_cases import CONV_FEED, CONV_SHAPE, conv_loop, save
 
 import paddlenlp_ext
 import paddlenlp_ext.inference as inference
+import paddlenlp_ext.program_files as program_files
 from paddlenlp_ext import export_cache
 from paddlenlp_ext.passes import pipeline
 
@@ -76,7 +77,7 @@ def test_every_step_reports_as_every_pass_does(tmp_path):
 
     save(str(tmp_path / "model"), conv_loop, CONV_SHAPE)
     for steps in (pipeline.running_passes(), pipeline.running_passes(onednn="off"), pipeline.saving_passes()):
-        loaded = inference.load_program(tmp_path)
+        loaded = program_files.load_program(tmp_path)
         report = pipeline.run_passes(loaded.program, loaded.outputs, steps)
         assert [name for name, _ in report.reports] == names(steps)
         assert all(isinstance(step_report, PassReport) for _, step_report in report.reports)
@@ -99,8 +100,8 @@ def test_every_route_runs_the_pipelines_passes(tmp_path, recorded):
         paddle.jit.save(paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 4], "float32")],
                                              full_graph=True), str(tmp_path / "saved" / "model"))
     assert recorded == names(pipeline.saving_passes())
-    np.testing.assert_allclose(model.run(CONV_FEED), inference.run_program(
-        inference.load_program(tmp_path / "source"), CONV_FEED)[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.run(CONV_FEED), program_files.run_program(
+        program_files.load_program(tmp_path / "source"), CONV_FEED)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_the_export_cache_key_covers_every_module(tmp_path):

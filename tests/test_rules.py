@@ -128,7 +128,7 @@ def test_an_output_of_another_program_is_an_error():
 def test_the_program_is_indexed_once_however_many_loops(monkeypatch):
     """Issue 8, defect 6: the pass rebuilt its whole-program alias analysis for
     every loop and every rewrite, cubic in the number of loops (3 s for 40 loops).
-    Now one index is built and updated in place. (Timings: scripts/pass_cost.py.)"""
+    Now one index is built and updated in place. (Timed on a deep llama: scripts/benchmark.py --pass-layers.)"""
     builds = []
     original = rla.ProgramIndex.build.__func__
     monkeypatch.setattr(rla.ProgramIndex, "build", classmethod(lambda cls, p: builds.append(p) or original(cls, p)))
@@ -151,7 +151,7 @@ def test_work_on_loops_in_a_row_grows_linearly(monkeypatch):
     (1.3 s at 400 here). Counted, not timed: the alias edges the pass looks up and
     the values whose reads it checks, at 10 loops and at 40 (linear: 4 times the
     work, 4.1 measured; quadratic: 16 times, 13.7 before the fix).
-    (Timings: scripts/pass_cost.py.)"""
+    (Timed on a deep llama: scripts/benchmark.py --pass-layers.)"""
     looked_up = []  # alias-graph edge lists and value uses the pass asked for
 
     class CountingEdges(defaultdict):

@@ -15,12 +15,13 @@ from test_decoding import NEW_TOKENS, PAD, left_padded, paddlenlp_greedy, run_dy
 
 import paddlenlp_ext.export_model as export_model_cli
 import paddlenlp_ext.predictor as predictor_cli
+from paddlenlp_ext.options import CACHES
 from paddlenlp_ext import remove_loop_assign
-from paddlenlp_ext.compat import StaticCacheLayer, static_cache_attention
-from paddlenlp_ext.decoding import CACHES, DecodingConfig, GenerationLoop, run_generation
+from paddlenlp_ext.kv_cache import allocate_static_cache, static_cache_attention, static_cache_layers
+from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, run_generation
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
-from paddlenlp_ext.inference import (StaticGenerationModel, count_loop_copies, executed_loop_copies, load_program,
-                                     run_program)
+from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies
+from paddlenlp_ext.program_files import count_loop_copies, load_program, run_program
 from paddlenlp_ext.paddle_modes import dygraph_mode
 
 TEXTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
@@ -99,7 +100,7 @@ def _loop_body_ops(program) -> list:
 @pytest.mark.parametrize("fmt", ["pir", "legacy"])
 def test_each_step_writes_one_position_of_every_buffer_in_place(models, exports, fmt):
     """A legacy setitem would be an out-of-place set_value_with_tensor (a copy of the
-    whole buffer every step, see compat.write_cache_position_); put_along_axis_ is not."""
+    whole buffer every step, see kv_cache.write_cache_position_); put_along_axis_ is not."""
     layers = models("llama2-gqa")[0].config.num_hidden_layers
     loaded = load_program(exports("llama2-gqa", fmt).directory)
     body = _loop_body_ops(loaded.program)
@@ -116,14 +117,13 @@ def test_each_step_writes_one_position_of_every_buffer_in_place(models, exports,
 def _logits_per_step(model, ids, mask, cache: str, steps: int) -> list:
     """Greedy decoding of the left-padded batch by hand, with the loop's caches: the
     last-position logits [B, V] of the prefill and of each step."""
-    loop = GenerationLoop(model, GREEDY, cache=cache)
     with dygraph_mode(), paddle.no_grad(), static_cache_attention():
         ids, mask = paddle.to_tensor(ids), paddle.to_tensor(mask)
         positions = paddle.clip(paddle.cumsum(mask, axis=1) - 1, min=0)
         logits, past = model(ids, position_ids=positions, attention_mask=mask, use_cache=True, return_dict=False)
         write_position = paddle.to_tensor([ids.shape[1]], dtype="int64")
         if cache == "static":
-            past = loop._allocate_static_cache(past, paddle.to_tensor([steps], dtype="int64"))
+            past = allocate_static_cache(model.config, past, paddle.to_tensor([steps], dtype="int64"))
             final_mask = paddle.concat([mask, paddle.ones([mask.shape[0], steps], dtype="int64")], axis=1)
         found = [logits[:, -1, :].numpy()]
         position = positions[:, -1:] + 1
@@ -131,7 +131,7 @@ def _logits_per_step(model, ids, mask, cache: str, steps: int) -> list:
             token = paddle.argmax(logits[:, -1, :], axis=-1, keepdim=True)
             if cache == "static":
                 written = (paddle.arange(final_mask.shape[1]) <= write_position).astype("int64")
-                step_mask, step_past = final_mask * written, [StaticCacheLayer(k, v, write_position) for k, v in past]
+                step_mask, step_past = final_mask * written, static_cache_layers(past, write_position)
             else:
                 mask = paddle.concat([mask, paddle.ones_like(token)], axis=1)
                 step_mask, step_past = mask, past
@@ -182,7 +182,6 @@ def test_the_attention_patch_is_scoped(models):
 
 def test_bad_cache_values_are_errors(models, tmp_path):
     model, _ = models("llama2")
-    assert CACHES == predictor_cli.CACHES
     with pytest.raises(ValueError, match="cache must be one of concat, static, got 'ring'"):
         GenerationLoop(model, GREEDY, cache="ring")
     with pytest.raises(ExportError, match="cache must be one of concat, static, got 'ring'"):
@@ -261,7 +260,7 @@ class _SetitemLoop(paddle.nn.Layer):
 
 
 def test_a_legacy_slice_assignment_would_copy_the_whole_buffer_every_step(tmp_path):
-    """Why compat.write_cache_position_ is a put_along_axis: dy2static traces a legacy
+    """Why kv_cache.write_cache_position_ is a put_along_axis: dy2static traces a legacy
     setitem into a new variable, which the translator makes the out-of-place
     set_value_with_tensor; PIR's setitem is the in-place set_value_with_tensor_."""
     from paddlenlp_ext.compat import fresh_trace_records, legacy_export_patches
@@ -283,7 +282,7 @@ def test_a_legacy_slice_assignment_would_copy_the_whole_buffer_every_step(tmp_pa
 def test_the_static_cache_is_the_default_where_the_attention_allows_it(models, tmp_path, monkeypatch):
     from paddlenlp.transformers.llama.modeling import LlamaAttention
 
-    from paddlenlp_ext.compat import supports_static_cache
+    from paddlenlp_ext.kv_cache import supports_static_cache
     from paddlenlp_ext.export import default_cache
 
     model, _ = models("llama2")

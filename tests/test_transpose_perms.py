@@ -13,8 +13,8 @@ import paddle
 import pytest
 from onednn_cases import paddle_default_predictor, save
 
-from paddlenlp_ext.inference import StaticGenerationModel, create_paddle_predictor, load_files, run_predictor, \
-    save_program
+from paddlenlp_ext.inference import StaticGenerationModel, create_paddle_predictor, run_predictor
+from paddlenlp_ext.program_files import load_files, save_program
 from paddlenlp_ext.passes.transpose_perms import state_transpose_perms_non_negative
 
 

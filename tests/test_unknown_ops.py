@@ -15,6 +15,7 @@ from branch_written_buffer import build
 
 import paddlenlp_ext
 import paddlenlp_ext.inference as inference
+import paddlenlp_ext.program_files as program_files
 from paddlenlp_ext.unknown_ops import unknown_legacy_ops
 
 NEW_OP = "gather_nd_from_paddle_9"
@@ -79,13 +80,13 @@ def test_ops_the_translator_rewrites_itself_are_not_unknown(sound):
     assert "conditional_block" in paddle.base.libpaddle.pir.check_unregistered_ops(desc)
     assert unknown_legacy_ops(desc) == []
     for directory in sound.values():
-        inference.load_program(directory).release()
+        program_files.load_program(directory).release()
 
 
 def test_static_generation_model_and_load_program_name_the_unknown_op(newer):
     directory, program_file, op = newer
-    for load in (inference.load_program, inference.StaticGenerationModel):
-        with pytest.raises(inference.ModelDirectoryError) as raised:
+    for load in (program_files.load_program, inference.StaticGenerationModel):
+        with pytest.raises(program_files.ModelDirectoryError) as raised:
             load(directory)
         assert str(raised.value) == message(program_file, op)
 
@@ -93,7 +94,7 @@ def test_static_generation_model_and_load_program_name_the_unknown_op(newer):
 def test_the_hook_names_the_unknown_op(newer):
     directory, program_file, op = newer
     config = paddle.inference.Config(str(program_file), str(directory / "model.pdiparams"))
-    with paddlenlp_ext.enable(), pytest.raises(inference.ModelDirectoryError) as raised:
+    with paddlenlp_ext.enable(), pytest.raises(program_files.ModelDirectoryError) as raised:
         paddle.inference.create_predictor(config)
     assert str(raised.value) == message(program_file, op)
 

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import paddle
 
-from .loop_matmuls import PARAMETER, LoopKernelReport, replace_matmuls, run_on_kernel
+from .loop_matmuls import LoopKernelReport, replace_matmuls, run_on_kernel
+from .program_index import PARAMETER
 
 MAX_ROWS = 16  # of x: grouped-query attention's queries per key/value head, or a few sequences
 

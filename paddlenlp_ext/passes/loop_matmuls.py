@@ -10,9 +10,10 @@ from typing import Callable, ClassVar
 import paddle
 
 from ..paddle_modes import static_mode
+from .program_index import WHILE
 from .report import PassReport
 
-MATMUL, PARAMETER, WHILE = "pd_op.matmul", "builtin.parameter", "pd_op.while"
+MATMUL = "pd_op.matmul"
 
 
 def loop_matmuls(program, selected: Callable) -> tuple[list, int]:

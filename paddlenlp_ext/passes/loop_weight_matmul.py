@@ -57,7 +57,8 @@ from dataclasses import dataclass
 
 import paddle
 
-from .loop_matmuls import PARAMETER, loop_matmuls, replace_matmuls
+from .loop_matmuls import loop_matmuls, replace_matmuls
+from .program_index import PARAMETER
 from .report import PassReport
 
 MIN_WEIGHT_ELEMENTS = 1 << 22  # 16 MiB of float32: larger than a last-level cache

@@ -218,7 +218,7 @@ from .report import PassReport
 
 # In-place versions that write no new data: their result is their input's buffer.
 VIEW_OPS = frozenset({"pd_op.unsqueeze", "pd_op.squeeze", "pd_op.reshape", "pd_op.flatten", "pd_op.assign"})
-CONTROL_FLOW = frozenset({"pd_op.while", "pd_op.if", "pd_op.select_input"})
+CONTROL_FLOW = frozenset({WHILE, IF, "pd_op.select_input"})
 NEVER_INPLACED = frozenset({"pd_op.transpose"})  # inplace_pass's own exception
 # Operands that are attributes given as tensors (Scalars: scale's factor, clip's bounds):
 # an in-place version writes a tensor input, never these.

@@ -20,7 +20,7 @@ blocked layout (``blocked_layout_values``), and our own oneDNN configuration
 
 from __future__ import annotations
 
-from .program_index import walk_ops
+from .program_index import IF, WHILE, walk_ops
 
 BLOCKED_LAYOUT_OPS = frozenset(
     "pd_op." + name
@@ -72,11 +72,11 @@ def _flows(index, op_id: int, info) -> list:
     if not regions:
         return [(info.operands, info.results)]
     yields = [index.ops[y].operands if y is not None else [] for y in map(index.yield_of, regions)]
-    if info.name == "pd_op.while":  # operand 0 and yield 0 are the condition
+    if info.name == WHILE:  # operand 0 and yield 0 are the condition
         args = index.block_args[regions[0]]
         return [([info.operands[k + 1], yields[0][k + 1] if k + 1 < len(yields[0]) else None], [args[k], result])
                 for k, result in enumerate(info.results)]
-    if info.name == "pd_op.if":
+    if info.name == IF:
         return [([y[k] for y in yields if k < len(y)], [result]) for k, result in enumerate(info.results)]
     touched = [key for key in info.operands if key] + [key for y in yields for key in y if key]
     return [(touched, list(info.results) + [arg for region in regions for arg in index.block_args[region]])]

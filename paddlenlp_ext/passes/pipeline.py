@@ -39,13 +39,14 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from ..options import DEVICES
+
 logger = logging.getLogger("paddlenlp_ext")
 
 # Which kernels run on oneDNN on CPU: Paddle's placement (every op with a oneDNN
-# kernel), or none (``inference.configure_cpu`` sets them).
+# kernel), or none (``paddle_config.configure_cpu`` sets them).
 ONEDNN_MODES = ("all", "off")
 DEFAULT_ONEDNN = "all"
-DEVICES = ("cpu", "gpu")
 
 # Up to this many sequences per run, our oneDNN configuration runs a decode loop's weight
 # products on the plain GEMM (loop_weight_matmul). That GEMM (MKL) streams the weights once

@@ -17,7 +17,8 @@ from paddle.base import libpaddle
 WHILE = "pd_op.while"
 IF = "pd_op.if"
 COMBINE = "builtin.combine"  # packs values into a vector: see ProgramIndex.reads
-PERSISTABLE_PRODUCERS = frozenset({"builtin.parameter", "builtin.constant"})
+PARAMETER = "builtin.parameter"
+PERSISTABLE_PRODUCERS = frozenset({PARAMETER, "builtin.constant"})
 # Ops whose results carry data fed at run time.
 FEED_OPS = frozenset({"pd_op.data", "pd_op.feed"})
 YIELD = "cf.yield"

@@ -17,7 +17,6 @@ GREEDY_SETTINGS = settings_feed(top_k=1, top_p=1.0, temperature=1.0, repetition_
 
 # The decoding loops a model is exported with (``--loops``), as export_model.py's --loop:
 # this project's GenerationLoop, and PaddleNLP's own ``to_static`` (``sample_d2s``).
-LOOPS = ("generation_loop", "paddlenlp")
 
 # Model shapes (``--preset``). ``intermediate_size`` None: llama's 8/3 of the hidden size.
 PRESETS = {

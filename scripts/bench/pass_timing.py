@@ -13,7 +13,7 @@ def time_rewrite(model_dir: Path, rewrite, warmup: int, repeats: int) -> tuple[f
     """Median ms of ``rewrite(loaded)`` over ``repeats`` runs, each on a fresh translation
     (a pass runs once per program) after ``warmup`` untimed ones; with the last run's
     report summary and program."""
-    from paddlenlp_ext.inference import load_program
+    from paddlenlp_ext.program_files import load_program
 
     times = []
     for _ in range(warmup + repeats):
@@ -29,7 +29,7 @@ def deep_pass(settings: dict, workdir: Path, progress) -> dict | None:
     if not settings["pass_layers"]:
         return None
     from paddlenlp_ext import remove_loop_assign, remove_loop_assign_pr9002
-    from paddlenlp_ext.inference import count_loop_copies, load_program
+    from paddlenlp_ext.program_files import count_loop_copies, load_program
 
     progress(f"passes on a {settings['pass_layers']}-layer program")
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from .peers import PEERS, prepare_peer
 from .roofline import DTYPE_BYTES
 
 # The baseline first: what a PaddleNLP 2.8 user on Paddle 3.x runs today. All float32.
-VARIANTS = ("paddlenlp-default", "legacy", "legacy+seed", "legacy+pass", "pir", "static-cache")
+VARIANTS = ("paddlenlp-default", "legacy", "legacy+pr9002", "legacy+pass", "pir", "static-cache")
 # The bfloat16 variant (``--dtypes bfloat16``): the same weights cast, as a bfloat16 model exports.
 BF16 = "bf16"
 # The variants of each dtype (``--dtypes``); ``--variants`` chooses among float32's.
@@ -40,7 +40,7 @@ class Variant:
 def run_paddlenlp_default(exports: dict, workdir: Path, settings: dict) -> Variant:
     """The legacy export as PaddleNLP's static predictor runs it: the ``.pdmodel`` itself,
     copies and all, on Paddle Inference with PaddleNLP's config."""
-    from paddlenlp_ext.inference import load_program
+    from paddlenlp_ext.program_files import load_program
 
     translated = load_program(exports["legacy"]).program  # to count the copies the .pdmodel's loop has
     return Variant(BASELINE, PADDLENLP_RUNTIME, ("paddlenlp", str(exports["legacy"])), *_copies(translated),
@@ -52,11 +52,11 @@ def run_legacy(exports: dict, workdir: Path, settings: dict) -> Variant:
     return _prepare("legacy", exports["legacy"], workdir, settings, rewrite=None)
 
 
-def run_legacy_seed(exports: dict, workdir: Path, settings: dict) -> Variant:
+def run_legacy_pr9002(exports: dict, workdir: Path, settings: dict) -> Variant:
     """The translated legacy export after PaddleNLP PR #9002's rule."""
     from paddlenlp_ext import remove_loop_assign_pr9002
 
-    return _prepare("legacy+seed", exports["legacy"], workdir, settings,
+    return _prepare("legacy+pr9002", exports["legacy"], workdir, settings,
                     rewrite=lambda loaded: remove_loop_assign_pr9002(loaded.program))
 
 
@@ -100,11 +100,11 @@ def run_peer(name: str):
     return run
 
 
-RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+seed": run_legacy_seed,
+RUNNERS = {"paddlenlp-default": run_paddlenlp_default, "legacy": run_legacy, "legacy+pr9002": run_legacy_pr9002,
            "legacy+pass": run_legacy_pass, "pir": run_pir, "static-cache": run_static_cache, BF16: run_bf16,
            **{name: run_peer(name) for name in PEERS}}
 # The export each variant runs (bench.models.EXPORTS).
-EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+seed": "legacy", "legacy+pass": "legacy",
+EXPORT_OF = {"paddlenlp-default": "legacy", "legacy": "legacy", "legacy+pr9002": "legacy", "legacy+pass": "legacy",
              "pir": "pir", "static-cache": "static-cache", BF16: "bf16", **dict.fromkeys(PEERS, "weights")}
 # The dtype of each variant's weights and computation, and of each export's weights.
 DTYPE_OF = {**{name: dtype for dtype, names in DTYPE_VARIANTS.items() for name in names},
@@ -124,7 +124,9 @@ def exported_formats(variants) -> tuple:
 
 def _prepare(name: str, model_dir: Path, workdir: Path, settings: dict, rewrite, dtype: str = "float32") -> Variant:
     """Load the program, time ``rewrite`` on fresh translations, save it for its predictor."""
-    from paddlenlp_ext.inference import MODEL_PREFIX, load_program, prepare_program, save_program
+    from paddlenlp_ext.files import MODEL_PREFIX
+    from paddlenlp_ext.inference import prepare_program
+    from paddlenlp_ext.program_files import load_program, save_program
 
     from .pass_timing import time_rewrite
 

@@ -43,7 +43,8 @@ def create_predictor(kind: str, path: str, threads: int | None):
     prefix). ``threads``: Paddle Inference's CPU math threads (None: Paddle's default)."""
     from paddle import inference
 
-    from paddlenlp_ext.inference import create_paddle_predictor, paddlenlp_static_config
+    from paddlenlp_ext.inference import create_paddle_predictor
+    from paddlenlp_ext.paddle_config import paddlenlp_static_config
 
     if kind == "paddlenlp":
         config = paddlenlp_static_config(path)

@@ -5,7 +5,7 @@ Loads a static model directory (``model.pdmodel`` or ``model.json``, with
 time, and prints its loop copies and the analysis of ``remove_loop_assign`` and of
 PR #9002's rule. Nothing is written.
 
-    python scripts/inspect_loop_copies.py path/to/model_dir [--json]
+    python -m paddlenlp_ext.inspect path/to/model_dir [--json]
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
-from paddlenlp_ext.quiet import quiet_paddle
+from .quiet import quiet_paddle
 
 
 class InspectError(Exception):
@@ -31,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def inspect(model_dir: str) -> dict:
     import paddle
 
-    from paddlenlp_ext import remove_loop_assign_pr9002
-    from paddlenlp_ext.inference import ModelDirectoryError, count_loop_copies, load_program, model_format
-    from paddlenlp_ext.passes.remove_loop_assign import analyze_loop_assign
+    from . import remove_loop_assign_pr9002
+    from .program_files import ModelDirectoryError, count_loop_copies, load_program, model_format
+    from .passes.remove_loop_assign import analyze_loop_assign
 
     paddle.enable_static()
     try:
@@ -55,10 +56,7 @@ def inspect(model_dir: str) -> dict:
 
 
 def _count(items) -> dict:
-    counts: dict = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(items).items()))
 
 
 def main(argv=None) -> int:

@@ -14,12 +14,11 @@ live in this one process and the repeats are interleaved (A B C ... A B C ...).
 Correct = both warm-up runs and every timed run give the tokens of the first
 configuration (``a``: oneDNN off, the reference).
 
-    python scripts/onednn_configs.py [--configs a,P,g,n] [--repeats 7] [--context 1024] [--workdir DIR]
+    python scripts/investigations/onednn_configs.py [--configs a,P,g,n] [--repeats 7] [--context 1024] [--workdir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -27,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/: the benchmark's bench package
 from bench.models import GREEDY_SETTINGS, default_intermediate_size
 from bench.worker import run_once
 
 from paddlenlp_ext.cli_flags import OneLineParser
-from paddlenlp_ext.quiet import quiet_paddle
+from paddlenlp_ext.quiet import native_output_to, quiet_paddle
 
 INPLACE_BLACKLIST = "FLAGS_ir_inplace_kernel_blacklist"
 
@@ -83,10 +83,9 @@ def create(prefix: str, onednn=False, delete=(), blacklist="", default=False, pa
 
 def prepare(settings: dict, workdir: Path) -> dict:
     """Export the model and write the three programs: ``{program: prefix}``."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmark import export_model
+    from bench.models import export_model
 
-    from paddlenlp_ext.inference import load_program, save_program
+    from paddlenlp_ext.program_files import load_program, save_program
     from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace
     from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
 
@@ -146,10 +145,8 @@ def main(argv=None) -> int:
     settings = {"layers": args.layers, "hidden_size": args.hidden_size, "heads": 8, "kv_heads": 8, "vocab_size": 2000,
                 "seed": 0, "max_position_embeddings": args.context + 128,
                 "intermediate_size": default_intermediate_size(args.hidden_size)}
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from onednn_bisect import _native_stdout_to_stderr  # Paddle's C++ prints to stdout
-
-    with tempfile.TemporaryDirectory(prefix="onednn_configs-") as scratch, quiet_paddle(), _native_stdout_to_stderr():
+    # Paddle's C++ prints to stdout: sent to stderr, under the table.
+    with tempfile.TemporaryDirectory(prefix="onednn_configs-") as scratch, quiet_paddle(), native_output_to(2, fds=(1,)):
         prefixes = prepare(settings, Path(args.workdir or scratch))
         rows = measure(prefixes, names, args.repeats, args.context, settings["vocab_size"])
     base = rows.get("P")

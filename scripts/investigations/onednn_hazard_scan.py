@@ -17,7 +17,7 @@ write over that buffer while the oneDNN value is still read later in program ord
   are not rank 1 with -1;
 - the oneDNN value is read again after ``P`` (any op, a yield included).
 
-    python scripts/onednn_hazard_scan.py MODEL_PREFIX [--no-placement]
+    python scripts/investigations/onednn_hazard_scan.py MODEL_PREFIX [--no-placement]
 
 The text format of the printed program is Paddle's, not an API: this is a diagnostic
 for a Paddle upgrade, checked by hand against ``paddlenlp_ext.passes.onednn_inplace_guard``.
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        print("usage: python scripts/onednn_hazard_scan.py MODEL_PREFIX [--no-placement]", file=sys.stderr)
+        print("usage: python scripts/investigations/onednn_hazard_scan.py MODEL_PREFIX [--no-placement]", file=sys.stderr)
         return 2
     found = scan(parse(lowered_program(argv[0], "--no-placement" in argv[1:])))
     for (hazard, name, dims, read_later), count in sorted(found.items(), key=lambda kv: (not kv[0][0], kv[0][1])):

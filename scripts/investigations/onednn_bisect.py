@@ -21,7 +21,7 @@ the reference's tokens. A configuration Paddle cannot run (deleting
 ``replace_fetch_with_shadow_output_pass``: no fetch variable) is reported as an error.
 One line per configuration, or one JSON object with ``--json``:
 
-    python scripts/onednn_bisect.py MODEL_DIR [--clean] [--prompt 1,17,45] [--max-new-tokens 10] [--json]
+    python scripts/investigations/onednn_bisect.py MODEL_DIR [--clean] [--prompt 1,17,45] [--max-new-tokens 10] [--json]
 
 What it found on Paddle 3.3.1 (see ``tests/test_inference.py``): only deleting
 ``inplace_pass`` (or ``onednn_placement_pass``, which leaves only the fused matmuls on
@@ -39,7 +39,6 @@ right"), after which ``rsqrt(...) * h`` reads ``h ** 2``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -48,7 +47,7 @@ import tempfile
 import numpy as np
 
 from paddlenlp_ext.cli_flags import OneLineParser
-from paddlenlp_ext.quiet import quiet_paddle
+from paddlenlp_ext.quiet import native_output_to, quiet_paddle
 
 # The passes Paddle Inference 3.3.1 logs ("Running PIR pass [...]") for a CPU config
 # with enable_new_ir(True) and enable_mkldnn(), in order (paddle_pass_builder.cc's
@@ -175,24 +174,6 @@ def create(prefix: str, config: dict):
         paddle.set_flags(previous)
 
 
-@contextlib.contextmanager
-def _native_stdout_to_stderr():
-    """Paddle's C++ prints to stdout (``ReduceMeanCheckIfOneDNNSupport`` from the oneDNN
-    passes, the in-placed ops when a blacklist is set): send it to stderr."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def feed_for(prompt: list[int], max_new_tokens: int) -> dict:
     """Greedy inputs for one prompt, by the names a generation export may take."""
     from paddlenlp_ext.predictor import PredictorArgument, decoding_settings, model_inputs
@@ -214,7 +195,8 @@ def run(predictor, feed: dict) -> np.ndarray:
 def prepare(model_dir: str, clean: bool, staging: str) -> str:
     """Save the model's program (cleaned if asked) as PIR under ``staging``: the prefix."""
     from paddlenlp_ext import remove_loop_assign
-    from paddlenlp_ext.inference import MODEL_PREFIX, ModelDirectoryError, load_program, save_program
+    from paddlenlp_ext.files import MODEL_PREFIX
+    from paddlenlp_ext.program_files import ModelDirectoryError, load_program, save_program
 
     try:
         loaded = load_program(model_dir)
@@ -264,7 +246,7 @@ def bisect(model_dir: str, clean: bool = False, prompt=None, max_new_tokens: int
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with quiet_paddle(), _native_stdout_to_stderr():
+        with quiet_paddle(), native_output_to(2, fds=(1,)):
             found = bisect(args.model_dir, args.clean, args.prompt, args.max_new_tokens)
     except BisectError as error:
         print(f"error: {error}", file=sys.stderr)
