@@ -19,6 +19,8 @@ from paddle.base.layer_helper import LayerHelper
 
 
 def is_legacy_variable(x) -> bool:
+    """``x`` is a Variable of a legacy (ProgramDesc) program being traced: the ops it
+    meets must be appended the legacy way."""
     return isinstance(x, Variable) and not paddle.in_dynamic_mode() and not paddle.framework.use_pir_api()
 
 

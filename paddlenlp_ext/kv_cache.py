@@ -26,6 +26,7 @@ from paddle.base.layer_helper import LayerHelper
 
 from .compat import is_legacy_variable
 
+
 class StaticCacheLayer(NamedTuple):
     """One layer's entry of a static KV cache, as ``GenerationLoop(cache="static")``
     passes it to PaddleNLP's llama in ``past_key_values``.

@@ -151,7 +151,7 @@ from bench.pass_timing import deep_pass
 from bench.peers import PEERS, missing_extras
 from bench.report import machine, plot, records, table, versions
 from bench.roofline import measure_machine, weight_bytes
-from bench.timing import time_variants
+from bench.timing import ChildFailed, time_variants
 from bench.variants import (BASELINE, DTYPE_OF, DTYPE_VARIANTS, EXPORT_DTYPE, LOOP_VARIANTS, RUNNERS,
                             VARIANTS, exported_formats)
 
@@ -444,6 +444,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the child and the temporary files are gone
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ChildFailed as error:  # nothing is written: a table without that variant would read as complete
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     result["wall_s"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=2) + "\n"
     write_atomically(output, lambda tmp: Path(tmp).write_text(text))

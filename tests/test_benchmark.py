@@ -141,6 +141,29 @@ def test_a_preset_sets_the_shape_and_flags_override_it(monkeypatch):
     assert (gqa["hidden_size"], gqa["kv_heads"], gqa["intermediate_size"], gqa["vocab_size"]) == (4096, 8, 14336, 128256)
 
 
+def test_a_failed_child_is_one_error_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    """A variant's child that fails (an engine that crashes: llama.cpp's AMX kernels
+    segfaulted on Q8_0 on one CPU) stops the run with one line naming the child and how
+    it ended, exit 1, and no record: a table without that variant would read as complete."""
+    benchmark = _benchmark_module()
+    from bench.timing import ChildFailed, run_child
+
+    job = {"contexts": [16], "new_tokens": 2, "warmup": 0, "threads": 1,
+           "prompt": {"seed": 0, "batch_size": 1, "vocab_size": 64}, "predictor": ["ours", str(tmp_path / "model")]}
+    with pytest.raises(ChildFailed) as failed:
+        run_child(job, tmp_path)  # no such program: the child raises and exits 1
+    assert str(failed.value).startswith(f"the ours child for {tmp_path / 'model'} failed (exit 1): FileNotFoundError")
+
+    def failing(settings):
+        raise failed.value
+
+    monkeypatch.setattr(benchmark, "benchmark", failing)
+    output = tmp_path / "out" / "bench.json"
+    assert benchmark.main([*TINY, "--output", str(output)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {failed.value}"]
+    assert not output.exists()
+
+
 def test_a_run_whose_files_do_not_fit_tmpdir_is_refused_before_it_starts(monkeypatch):
     """A whole bfloat16 llama2-7B writes its export and its prepared program, two copies
     of 12,852.5 MiB of weights (``docs/benchmark-llama2-7b.md``); Paddle's own error on

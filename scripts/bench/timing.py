@@ -20,6 +20,10 @@ from pathlib import Path
 WORKER = Path(__file__).resolve().with_name("worker.py")
 
 
+class ChildFailed(RuntimeError):
+    """A variant's child process failed (a crash of an engine included): one line says which and how."""
+
+
 @dataclass
 class ContextTiming:
     """One variant's runs at one context: whole runs of ``new_tokens`` and prefill runs
@@ -50,7 +54,7 @@ def run_child(job: dict, scratch: Path) -> dict:
             raise
         if child.returncode != 0:
             tail = stderr.strip().splitlines()[-1:] or ["no message"]
-            raise RuntimeError(f"the {job['predictor'][0]} child for {job['predictor'][1]} failed "
+            raise ChildFailed(f"the {job['predictor'][0]} child for {job['predictor'][1]} failed "
                                f"(exit {child.returncode}): {tail[0]}")
         return json.loads(result_path.read_text())
 
