@@ -675,7 +675,8 @@ def test_an_architecture_static_mode_cannot_export_is_one_line(tmp_path, model_t
 
 
 def test_every_architecture_exports_in_either_format(tmp_path):
-    from paddlenlp_ext.predictor import STATIC_ARCHITECTURES, PredictorArgument, validate
+    from paddlenlp_ext.predictor import PredictorArgument, validate
+    from paddlenlp_ext.predictor_args import STATIC_ARCHITECTURES
 
     for model_type in STATIC_ARCHITECTURES:
         source = _checkpoint_stub(tmp_path / model_type, model_type)
