@@ -43,10 +43,6 @@ def _argmax(x, axis=None, keepdim=False, dtype="int64", name=None):
     return _append_legacy_op("arg_max", {"X": [x]}, attrs, dtype)
 
 
-def _rsqrt(x, name=None):
-    return _append_legacy_op("rsqrt", {"X": [x]}, {}, x.dtype)
-
-
 def _tril(x, diagonal=0, name=None):
     return _append_legacy_op("tril_triu", {"X": [x]}, {"diagonal": int(diagonal), "lower": True}, x.dtype)
 
@@ -100,11 +96,10 @@ def _roll(x, shifts, axis=None, name=None):
 _LEGACY_OPS = {
     "matmul": _matmul,
     "argmax": _argmax,
-    "rsqrt": _rsqrt,
     "tril": _tril,
     "logical_not": _logical_not,
     "roll": _roll,
-    **{name: _unary(name) for name in ("cos", "sin", "tanh")},
+    **{name: _unary(name) for name in ("rsqrt", "cos", "sin", "tanh")},
     "bmm": _bmm,
     "sum": _sum,
 }

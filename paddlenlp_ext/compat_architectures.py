@@ -230,20 +230,6 @@ def _bloom(model):
         yield
 
 
-# --- dispatch ---------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _replaced(replacements):
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
-    for owner, name, value in replacements:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(originals):
-            setattr(owner, name, value)
-
-
 # --- GPT --------------------------------------------------------------------------------
 # 1. GPT's decoder layers keep ``F.gelu`` as an attribute, taken at construction, so the
 #    legacy tracing patches (compat.legacy_export_patches) never reach it: "gelu():
@@ -263,6 +249,20 @@ def _gpt(model):
     finally:
         for layer in layers:
             layer.activation = F.gelu
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _replaced(replacements):
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
+    for owner, name, value in replacements:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(originals):
+            setattr(owner, name, value)
 
 
 PATCHES = {"qwen": _qwen, "mixtral": _mixtral, "bloom": _bloom, "gpt": _gpt}
