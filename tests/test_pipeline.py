@@ -2,6 +2,7 @@
 route (our predictors, the hook, convert, the save hook); and the export cache's key,
 which covers the source of every module that shapes a program."""
 
+import gc
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import paddle
 import pytest
 from onednn_cases import CONV_FEED, CONV_SHAPE, conv_loop, save
+from onednn_random import build_onednn_program
 
 import paddlenlp_ext
 import paddlenlp_ext.inference as inference
@@ -81,6 +83,55 @@ def test_every_step_reports_as_every_pass_does(tmp_path):
         report = pipeline.run_passes(loaded.program, loaded.outputs, steps)
         assert [name for name, _ in report.reports] == names(steps)
         assert all(isinstance(step_report, PassReport) for _, step_report in report.reports)
+
+
+def _held_in_cycles(work) -> list[str]:
+    """The types of the Paddle objects (IR wrappers: ops, values, blocks, programs) that
+    only garbage ``work()`` left in reference cycles still holds."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        work()
+        gc.collect()
+        return sorted({type(held).__qualname__ for garbage in gc.garbage for held in gc.get_referents(garbage)
+                       if type(held).__module__.startswith("paddle.base.libpaddle")})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+
+
+# Random programs whose passes all change something: loop matmuls (every weight counted
+# as large), copies, in-place row writes, ifs, convolutions, bfloat16 weights (on our
+# kernels where the CPU has them), a copy-free loop.
+CYCLE_SEEDS = range(16)
+
+
+def test_no_pass_leaves_a_reference_cycle(tmp_path, every_weight_is_large):
+    """No step of any pipeline leaves a reference cycle: a cycle keeps the Python
+    wrappers of a program's ops and values alive after the program is freed (until the
+    cyclic collector runs), and with them alive Paddle 3.3.1 corrupted the programs built
+    next (``passes.program_index._walk_block``)."""
+    modified = set()
+    for seed in CYCLE_SEEDS:
+        body, shape, _, _ = build_onednn_program(seed)
+        prefix = str(tmp_path / str(seed) / "model")
+        save(prefix, body, shape)
+        for steps in (pipeline.running_passes(), pipeline.running_passes(onednn="off"), pipeline.saving_passes()):
+            loaded = program_files.load_files(prefix, "pir")  # (outside: Paddle's Executor leaves its own)
+            reports = []
+            assert _held_in_cycles(lambda: reports.append(
+                pipeline.run_passes(loaded.program, loaded.outputs, steps))) == [], (seed, names(steps))
+            modified.update(name for name, report in reports[0].reports if report.modified)
+        loaded = program_files.load_files(prefix, "pir")
+        assert _held_in_cycles(lambda: (program_files.count_loop_copies(loaded.program),
+                                        program_files.has_loop(loaded.program))) == [], seed
+    # the walks of every rewriting pass ran to a change
+    assert {"remove_loop_assign", "loop_weight_matmul", "onednn_inplace_guard", "inplace_reads",
+            "onednn_broadcast_add"} <= modified, modified
 
 
 def test_every_route_runs_the_pipelines_passes(tmp_path, recorded):

@@ -343,22 +343,23 @@ def _merged_values(index: ProgramIndex) -> dict:
     reads, which this ignores (counting more reads than there will be only adds
     copies)."""
     merged: dict = {}
-
-    def walk(block, visible: dict) -> None:
-        table = dict(visible)  # a block sees its own and its enclosing blocks' earlier ops
-        for op_id in index.block_ops[block]:
-            info = index.ops[op_id]
-            if info.name not in UNMERGED_OPS:
-                expression = _expression(info, merged)
-                earlier = table.setdefault(expression, op_id)
-                if earlier != op_id:
-                    for mine, theirs in zip(info.results, index.ops[earlier].results):
-                        merged[mine] = merged.get(theirs, theirs)
-            for n in range(info.op.num_regions()):
-                walk((op_id, n), table)
-
-    walk((None, 0), {})
+    _merge_block(index, (None, 0), {}, merged)
     return merged
+
+
+def _merge_block(index: ProgramIndex, block: tuple, visible: dict, merged: dict) -> None:
+    # Module-level recursion, not a nested function (program_index._walk_block says why).
+    table = dict(visible)  # a block sees its own and its enclosing blocks' earlier ops
+    for op_id in index.block_ops[block]:
+        info = index.ops[op_id]
+        if info.name not in UNMERGED_OPS:
+            expression = _expression(info, merged)
+            earlier = table.setdefault(expression, op_id)
+            if earlier != op_id:
+                for mine, theirs in zip(info.results, index.ops[earlier].results):
+                    merged[mine] = merged.get(theirs, theirs)
+        for n in range(info.op.num_regions()):
+            _merge_block(index, (op_id, n), table, merged)
 
 
 def _inplace_buffer(index: ProgramIndex, members: list) -> set:
