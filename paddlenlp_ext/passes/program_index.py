@@ -78,10 +78,11 @@ def walk_ops(program):
 # is freed, until Python's cyclic collector runs. With them alive, Paddle 3.3.1
 # (CPU) corrupted the programs built and rewritten next: crashes in Program::Print, in
 # Value::ReplaceAllUsesWith, "Destroyed a op_result that is still in use" in
-# save_inference_model, a fetched value missing from its program; the oneDNN
-# differential's program work (100 programs, 5 pipelines each) failed so in 14 of 20
-# runs with the collector off and about 1 in 25 with it on, and in none of 26 and 0 of
-# 3 with predictors once no pass left a cycle. How the wrappers do it is not known.
+# save_inference_model, a fetched value missing from its program. With the collector
+# off, the oneDNN differential's program work alone (100 programs, 5 pipelines each)
+# failed so in 14 of 20 runs, and in none of 26 once no pass left a cycle; the whole
+# differential, collector on, in about 1 run of 25 before (none of 4 after, collector
+# off). How the wrappers do it is not known.
 # tests/test_pipeline.py checks that no step of any pipeline leaves one.
 def _walk_block(block):
     for op in block.ops:
