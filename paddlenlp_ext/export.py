@@ -19,7 +19,7 @@ from .files import current_umask
 from . import hook
 from .kv_cache import supports_static_cache
 from .options import CACHES, EXPORT_FORMATS, LOOPS
-from .compat_architectures import export_patches
+from .compat.architectures import export_patches
 from .decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from .files import MODEL_PREFIX
 from .interrupts import raise_if_interrupted

@@ -96,7 +96,7 @@ class DygraphPredictor(BasePredictor):
     def _infer(self, input_ids, attention_mask, max_new_tokens):
         import paddle
 
-        from .compat_architectures import dynamic_patches
+        from .compat.architectures import dynamic_patches
         from .paddle_modes import dygraph_mode
 
         config = self.config

@@ -69,7 +69,7 @@ def is_static_dir(path: Path) -> bool:
 
 # The architectures (config.json's model_type) a checkpoint exports for static mode, in
 # either format (measured on tiny models, Paddle 3.3.1, PaddleNLP 2.8.1: the tokens of
-# PaddleNLP's generate; GPT, QWen, Mixtral and Bloom with compat_architectures' patches).
+# PaddleNLP's generate; GPT, QWen, Mixtral and Bloom with compat.architectures' patches).
 STATIC_ARCHITECTURES = ("llama", "gpt", "chatglm_v2", "qwen", "mixtral", "bloom")
 
 
@@ -106,7 +106,7 @@ def _max_positions(config: PredictorArgument) -> int | None:
 
 def _check_static_context(config: PredictorArgument) -> None:
     """A QWen export (of a checkpoint, or a directory of one) computes with dynamic NTK's
-    alpha at 1 and a rotary cache of seq_length positions (compat_architectures): as
+    alpha at 1 and a rotary cache of seq_length positions (compat.architectures): as
     PaddleNLP does up to seq_length tokens, and not beyond."""
     if config.model_name_or_path is None:
         return

@@ -1,5 +1,5 @@
 """QWen, Mixtral and Bloom (PaddleNLP 2.8.1) in static mode: exported in PIR with
-compat_architectures' patches, cleaned, run on Paddle Inference, the tokens of
+compat.architectures' patches, cleaned, run on Paddle Inference, the tokens of
 PaddleNLP's dynamic generate; without the patches the export fails. Mixtral in dygraph
 with its Paddle 3 fix."""
 
@@ -8,7 +8,7 @@ import paddle
 import pytest
 from test_decoding import left_padded
 
-import paddlenlp_ext.compat_architectures as compat_architectures
+import paddlenlp_ext.compat.architectures as compat_architectures
 from paddlenlp_ext.decoding import DecodingConfig
 from paddlenlp_ext.export import export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel
@@ -35,7 +35,7 @@ CONFIGS = {
                                                                    kv_channels=16, multi_query_group_num=2,
                                                                    max_sequence_length=256, add_qkv_bias=True)),
 }
-# The architectures compat_architectures patches, and a format whose export needs it.
+# The architectures compat.architectures patches, and a format whose export needs it.
 PATCHED = {"qwen": "pir", "mixtral": "pir", "bloom": "pir", "gpt": "legacy"}
 
 
@@ -103,18 +103,18 @@ LEGACY_OP_USERS = {"cos": "chatglm_v2", "sin": "chatglm_v2", "bmm": "chatglm_v2"
 
 @pytest.mark.parametrize("op", sorted(LEGACY_OP_USERS))
 def test_a_legacy_export_fails_without_each_op_it_needs(op, tmp_path, monkeypatch):
-    import paddlenlp_ext.compat as compat
+    import paddlenlp_ext.compat.legacy_ops as legacy_ops
 
-    monkeypatch.setattr(compat, "_LEGACY_OPS", {k: v for k, v in compat._LEGACY_OPS.items() if k != op})
+    monkeypatch.setattr(legacy_ops, "LEGACY_OPS", {k: v for k, v in legacy_ops.LEGACY_OPS.items() if k != op})
     with dygraph_mode(), pytest.raises(Exception, match=r"must be Value, but got (Variable|None)"):
         export_generation_model(tiny(LEGACY_OP_USERS[op]), tmp_path / "export", format="legacy")
 
 
 def test_every_legacy_op_has_a_model_that_needs_it():
-    import paddlenlp_ext.compat as compat
+    import paddlenlp_ext.compat.legacy_ops as legacy_ops
     from test_compat import LLAMA_LEGACY_OPS
 
-    assert set(compat._LEGACY_OPS) == set(LEGACY_OP_USERS) | set(LLAMA_LEGACY_OPS)
+    assert set(legacy_ops.LEGACY_OPS) == set(LEGACY_OP_USERS) | set(LLAMA_LEGACY_OPS)
 
 
 def test_mixtral_generates_in_dygraph_with_its_fix_only():

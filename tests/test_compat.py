@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-import paddlenlp_ext.compat as compat
+import paddlenlp_ext.compat.legacy_ops as legacy_ops
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, export_legacy, export_pir, generation_inputs
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
@@ -31,7 +31,7 @@ LLAMA_LEGACY_OPS = ("argmax", "logical_not", "matmul", "roll", "rsqrt", "tril")
 
 @pytest.mark.parametrize("op", LLAMA_LEGACY_OPS)
 def test_legacy_export_fails_without_each_op_patch(loop, tmp_path, monkeypatch, op):
-    monkeypatch.setattr(compat, "_LEGACY_OPS", {k: v for k, v in compat._LEGACY_OPS.items() if k != op})
+    monkeypatch.setattr(legacy_ops, "LEGACY_OPS", {k: v for k, v in legacy_ops.LEGACY_OPS.items() if k != op})
     with pytest.raises(TypeError, match="must be Value, but got Variable"):
         export(loop, tmp_path)
 
@@ -39,7 +39,7 @@ def test_legacy_export_fails_without_each_op_patch(loop, tmp_path, monkeypatch, 
 def test_legacy_export_fails_without_the_swiglu_patch(loop, tmp_path, monkeypatch):
     import paddle.incubate.nn.functional as incubate
 
-    monkeypatch.setattr(compat, "_swiglu", incubate.swiglu)  # what PaddleNLP would call
+    monkeypatch.setattr(legacy_ops, "_swiglu", incubate.swiglu)  # what PaddleNLP would call
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute"):
         export(loop, tmp_path)
 

@@ -14,6 +14,9 @@ from test_decoding import left_padded, paddlenlp_greedy
 
 import paddlenlp_ext
 import paddlenlp_ext.compat as compat
+import paddlenlp_ext.compat.legacy_ops as legacy_ops
+import paddlenlp_ext.compat.paddlenlp_export as paddlenlp_export
+import paddlenlp_ext.compat.pir_export as pir_export
 from paddlenlp_ext.inference import StaticGenerationModel
 from paddlenlp_ext.models import load_model
 from paddlenlp_ext.paddle_modes import dygraph_mode
@@ -121,7 +124,7 @@ def test_patches_are_restored(llama, tmp_path):
     environment = dict(os.environ)
     for guard in GUARDS.values():
         with guard(), compat.paddlenlp_export_patches():
-            assert generation_utils.TopKProcess is compat._top_k_process
+            assert generation_utils.TopKProcess is paddlenlp_export._top_k_process
         assert [getattr(owner, name) for owner, name in names] == before
         assert dict(os.environ) == environment
 
@@ -130,7 +133,7 @@ def test_patches_are_restored(llama, tmp_path):
 
 
 def test_pir_fails_without_the_attention_patch(llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(compat, "pir_export_patches", contextlib.nullcontext)
+    monkeypatch.setattr(paddlenlp_export, "pir_export_patches", contextlib.nullcontext)
     with pytest.raises(TypeError, match=r"bool\(Tensor\) is not supported") as error:
         to_static(llama[0], tmp_path, "pir")
     assert "attn_weights.shape" in str(error.value)
@@ -139,7 +142,7 @@ def test_pir_fails_without_the_attention_patch(llama, tmp_path, monkeypatch):
 def test_pir_fails_without_the_top_k_process_patch(llama, tmp_path, monkeypatch):
     import paddlenlp.generation.logits_process as logits_process
 
-    monkeypatch.setattr(compat, "_top_k_process", logits_process.TopKProcess)
+    monkeypatch.setattr(paddlenlp_export, "_top_k_process", logits_process.TopKProcess)
     with pytest.raises(TypeError, match=r"bool\(Tensor\) is not supported") as error:
         to_static(llama[0], tmp_path, "pir")
     assert "min(max(top_k, min_tokens_to_keep)" in str(error.value)
@@ -160,33 +163,34 @@ def test_legacy_ignores_top_k_without_the_top_k_process_patch(llama, exported, t
     import paddlenlp.generation.logits_process as logits_process
 
     assert all(k_input and k_input[0].startswith("clip") for k_input, _ in top_k_ops(exported["legacy"][0]))
-    monkeypatch.setattr(compat, "_top_k_process", logits_process.TopKProcess)
+    monkeypatch.setattr(paddlenlp_export, "_top_k_process", logits_process.TopKProcess)
     to_static(llama[0], tmp_path, "legacy")
     assert top_k_ops(tmp_path) == [([], 1), ([], 1)]
 
 
 def test_pir_fails_without_the_view_check_switch(llama, tmp_path, monkeypatch):
     monkeypatch.delenv("stride_in_no_check_dy2st_diff", raising=False)
-    monkeypatch.setattr(compat, "_PIR_ENVIRONMENT", {})
+    monkeypatch.setattr(paddlenlp_export, "_PIR_ENVIRONMENT", {})
     with pytest.raises(ValueError, match="pd_op.increment_'s output variable is a viewed Tensor"):
         to_static(llama[0], tmp_path, "pir")
 
 
 def test_legacy_fails_without_the_llama_legacy_patches(llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(compat, "legacy_export_patches", contextlib.nullcontext)
+    monkeypatch.setattr(paddlenlp_export, "legacy_export_patches", contextlib.nullcontext)
     with pytest.raises(TypeError, match=r"tril\(\): argument \(position 1\) must be Value, but got Variable"):
         to_static(llama[0], tmp_path, "legacy")
 
 
-@pytest.mark.parametrize("op", sorted(compat._SAMPLER_LEGACY_OPS))
+@pytest.mark.parametrize("op", sorted(legacy_ops.SAMPLER_LEGACY_OPS))
 def test_legacy_fails_without_each_sampler_op_patch(llama, tmp_path, monkeypatch, op):
-    monkeypatch.setattr(compat, "_SAMPLER_LEGACY_OPS", {k: v for k, v in compat._SAMPLER_LEGACY_OPS.items() if k != op})
+    monkeypatch.setattr(legacy_ops, "SAMPLER_LEGACY_OPS",
+                        {k: v for k, v in legacy_ops.SAMPLER_LEGACY_OPS.items() if k != op})
     with pytest.raises(TypeError, match=rf"{op}\(\): argument \(position 1\) must be Value, but got Variable"):
         to_static(llama[0], tmp_path, "legacy")
 
 
 def test_legacy_fails_without_the_pad_id_patch(llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(compat, "_fill_special_token_ids", lambda model, config: config)
+    monkeypatch.setattr(paddlenlp_export, "_fill_special_token_ids", lambda model, config: config)
     with pytest.raises(TypeError, match="The fill_value should be .* but received <class 'NoneType'>"):
         to_static(llama[0], tmp_path, "legacy")
 
@@ -194,7 +198,7 @@ def test_legacy_fails_without_the_pad_id_patch(llama, tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt, error", [("pir", r"top_p_sampling.*expected_dtype"),
                                         ("legacy", r"kernel `top_p_sampling` is not registered")])
 def test_top_p_fails_obscurely_without_the_check(llama, tmp_path, monkeypatch, fmt, error):
-    monkeypatch.setattr(compat, "_check_top_p_sampling", lambda config: None)
+    monkeypatch.setattr(paddlenlp_export, "_check_top_p_sampling", lambda config: None)
     with pytest.raises((TypeError, RuntimeError), match=error):
         to_static(llama[0], tmp_path, fmt, TOP_P)
 
@@ -233,6 +237,6 @@ def check_retry_with_the_patches_after_a_failed_export(llama, tmp_path, monkeypa
     unpatched()
     to_static(model, tmp_path, "pir")
     unpatched()  # and the patches do not stay in the cache either
-    monkeypatch.setattr(compat, "_isolated_dy2static_cache", contextlib.nullcontext)
+    monkeypatch.setattr(pir_export, "isolated_dy2static_cache", contextlib.nullcontext)
     with pytest.raises(TypeError, match=r"bool\(Tensor\) is not supported"):
         to_static(model, tmp_path / "again", "pir")

@@ -687,7 +687,7 @@ def test_every_architecture_exports_in_either_format(tmp_path):
 
 def test_static_mode_states_qwens_context_limit(tmp_path):
     """A QWen export computes as PaddleNLP does up to its seq_length tokens
-    (compat_architectures: dynamic NTK's alpha 1, the rotary cache's length)."""
+    (compat.architectures: dynamic NTK's alpha 1, the rotary cache's length)."""
     from paddlenlp_ext.predictor import PredictorArgument, PredictorError, validate
 
     source = _checkpoint_stub(tmp_path / "qwen", "qwen")
@@ -704,7 +704,7 @@ def test_static_mode_states_qwens_context_limit(tmp_path):
 
 def test_a_gpt_checkpoint_runs_in_static_mode_with_generates_tokens(home, tmp_path):
     """GPT (PaddleNLP's GPTForCausalLM) in static mode: exported in PaddleNLP's legacy
-    format (compat_architectures' GPT patch), cleaned, the tokens of PaddleNLP's dynamic
+    format (compat.architectures' GPT patch), cleaned, the tokens of PaddleNLP's dynamic
     generate. One prompt: PaddleNLP's GPT attends to the padding of a batch (its
     prepare_inputs_for_generation drops the attention mask), which our loop masks."""
     import paddle

@@ -1,11 +1,11 @@
 """What tracing PaddleNLP 2.8.1's QWen, Mixtral, Bloom and GPT into a program needs patched
-on Paddle 3.3.1, and running Mixtral at all (``compat.py`` holds the llama's and the
-loop's; the same rules: one patch per upstream behaviour, each undone on exit, each with
+on Paddle 3.3.1, and running Mixtral at all (the rest of ``compat`` holds the llama's and
+the loop's; the same rules: one patch per upstream behaviour, each undone on exit, each with
 a test that fails without it, ``tests/test_architectures.py``).
 
 ``export_patches(model)`` applies the patches of ``model``'s architecture while it is
 exported (either loop, either format: the legacy format also needs the ops
-``compat._LEGACY_OPS`` emits the legacy way); ``dynamic_patches(model)`` those it needs
+``compat.legacy_ops.LEGACY_OPS`` emits the legacy way); ``dynamic_patches(model)`` those it needs
 to generate in dygraph. dy2static converts only functions it finds among their own module's
 globals, so every replacement is a module-level function here. Each keeps PaddleNLP's
 math; what a patch cannot keep is a limit the predictor states (QWen's, below).
@@ -19,7 +19,9 @@ import math
 import paddle
 import paddle.nn.functional as F
 
-from .compat import masked_attention
+from .legacy_ops import legacy_aware_gelu
+from .patching import replaced_attributes
+from .pir_export import masked_attention
 
 # --- QWen -------------------------------------------------------------------------------
 # 1. QWenAttention.forward computes dynamic NTK's alpha from the prompt's length with
@@ -64,23 +66,18 @@ def _qwen_attn(self, query, key, value, attention_mask=None):
 def _qwen(model):
     from paddlenlp.transformers.qwen import modeling
 
-    from .paddle_modes import dygraph_mode
+    from ..paddle_modes import dygraph_mode
 
-    attentions = [layer for layer in model.sublayers() if isinstance(layer, modeling.QWenAttention)]
     with dygraph_mode():
         for layer in model.sublayers():
             if isinstance(layer, modeling.RotaryEmbedding):
                 layer.update_cos_sin_cache(model.config.seq_length)  # (2)
-    saved = [(layer, layer.use_dynamic_ntk, layer._ntk_cached) for layer in attentions]
-    for layer in attentions:
-        layer.use_dynamic_ntk, layer._ntk_cached = False, 1.0  # (1)
-    try:
-        with _replaced([(modeling.RotaryEmbedding, "forward", _qwen_rotary_forward),
-                        (modeling.QWenAttention, "_attn", _qwen_attn)]):
-            yield
-    finally:
-        for layer, dynamic_ntk, alpha in saved:
-            layer.use_dynamic_ntk, layer._ntk_cached = dynamic_ntk, alpha
+    attentions = [layer for layer in model.sublayers() if isinstance(layer, modeling.QWenAttention)]
+    no_dynamic_ntk = [(layer, name, value) for layer in attentions
+                      for name, value in (("use_dynamic_ntk", False), ("_ntk_cached", 1.0))]  # (1)
+    with replaced_attributes(no_dynamic_ntk + [(modeling.RotaryEmbedding, "forward", _qwen_rotary_forward),
+                                               (modeling.QWenAttention, "_attn", _qwen_attn)]):
+        yield
 
 
 # --- Mixtral ----------------------------------------------------------------------------
@@ -95,7 +92,7 @@ def _qwen(model):
 #    ``max_position_embeddings``, the most a model takes, and the traced forward only
 #    slices it.
 # 3. scaled_dot_product_attention compares shapes with lists (``bool(Value)``), as the
-#    llama's does (``compat._llama_attention_without_shape_checks``).
+#    llama's does (``compat.pir_export._llama_attention_without_shape_checks``).
 
 
 def _mixtral_routing(self, hidden_states):
@@ -144,9 +141,9 @@ def _mixtral_attention(query_states, config, key_states, value_states, attention
 def _mixtral(model):
     from paddlenlp.transformers.mixtral import modeling
 
-    with _replaced([(modeling.MixtralSparseMoeBlock, "forward", _mixtral_dense_moe_forward),
-                    (modeling.MixtralRotaryEmbedding, "forward", _mixtral_rotary_forward),
-                    (modeling, "scaled_dot_product_attention", _mixtral_attention)]):
+    with replaced_attributes([(modeling.MixtralSparseMoeBlock, "forward", _mixtral_dense_moe_forward),
+                              (modeling.MixtralRotaryEmbedding, "forward", _mixtral_rotary_forward),
+                              (modeling, "scaled_dot_product_attention", _mixtral_attention)]):
         yield
 
 
@@ -178,7 +175,7 @@ def _mixtral_sparse_moe_forward(self, hidden_states):
 def _mixtral_dynamic(model):
     from paddlenlp.transformers.mixtral import modeling
 
-    with _replaced([(modeling.MixtralSparseMoeBlock, "forward", _mixtral_sparse_moe_forward)]):
+    with replaced_attributes([(modeling.MixtralSparseMoeBlock, "forward", _mixtral_sparse_moe_forward)]):
         yield
 
 
@@ -225,45 +222,24 @@ def _bloom(model):
     from paddlenlp.transformers.bloom import modeling
 
     _bloom_causal_lm_forward = modeling.BloomForCausalLM.forward
-    with _replaced([(modeling.BloomModel, "_prepare_attn_mask", _bloom_prepare_attn_mask),
-                    (modeling.BloomForCausalLM, "forward", _bloom_forward)]):
+    with replaced_attributes([(modeling.BloomModel, "_prepare_attn_mask", _bloom_prepare_attn_mask),
+                              (modeling.BloomForCausalLM, "forward", _bloom_forward)]):
         yield
 
 
 # --- GPT --------------------------------------------------------------------------------
 # 1. GPT's decoder layers keep ``F.gelu`` as an attribute, taken at construction, so the
-#    legacy tracing patches (compat.legacy_export_patches) never reach it: "gelu():
+#    legacy tracing patches (compat.legacy_ops.legacy_export_patches) never reach it: "gelu():
 #    argument (position 1) must be Value, but got Variable". Each is swapped for the
 #    legacy-aware gelu while the model is exported.
 
 
-@contextlib.contextmanager
 def _gpt(model):
-    from .compat import legacy_aware_gelu
-
     layers = [layer for layer in model.sublayers() if getattr(layer, "activation", None) is F.gelu]
-    for layer in layers:
-        layer.activation = legacy_aware_gelu()
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.activation = F.gelu
+    return replaced_attributes([(layer, "activation", legacy_aware_gelu()) for layer in layers])
 
 
 # --- dispatch ---------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _replaced(replacements):
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
-    for owner, name, value in replacements:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(originals):
-            setattr(owner, name, value)
-
 
 PATCHES = {"qwen": _qwen, "mixtral": _mixtral, "bloom": _bloom, "gpt": _gpt}
 DYNAMIC_PATCHES = {"mixtral": _mixtral_dynamic}
