@@ -85,6 +85,46 @@ def test_every_step_reports_as_every_pass_does(tmp_path):
         assert all(isinstance(step_report, PassReport) for _, step_report in report.reports)
 
 
+
+def _pass_functions() -> list:
+    """Every function of ``paddlenlp_ext.passes`` that returns a pass report."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import paddlenlp_ext.passes as passes
+    from paddlenlp_ext.passes.report import PassReport
+
+    found = []
+    for module_info in pkgutil.iter_modules(passes.__path__):
+        module = importlib.import_module(f"paddlenlp_ext.passes.{module_info.name}")
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if function.__module__ != module.__name__:
+                continue
+            returned = inspect.signature(function, eval_str=True).return_annotation
+            if inspect.isclass(returned) and issubclass(returned, PassReport):
+                found.append(function)
+    return found
+
+
+def test_every_pass_is_called_the_same_way():
+    """PassReport's protocol: ``name(program, outputs=None, *, options)``."""
+    from inspect import Parameter, signature
+
+    functions = _pass_functions()
+    assert {function.__name__ for function in functions} == {
+        "fetch_bfloat16_outputs_as_float32", "state_transpose_perms_non_negative", "remove_loop_assign",
+        "remove_loop_assign_pr9002", "carry_loop_caches_permuted", "run_loop_weight_matmuls_as_addmm",
+        "run_loop_bfloat16_matmuls_on_gemv", "run_loop_bfloat16_matmuls_on_batched_kernel",
+        "copy_broadcast_add_operands", "read_inplace_results", "guard_onednn_inplace"}
+    for function in functions:
+        parameters = list(signature(function).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in parameters[:2]] == [
+            ("program", Parameter.POSITIONAL_OR_KEYWORD, Parameter.empty),
+            ("outputs", Parameter.POSITIONAL_OR_KEYWORD, None)], function
+        assert all(p.kind == Parameter.KEYWORD_ONLY for p in parameters[2:]), function
+
+
 def _held_in_cycles(work) -> list[str]:
     """The types of the Paddle objects (IR wrappers: ops, values, blocks, programs) that
     only garbage ``work()`` left in reference cycles still holds."""

@@ -50,10 +50,10 @@ class Float32OutputsReport(PassReport):
         return f"{self.cast} bfloat16 outputs fetched as float32"
 
 
-def fetch_bfloat16_outputs_as_float32(program, outputs: list) -> Float32OutputsReport:
-    """Replace each bfloat16 value in ``outputs`` (the list the caller fetches) by a
-    float32 cast of it appended to ``program``."""
-    indices = [k for k, value in enumerate(outputs) if value.dtype == paddle.bfloat16]
+def fetch_bfloat16_outputs_as_float32(program, outputs: list | None = None) -> Float32OutputsReport:
+    """Replace each bfloat16 value in ``outputs`` (the list the caller fetches; None:
+    none) by a float32 cast of it appended to ``program``."""
+    indices = [k for k, value in enumerate(outputs or ()) if value.dtype == paddle.bfloat16]
     with static_mode(), paddle.pir_utils.IrGuard(), paddle.static.program_guard(program):
         paddle.pir.reset_insertion_point_to_end()  # condition 1
         for k in indices:

@@ -40,9 +40,11 @@ or are the pipeline's):
 
 from __future__ import annotations
 
+from typing import Callable
+
 import paddle
 
-from .loop_matmuls import LoopKernelReport, replace_matmuls, run_on_kernel
+from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel
 from .program_index import PARAMETER
 
 MAX_ROWS = 16  # of x: grouped-query attention's queries per key/value head, or a few sequences
@@ -77,10 +79,12 @@ def _rewrite(program, matmuls: list, product) -> None:
         replace_matmuls(program, chosen, lambda x, y, transpose_y=transpose_y: product(x, y, transpose_y))
 
 
-def run_loop_bfloat16_matmuls_on_batched_kernel(program, load_kernel) -> LoopBfloat16BatchedMatmulReport:
+def run_loop_bfloat16_matmuls_on_batched_kernel(program, outputs=None, *,
+                                                 load_kernel: Callable) -> LoopBfloat16BatchedMatmulReport:
     """Rewrite every matmul the rule selects (all are matched before any is changed).
     ``load_kernel()`` is called only when there is one: it returns ``(product, reason)``,
     ``product(x, y, transpose_y)`` appending the kernel's op, or None and why there is no
     kernel (``native.load_bfloat16_batched_matmul``), in which case nothing changes
-    (condition 6)."""
-    return run_on_kernel(program, _rewritable, load_kernel, _rewrite, LoopBfloat16BatchedMatmulReport)
+    (condition 6). ``outputs``: the pass protocol's (``report.PassReport``); it replaces
+    none."""
+    return LoopBfloat16BatchedMatmulReport(*rewrite_on_kernel(program, _rewritable, load_kernel, _rewrite))

@@ -40,9 +40,11 @@ or are the pipeline's):
 
 from __future__ import annotations
 
+from typing import Callable
+
 import paddle
 
-from .loop_matmuls import LoopKernelReport, replace_matmuls, run_on_kernel
+from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel
 from .program_index import PARAMETER
 
 
@@ -64,9 +66,11 @@ def _rewritable(op) -> bool:
     return x.dtype == paddle.bfloat16 and len(x.shape) >= 1 and x.shape[-1] == weight.shape[1]  # condition 3
 
 
-def run_loop_bfloat16_matmuls_on_gemv(program, load_gemv) -> LoopBfloat16GemvReport:
+def run_loop_bfloat16_matmuls_on_gemv(program, outputs=None, *,
+                                      load_kernel: Callable) -> LoopBfloat16GemvReport:
     """Rewrite every matmul the rule selects (all are matched before any is changed).
-    ``load_gemv()`` is called only when there is one: it returns ``(gemv, reason)``,
+    ``load_kernel()`` is called only when there is one: it returns ``(gemv, reason)``,
     ``gemv(x, w)`` appending the kernel's op, or None and why there is no kernel
-    (``native.load_bfloat16_gemv``), in which case nothing changes (condition 5)."""
-    return run_on_kernel(program, _rewritable, load_gemv, replace_matmuls, LoopBfloat16GemvReport)
+    (``native.load_bfloat16_gemv``), in which case nothing changes (condition 5).
+    ``outputs``: the pass protocol's (``report.PassReport``); it replaces none."""
+    return LoopBfloat16GemvReport(*rewrite_on_kernel(program, _rewritable, load_kernel, replace_matmuls))

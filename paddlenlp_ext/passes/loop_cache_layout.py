@@ -129,12 +129,11 @@ import numpy as np
 import paddle
 
 from ..paddle_modes import static_mode
-from .program_index import ProgramIndex, inplace_map, value_key
+from .program_index import COMBINE, WHILE, YIELD, ProgramIndex, inplace_map, value_key
 from .report import PassReport
-from .transpose_perms import normalised_perm
+from .transpose_perms import TRANSPOSE, normalised_perm
 
-WHILE, CONCAT, COMBINE, TRANSPOSE, FULL, YIELD = (
-    "pd_op.while", "pd_op.concat", "builtin.combine", "pd_op.transpose", "pd_op.full", "cf.yield")
+CONCAT, FULL = "pd_op.concat", "pd_op.full"
 UNSQUEEZE, TILE, RESHAPE, SLICE, STACK, FULL_INT_ARRAY = (
     "pd_op.unsqueeze", "pd_op.tile", "pd_op.reshape", "pd_op.slice", "pd_op.stack", "pd_op.full_int_array")
 SHAPE_READERS = ("pd_op.shape", "pd_op.shape64")

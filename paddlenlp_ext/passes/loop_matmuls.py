@@ -66,16 +66,16 @@ class LoopKernelReport(PassReport):
         return text if self.unavailable is None else f"{text} ({self.unavailable})"
 
 
-def run_on_kernel(program, selected: Callable, load_kernel: Callable, rewrite: Callable,
-                  report: type[LoopKernelReport]) -> LoopKernelReport:
+def rewrite_on_kernel(program, selected: Callable, load_kernel: Callable, rewrite: Callable) -> tuple:
     """Match every loop matmul ``selected(op)`` accepts, then (only when there is one)
     ``load_kernel()``: ``(kernel, None)`` or ``(None, why there is none)``. With a kernel,
-    ``rewrite(program, matmuls, kernel)`` replaces them all; without, nothing changes."""
+    ``rewrite(program, matmuls, kernel)`` replaces them all; without, nothing changes.
+    ``(rewritten, kept, unavailable)``, a ``LoopKernelReport``'s fields."""
     matmuls, kept = loop_matmuls(program, selected)
     if not matmuls:
-        return report(0, kept)
+        return 0, kept, None
     kernel, unavailable = load_kernel()
     if kernel is None:
-        return report(0, kept + len(matmuls), unavailable)
+        return 0, kept + len(matmuls), unavailable
     rewrite(program, matmuls, kernel)
-    return report(len(matmuls), kept)
+    return len(matmuls), kept, None

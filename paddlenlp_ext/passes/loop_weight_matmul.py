@@ -114,8 +114,10 @@ def _rows_times_weight(x, weight):
     return paddle._C_ops.reshape(product, paddle._C_ops.concat([shape, last], 0))
 
 
-def run_loop_weight_matmuls_as_addmm(program, min_elements: int | None = None) -> LoopWeightMatmulReport:
-    """Rewrite every matmul the rule selects (all are matched before any is changed)."""
+def run_loop_weight_matmuls_as_addmm(program, outputs=None, *,
+                                     min_elements: int | None = None) -> LoopWeightMatmulReport:
+    """Rewrite every matmul the rule selects (all are matched before any is changed).
+    ``outputs``: the pass protocol's (``report.PassReport``); it replaces none."""
     matmuls, kept = loop_weight_matmuls(program, min_elements)
     replace_matmuls(program, matmuls, _rows_times_weight)
     return LoopWeightMatmulReport(len(matmuls), kept)

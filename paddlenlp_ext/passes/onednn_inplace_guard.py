@@ -475,15 +475,15 @@ def needs_guard_with_onednn_off(program) -> bool:
     return any(_dtype(result) == paddle.bfloat16 for op in walk_ops(program) for result in op.results())
 
 
-def guard_onednn_inplace(program, outputs=(), *, reads: bool = True) -> OneDNNGuardReport:
+def guard_onednn_inplace(program, outputs=None, *, reads: bool = True) -> OneDNNGuardReport:
     """Insert a copy before every read, of every loop init and yielded value, and of every
     value an if's branch yields, that the rule above selects; ``outputs`` are the values
-    the program's users fetch (condition 4). ``reads=False``: conditions 5 and 6 only (a
+    the program's users fetch (condition 4; None: none). ``reads=False``: conditions 5 and 6 only (a
     configuration without ``inplace_pass``, where the reads need no copy). Returns what
     was copied."""
     index = ProgramIndex.build(program)
     merged = _merged_values(index)
-    reads = _guarded_reads(index, {value_key(v) for v in outputs}, merged) if reads else []
+    reads = _guarded_reads(index, {value_key(v) for v in outputs or ()}, merged) if reads else []
     carried = _carried_blocked(index)
     branch_yields = _branch_yields(index)
     taken = _rolls_of(index, merged)

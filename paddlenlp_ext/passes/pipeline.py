@@ -118,19 +118,19 @@ def _inplace_reads(program, outputs):
 def _remove_loop_assign(program, outputs):
     from .remove_loop_assign import remove_loop_assign
 
-    return remove_loop_assign(program, outputs=outputs)
+    return remove_loop_assign(program, outputs)
 
 
 def _loop_cache_layout(program, outputs):
     from .loop_cache_layout import carry_loop_caches_permuted
 
-    return carry_loop_caches_permuted(program, outputs=outputs)
+    return carry_loop_caches_permuted(program, outputs)
 
 
 def _loop_weight_matmul(program, outputs):
     from .loop_weight_matmul import run_loop_weight_matmuls_as_addmm
 
-    return run_loop_weight_matmuls_as_addmm(program)
+    return run_loop_weight_matmuls_as_addmm(program, outputs)
 
 
 def _loop_bfloat16_gemv(program, outputs):
@@ -139,26 +139,26 @@ def _loop_bfloat16_gemv(program, outputs):
 
     # ``load_bfloat16_gemv`` builds the kernel the first time (seconds): only for programs
     # that have such a product.
-    return run_loop_bfloat16_matmuls_on_gemv(program, load_bfloat16_gemv)
+    return run_loop_bfloat16_matmuls_on_gemv(program, outputs, load_kernel=load_bfloat16_gemv)
 
 
 def _loop_bfloat16_batched_matmul(program, outputs):
     from ..native import load_bfloat16_batched_matmul
     from .loop_bfloat16_batched_matmul import run_loop_bfloat16_matmuls_on_batched_kernel
 
-    return run_loop_bfloat16_matmuls_on_batched_kernel(program, load_bfloat16_batched_matmul)
+    return run_loop_bfloat16_matmuls_on_batched_kernel(program, outputs, load_kernel=load_bfloat16_batched_matmul)
 
 
 def _broadcast_add(program, outputs):
     from .onednn_broadcast_add import copy_broadcast_add_operands
 
-    return copy_broadcast_add_operands(program)
+    return copy_broadcast_add_operands(program, outputs)
 
 
 def _guard(program, outputs):
     from .onednn_inplace_guard import guard_onednn_inplace
 
-    return guard_onednn_inplace(program, outputs=outputs)
+    return guard_onednn_inplace(program, outputs)
 
 
 def _guard_on_our_config(program, outputs):
@@ -172,7 +172,7 @@ def _guard_on_our_config(program, outputs):
     from .onednn_inplace_guard import guard_onednn_inplace
     from .onednn_layouts import has_blocked_layout_ops
 
-    return guard_onednn_inplace(program, outputs=outputs, reads=has_blocked_layout_ops(program))
+    return guard_onednn_inplace(program, outputs, reads=has_blocked_layout_ops(program))
 
 
 def _guard_with_onednn_off(program, outputs):

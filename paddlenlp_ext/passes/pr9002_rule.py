@@ -19,8 +19,10 @@ NOT_ONLY_YIELDED = "result not only yielded"
 DESTINATION_NOT_ARGUMENT = "destination not a block argument"
 
 
-def remove_loop_assign_pr9002(program) -> LoopAssignReport:
-    """Apply PR #9002's rule to ``program`` in place (one sweep, as its DRR pattern)."""
+def remove_loop_assign_pr9002(program, outputs=None) -> LoopAssignReport:
+    """Apply PR #9002's rule to ``program`` in place (one sweep, as its DRR pattern).
+    ``outputs`` (the pass protocol's, ``report.PassReport``) are not read: the rule has
+    no condition on what the caller fetches."""
     index = ProgramIndex.build(program)
     copies_by_loop = loop_copies(index)
     removed, kept = 0, []

@@ -158,7 +158,7 @@ class _Keep(Exception):
         self.reason = reason
 
 
-def remove_loop_assign(program, *, outputs=None) -> LoopAssignReport:
+def remove_loop_assign(program, outputs=None) -> LoopAssignReport:
     """Erase removable ``pd_op.assign_out_`` copies in while bodies, in place.
 
     ``outputs`` are values the caller reads after running the program (fetch
@@ -182,7 +182,7 @@ def remove_loop_assign(program, *, outputs=None) -> LoopAssignReport:
             return LoopAssignReport(removed=removed, loops=sweep.loops, kept=tuple(sweep.kept))
 
 
-def analyze_loop_assign(program, *, outputs=None) -> LoopAssignAnalysis:
+def analyze_loop_assign(program, outputs=None) -> LoopAssignAnalysis:
     """Decide, without changing ``program``, which loop copies are removable now.
 
     (Removing them may make more removable: ``remove_loop_assign`` iterates.)

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 class PassReport:
     """What every pass of ``passes/`` returns (after torch.fx's ``PassResult``): a small
     frozen record of what it did, whose ``modified`` is true exactly when the IR changed,
-    and ``summary()``, one line for logs and CLIs. ``passes.pipeline`` relies on both."""
+    and ``summary()``, one line for logs and CLIs. ``passes.pipeline`` relies on both.
+
+    Every pass is called the same way: ``name(program, outputs=None, *, options)``.
+    ``program`` is rewritten in place; ``outputs`` is the list of values the caller
+    fetches after a run (None: none), which a pass reads where its safety depends on
+    what is fetched, and updates in place where it replaces one; a pass's own options
+    are keyword-only. ``tests/test_pipeline.py`` holds every pass to this."""
 
     @property
     def modified(self) -> bool:
