@@ -22,7 +22,6 @@ legacy one to PIR, as Paddle 3.x does) and ``run_generation`` runs it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,7 +30,7 @@ import paddle
 import paddle.nn.functional as F
 
 from .compat import fresh_trace_records, legacy_export_patches, pir_export_patches
-from .kv_cache import allocate_static_cache, static_cache_attention, static_cache_layers
+from .kv_cache import CACHE_LAYOUTS, StaticCache
 from .last_position import last_position_only
 from .paddle_modes import dygraph_mode
 from .program_files import LoadedProgram, run_program
@@ -205,9 +204,10 @@ class GenerationLoop(paddle.nn.Layer):
     ``max_new_tokens`` positions per layer, allocated after the prefill; each step
     writes its token's keys and values at one position, in place, and attention reads
     the buffers with the positions not yet written masked
-    (``kv_cache.static_cache_attention``, entered around every call of the loop and by
-    the exports). ``"concat"`` (the default) is PaddleNLP's cache, grown by
-    ``paddle.concat`` every step: a copy of the whole cache per token.
+    (``kv_cache.StaticCache``; its patches are entered around every call of the loop and
+    by the exports). ``"concat"`` (the default) is PaddleNLP's cache, grown by
+    ``paddle.concat`` every step: a copy of the whole cache per token
+    (``kv_cache.ConcatCache``).
     """
 
     def __init__(self, model, config: DecodingConfig, cache: str = "concat"):
@@ -217,10 +217,11 @@ class GenerationLoop(paddle.nn.Layer):
         self.model = model
         self.config = config
         self.cache = cache
+        self.cache_layout = CACHE_LAYOUTS[cache]()
         self.vocab_size = model.config.vocab_size
 
     def __call__(self, *args, **kwargs):
-        with _cache_patches(self):
+        with self.cache_layout.patches():
             return super().__call__(*args, **kwargs)
 
     def _token_choice(self, settings: DecodingInputs, logits_dtype) -> TokenChoice:
@@ -312,7 +313,7 @@ class GenerationLoop(paddle.nn.Layer):
         steps = paddle.arange(max_new_tokens[0], dtype="int64").unsqueeze(0)
         rows = paddle.arange(paddle.shape(input_ids)[0], dtype="int64").unsqueeze(1)
         settings = settings._replace(draws=counter_uniform(settings.seed, steps, rows))
-        if self.cache == "static":
+        if isinstance(self.cache_layout, StaticCache):
             return self._decode_with_static_cache(input_ids, attention_mask, max_new_tokens, settings)
         cache, seen, choice, token, finished, generated, position, step, running = self._prefill(
             input_ids, attention_mask, max_new_tokens, settings)
@@ -321,13 +322,19 @@ class GenerationLoop(paddle.nn.Layer):
             logits, cache = self.model(token, position_ids=position, attention_mask=attention_mask,
                                        past_key_values=cache, use_cache=True, return_dict=False)[:2]
             token = self._next_token(logits[:, -1, :], seen, choice, step)
-            token, finished = self._finish(token, finished)
-            seen = _mark_seen(seen, token)
-            generated = paddle.concat([generated, token], axis=1)
-            position = position + 1
-            step = step + 1
-            running = self._running(step, max_new_tokens, finished)
+            token, finished, seen, generated, position, step, running = self._advance(
+                token, finished, seen, generated, position, step, max_new_tokens)
         return generated
+
+    def _advance(self, token, finished, seen, generated, position, step, max_new_tokens) -> tuple:
+        """The loop's state once a step has chosen ``token``, on either cache: ``(token,
+        finished, seen, generated, position, step, running)``."""
+        token, finished = self._finish(token, finished)
+        seen = _mark_seen(seen, token)
+        generated = paddle.concat([generated, token], axis=1)
+        position = position + 1
+        step = step + 1
+        return token, finished, seen, generated, position, step, self._running(step, max_new_tokens, finished)
 
     def _prefill(self, input_ids, attention_mask, max_new_tokens, settings: DecodingInputs) -> tuple:
         """The prompt's forward pass and the first new token, as both caches start:
@@ -383,7 +390,7 @@ class GenerationLoop(paddle.nn.Layer):
         steps write into in place."""
         prompt_cache, seen, choice, token, finished, generated, position, step, running = self._prefill(
             input_ids, attention_mask, max_new_tokens, settings)
-        cache = allocate_static_cache(self.model.config, prompt_cache, max_new_tokens)
+        cache = self.cache_layout.allocate(self.model.config, prompt_cache, max_new_tokens)
         batch = paddle.shape(input_ids)[0]
         # The mask over the buffers' positions once every new token is written: the
         # prompt's, then ones. Each step keeps its positions up to the one it writes.
@@ -394,13 +401,9 @@ class GenerationLoop(paddle.nn.Layer):
             token, cache = self._static_cache_step(token, position, cache, write_position,
                                                    final_mask * (cache_positions <= write_position).astype("int64"),
                                                    seen, choice, step)
-            token, finished = self._finish(token, finished)
-            seen = _mark_seen(seen, token)
-            generated = paddle.concat([generated, token], axis=1)
-            position = position + 1
+            token, finished, seen, generated, position, step, running = self._advance(
+                token, finished, seen, generated, position, step, max_new_tokens)
             write_position = write_position + 1
-            step = step + 1
-            running = self._running(step, max_new_tokens, finished)
         return generated
 
     def _static_cache_step(self, token, position, cache, write_position, attention_mask, seen,
@@ -413,7 +416,7 @@ class GenerationLoop(paddle.nn.Layer):
         be another variable per buffer, copied from the written buffer every step.
         """
         out = self.model(token, position_ids=position, attention_mask=attention_mask,
-                         past_key_values=static_cache_layers(cache, write_position), use_cache=True,
+                         past_key_values=self.cache_layout.layers(cache, write_position), use_cache=True,
                          return_dict=False)
         return self._next_token(out[0][:, -1, :], seen, choice, step), out[1]
 
@@ -437,14 +440,9 @@ def _fresh_copy(loop: GenerationLoop) -> GenerationLoop:
     return GenerationLoop(loop.model, loop.config, cache=loop.cache)
 
 
-def _cache_patches(loop: GenerationLoop):
-    """What running or tracing ``loop`` needs patched for its cache."""
-    return static_cache_attention() if loop.cache == "static" else contextlib.nullcontext()
-
-
 def export_pir(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in Paddle 3's PIR format: ``prefix``.json and ``prefix``.pdiparams."""
-    with paddle.pir_utils.IrGuard(), pir_export_patches(), _cache_patches(loop), dygraph_mode(), \
+    with paddle.pir_utils.IrGuard(), pir_export_patches(), loop.cache_layout.patches(), dygraph_mode(), \
             fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(), full_graph=True)
         paddle.jit.save(static, prefix)
@@ -454,7 +452,7 @@ def export_legacy(loop: GenerationLoop, prefix: str) -> None:
     """Save ``loop`` in the ProgramDesc format of Paddle 2.x and PaddleNLP 2.8 exports:
     ``prefix``.pdmodel and ``prefix``.pdiparams (Paddle 3.x translates it to PIR when it
     loads it)."""
-    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), _cache_patches(loop), dygraph_mode(), \
+    with paddle.pir_utils.OldIrGuard(), legacy_export_patches(), loop.cache_layout.patches(), dygraph_mode(), \
             fresh_trace_records():
         static = paddle.jit.to_static(_fresh_copy(loop), input_spec=generation_inputs(), full_graph=True)
         paddle.jit.save(static, prefix)

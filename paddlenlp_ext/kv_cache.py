@@ -1,16 +1,21 @@
-"""The static KV cache: PaddleNLP's llama attention reading and writing fixed buffers.
+"""The KV cache layouts a ``GenerationLoop`` decodes with, one class each
+(``CACHE_LAYOUTS``, after HF transformers' ``cache_utils``):
 
-PaddleNLP's own cache (``GenerationLoop(cache="concat")``) is a ``(key, value)`` pair per
-layer, [batch, positions, kv_heads, head_dim], grown by ``paddle.concat`` every step: a
-copy of the whole cache per token, which the model's attention does itself.
+- ``ConcatCache`` (``cache="concat"``): PaddleNLP's own, a ``(key, value)`` pair per
+  layer, [batch, positions, kv_heads, head_dim], grown by ``paddle.concat`` every step:
+  a copy of the whole cache per token, which the model's attention does itself.
+- ``StaticCache`` (``cache="static"``): after the prefill, per layer, key and value
+  buffers of prompt + ``max_new_tokens`` positions, heads before positions
+  (``StaticCache.allocate``); each step writes its token's keys and values at one
+  position, in place (``write_cache_position_``, the one update), and attention reads
+  the whole buffers, the positions not yet written masked (``static_cache_attention``,
+  PaddleNLP's ``LlamaAttention.forward`` replaced while a loop runs or is traced). A
+  step's ``past_key_values`` is one ``StaticCacheLayer`` per layer
+  (``StaticCache.layers``).
 
-The static cache (``cache="static"``) allocates, after the prefill, per layer, key and
-value buffers of prompt + ``max_new_tokens`` positions, heads before positions
-(``allocate_static_cache``); each step writes its token's keys and values at one
-position, in place (``write_cache_position_``), and attention reads the whole buffers,
-the positions not yet written masked (``static_cache_attention``, PaddleNLP's
-``LlamaAttention.forward`` replaced while a loop runs or is traced). A step's
-``past_key_values`` is one ``StaticCacheLayer`` per layer (``static_cache_layers``).
+The decode loops themselves stay in ``decoding.GenerationLoop``, one ``while`` body per
+layout: dy2static carries every name a body assigns, and each layout's body must assign
+its own (the static one no model output, which a legacy export would copy every step).
 """
 
 from __future__ import annotations
@@ -168,20 +173,43 @@ def static_cache_attention():
         _paddlenlp_llama_attention_forward = saved_original
 
 
-def allocate_static_cache(config, prompt_cache, max_new_tokens) -> tuple:
-    """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens, head_dim]
-    (positions after the prompt's zero), from the prefill's ``(key, value)`` pairs
-    [B, prompt, kv_heads, head_dim] of a model with this ``config``."""
-    head_dim = config.hidden_size // config.num_attention_heads
-    buffers = []
-    for key, value in prompt_cache:
-        unwritten = paddle.zeros([paddle.shape(key)[0], config.num_key_value_heads, max_new_tokens[0], head_dim],
-                                 dtype=key.dtype)
-        buffers.append((paddle.concat([key.transpose([0, 2, 1, 3]), unwritten], axis=2),
-                        paddle.concat([value.transpose([0, 2, 1, 3]), unwritten], axis=2)))
-    return tuple(buffers)
+class ConcatCache:
+    """PaddleNLP's cache: the model grows its own ``(key, value)`` pairs; nothing of ours
+    runs."""
+
+    name = "concat"
+
+    def patches(self):
+        """What running or tracing a loop on this cache needs patched: nothing."""
+        return contextlib.nullcontext()
 
 
-def static_cache_layers(cache, write_position) -> list:
-    """The ``past_key_values`` of one step: each layer's buffers and where to write."""
-    return [StaticCacheLayer(key, value, write_position) for key, value in cache]
+class StaticCache:
+    """Buffers allocated once after the prefill, written in place each step."""
+
+    name = "static"
+
+    def patches(self):
+        """What running or tracing a loop on this cache needs patched: PaddleNLP's llama
+        attention taking ``StaticCacheLayer`` entries (``static_cache_attention``)."""
+        return static_cache_attention()
+
+    def allocate(self, config, prompt_cache, max_new_tokens) -> tuple:
+        """Per layer, key and value buffers [B, kv_heads, prompt + max_new_tokens, head_dim]
+        (positions after the prompt's zero), from the prefill's ``(key, value)`` pairs
+        [B, prompt, kv_heads, head_dim] of a model with this ``config``."""
+        head_dim = config.hidden_size // config.num_attention_heads
+        buffers = []
+        for key, value in prompt_cache:
+            unwritten = paddle.zeros([paddle.shape(key)[0], config.num_key_value_heads, max_new_tokens[0], head_dim],
+                                     dtype=key.dtype)
+            buffers.append((paddle.concat([key.transpose([0, 2, 1, 3]), unwritten], axis=2),
+                            paddle.concat([value.transpose([0, 2, 1, 3]), unwritten], axis=2)))
+        return tuple(buffers)
+
+    def layers(self, cache, write_position) -> list:
+        """The ``past_key_values`` of one step: each layer's buffers and where to write."""
+        return [StaticCacheLayer(key, value, write_position) for key, value in cache]
+
+
+CACHE_LAYOUTS = {layout.name: layout for layout in (ConcatCache, StaticCache)}

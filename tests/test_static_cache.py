@@ -17,7 +17,7 @@ import paddlenlp_ext.export_model as export_model_cli
 import paddlenlp_ext.predictor as predictor_cli
 from paddlenlp_ext.options import CACHES
 from paddlenlp_ext import remove_loop_assign
-from paddlenlp_ext.kv_cache import allocate_static_cache, static_cache_attention, static_cache_layers
+from paddlenlp_ext.kv_cache import CACHE_LAYOUTS, StaticCache, static_cache_attention
 from paddlenlp_ext.decoding import DecodingConfig, GenerationLoop, run_generation
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies
@@ -123,7 +123,7 @@ def _logits_per_step(model, ids, mask, cache: str, steps: int) -> list:
         logits, past = model(ids, position_ids=positions, attention_mask=mask, use_cache=True, return_dict=False)
         write_position = paddle.to_tensor([ids.shape[1]], dtype="int64")
         if cache == "static":
-            past = allocate_static_cache(model.config, past, paddle.to_tensor([steps], dtype="int64"))
+            past = StaticCache().allocate(model.config, past, paddle.to_tensor([steps], dtype="int64"))
             final_mask = paddle.concat([mask, paddle.ones([mask.shape[0], steps], dtype="int64")], axis=1)
         found = [logits[:, -1, :].numpy()]
         position = positions[:, -1:] + 1
@@ -131,7 +131,7 @@ def _logits_per_step(model, ids, mask, cache: str, steps: int) -> list:
             token = paddle.argmax(logits[:, -1, :], axis=-1, keepdim=True)
             if cache == "static":
                 written = (paddle.arange(final_mask.shape[1]) <= write_position).astype("int64")
-                step_mask, step_past = final_mask * written, static_cache_layers(past, write_position)
+                step_mask, step_past = final_mask * written, StaticCache().layers(past, write_position)
             else:
                 mask = paddle.concat([mask, paddle.ones_like(token)], axis=1)
                 step_mask, step_past = mask, past
@@ -178,6 +178,10 @@ def test_the_attention_patch_is_scoped(models):
     model, tokenizer = models("llama2")
     run_dynamic(GenerationLoop(model, GREEDY, cache="static"), *encode(tokenizer), new_tokens=2)
     assert LlamaAttention.forward is original
+
+
+def test_every_cache_option_has_its_layout():
+    assert tuple(CACHE_LAYOUTS) == CACHES
 
 
 def test_bad_cache_values_are_errors(models, tmp_path):
