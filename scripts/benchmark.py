@@ -382,7 +382,7 @@ def benchmark(settings: dict) -> dict:
     if settings["threads"] is None:  # Paddle's own default, read rather than assumed
         settings["threads"] = inference.Config().cpu_math_library_num_threads()
     progress(f"measuring memory bandwidth and GEMM throughput at {settings['threads']} threads")
-    limits = measure_machine(settings["threads"])
+    limits = measure_machine(settings["threads"], quick=settings["quick"])
     rows, deep = [], None
     with tempfile.TemporaryDirectory(prefix="paddlenlp_ext-bench-") as scratch:
         workdir = Path(scratch)

@@ -205,7 +205,8 @@ def table(result: dict) -> str:
         "",
         "prefill: a run with 1 new token; ms/token: (whole run - prefill run) / (new tokens - 1); "
         f"speed-ups are {BASELINE}'s time over the row's (end to end: tokens/s over {BASELINE}'s).",
-        f"bounds, at {args['threads']} threads on this machine: memory bandwidth "
+        f"bounds, at {args['threads']} threads on this machine"
+        f"{' (--quick: smaller products)' if args.get('quick') else ''}: memory bandwidth "
         f"{result['limits']['bandwidth_gib_s']} GiB/s (the fastest of "
         + ", ".join(f"{name} {speed}" for name, speed in result["limits"].get("bandwidth_readers_gib_s", {}).items())
         + ") for the bytes a decode step reads (at the row's dtype), "

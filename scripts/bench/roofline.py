@@ -54,30 +54,36 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "q8_0": 34 / 32}
 # The GEMM throughput of each dtype, in ``limits``; q8_0's prefill is held to float32's
 # (no int8 GEMM is measured here).
 GEMM_LIMIT = {"float32": "gemm_gflops", "bfloat16": "gemm_gflops_bfloat16", "q8_0": "gemm_gflops"}
-BANDWIDTH_MATRIX = 16384  # 16384^2 float32: 1 GiB
-GEMM_SIZE = 4096
+# The products measured: a full run's, and --quick's (an eighth of the GEMM work and a
+# quarter of the bytes, still 8 times any cache here: a minute less per run, for a run
+# whose figures are not the ones reported).
+SIZES = {"full": {"bandwidth_matrix": 16384,  # 16384^2 float32: 1 GiB
+                  "gemm": 4096},
+         "quick": {"bandwidth_matrix": 8192, "gemm": 2048}}
 GEMM_REPEATS = 8
 
 
-def measure_in_process() -> dict:
+def measure_in_process(sizes: dict) -> dict:
     import numpy as np
 
-    readers = _bandwidth_readers()
-    square = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+    gemm_size = sizes["gemm"]
+    readers = _bandwidth_readers(sizes["bandwidth_matrix"])
+    square = np.random.default_rng(1).random((gemm_size, gemm_size), dtype=np.float32)
     square @ square
     gemm = min(_seconds(lambda: square @ square) for _ in range(3))
     from paddlenlp_ext.cpu import computes_bfloat16
 
     # None on a CPU oneDNN computes no bfloat16 on (where the benchmark runs no bfloat16 row)
-    bfloat16 = round(2 * GEMM_SIZE**3 / _bfloat16_gemm_seconds() / 1e9, 1) if computes_bfloat16() else None
+    bfloat16 = round(2 * gemm_size**3 / _bfloat16_gemm_seconds(gemm_size) / 1e9, 1) if computes_bfloat16() else None
     return {"bandwidth_gib_s": max(readers.values()), "bandwidth_readers_gib_s": readers,
-            "gemm_gflops": round(2 * GEMM_SIZE**3 / gemm / 1e9, 1), "gemm_gflops_bfloat16": bfloat16}
+            "gemm_gflops": round(2 * gemm_size**3 / gemm / 1e9, 1), "gemm_gflops_bfloat16": bfloat16,
+            "sizes": sizes}
 
 
-def _bandwidth_readers() -> dict:
-    """``{reader: GiB/s}``: the best of 5 one-row products over a matrix of
-    ``BANDWIDTH_MATRIX`` squared (float32: 1 GiB; bfloat16: 0.5 GiB), one matrix in
-    memory at a time."""
+def _bandwidth_readers(size: int) -> dict:
+    """``{reader: GiB/s}``: the best of 5 one-row products over a matrix of ``size``
+    squared (a full run's: float32 1 GiB, bfloat16 0.5 GiB), one matrix in memory at a
+    time."""
     import numpy as np
 
     from paddlenlp_ext import mkl_dispatch
@@ -88,12 +94,12 @@ def _bandwidth_readers() -> dict:
 
     paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     readers = {}
-    matrix = np.random.default_rng(0).random((BANDWIDTH_MATRIX, BANDWIDTH_MATRIX), dtype=np.float32)
-    vector = np.ones(BANDWIDTH_MATRIX, np.float32)
+    matrix = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    vector = np.ones(size, np.float32)
     readers["numpy_float32_gemv"] = _read_speed(lambda: matrix @ vector, matrix.nbytes)
     weight = paddle.to_tensor(matrix)
     del matrix
-    row = paddle.ones([1, BANDWIDTH_MATRIX])
+    row = paddle.ones([1, size])
     readers["paddle_float32_matmul"] = _read_speed(lambda: paddle.matmul(row, weight, transpose_y=True),
                                                    4 * weight.size)
     kernel, _ = load_bfloat16_gemv()
@@ -109,8 +115,8 @@ def _read_speed(product, nbytes: int) -> float:
     return round(nbytes / 2**30 / min(_seconds(product) for _ in range(5)), 2)
 
 
-def _bfloat16_gemm_seconds() -> float:
-    """The best of 3 bfloat16 [GEMM_SIZE]^2 products (``transpose_y``) on Paddle's
+def _bfloat16_gemm_seconds(gemm_size: int) -> float:
+    """The best of 3 bfloat16 [gemm_size]^2 products (``transpose_y``) on Paddle's
     Executor, which runs them on oneDNN (dygraph has no bfloat16 CPU matmul)."""
     import numpy as np
     import paddle
@@ -118,15 +124,15 @@ def _bfloat16_gemm_seconds() -> float:
     paddle.enable_static()
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup):
-        a = paddle.static.data("a", [GEMM_SIZE, GEMM_SIZE], "float32")
-        b = paddle.static.data("b", [GEMM_SIZE, GEMM_SIZE], "float32")
+        a = paddle.static.data("a", [gemm_size, gemm_size], "float32")
+        b = paddle.static.data("b", [gemm_size, gemm_size], "float32")
         x, b16 = paddle.cast(a, "bfloat16"), paddle.cast(b, "bfloat16")
-        for _ in range(GEMM_REPEATS):  # chained, so no pass can merge them (entries in [0, 1): 4096**8 fits)
+        for _ in range(GEMM_REPEATS):  # chained, so no pass can merge them (entries in [0, 1): gemm_size**8 fits)
             x = paddle.matmul(x, b16, transpose_y=True)
         done = paddle.cast(x[:1, :1], "float32")
     executor = paddle.static.Executor(paddle.CPUPlace())
     rng = np.random.default_rng(2)
-    feed = {name: rng.random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for name in ("a", "b")}
+    feed = {name: rng.random((gemm_size, gemm_size), dtype=np.float32) for name in ("a", "b")}
     run = lambda: executor.run(main, feed=feed, fetch_list=[done])  # noqa: E731
     run()
     # GEMM_REPEATS products a run amortize the casts and the feed's copies
@@ -139,13 +145,14 @@ def _seconds(work) -> float:
     return time.perf_counter() - start
 
 
-def measure_machine(threads: int) -> dict:
-    """``{"bandwidth_gib_s", "gemm_gflops"}`` with ``threads`` BLAS threads, measured
-    in a child process (BLAS reads its thread count when it loads)."""
+def measure_machine(threads: int, quick: bool = False) -> dict:
+    """``{"bandwidth_gib_s", "gemm_gflops", ...}`` with ``threads`` BLAS threads, on
+    ``SIZES``' quick or full products, measured in a child process (BLAS reads its
+    thread count when it loads)."""
     env = {**os.environ, **{name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                             "MKL_NUM_THREADS")}}
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True,
-                            text=True, timeout=600, check=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "quick" if quick else "full"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -187,4 +194,4 @@ def bounds(settings: dict, machine: dict, context: int, dtype: str, kv_dtype: st
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_in_process()))
+    print(json.dumps(measure_in_process(SIZES[sys.argv[1]])))
