@@ -15,7 +15,7 @@ quiet_imports()
 
 _EXPORTS = {
     "remove_loop_assign": ".passes.remove_loop_assign",
-    "analyze_loop_assign": ".passes.remove_loop_assign",
+    "analyze_loop_assign": ".passes.loop_assign_analysis",
     "remove_loop_assign_pr9002": ".passes.pr9002_rule",
     "LoopAssignReport": ".passes.report",
     "KeptCopy": ".passes.report",

@@ -34,7 +34,7 @@ def inspect(model_dir: str) -> dict:
 
     from . import remove_loop_assign_pr9002
     from .program_files import ModelDirectoryError, count_loop_copies, load_program, model_format
-    from .passes.remove_loop_assign import analyze_loop_assign
+    from .passes.loop_assign_analysis import analyze_loop_assign
 
     paddle.enable_static()
     try:

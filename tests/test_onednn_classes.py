@@ -27,7 +27,8 @@ from test_onednn_inplace_guard import assert_bit_identical, twice
 from paddlenlp_ext.inference import create_paddle_predictor, run_predictor
 from paddlenlp_ext.program_files import load_files, run_program, save_program
 from paddlenlp_ext.passes import onednn_layouts
-from paddlenlp_ext.passes import remove_loop_assign as pass_module
+from paddlenlp_ext.passes import loop_assign_analysis
+from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
 from paddlenlp_ext.passes.onednn_inplace_guard import guard_onednn_inplace, needs_guard_with_onednn_off
 
 # The classes whose unguarded program Paddle's default config gets wrong (the others
@@ -44,7 +45,7 @@ def variants(tmp_path, body, shape=None):
     else:
         save(source, body)
     loaded = load_files(source, "pir")
-    report = pass_module.remove_loop_assign(loaded.program, outputs=loaded.outputs)
+    report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
     save_program(loaded, cleaned)
     guard_onednn_inplace(loaded.program, outputs=loaded.outputs)
     save_program(loaded, converted)
@@ -84,7 +85,7 @@ def test_a_copy_of_a_blocked_onednn_layout_is_kept(tmp_path, monkeypatch):
     """Class 5: removing the copy of relu(conv2d(y)) is right on plain kernels, but on
     oneDNN the copy is what turns the conv's blocked tensor back into a plain one."""
     source, cleaned, converted, report = variants(tmp_path, conv_loop, CONV_SHAPE)
-    assert report.kept_reasons == {pass_module.SOURCE_ONEDNN_LAYOUT: 1} and report.removed == 0
+    assert report.kept_reasons == {loop_assign_analysis.SOURCE_ONEDNN_LAYOUT: 1} and report.removed == 0
     reference = run_program(load_files(source, "pir"), CONV_FEED)
     assert_close_twice(create_paddle_predictor(cleaned), CONV_FEED, reference)
     assert_close_twice(paddle_default_predictor(converted), CONV_FEED, reference)

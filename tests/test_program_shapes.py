@@ -12,7 +12,7 @@ from test_rules import FEED, loop, x_input
 import paddlenlp_ext.passes.pr9002_rule as pr9002
 from paddlenlp_ext.passes.copy_ops import SOURCE
 from paddlenlp_ext.passes.program_index import ProgramIndex
-import paddlenlp_ext.passes.remove_loop_assign as rla
+import paddlenlp_ext.passes.loop_assign_analysis as analysis
 from paddlenlp_ext import remove_loop_assign, remove_loop_assign_pr9002
 
 # -- translated legacy programs -------------------------------------------------------
@@ -89,7 +89,7 @@ def test_translated_chain_and_condition_are_removed():
 
 def test_garbage_collector_off_keeps_every_copy(garbage_collector_off):
     make = lambda: build_legacy(legacy_while_loop, FEED)  # noqa: E731
-    check_pass(make, removed=0, kept={rla.GARBAGE_COLLECTOR_OFF: 4})
+    check_pass(make, removed=0, kept={analysis.GARBAGE_COLLECTOR_OFF: 4})
     # the pass removes all four with the collector on (test above); here that
     # changes the outputs
     assert outputs_change_under(remove_every_loop_copy, make)
@@ -160,12 +160,12 @@ def test_to_static_loop_has_no_copies_and_is_left_alone():
 
 def test_to_static_outer_buffer_write_is_kept():
     make = lambda: build_to_static(loop_with_outer_buffer, SPEC, FEED)  # noqa: E731
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_IN_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_IN_LOOP: 1})
 
 
 def test_to_static_outer_buffer_read_after_loop_is_kept():
     make = lambda: build_to_static(loop_with_buffer_read_after, SPEC, FEED)  # noqa: E731
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_AFTER_LOOP: 1})
 
 
 def test_to_static_outer_buffer_yielded_and_read_through_its_argument_is_kept():
@@ -173,7 +173,7 @@ def test_to_static_outer_buffer_yielded_and_read_through_its_argument_is_kept():
     make = lambda: build_to_static(loop_assigning_into_outer_buffer, SPEC, FEED)  # noqa: E731
     dygraph_acc = _dygraph(loop_assigning_into_outer_buffer)[1]
     assert run(make())[1].tobytes() == dygraph_acc.tobytes()
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_AFTER_COPY: 1})
     assert outputs_change_under(remove_every_loop_copy, make)
 
 
@@ -211,7 +211,7 @@ def edited_legacy_loop():
 
 
 def test_hand_edited_read_of_argument_after_its_copy():
-    check_pass(edited_legacy_loop, removed=3, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    check_pass(edited_legacy_loop, removed=3, kept={analysis.DESTINATION_READ_AFTER_COPY: 1})
     assert outputs_change_under(remove_loop_assign_pr9002, edited_legacy_loop)
 
 
@@ -320,7 +320,7 @@ def test_outer_buffer_an_enclosing_loop_carries_into_the_init_is_kept(through_if
     is read in that iteration only, but an outer buffer it shares is read after the
     loop; and in an earlier iteration the if may have run its other branch."""
     make = _outer_buffer_carried_into_inner_init(through_if)
-    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_READ_AFTER_LOOP: 1})
     assert outputs_change_under(remove_every_loop_copy, make)
 
 
@@ -347,7 +347,7 @@ def test_value_an_enclosing_loop_carries_into_the_init_and_another_argument_is_k
     forward (``q`` is that ``y`` too, in this iteration); ``q`` counts as this
     iteration's also through its init, which stands for every iteration."""
     make = _one_value_carried_into_two_arguments
-    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_READ_AFTER_LOOP: 1})
     assert outputs_change_under(remove_every_loop_copy, make)
 
 
@@ -381,7 +381,7 @@ def test_source_that_a_nested_loop_takes_as_init_is_kept():
         _outer_copy_of_inner_loop_init,
         removed=0,
         # the outer copy reads `v` after the inner loop, so the inner copy stays too
-        kept={rla.SOURCE_IN_NESTED_REGION: 1, rla.INIT_READ_AFTER_LOOP: 1},
+        kept={analysis.SOURCE_IN_NESTED_REGION: 1, analysis.INIT_READ_AFTER_LOOP: 1},
     )
     assert report.loops == 2
     assert outputs_change_under(erase_outer_loop_copies, _outer_copy_of_inner_loop_init)

@@ -16,6 +16,7 @@ from pass_check import check_pass, inference_outputs_change_under, outputs_chang
 from paddle import _C_ops
 
 from paddlenlp_ext import remove_loop_assign_pr9002
+import paddlenlp_ext.passes.loop_assign_analysis as analysis
 import paddlenlp_ext.passes.remove_loop_assign as rla
 
 FEED = {"x": np.arange(6, dtype="float32").reshape(2, 3) / 7}
@@ -111,14 +112,14 @@ def test_dead_write_into_outer_buffer_is_removed():
 
 def test_outputs_none_means_no_extra_outputs():
     built = build_pir(lambda: loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [x_input() * 1]), FEED)
-    assert rla.analyze_loop_assign(built.program, outputs=None).removable
+    assert analysis.analyze_loop_assign(built.program, outputs=None).removable
     assert rla.remove_loop_assign(built.program, outputs=None).removed == 1
 
 
 def test_an_output_of_another_program_is_an_error():
     built = build_pir(lambda: loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [x_input() * 1]), FEED)
     clone = built.program.clone()
-    for check in (rla.remove_loop_assign, rla.analyze_loop_assign):
+    for check in (rla.remove_loop_assign, analysis.analyze_loop_assign):
         with pytest.raises(ValueError, match="not values of this program") as error:
             check(clone, outputs=built.outputs)
         assert "\n" not in str(error.value)
@@ -130,8 +131,8 @@ def test_the_program_is_indexed_once_however_many_loops(monkeypatch):
     every loop and every rewrite, cubic in the number of loops (3 s for 40 loops).
     Now one index is built and updated in place. (Timed on a deep llama: scripts/benchmark.py --pass-layers.)"""
     builds = []
-    original = rla.ProgramIndex.build.__func__
-    monkeypatch.setattr(rla.ProgramIndex, "build", classmethod(lambda cls, p: builds.append(p) or original(cls, p)))
+    original = analysis.ProgramIndex.build.__func__
+    monkeypatch.setattr(analysis.ProgramIndex, "build", classmethod(lambda cls, p: builds.append(p) or original(cls, p)))
 
     def fn():
         x = x_input() * 1
@@ -159,15 +160,15 @@ def test_work_on_loops_in_a_row_grows_linearly(monkeypatch):
             looked_up.append(key)
             return super().get(key, default)
 
-    build_index, reads = rla.ProgramIndex.build.__func__, rla.ProgramIndex.reads
+    build_index, reads = analysis.ProgramIndex.build.__func__, analysis.ProgramIndex.reads
 
     def build(cls, program):
         index = build_index(cls, program)
         index.aliases.edges = CountingEdges(list, index.aliases.edges)
         return index
 
-    monkeypatch.setattr(rla.ProgramIndex, "build", classmethod(build))
-    monkeypatch.setattr(rla.ProgramIndex, "reads", lambda index, key: looked_up.append(key) or reads(index, key))
+    monkeypatch.setattr(analysis.ProgramIndex, "build", classmethod(build))
+    monkeypatch.setattr(analysis.ProgramIndex, "reads", lambda index, key: looked_up.append(key) or reads(index, key))
 
     def work(loops):
         def fn():
@@ -206,7 +207,7 @@ def test_copy_inside_if_in_loop_body_is_kept():
 
         return loop(body, [x_input() * 1])
 
-    check_pass(program(fn), removed=0, kept={rla.NESTED_COPY: 1})
+    check_pass(program(fn), removed=0, kept={analysis.NESTED_COPY: 1})
 
 
 # -- condition 2: branching chains ------------------------------------------------------
@@ -222,7 +223,7 @@ def test_result_overwritten_by_two_copies_is_kept():
 
         return loop(body, [x_input() * 1, x_input() * 2])
 
-    check_pass(program(fn), removed=0, kept={rla.BRANCHING_CHAIN: 3})
+    check_pass(program(fn), removed=0, kept={analysis.BRANCHING_CHAIN: 3})
 
 
 # -- condition 3: destination local to the body -------------------------------------------
@@ -238,7 +239,7 @@ def test_copy_into_body_local_value_is_kept():
         return loop(body, [x_input() * 1])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.LOCAL_DESTINATION: 1})
+    check_pass(make, removed=0, kept={analysis.LOCAL_DESTINATION: 1})
     assert_copy_matters(make)
 
 
@@ -255,7 +256,7 @@ def test_result_read_after_it_is_overwritten_is_kept():
         return loop(body, [x_input() * 1, x_input() * 0])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.RESULT_READ_AFTER_OVERWRITE: 2})
+    check_pass(make, removed=0, kept={analysis.RESULT_READ_AFTER_OVERWRITE: 2})
     assert_copy_matters(make)
 
 
@@ -270,7 +271,7 @@ def test_result_written_in_place_is_kept():
         return loop(body, [x_input() * 1, x_input() * 0])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.RESULT_WRITTEN_OR_ALIASED: 1})
+    check_pass(make, removed=0, kept={analysis.RESULT_WRITTEN_OR_ALIASED: 1})
     assert_copy_matters(make)
 
 
@@ -295,7 +296,7 @@ def _read_after_copy(nested: bool):
 @pytest.mark.parametrize("nested", [False, True], ids=["same block", "nested region"])
 def test_destination_read_after_copy_is_kept(nested):
     make = _read_after_copy(nested)
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_AFTER_COPY: 1})
     assert_copy_matters(make)
     assert outputs_change_under(remove_loop_assign_pr9002, make)  # PR #9002 misses this read
 
@@ -323,9 +324,9 @@ def _outer_write(read_in_body: bool, read_after: bool, as_output: bool = False):
 @pytest.mark.parametrize(
     "read_in_body, read_after, as_output, reason",
     [
-        (True, False, False, rla.DESTINATION_READ_IN_LOOP),
-        (False, True, False, rla.DESTINATION_READ_AFTER_LOOP),
-        (False, False, True, rla.DESTINATION_READ_AFTER_LOOP),
+        (True, False, False, analysis.DESTINATION_READ_IN_LOOP),
+        (False, True, False, analysis.DESTINATION_READ_AFTER_LOOP),
+        (False, False, True, analysis.DESTINATION_READ_AFTER_LOOP),
     ],
     ids=["read in body", "read after loop", "fetched"],
 )
@@ -356,7 +357,7 @@ def _outer_buffer_yielded(read_argument_after_copy: bool):
 
 def test_outer_destination_yielded_and_read_through_its_argument_is_kept():
     make = _outer_buffer_yielded(read_argument_after_copy=True)
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_AFTER_COPY: 1})
     assert_copy_matters(make)
 
 
@@ -376,7 +377,7 @@ def test_outer_destination_used_as_loop_input_is_kept():
         return loop(body, [x_input() * 1, buf])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.DESTINATION_IS_LOOP_INPUT: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_IS_LOOP_INPUT: 1})
     assert_copy_matters(make)
 
 
@@ -392,7 +393,7 @@ def test_persistable_destination_is_kept():
 
     built = build_pir(fn, FEED)
     report = rla.remove_loop_assign(built.program, outputs=built.outputs)
-    assert report.removed == 0 and report.kept_reasons == {rla.DESTINATION_PERSISTABLE: 1}
+    assert report.removed == 0 and report.kept_reasons == {analysis.DESTINATION_PERSISTABLE: 1}
 
 
 # -- condition 6: the block argument's init -----------------------------------------------
@@ -406,7 +407,7 @@ def test_copy_result_yielded_at_another_position_is_kept():
 
         return loop(body, [x_input() * 1, x_input() * 2])
 
-    check_pass(program(fn), removed=0, kept={rla.RESULT_NOT_YIELDED_AT_ARG: 1})
+    check_pass(program(fn), removed=0, kept={analysis.RESULT_NOT_YIELDED_AT_ARG: 1})
 
 
 def test_init_read_after_loop_is_kept():
@@ -421,7 +422,7 @@ def test_init_read_after_loop_is_kept():
         return loop(outer, [x_input() * 0], steps=2)
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_READ_AFTER_LOOP: 1})
     assert_copy_matters(make)  # the copies wrote into `init`
     assert outputs_change_under(remove_loop_assign_pr9002, make)
 
@@ -442,7 +443,7 @@ def test_init_an_enclosing_loop_runs_the_loop_again_from_is_kept():
         return loop(outer, [x_input() * 0], steps=2)
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_READ_AFTER_LOOP: 1})
     assert_copy_matters(make)
 
 
@@ -452,7 +453,7 @@ def test_init_read_in_loop_body_is_kept():
         return loop(lambda x: [_C_ops.assign_out_(x * 2 + init, x)], [init])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.INIT_READ_IN_LOOP: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_READ_IN_LOOP: 1})
     assert_copy_matters(make)
 
 
@@ -467,7 +468,7 @@ def test_init_shared_by_two_loop_variables_is_kept():
         return loop(body, [init, init])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.INIT_SHARED: 1})
+    check_pass(make, removed=0, kept={analysis.INIT_SHARED: 1})
     assert_copy_matters(make)
 
 
@@ -485,7 +486,7 @@ def test_source_mutated_after_copy_is_kept():
         return loop(body, [x_input() * 1])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.SOURCE_MUTATED: 1})
+    check_pass(make, removed=0, kept={analysis.SOURCE_MUTATED: 1})
     assert_copy_matters(make)
 
 
@@ -499,7 +500,7 @@ def test_source_from_outside_the_loop_is_kept():
         return [written, constant + written * 0]
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.SOURCE_NOT_LOCAL: 1})
+    check_pass(make, removed=0, kept={analysis.SOURCE_NOT_LOCAL: 1})
     assert_copy_matters(make)
 
 
@@ -528,7 +529,7 @@ def test_source_computed_from_constants_only_is_kept(kind):
     the copy gone the in-place scale of ``x`` scaled the constant, a little more on
     every run. The Executor does not fold, so only Paddle Inference shows it."""
     make = _loop_invariant_source(kind)
-    check_pass(make, removed=0, kept={rla.SOURCE_CONSTANT: 1})
+    check_pass(make, removed=0, kept={analysis.SOURCE_CONSTANT: 1})
     assert not outputs_change_under(remove_every_loop_copy, make)
     assert inference_outputs_change_under(remove_every_loop_copy, make)
 
@@ -546,7 +547,7 @@ def test_source_yielded_at_two_positions_is_kept():
         return loop(body, [x_input() * 1, x_input() + 1])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.SOURCE_YIELDED_TWICE: 2})
+    check_pass(make, removed=0, kept={analysis.SOURCE_YIELDED_TWICE: 2})
     assert_copy_matters(make)
 
 
@@ -584,7 +585,7 @@ def test_vector_is_read_where_its_consumer_runs():
         combine.move_before(copy)
         return built
 
-    check_pass(make, removed=0, kept={rla.DESTINATION_READ_AFTER_COPY: 1})
+    check_pass(make, removed=0, kept={analysis.DESTINATION_READ_AFTER_COPY: 1})
     assert_copy_matters(make)
 
 
@@ -604,7 +605,7 @@ def test_first_result_of_chain_into_outer_buffer_yielded_is_kept():
         return loop(body, [x_input() * 1])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.RESULT_READ_AFTER_OVERWRITE: 2})
+    check_pass(make, removed=0, kept={analysis.RESULT_READ_AFTER_OVERWRITE: 2})
     assert_copy_matters(make)
 
 
@@ -623,7 +624,7 @@ def test_write_into_loop_condition_not_yielded_as_condition_is_kept():
         i = paddle.full([1], 0, "int64")
         return paddle.static.nn.while_loop(cond, body, [i, x_input() * 1])[1:]
 
-    check_pass(program(fn), removed=0, kept={rla.DESTINATION_IS_CONDITION: 1})
+    check_pass(program(fn), removed=0, kept={analysis.DESTINATION_IS_CONDITION: 1})
 
 
 def test_persistable_init_is_kept():
@@ -633,7 +634,7 @@ def test_persistable_init_is_kept():
 
     built = build_pir(fn, FEED)
     report = rla.remove_loop_assign(built.program, outputs=built.outputs)
-    assert report.removed == 0 and report.kept_reasons == {rla.INIT_PERSISTABLE: 1}
+    assert report.removed == 0 and report.kept_reasons == {analysis.INIT_PERSISTABLE: 1}
 
 
 def test_init_that_is_a_program_output_is_kept():
@@ -645,7 +646,7 @@ def test_init_that_is_a_program_output_is_kept():
         init = x_input() * 1
         return loop(lambda x: [_C_ops.assign_out_(x * 2 + 1, x)], [init]) + [init]
 
-    check_pass(program(fn), removed=0, kept={rla.INIT_READ_AFTER_LOOP: 1})
+    check_pass(program(fn), removed=0, kept={analysis.INIT_READ_AFTER_LOOP: 1})
 
 
 def test_source_produced_by_an_if_is_kept():
@@ -656,7 +657,7 @@ def test_source_produced_by_an_if_is_kept():
 
         return loop(body, [x_input() * 1])
 
-    check_pass(program(fn), removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1})
+    check_pass(program(fn), removed=0, kept={analysis.SOURCE_IN_NESTED_REGION: 1})
 
 
 def test_source_read_inside_an_if_branch_is_removed():
@@ -685,7 +686,7 @@ def test_source_read_inside_a_nested_loop_is_kept():
         x = x_input()
         return loop(body, [x * 1, x * 2])
 
-    check_pass(program(fn), removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1})
+    check_pass(program(fn), removed=0, kept={analysis.SOURCE_IN_NESTED_REGION: 1})
 
 
 def test_source_written_inside_an_if_branch_is_kept():
@@ -704,5 +705,5 @@ def test_source_written_inside_an_if_branch_is_kept():
         return loop(body, [x_input() * 1, x_input() * 2])
 
     make = program(fn)
-    check_pass(make, removed=0, kept={rla.SOURCE_IN_NESTED_REGION: 1})
+    check_pass(make, removed=0, kept={analysis.SOURCE_IN_NESTED_REGION: 1})
     assert_copy_matters(make)
