@@ -17,7 +17,7 @@ from cache_layout_check import run_original_inference
 from loop_programs import INFERENCE_CONFIGS, build_pir, run, run_inference, same_bits
 from paddle import _C_ops
 
-from paddlenlp_ext.passes import loop_cache_layout as layout
+from paddlenlp_ext.passes import loop_cache_layout_analysis as analysis
 from paddlenlp_ext.passes.loop_cache_layout import carry_loop_caches_permuted
 
 B, H, D, PROMPT, STEPS = 2, 3, 4, 5, 3
@@ -199,11 +199,11 @@ def test_a_static_init_leaves_the_carried_length_dynamic():
 
 @pytest.mark.parametrize("variant, kept", [
     ("not-concat", {}),  # no concat cache: nothing to report
-    ("arg-read", {layout.CACHE_READ: 1}),
-    ("concat-read", {layout.CONCAT_READ: 1}),
-    ("two-perms", {layout.NO_TRANSPOSE_CHAIN: 1}),
-    ("yielded-twice", {layout.CONCAT_YIELDED_ELSEWHERE: 1}),
-    ("fetched", {layout.RESULT_IS_OUTPUT: 1}),
+    ("arg-read", {analysis.CACHE_READ: 1}),
+    ("concat-read", {analysis.CONCAT_READ: 1}),
+    ("two-perms", {analysis.NO_TRANSPOSE_CHAIN: 1}),
+    ("yielded-twice", {analysis.CONCAT_YIELDED_ELSEWHERE: 1}),
+    ("fetched", {analysis.RESULT_IS_OUTPUT: 1}),
 ])
 def test_a_broken_condition_keeps_that_cache_as_it_is(variant, kept):
     check_attention_layout(variant, rewritten=1, kept=kept)
@@ -216,7 +216,7 @@ def test_an_in_place_write_to_the_transposed_cache_keeps_that_cache(variant):
     the attention would read the cache itself and the write would land in it, for
     every later step (0.5 off on the output, 13 on the cache). A reshape copies on 3.3.1's
     CPU runtimes, so "written-through-view" shows in the report only."""
-    check_attention_layout(variant, rewritten=1, kept={layout.ATTENTION_READ_WRITTEN: 1})
+    check_attention_layout(variant, rewritten=1, kept={analysis.ATTENTION_READ_WRITTEN: 1})
 
 
 @pytest.mark.parametrize("variant, loops", [("transposed-yielded", 1), ("yielded-to-inner-loop", 2)])
@@ -224,7 +224,7 @@ def test_a_transposed_cache_that_leaves_the_step_keeps_that_cache(variant, loops
     """Condition 7: yielded to another loop variable, the transposed keys would be the
     cache's own buffer there, which the next step writes in place; an inner loop's first
     iteration writes its init."""
-    check_attention_layout(variant, rewritten=1, kept={layout.ATTENTION_READ_ESCAPES: 1}, loops=loops)
+    check_attention_layout(variant, rewritten=1, kept={analysis.ATTENTION_READ_ESCAPES: 1}, loops=loops)
 
 
 @pytest.mark.parametrize("variant", ["shared-init", "init-written"])
@@ -232,7 +232,7 @@ def test_an_init_the_loop_writes_keeps_that_cache(variant):
     """Condition 8: in the first iteration the cache is its init's buffer, which another
     loop variable starting from it, or the body itself, writes before the concat reads
     it; carried permuted, the cache starts from a copy made before the loop."""
-    check_attention_layout(variant, rewritten=1, kept={layout.INIT_SHARED: 1})
+    check_attention_layout(variant, rewritten=1, kept={analysis.INIT_SHARED: 1})
 
 
 def test_negative_axes_count_from_the_end():
@@ -266,21 +266,21 @@ def _replace_operand(op, index: int, make) -> None:
 
 MALFORMED = {  # attribute -> (loop, how it is broken, the reason reported)
     "perm not a permutation": ("plain", lambda p: _key_cache_readers(p, "pd_op.transpose")[0].set_int_array_attr(
-        "perm", [0, 2, 2, 3]), layout.NO_TRANSPOSE_CHAIN),
+        "perm", [0, 2, 2, 3]), analysis.NO_TRANSPOSE_CHAIN),
     "perm entry out of range": ("plain", lambda p: _key_cache_readers(p, "pd_op.transpose")[0].set_int_array_attr(
-        "perm", [0, 2, 1, 7]), layout.NO_TRANSPOSE_CHAIN),
+        "perm", [0, 2, 1, 7]), analysis.NO_TRANSPOSE_CHAIN),
     "concat axis out of range": ("plain", lambda p: _replace_operand(
-        _key_concat(p), 1, lambda: paddle.full([1], 9, "int32")), layout.CONCAT_NOT_SIMPLE),
+        _key_concat(p), 1, lambda: paddle.full([1], 9, "int32")), analysis.CONCAT_NOT_SIMPLE),
     "concat axis not whole": ("plain", lambda p: _replace_operand(
-        _key_concat(p), 1, lambda: paddle.full([1], 1.5, "float32")), layout.CONCAT_NOT_SIMPLE),
+        _key_concat(p), 1, lambda: paddle.full([1], 1.5, "float32")), analysis.CONCAT_NOT_SIMPLE),
     "unsqueeze axis out of range": ("grouped", lambda p: _replace_operand(
-        _key_cache_readers(p, "pd_op.unsqueeze")[0], 1, lambda: paddle.full([1], 9, "int64")), layout.CONCAT_READ),
+        _key_cache_readers(p, "pd_op.unsqueeze")[0], 1, lambda: paddle.full([1], 9, "int64")), analysis.CONCAT_READ),
     "tile times 0": ("grouped", lambda p: _replace_operand(
         _key_cache_readers(p, "pd_op.tile")[0], 1,
-        lambda: _C_ops.full_int_array([1, 1, 1, 0, 1], paddle.int64, paddle.CPUPlace())), layout.CONCAT_READ),
+        lambda: _C_ops.full_int_array([1, 1, 1, 0, 1], paddle.int64, paddle.CPUPlace())), analysis.CONCAT_READ),
     "two inferred entries": ("grouped", lambda p: _replace_operand(
         _key_cache_readers(p, "pd_op.reshape")[0], 1,
-        lambda: _C_ops.full_int_array([-1, -1, G * N, D], paddle.int64, paddle.CPUPlace())), layout.CONCAT_READ),
+        lambda: _C_ops.full_int_array([-1, -1, G * N, D], paddle.int64, paddle.CPUPlace())), analysis.CONCAT_READ),
 }
 
 
@@ -367,7 +367,7 @@ def grouped_attention_loop(variant: str = "each"):
     return [acc, paddle.sum(k[:, -2:], axis=1) + v[:, 0]]
 
 
-CONCAT_READ, REPEAT_READ = {layout.CONCAT_READ: 1}, {layout.REPEAT_READ: 1}
+CONCAT_READ, REPEAT_READ = {analysis.CONCAT_READ: 1}, {analysis.REPEAT_READ: 1}
 GROUPED_VARIANTS = [("each", 2, {}), ("whole", 2, {}), ("each-from-the-end", 2, {}), ("whole-from-the-end", 2, {}),
                     ("new-axis-elsewhere", 1, CONCAT_READ), ("unsqueeze-read", 1, CONCAT_READ),
                     ("tile-read", 1, CONCAT_READ), ("swapped-target", 1, CONCAT_READ), ("repeat-read", 1, REPEAT_READ),
@@ -478,8 +478,8 @@ def random_cache_loop(seed: int):
     return build, feed, expected, dict(sorted(kept.items()))
 
 
-REFUSALS = {"arg-read": layout.CACHE_READ, "concat-read": layout.CONCAT_READ,
-            "yielded-twice": layout.CONCAT_YIELDED_ELSEWHERE, "fetched": layout.RESULT_IS_OUTPUT}
+REFUSALS = {"arg-read": analysis.CACHE_READ, "concat-read": analysis.CONCAT_READ,
+            "yielded-twice": analysis.CONCAT_YIELDED_ELSEWHERE, "fetched": analysis.RESULT_IS_OUTPUT}
 
 
 def test_random_cache_loops_keep_their_outputs():
