@@ -51,3 +51,9 @@ def computes_bfloat16() -> bool:
 def has_avx512_bf16() -> bool:
     """True when this CPU has the AVX512-BF16 instructions (``native``'s kernels)."""
     return "avx512_bf16" in cpu_flags()
+
+
+@functools.cache
+def is_amd() -> bool:
+    """True on an AMD processor (``vendor_id: AuthenticAMD``)."""
+    return first_processor(read_cpuinfo()).get("vendor_id") == "AuthenticAMD"

@@ -29,12 +29,22 @@ def garbage_collector_off():
 @pytest.fixture
 def every_weight_is_large(monkeypatch):
     """Our CPU configuration runs a decode loop's products with large weight matrices
-    on the plain GEMM (passes.loop_weight_matmul); the suite's models are tiny, so a
-    test that should run the rewrite as a llama2-7B-sized model gets it counts every
-    matrix as large."""
+    on the plain GEMM (passes.loop_weight_matmul), or on AMD processors on our float32
+    kernel (passes.loop_float32_gemv); the suite's models are tiny, so a test that
+    should run the rewrite as a llama2-7B-sized model gets it counts every matrix as
+    large."""
     from paddlenlp_ext.passes import loop_weight_matmul
 
     monkeypatch.setattr(loop_weight_matmul, "MIN_WEIGHT_ELEMENTS", 0)
+
+
+@pytest.fixture
+def float32_products_on_mkl(monkeypatch):
+    """The pipeline as it is on an Intel processor, on any CPU: a decode loop's float32
+    weight products go to MKL's GEMM (``addmm``), none to our kernel."""
+    from paddlenlp_ext.passes import pipeline
+
+    monkeypatch.setattr(pipeline, "float32_gemv_pays", lambda: False)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_a_failed_build_is_one_reason_not_an_error(tmp_path, monkeypatch):
     from paddlenlp_ext import native
 
     monkeypatch.setenv("PADDLENLP_EXT_HOME", str(tmp_path))
-    monkeypatch.setattr(native, "_SOURCE", tmp_path / "broken.cc")
+    monkeypatch.setattr(native, "_SOURCES", (tmp_path / "broken.cc",))
     (tmp_path / "broken.cc").write_text("this is not C++\n")
     why = native._unavailable.__wrapped__()  # a build, not this process's cached kernels
     assert why.startswith("the paddlenlp_ext_bfloat16_gemv kernels could not be built")

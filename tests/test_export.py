@@ -12,7 +12,9 @@ from paddlenlp_ext.decoding import DecodingConfig
 from paddlenlp_ext.decoding_settings import SETTING_INPUTS
 from paddlenlp_ext.export import METADATA_FILE, ExportError, export_generation_model
 from paddlenlp_ext.inference import StaticGenerationModel, executed_loop_copies, executed_loop_ops
+from paddlenlp_ext.native import load_float32_gemv
 from paddlenlp_ext.paddle_modes import dygraph_mode
+from paddlenlp_ext.passes import pipeline
 
 TEXTS = ["The weather today", "My favourite recipe for a quick dinner with friends is"]
 NEW_TOKENS = 8
@@ -66,9 +68,13 @@ def test_greedy_tokens_are_identical_in_every_variant(models, exports, tmp_path,
         static = StaticGenerationModel(exported.directory, remove_loop_assign=at_load, dump_optimized_to=str(dump))
         np.testing.assert_array_equal(static.run(feed(ids, mask)), reference, err_msg=variant)
         executed = executed_loop_copies(str(dump))
-        # Each decode step's weight products run on the plain GEMM (passes.loop_weight_matmul):
-        # q, k, v, o, gate, up and down in every layer, and the lm_head.
-        assert executed_loop_ops(str(dump))["addmm"] == 7 * model.config.num_hidden_layers + 1, variant
+        # Each decode step's weight products run on the plain GEMM (passes.loop_weight_matmul)
+        # or on AMD processors on our kernel (passes.loop_float32_gemv): q, k, v, o, gate, up
+        # and down in every layer, and the lm_head.
+        products = executed_loop_ops(str(dump))
+        on_kernel = products["paddlenlp_ext_float32_gemv"]
+        assert products["addmm"] + on_kernel == 7 * model.config.num_hidden_layers + 1, variant
+        assert bool(on_kernel) == (pipeline.float32_gemv_pays() and load_float32_gemv()[0] is not None), variant
         if fmt == "legacy":
             assert static.copies_before > 0  # the translated loop has copies...
             assert executed == (0 if at_load else static.copies_before)  # ...gone only with the pass

@@ -90,7 +90,7 @@ def test_a_matrix_under_the_size_threshold_is_kept():
     assert (report.rewritten, report.kept, report.modified) == (0, 5, False), report.summary()
 
 
-def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_large):
+def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_large, float32_products_on_mkl):
     """Premise of condition 5: ``inplace_pass`` (it runs when oneDNN is off) leaves
     ``addmm`` alone, so it never writes its product over the zeros, a constant Paddle may
     fold and reuse (their shapes differ: [1, N] and [rows, N])."""
@@ -109,7 +109,8 @@ def test_no_configuration_makes_addmm_write_in_place(tmp_path, every_weight_is_l
     (ADDMM_MAX_BATCH + 1, "all", 0),  # oneDNN's matmul: the plain GEMM's time grows with the rows
     (ADDMM_MAX_BATCH + 1, "off", 2),  # no oneDNN to run them on
 ])
-def test_the_batch_size_picks_the_loop_weight_kernel(tmp_path, every_weight_is_large, batch_size, onednn, rewritten):
+def test_the_batch_size_picks_the_loop_weight_kernel(tmp_path, every_weight_is_large, float32_products_on_mkl,
+                                                      batch_size, onednn, rewritten):
     """StaticGenerationModel(batch_size=...) prepares the program for that many sequences:
     what its predictor executes, and its outputs, which are the same for any batch fed."""
     save_inference(build_pir(loop_with_weight_matmuls, FEED), str(tmp_path / "model" / "model"))

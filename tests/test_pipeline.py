@@ -24,19 +24,21 @@ def names(steps):
 
 
 FIRST = ["float32_outputs", "transpose_perms"]  # every route
+# The loop's float32 weight products: on our kernel first on AMD processors, then MKL's GEMM.
+WEIGHTS = (["loop_float32_gemv"] if pipeline.float32_gemv_pays() else []) + ["loop_weight_matmul"]
 GUARD = ["onednn_inplace_guard"]
 BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 
 
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
+     FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
               "loop_bfloat16_batched_matmul"] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul"]
      + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_weight_matmul", "loop_bfloat16_gemv",
+     FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
               "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
     ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
     ("cpu", "all", 1, False, FIRST + BROADCAST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
@@ -115,6 +117,7 @@ def test_every_pass_is_called_the_same_way():
     assert {function.__name__ for function in functions} == {
         "fetch_bfloat16_outputs_as_float32", "state_transpose_perms_non_negative", "remove_loop_assign",
         "remove_loop_assign_pr9002", "carry_loop_caches_permuted", "run_loop_weight_matmuls_as_addmm",
+        "run_loop_float32_matmuls_on_gemv",
         "run_loop_bfloat16_matmuls_on_gemv", "run_loop_bfloat16_matmuls_on_batched_kernel",
         "copy_broadcast_add_operands", "read_inplace_results", "guard_onednn_inplace"}
     for function in functions:
@@ -145,7 +148,7 @@ def _held_in_cycles(work) -> list[str]:
 
 
 # Random programs on which every rewriting pass changes something: loop matmuls (every
-# weight counted as large), copies, in-place row writes, ifs, convolutions, bfloat16
+# weight counted as large: on our float32 kernel or MKL's GEMM, as the pipeline says), copies, in-place row writes, ifs, convolutions, bfloat16
 # weights and attention (on our kernels where the CPU has them), a copy-free loop (7).
 # Seed 15 is the first whose bfloat16 attention products go to our batched kernel.
 CYCLE_SEEDS = (*range(8), 15)
@@ -175,7 +178,8 @@ def test_no_pass_leaves_a_reference_cycle(tmp_path, every_weight_is_large):
                                         program_files.has_loop(loaded.program))) == [], seed
     # the walks of every rewriting pass ran to a change
     kernels = {"loop_bfloat16_gemv", "loop_bfloat16_batched_matmul"} if kernel is not None else set()
-    assert {"remove_loop_assign", "loop_weight_matmul", "onednn_inplace_guard", "inplace_reads",
+    float32 = "loop_float32_gemv" if kernel is not None and pipeline.float32_gemv_pays() else "loop_weight_matmul"
+    assert {"remove_loop_assign", float32, "onednn_inplace_guard", "inplace_reads",
             "onednn_broadcast_add"} | kernels <= modified, modified
 
 

@@ -5,15 +5,18 @@ rows of bfloat16 activations and a bfloat16 weight matrix stored ``[out, in]``
 (``bfloat16_gemv.cc`` says why oneDNN's matmul is not enough at one row);
 ``load_bfloat16_batched_matmul()`` gives ``product(x, y, transpose_y)``: ``x @ y^T`` or
 ``x @ y`` per batch, for a few rows and bfloat16 matrices (a decode step's attention
-over its KV cache). They are built
+over its KV cache); ``load_float32_gemv()`` gives ``paddlenlp_ext_float32_gemv(x, w)``:
+``x @ w`` for a few rows of float32 activations and a float32 weight matrix stored
+``[in, out]``, its rows split between threads (``float32_gemv.cc`` says why MKL's GEMM is
+not enough on AMD processors). They are built
 from the shipped source the first time a process asks for it, with the compiler Paddle's
 ``cpp_extension`` uses, into ``<cache home>/native/`` (``files.cache_home``; about 15 s,
 once per source and Paddle version; concurrent builds wait on a lock), and registered
 in the process, so that Paddle Inference can run programs holding it.
 
 When the CPU lacks AVX512-BF16 or the build fails (no compiler), there is no kernel:
-each loader returns None and why, in one line; callers keep oneDNN's matmul, which is
-right, only slower.
+each loader returns None and why, in one line; callers keep oneDNN's matmul (MKL's GEMM
+for float32), which is right, only slower.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ logger = logging.getLogger("paddlenlp_ext")
 BFLOAT16_GEMV = "paddlenlp_ext_bfloat16_gemv"
 BFLOAT16_BATCHED_MATMUL = "paddlenlp_ext_bfloat16_batched_matmul"  # x @ y
 BFLOAT16_BATCHED_MATMUL_T = "paddlenlp_ext_bfloat16_batched_matmul_t"  # x @ y^T
-NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T)
-_SOURCE = Path(__file__).resolve().parent / "bfloat16_gemv.cc"
+FLOAT32_GEMV = "paddlenlp_ext_float32_gemv"
+NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T, FLOAT32_GEMV)
+# One library (its name: the first op's) for every kernel: built, and available, together.
+_SOURCES = tuple(Path(__file__).resolve().parent / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc"))
 _CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
@@ -69,6 +74,19 @@ def load_bfloat16_batched_matmul():
     return (None, reason) if reason else (_bfloat16_batched_matmul_op, None)
 
 
+def load_float32_gemv():
+    """``(op, None)``, ``op(x, w)`` appending or running the float32 kernel, or ``(None,
+    why there is none)``."""
+    reason = _unavailable()
+    return (None, reason) if reason else (_float32_gemv_op, None)
+
+
+def _float32_gemv_op(x, w):
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op(FLOAT32_GEMV, x, w)[0]
+
+
 def _bfloat16_gemv_op(x, w):
     from paddle import _C_ops
 
@@ -84,20 +102,21 @@ def _bfloat16_batched_matmul_op(x, y, transpose_y: bool):
 def _build_and_register() -> None:
     import paddle
 
-    source = _SOURCE.read_bytes()
+    sources = [path.read_bytes() for path in _SOURCES]
     libs = Path(paddle.__file__).resolve().parent / "libs"
     # libiomp5, the OpenMP runtime of Paddle's oneDNN and MKL: the kernel's threads are
     # theirs, sized by the thread count Paddle Inference sets.
     ldflags = [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
-    key = hashlib.sha256(b"\0".join([source, paddle.__version__.encode(), *(f.encode() for f in _CXXFLAGS),
+    key = hashlib.sha256(b"\0".join([*sources, paddle.__version__.encode(), *(f.encode() for f in _CXXFLAGS),
                                      *(f.encode() for f in ldflags)])).hexdigest()[:16]
     directory = cache_home() / "native" / f"{BFLOAT16_GEMV}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory / ".lock"), library_quiet():
         from paddle.utils import cpp_extension  # warns (no ccache) on import
 
-        cpp_extension.load(name=BFLOAT16_GEMV, sources=[str(_SOURCE)], extra_cxx_cflags=list(_CXXFLAGS),
-                           extra_ldflags=ldflags, build_directory=str(directory), verbose=False)
+        cpp_extension.load(name=BFLOAT16_GEMV, sources=[str(path) for path in _SOURCES],
+                           extra_cxx_cflags=list(_CXXFLAGS), extra_ldflags=ldflags, build_directory=str(directory),
+                           verbose=False)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   ``onednn`` says (``ONEDNN_MODES``) for ``batch_size`` sequences a run:
   ``float32_outputs``, ``transpose_perms``, ``remove_loop_assign`` (when asked),
   ``loop_cache_layout`` (every
-  device); on CPU ``loop_weight_matmul`` (up to ``ADDMM_MAX_BATCH`` sequences, or with
-  oneDNN off), ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
+  device); on CPU ``loop_float32_gemv`` (on AMD processors, where the kernel exists) then
+  ``loop_weight_matmul`` (both up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off),
+  ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
   kernels exist); on CPU with oneDNN on, ``onednn_broadcast_add``; ``inplace_reads``;
   on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
@@ -133,6 +134,13 @@ def _loop_weight_matmul(program, outputs):
     return run_loop_weight_matmuls_as_addmm(program, outputs)
 
 
+def _loop_float32_gemv(program, outputs):
+    from ..native import load_float32_gemv
+    from .loop_float32_gemv import run_loop_float32_matmuls_on_gemv
+
+    return run_loop_float32_matmuls_on_gemv(program, outputs, load_kernel=load_float32_gemv)
+
+
 def _loop_bfloat16_gemv(program, outputs):
     from ..native import load_bfloat16_gemv
     from .loop_bfloat16_gemv import run_loop_bfloat16_matmuls_on_gemv
@@ -202,6 +210,9 @@ ONEDNN_BROADCAST_ADD = PassStep("onednn_broadcast_add", _broadcast_add)
 INPLACE_READS = PassStep("inplace_reads", _inplace_reads)
 LOOP_CACHE_LAYOUT = PassStep("loop_cache_layout", _loop_cache_layout)
 LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
+# Where MKL's one-row GEMM does not use a second thread (AMD processors: ``float32_gemv_pays``);
+# before loop_weight_matmul, which keeps the products it leaves.
+LOOP_FLOAT32_GEMV = PassStep("loop_float32_gemv", _loop_float32_gemv)
 # Where the kernel exists (``native``: else the step keeps every matmul); before the
 # guard, which sees its readers.
 LOOP_BFLOAT16_GEMV = PassStep("loop_bfloat16_gemv", _loop_bfloat16_gemv)
@@ -214,6 +225,15 @@ ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
 ONEDNN_GUARD_OURS = PassStep("onednn_inplace_guard", _guard_on_our_config)
 # What our configuration with oneDNN off needs (inplace_pass on, oneDNN for bfloat16 ops).
 ONEDNN_GUARD_OFF = PassStep("onednn_inplace_guard", _guard_with_onednn_off)
+
+
+def float32_gemv_pays() -> bool:
+    """Whether a decode loop's float32 weight products run on our kernel
+    (``loop_float32_gemv``) rather than MKL's GEMM: on AMD processors, where MKL reads a
+    one-row product at one core's speed whatever the thread count."""
+    from ..cpu import is_amd
+
+    return is_amd()
 
 
 def saving_passes(remove_copies: bool = True) -> tuple[PassStep, ...]:
@@ -235,7 +255,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
             steps.append(REMOVE_LOOP_ASSIGN)
         steps.append(LOOP_CACHE_LAYOUT)
         if device == "cpu" and (onednn == "off" or batch_size <= ADDMM_MAX_BATCH):
-            steps.append(LOOP_WEIGHT_MATMUL)
+            steps += [LOOP_FLOAT32_GEMV, LOOP_WEIGHT_MATMUL] if float32_gemv_pays() else [LOOP_WEIGHT_MATMUL]
         if device == "cpu":
             steps += [LOOP_BFLOAT16_GEMV, LOOP_BFLOAT16_BATCHED_MATMUL]
     if device == "cpu" and onednn != "off":
