@@ -290,9 +290,13 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
         float32["prefill_bound_ms"] * limits["gemm_gflops"] / limits["gemm_gflops_bfloat16"], abs=2e-4)
     assert bf16["copies"] == 0 and bf16["runtime"] == float32["runtime"]
     assert 0.0 <= bf16["token_agreement_with_float32"] <= 1.0 and float32["token_agreement_with_float32"] is None
-    assert bf16["prefill_speedup_vs_float32"] == pytest.approx(float32["prefill_ms"] / bf16["prefill_ms"], rel=0.01)
+    # The record rounds the speed-ups to 3 decimals (5e-4 at most): at a tiny model's
+    # times (a per-token difference of runs can be near 0, or below under load) the
+    # rounding is what is left, so the bound is absolute there.
+    assert bf16["prefill_speedup_vs_float32"] == pytest.approx(float32["prefill_ms"] / bf16["prefill_ms"], rel=0.01,
+                                                               abs=1e-3)
     assert bf16["decode_speedup_vs_float32"] == pytest.approx(
-        float32["decode_ms_per_token"] / bf16["decode_ms_per_token"], rel=0.01)
+        float32["decode_ms_per_token"] / bf16["decode_ms_per_token"], rel=0.01, abs=1e-3)
     assert float32["prefill_speedup_vs_float32"] is None
     assert f"| bfloat16 | 16 | bf16 | {bf16['prefill_ms']:.1f} |" in result.stdout
     assert f"| {bf16['token_agreement_with_float32']:.1%} |" in result.stdout
