@@ -16,7 +16,7 @@ and 4.5-4.7 on two; the kernel reads the rows as they are stored, 3.8 ms on one
 thread and 2.8 on two (24 and 32 GB/s: the memory's speed). The prefill (outside the
 loop, many rows) keeps oneDNN's matmul, which runs at the CPU's bfloat16 peak there.
 
-Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction
+Safety conditions (1-3 checked by ``loop_matmuls.weight_product``; 4-5 hold by construction
 or are the pipeline's):
 
 1. ``W`` is a ``builtin.parameter`` of rank 2 and dtype bfloat16: a dense matrix, the
@@ -44,8 +44,7 @@ from typing import Callable
 
 import paddle
 
-from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel
-from .program_index import PARAMETER
+from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel, weight_product
 
 
 class LoopBfloat16GemvReport(LoopKernelReport):
@@ -53,17 +52,8 @@ class LoopBfloat16GemvReport(LoopKernelReport):
 
 
 def _rewritable(op) -> bool:
-    weight = op.operand_source(1)
-    producer = weight.get_defining_op()
-    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
-        return False
-    if weight.dtype != paddle.bfloat16:  # condition 1
-        return False
-    attrs = op.attrs()
-    if attrs.get("transpose_x") or not attrs.get("transpose_y"):  # condition 2
-        return False
-    x = op.operand_source(0)
-    return x.dtype == paddle.bfloat16 and len(x.shape) >= 1 and x.shape[-1] == weight.shape[1]  # condition 3
+    # conditions 1 (bfloat16), 2 (transpose_y only) and 3
+    return weight_product(op, (paddle.bfloat16,), transpose_y=True)
 
 
 def run_loop_bfloat16_matmuls_on_gemv(program, outputs=None, *,

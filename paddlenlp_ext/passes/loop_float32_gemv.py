@@ -18,7 +18,7 @@ the kernel's figures). On Intel processors MKL's two threads read 1.9x faster
 (``passes.pipeline``), before ``loop_weight_matmul``, which then keeps the products
 this pass leaves (float64 ones, or all where there is no kernel).
 
-Safety conditions (1-3 checked by ``_rewritable``, at the check; 4-5 hold by construction
+Safety conditions (1-3 checked by ``loop_matmuls.weight_product``; 4-5 hold by construction
 or are the pipeline's):
 
 1. ``W`` is a ``builtin.parameter`` of rank 2 and dtype float32, of
@@ -47,8 +47,7 @@ from typing import Callable
 import paddle
 
 from . import loop_weight_matmul
-from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel
-from .program_index import PARAMETER
+from .loop_matmuls import LoopKernelReport, replace_matmuls, rewrite_on_kernel, weight_product
 
 
 class LoopFloat32GemvReport(LoopKernelReport):
@@ -56,19 +55,8 @@ class LoopFloat32GemvReport(LoopKernelReport):
 
 
 def _rewritable(op) -> bool:
-    weight = op.operand_source(1)
-    producer = weight.get_defining_op()
-    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
-        return False
-    if weight.dtype != paddle.float32:  # condition 1
-        return False
-    if weight.shape[0] * weight.shape[1] < loop_weight_matmul.MIN_WEIGHT_ELEMENTS:  # condition 1
-        return False
-    attrs = op.attrs()
-    if attrs.get("transpose_x") or attrs.get("transpose_y"):  # condition 2
-        return False
-    x = op.operand_source(0)
-    return x.dtype == paddle.float32 and len(x.shape) >= 1 and x.shape[-1] == weight.shape[0]  # condition 3
+    # conditions 1 (float32, large), 2 (no transposes) and 3
+    return weight_product(op, (paddle.float32,), transpose_y=False, min_elements=loop_weight_matmul.MIN_WEIGHT_ELEMENTS)
 
 
 def run_loop_float32_matmuls_on_gemv(program, outputs=None, *, load_kernel: Callable) -> LoopFloat32GemvReport:

@@ -1,6 +1,7 @@
-"""The matmuls of ``pd_op.while`` bodies, and replacing matmuls one by one: what the
-rules that move a decode loop's products to another kernel share
-(``loop_weight_matmul``, ``loop_bfloat16_gemv``, ``loop_bfloat16_batched_matmul``)."""
+"""The matmuls of ``pd_op.while`` bodies, which of them multiply by a weight matrix, and
+replacing matmuls one by one: what the rules that move a decode loop's products to
+another kernel share (``loop_weight_matmul``, ``loop_float32_gemv``,
+``loop_bfloat16_gemv``, ``loop_bfloat16_batched_matmul``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable, ClassVar
 import paddle
 
 from ..paddle_modes import static_mode
-from .program_index import WHILE
+from .program_index import PARAMETER, WHILE
 from .report import PassReport
 
 MATMUL = "pd_op.matmul"
@@ -34,6 +35,30 @@ def _collect_loop_matmuls(block, in_loop: bool, selected: Callable, found: list,
             (found if selected(op) else others).append(op)
         for sub in op.blocks():
             _collect_loop_matmuls(sub, in_loop or op.name() == WHILE, selected, found, others)
+
+
+def weight_product(op, dtypes: tuple, transpose_y: bool, min_elements: int = 0) -> bool:
+    """Whether the matmul ``op`` multiplies activations by a weight matrix, as the weight
+    rules need it (each names these its conditions):
+
+    - the weight is a ``builtin.parameter`` of rank 2, of a dtype of ``dtypes`` and of
+      ``min_elements`` or more: a dense matrix, the same at every step;
+    - ``transpose_x`` false and ``transpose_y`` as given: the one product the kernel
+      computes (the other would be wrong at the same shape for a square weight);
+    - the activations have the weight's dtype and a static last dimension equal to the
+      weight's inner one: the product's shape is the matmul's."""
+    weight = op.operand_source(1)
+    producer = weight.get_defining_op()
+    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:
+        return False
+    if weight.dtype not in dtypes or weight.shape[0] * weight.shape[1] < min_elements:
+        return False
+    attrs = op.attrs()
+    if attrs.get("transpose_x") or bool(attrs.get("transpose_y")) != transpose_y:
+        return False
+    x = op.operand_source(0)
+    inner = weight.shape[1] if transpose_y else weight.shape[0]
+    return x.dtype == weight.dtype and len(x.shape) >= 1 and x.shape[-1] == inner
 
 
 def replace_matmuls(program, matmuls: list, product: Callable) -> None:

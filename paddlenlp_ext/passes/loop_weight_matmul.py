@@ -26,7 +26,8 @@ memory is what a step waits for. A small matrix stays in cache, and the extra op
 (reshapes, the zeros) cost more than they save: on the benchmark's toy llama (hidden
 512, matrices of 1 to 4 MB) the static cache's step took 12% longer rewritten.
 
-Safety conditions (1-3 and 6 checked by ``_rewritable``, at the check; 4-5 hold by construction):
+Safety conditions (1-3 and 6 checked by ``_rewritable``, through ``loop_matmuls.weight_product``;
+4-5 hold by construction):
 
 1. ``W`` is a ``builtin.parameter`` of rank 2: a matrix of weights, the same at every
    step, passed to ``addmm`` as it is (no op touches the parameter, so nothing can
@@ -57,8 +58,7 @@ from dataclasses import dataclass
 
 import paddle
 
-from .loop_matmuls import loop_matmuls, replace_matmuls
-from .program_index import PARAMETER
+from .loop_matmuls import loop_matmuls, replace_matmuls, weight_product
 from .report import PassReport
 
 MIN_WEIGHT_ELEMENTS = 1 << 22  # 16 MiB of float32: larger than a last-level cache
@@ -78,19 +78,10 @@ class LoopWeightMatmulReport(PassReport):
 
 
 def _rewritable(op, min_elements: int) -> bool:
-    weight = op.operand_source(1)
-    producer = weight.get_defining_op()
-    if producer is None or producer.name() != PARAMETER or len(weight.shape) != 2:  # condition 1
-        return False
-    if weight.dtype not in (paddle.float32, paddle.float64):  # condition 6
-        return False
-    if weight.shape[0] * weight.shape[1] < min_elements:  # not worth it (see above)
-        return False
-    attrs = op.attrs()
-    if attrs.get("transpose_x") or attrs.get("transpose_y"):  # condition 2
-        return False
-    x = op.operand_source(0)
-    return len(x.shape) >= 2 and x.shape[-1] == weight.shape[0] and x.dtype == weight.dtype  # condition 3
+    # conditions 1, 2, 3 (rank 2 or more: its reshape to rows) and 6; a matrix under
+    # min_elements is not worth it (see above)
+    return len(op.operand_source(0).shape) >= 2 and weight_product(
+        op, (paddle.float32, paddle.float64), transpose_y=False, min_elements=min_elements)
 
 
 def loop_weight_matmuls(program, min_elements: int | None = None) -> tuple[list, int]:
