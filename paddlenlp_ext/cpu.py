@@ -19,6 +19,7 @@ NO_BFLOAT16 = ("this CPU has no AVX-512 (AVX-512 F, BW, VL and DQ), the least on
 
 
 CPUINFO = "/proc/cpuinfo"
+AMD_VENDOR = "AuthenticAMD"  # an AMD processor's ``vendor_id``
 
 
 def read_cpuinfo() -> str | None:
@@ -56,4 +57,4 @@ def has_avx512_bf16() -> bool:
 @functools.cache
 def is_amd() -> bool:
     """True on an AMD processor (``vendor_id: AuthenticAMD``)."""
-    return first_processor(read_cpuinfo()).get("vendor_id") == "AuthenticAMD"
+    return first_processor(read_cpuinfo()).get("vendor_id") == AMD_VENDOR

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .cpu import CPUINFO, first_processor, read_cpuinfo  # read_cpuinfo: the tests replace it here
+from .cpu import AMD_VENDOR, CPUINFO, first_processor, read_cpuinfo  # read_cpuinfo: the tests replace it here
 
 logger = logging.getLogger("paddlenlp_ext")
 
@@ -58,7 +58,7 @@ def reason_to_leave_alone(cpuinfo: str | None, environ) -> str | None:
     if cpuinfo is None:
         return f"no {CPUINFO}"
     fields = first_processor(cpuinfo)
-    if fields.get("vendor_id") != "AuthenticAMD":  # condition 1
+    if fields.get("vendor_id") != AMD_VENDOR:  # condition 1
         return f"not an AMD processor ({fields.get('vendor_id', 'unknown')})"
     missing = {"avx2", "fma"} - set(fields.get("flags", "").split())
     if missing:  # condition 2

@@ -12,9 +12,9 @@
 // contiguous run of memory a thread, and sum x's entries times those rows into rows of
 // partial sums of their own (N floats a row of x: in the core's cache), added up at the
 // end. kRowsAtOnce rows of w are read side by side (one stream each) into one register
-// of partial sums. Measured on that Zen 4, the product above, not in cache, medians:
-// 4 rows at once 8.1-8.2 ms on one thread, 16 rows 7.7-8.0; prefetching rows ahead made
-// it slower (9.6).
+// of partial sums (AddBlock). Measured on that Zen 4, the product above, not in cache,
+// medians: 4 rows at once 8.1-8.2 ms on one thread, 16 rows 7.7-8.0; prefetching rows
+// ahead made it slower (9.6).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -31,48 +31,40 @@ constexpr int64_t kMinRowsPerThread = 64;  // of w: fewer, and a thread's start 
 
 #define F32_TARGET __attribute__((target("avx512f")))
 
+// partial[m, :] += sum over r < R of x[m, k + r] * w[k + r, :], for every row m of x:
+// R rows of w read side by side into one register of partial sums at a time.
+template <int R>
+F32_TARGET void AddBlock(const float* x, const float* w, float* partial, int64_t rows, int64_t k_total,
+                         int64_t n_total, int64_t k) {
+  const int64_t n_body = n_total / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n_total - n_body)) - 1);
+  const float* block = w + k * n_total;
+  for (int64_t m = 0; m < rows; ++m) {
+    __m512 a[R];
+    for (int r = 0; r < R; ++r) a[r] = _mm512_set1_ps(x[m * k_total + k + r]);
+    float* out = partial + m * n_total;
+    for (int64_t j = 0; j < n_body; j += 16) {
+      __m512 sum = _mm512_loadu_ps(out + j);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) sum = _mm512_fmadd_ps(a[r], _mm512_loadu_ps(block + r * n_total + j), sum);
+      _mm512_storeu_ps(out + j, sum);
+    }
+    if (tail) {
+      __m512 sum = _mm512_maskz_loadu_ps(tail, out + n_body);
+      for (int r = 0; r < R; ++r) {
+        sum = _mm512_fmadd_ps(a[r], _mm512_maskz_loadu_ps(tail, block + r * n_total + n_body), sum);
+      }
+      _mm512_mask_storeu_ps(out + n_body, tail, sum);
+    }
+  }
+}
+
 // partial[m, :] += sum over k in [k0, k1) of x[m, k] * w[k, :], for every row m of x.
 F32_TARGET void AddRows(const float* x, const float* w, float* partial, int64_t rows, int64_t k_total,
                         int64_t n_total, int64_t k0, int64_t k1) {
-  const int64_t n_body = n_total / 16 * 16;
-  const __mmask16 tail = static_cast<__mmask16>((1u << (n_total - n_body)) - 1);
   int64_t k = k0;
-  for (; k + kRowsAtOnce <= k1; k += kRowsAtOnce) {
-    const float* block = w + k * n_total;
-    for (int64_t m = 0; m < rows; ++m) {
-      __m512 a[kRowsAtOnce];
-      for (int r = 0; r < kRowsAtOnce; ++r) a[r] = _mm512_set1_ps(x[m * k_total + k + r]);
-      float* out = partial + m * n_total;
-      for (int64_t j = 0; j < n_body; j += 16) {
-        __m512 sum = _mm512_loadu_ps(out + j);
-#pragma GCC unroll 16
-        for (int r = 0; r < kRowsAtOnce; ++r) sum = _mm512_fmadd_ps(a[r], _mm512_loadu_ps(block + r * n_total + j), sum);
-        _mm512_storeu_ps(out + j, sum);
-      }
-      if (tail) {
-        __m512 sum = _mm512_maskz_loadu_ps(tail, out + n_body);
-        for (int r = 0; r < kRowsAtOnce; ++r) {
-          sum = _mm512_fmadd_ps(a[r], _mm512_maskz_loadu_ps(tail, block + r * n_total + n_body), sum);
-        }
-        _mm512_mask_storeu_ps(out + n_body, tail, sum);
-      }
-    }
-  }
-  for (; k < k1; ++k) {
-    const float* row = w + k * n_total;
-    for (int64_t m = 0; m < rows; ++m) {
-      const __m512 a = _mm512_set1_ps(x[m * k_total + k]);
-      float* out = partial + m * n_total;
-      for (int64_t j = 0; j < n_body; j += 16) {
-        _mm512_storeu_ps(out + j, _mm512_fmadd_ps(a, _mm512_loadu_ps(row + j), _mm512_loadu_ps(out + j)));
-      }
-      if (tail) {
-        _mm512_mask_storeu_ps(out + n_body, tail,
-                              _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(tail, row + n_body),
-                                              _mm512_maskz_loadu_ps(tail, out + n_body)));
-      }
-    }
-  }
+  for (; k + kRowsAtOnce <= k1; k += kRowsAtOnce) AddBlock<kRowsAtOnce>(x, w, partial, rows, k_total, n_total, k);
+  for (; k < k1; ++k) AddBlock<1>(x, w, partial, rows, k_total, n_total, k);
 }
 
 std::vector<paddle::Tensor> Forward(const paddle::Tensor& x_in, const paddle::Tensor& w_in) {
@@ -94,7 +86,8 @@ std::vector<paddle::Tensor> Forward(const paddle::Tensor& x_in, const paddle::Te
   auto* yp = static_cast<float*>(out.data());
   const int64_t size = rows * n_total;
   int threads = omp_get_max_threads();
-  if (threads > k_total / kMinRowsPerThread) threads = k_total / kMinRowsPerThread > 0 ? k_total / kMinRowsPerThread : 1;
+  const int64_t most = k_total / kMinRowsPerThread > 1 ? k_total / kMinRowsPerThread : 1;
+  if (threads > most) threads = static_cast<int>(most);
   if (threads == 1) {  // the partial sums are the result
     std::memset(yp, 0, size * sizeof(float));
     AddRows(xp, wp, yp, rows, k_total, n_total, 0, k_total);
