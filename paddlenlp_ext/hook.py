@@ -143,7 +143,7 @@ class FallbackPredictor:
             return
         _reports.append((self._config.prog_file(), cleaned.report))
         logger.info("remove_loop_assign on %s: %s", self._config.prog_file(), cleaned.report.summary())
-        _return_free_memory()
+        _settle_cpu_weights(cleaned.config)
 
     def _next_stage(self, failed: str, error: Exception) -> None:
         from .errors import error_line
@@ -168,7 +168,7 @@ class FallbackPredictor:
                 if self._stage == 1:
                     cleaned = cleaned_legacy_config(self._config, optimize=False)
                     self._predictor = _original_create_predictor(cleaned.config)
-                    _return_free_memory()
+                    _settle_cpu_weights(cleaned.config)
                 else:  # a copy: the caller may have made a predictor of theirs already
                     self._predictor = _original_create_predictor(paddle_inference.Config(self._config))
             except ModelDirectoryError:
@@ -232,10 +232,10 @@ _STAGE_NAMES = ("the cleaned program on paddlenlp_ext's configuration",
                 "Paddle Inference as configured without paddlenlp_ext")
 
 
-def _return_free_memory() -> None:
-    from .host_memory import return_free_memory
+def _settle_cpu_weights(config) -> None:
+    from .paddle_config import settle_cpu_weights
 
-    return_free_memory()  # what loading the predictor freed
+    settle_cpu_weights(config)
 
 
 class _InputHandle:

@@ -1,7 +1,9 @@
 """A legacy loop model with one large parameter matrix, and a fresh process's RSS once a
 predictor is made on it by one route: ``python memory_child.py ROUTE DIR`` prints
-``{"before_kib": ..., "after_kib": ..., "peak_kib": ..., "after_run_kib": ...}`` (VmRSS
-before the predictor, once it is made, its peak while it was made, and after one run).
+``{"before_kib": ..., "after_kib": ..., "peak_kib": ..., "after_run_kib": ..., "huge_kib": ...}``
+(VmRSS before the predictor, once it is made, its peak while it was made, and after one
+run; how much more of the process's anonymous memory is on transparent huge pages once
+the predictor is made than before).
 
 Routes: ``model`` (StaticGenerationModel), ``second model`` (a StaticGenerationModel made
 after another one was made and dropped in the same process: what our predictors free
@@ -50,6 +52,11 @@ def _rss_kib(field: str = "VmRSS") -> int:
         return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
 
 
+def _huge_pages_kib() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        return next(int(line.split()[1]) for line in rollup if line.startswith("AnonHugePages:"))
+
+
 def _reset_peak_rss() -> None:
     """Start VmHWM (the peak RSS) again from the current RSS (Linux 4.0 and later)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -65,7 +72,7 @@ def main(route: str, directory: str) -> None:
     from paddlenlp_ext.paddle_config import paddlenlp_static_config
 
     gc.collect()
-    before = _rss_kib()
+    before, huge_before = _rss_kib(), _huge_pages_kib()
     _reset_peak_rss()
     if route == "model":
         kept = StaticGenerationModel(directory)
@@ -84,10 +91,11 @@ def main(route: str, directory: str) -> None:
     else:
         raise SystemExit(f"unknown route {route!r}")
     gc.collect()
-    after, peak = _rss_kib(), _rss_kib("VmHWM")
+    after, peak, huge = _rss_kib(), _rss_kib("VmHWM"), _huge_pages_kib() - huge_before
     predictor = kept.predictor if isinstance(kept, StaticGenerationModel) else kept
     run_predictor(predictor, {"x": np.full([1, WEIGHT_ROWS], 0.5, "float32")})
-    print(json.dumps({"before_kib": before, "after_kib": after, "peak_kib": peak, "after_run_kib": _rss_kib()}))
+    print(json.dumps({"before_kib": before, "after_kib": after, "peak_kib": peak, "after_run_kib": _rss_kib(),
+                      "huge_kib": huge}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ its AVX2 path, unless the user chose otherwise; elsewhere MKL is left alone.
 Each route runs in a fresh process (the settings are process-wide): 64 MiB is 16,384
 pages, so a route that maps its blocks afresh faults at least that often per block."""
 
+import ctypes
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from memory_child import build_legacy_model
 from paddlenlp_ext import host_memory, mkl_dispatch
 
 BLOCK_PAGES = 16384
+PROT_NONE = 0  # mprotect(2): no access (the mmap module has only PROT_READ and PROT_WRITE)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,115 @@ def test_loading_a_program_gives_back_what_was_freed_before(model_dir):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) > 200, result.stdout  # of the 256 MiB freed
+
+
+class _Mapping:
+    """A private anonymous mapping of ``size`` bytes from its first 2 MiB-aligned address
+    ``start`` on, every page written with 1s, between two inaccessible pages (so that the
+    kernel cannot merge it with a neighbouring mapping: /proc/self/smaps then speaks of
+    it alone)."""
+
+    def __init__(self, size: int):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._libc, self.size = libc, size
+        self._length = size + 2 * host_memory.HUGE_PAGE
+        self._base = libc.mmap(None, self._length, mmap.PROT_READ | mmap.PROT_WRITE,
+                               mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        assert self._base not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        self.start = -(-(self._base + host_memory.SMALL_PAGE) // host_memory.HUGE_PAGE) * host_memory.HUGE_PAGE
+        assert libc.mprotect(self.start - host_memory.SMALL_PAGE, host_memory.SMALL_PAGE, PROT_NONE) == 0
+        assert libc.mprotect(self.start + size, host_memory.SMALL_PAGE, PROT_NONE) == 0
+        ctypes.memset(self.start, 1, size)
+
+    def byte(self, address: int) -> int:
+        return ctypes.c_ubyte.from_address(address).value
+
+    def close(self) -> None:
+        self._libc.munmap(self._base, self._length)
+
+
+def _resident_pages(address: int, size: int) -> list[bool]:
+    libc = ctypes.CDLL(None)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    pages = ctypes.create_string_buffer(size // host_memory.SMALL_PAGE)
+    assert libc.mincore(address, size, pages) == 0
+    return [bool(page & 1) for page in pages.raw]
+
+
+def _huge_kib(address: int) -> int:
+    """AnonHugePages of the mapping holding ``address`` (``/proc/self/smaps``)."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                inside = start <= address < end
+            elif inside and fields[0] == "AnonHugePages:":
+                return int(fields[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.fixture
+def collapse_works(monkeypatch):
+    """Skip where this kernel cannot collapse memory into huge pages at all."""
+    monkeypatch.delenv(host_memory.HUGE_PAGES_VARIABLE, raising=False)
+    reason = host_memory.huge_pages_refused()
+    if reason is not None:
+        pytest.skip(f"no huge pages here: {reason}")
+    block = _Mapping(host_memory.HUGE_PAGE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    collapsed = libc.madvise(block.start, host_memory.HUGE_PAGE, host_memory.MADV_COLLAPSE) == 0
+    block.close()
+    if not collapsed:
+        pytest.skip(f"MADV_COLLAPSE fails here: {os.strerror(ctypes.get_errno())}")
+
+
+def test_collapse_makes_huge_pages_of_resident_memory_and_leaves_freed_pages_out(collapse_works):
+    size = 8 * host_memory.HUGE_PAGE
+    block = _Mapping(size)
+    first = block.start
+    libc = ctypes.CDLL(None)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    freed = first + host_memory.HUGE_PAGE + 5 * host_memory.SMALL_PAGE  # one page of the second 2 MiB
+    assert libc.madvise(freed, host_memory.SMALL_PAGE, 4) == 0  # MADV_DONTNEED: as free() gives memory back
+    assert _huge_kib(first) == 0  # THP "madvise" or "never": nothing made these huge
+    assert host_memory.collapse_into_huge_pages() >= 6 * host_memory.HUGE_PAGE
+    # Every 2 MiB of the mapping but the one with the freed page.
+    assert _huge_kib(first) == (size // host_memory.HUGE_PAGE - 1) * host_memory.HUGE_PAGE // 1024
+    pages = _resident_pages(first, 2 * host_memory.HUGE_PAGE)
+    assert all(pages[:512]) and not pages[512 + 5], "the freed page came back"
+    assert block.byte(first) == 1 and block.byte(first + size - 1) == 1  # the same bytes
+    block.close()
+
+
+def test_collapse_leaves_memory_alone_when_the_user_opted_out(collapse_works, monkeypatch):
+    block = _Mapping(4 * host_memory.HUGE_PAGE)
+    monkeypatch.setenv(host_memory.HUGE_PAGES_VARIABLE, "0")
+    assert host_memory.collapse_into_huge_pages() == 0
+    assert _huge_kib(block.start) == 0
+    block.close()
+
+
+@pytest.mark.parametrize("setting, environ, reason", [
+    ("always [madvise] never\n", {}, None),
+    ("[always] madvise never\n", {}, None),
+    ("always madvise [never]\n", {}, "{path} is never"),
+    (None, {}, "no transparent huge pages on this system"),
+    ("always [madvise] never\n", {"PADDLENLP_EXT_HUGE_PAGES": "0"}, "PADDLENLP_EXT_HUGE_PAGES=0"),
+])
+def test_huge_pages_refused_where_the_system_or_the_user_says_no(setting, environ, reason, tmp_path, monkeypatch):
+    path = tmp_path / "enabled"
+    if setting is not None:
+        path.write_text(setting)
+    monkeypatch.setattr(host_memory, "THP_SETTING", str(path))
+    monkeypatch.delenv(host_memory.HUGE_PAGES_VARIABLE, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert host_memory.huge_pages_refused() == (reason.format(path=path) if reason else None)

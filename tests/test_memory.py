@@ -10,6 +10,7 @@ measured too.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from memory_child import WEIGHT_ELEMENTS, build_legacy_model
 
+from paddlenlp_ext import host_memory
 from paddlenlp_ext.program_files import load_program
 
 WEIGHT_MIB = WEIGHT_ELEMENTS * 4 / 2**20
@@ -35,20 +37,32 @@ def model_dirs(tmp_path_factory):
     return {"legacy": legacy, "converted": converted}
 
 
-def _predictor_mib(route: str, directory: Path) -> subprocess.Popen:
+def _predictor_mib(route: str, directory: Path, **env) -> subprocess.Popen:
+    child_env = {name: value for name, value in os.environ.items() if name != host_memory.HUGE_PAGES_VARIABLE}
     return subprocess.Popen([sys.executable, str(Path(__file__).with_name("memory_child.py")), route, str(directory)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**child_env, **env})
 
 
-def test_every_route_holds_the_weights_once(model_dirs):
+@pytest.fixture(scope="module")
+def route_sizes(model_dirs) -> dict:
+    """``{route: what its child printed}``; "model, huge pages off": the user opted out."""
     # All children at once: each measures only its own process.
     children = {route: _predictor_mib(route, model_dirs["converted" if route == "paddle-default" else "legacy"])
                 for route in ROUTES}
-    above = {}
+    children["model, huge pages off"] = _predictor_mib("model", model_dirs["legacy"],
+                                                       **{host_memory.HUGE_PAGES_VARIABLE: "0"})
+    sizes = {}
     for route, child in children.items():
         out, err = child.communicate(timeout=600)
         assert child.returncode == 0, err[-3000:]
-        sizes = json.loads(out.strip().splitlines()[-1])
+        sizes[route] = json.loads(out.strip().splitlines()[-1])
+    return sizes
+
+
+def test_every_route_holds_the_weights_once(route_sizes):
+    above = {}
+    for route in ROUTES:
+        sizes = route_sizes[route]
         above[route] = (sizes["after_kib"] - sizes["before_kib"]) / 1024
         above[route + ", run"] = (sizes["after_run_kib"] - sizes["before_kib"]) / 1024
         above[route + ", peak"] = (sizes["peak_kib"] - sizes["before_kib"]) / 1024
@@ -56,6 +70,19 @@ def test_every_route_holds_the_weights_once(model_dirs):
     for route in ("model", "second model", "hook", "paddle-default"):
         for when in ("", ", run", ", peak"):
             assert above[route + when] < 1.5 * WEIGHT_MIB, (route + when, above)
+
+
+def test_our_cpu_predictors_hold_the_weights_on_huge_pages(route_sizes):
+    """Our predictors' weights are collapsed into transparent huge pages (a decode step
+    reads them faster: ``host_memory``), with the same RSS (the test above); Paddle's
+    own configurations and a user who opted out get none (so the measure is of ours)."""
+    if host_memory.huge_pages_refused():
+        pytest.skip(f"no huge pages here: {host_memory.huge_pages_refused()}")
+    huge = {route: sizes["huge_kib"] / 1024 for route, sizes in route_sizes.items()}
+    for route in ("model", "second model", "hook"):
+        assert huge[route] > 0.9 * WEIGHT_MIB, (route, huge)
+    for route in ("paddle-default", "paddlenlp", "model, huge pages off"):
+        assert huge[route] < 0.1 * WEIGHT_MIB, (route, huge)
 
 
 def test_a_dropped_loaded_program_frees_its_parameters(model_dirs):
