@@ -163,13 +163,28 @@ def create_predictor(config):
     return predictor
 
 
+# Weights from which on a CPU predictor's memory is collapsed into huge pages: below,
+# a step reads little enough from memory that the collapse (a copy of the process's
+# resident memory, 0.1-3 s a GiB) costs more than it saves.
+HUGE_PAGES_FROM_BYTES = 64 << 20
+
+
 def settle_cpu_weights(config) -> None:
     """After a predictor for ``config`` loaded its weights: what loading freed goes back
-    to the system, and on CPU what stays (the weights above all) is collapsed into
-    transparent huge pages, which a decode step reads faster (``host_memory``)."""
+    to the system, and on CPU, for weights of ``HUGE_PAGES_FROM_BYTES`` or more, what
+    stays (the weights above all) is collapsed into transparent huge pages, which a
+    decode step reads faster (``host_memory``)."""
     host_memory.return_free_memory()
-    if not config.use_gpu():
+    if not config.use_gpu() and _params_bytes(config) >= HUGE_PAGES_FROM_BYTES:
         host_memory.collapse_into_huge_pages()
+
+
+def _params_bytes(config) -> int:
+    """The size of ``config``'s parameters file (0 when it names none)."""
+    try:
+        return os.path.getsize(config.params_file()) if config.params_file() else 0
+    except OSError:
+        return 0
 
 
 def paddlenlp_static_config(model_dir: str | os.PathLike):

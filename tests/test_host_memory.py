@@ -258,3 +258,34 @@ def test_huge_pages_refused_where_the_system_or_the_user_says_no(setting, enviro
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert host_memory.huge_pages_refused() == (reason.format(path=path) if reason else None)
+
+
+class _Config:
+    """What ``settle_cpu_weights`` asks of a Paddle Inference config."""
+
+    def __init__(self, params_file: str, gpu: bool = False):
+        self._params_file, self._gpu = params_file, gpu
+
+    def params_file(self) -> str:
+        return self._params_file
+
+    def use_gpu(self) -> bool:
+        return self._gpu
+
+
+def test_huge_pages_only_for_cpu_weights_large_enough_to_pay_for_the_copy(tmp_path, monkeypatch):
+    from paddlenlp_ext import paddle_config
+
+    calls = []
+    monkeypatch.setattr(host_memory, "collapse_into_huge_pages", lambda: calls.append(1) or 0)
+    monkeypatch.setattr(host_memory, "return_free_memory", lambda: None)
+    small, large = tmp_path / "small.pdiparams", tmp_path / "large.pdiparams"
+    for path, size in ((small, paddle_config.HUGE_PAGES_FROM_BYTES - 1), (large, paddle_config.HUGE_PAGES_FROM_BYTES)):
+        with open(path, "wb") as params:
+            params.truncate(size)  # sparse: the size is what counts
+    expected = {(str(small), False): 0, (str(large), False): 1, (str(large), True): 0, ("", False): 0,
+                (str(tmp_path / "missing"), False): 0}
+    for (path, gpu), collapses in expected.items():
+        calls.clear()
+        paddle_config.settle_cpu_weights(_Config(path, gpu))
+        assert len(calls) == collapses, (path, gpu)
