@@ -107,7 +107,9 @@ def return_free_memory() -> None:
 # the file it maps. ``collapse_into_huge_pages`` turns every 2 MiB of the process's
 # private anonymous memory that is wholly in RAM into one huge page (MADV_COLLAPSE,
 # Linux 6.1): the same bytes at the same addresses, so nothing grows; a range with a
-# page not in RAM (what free() gave back) is left alone, so no freed memory comes back.
+# page not in RAM (what free() gave back) is left alone, so no freed memory comes back
+# (a range only ever read, on the kernel's shared zero page, counts as in RAM and does
+# get memory of its own: not what a tensor is).
 # It costs a copy of what it collapses, once: 0.1-3 s a GiB here (the slow end when the
 # hypervisor backs the new pages first).
 
