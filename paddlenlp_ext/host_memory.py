@@ -152,10 +152,8 @@ def collapse_into_huge_pages() -> int:
     """Collapse every aligned 2 MiB of this process's private anonymous memory whose
     pages are all in RAM into a transparent huge page (see above). Returns the bytes it
     asked the kernel to collapse (0 where refused or not supported)."""
-    reason = huge_pages_refused()
-    libc = None if reason else ctypes.CDLL(None, use_errno=True)
-    if libc is not None and not hasattr(libc, "mincore"):
-        reason = "no mincore in the C library"
+    libc = ctypes.CDLL(None, use_errno=True)
+    reason = huge_pages_refused() or (None if hasattr(libc, "mincore") else "no mincore in the C library")
     if reason is not None:
         logger.debug("host memory: no huge pages made (%s)", reason)
         return 0

@@ -181,8 +181,9 @@ def settle_cpu_weights(config) -> None:
 
 def _params_bytes(config) -> int:
     """The size of ``config``'s parameters file (0 when it names none)."""
+    params_file = config.params_file()
     try:
-        return os.path.getsize(config.params_file()) if config.params_file() else 0
+        return os.path.getsize(params_file) if params_file else 0
     except OSError:
         return 0
 

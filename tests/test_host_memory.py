@@ -28,6 +28,7 @@ from paddlenlp_ext import host_memory, mkl_dispatch
 
 BLOCK_PAGES = 16384
 PROT_NONE = 0  # mprotect(2): no access (the mmap module has only PROT_READ and PROT_WRITE)
+MADV_DONTNEED = 4  # madvise(2): drop the pages, as free() gives memory back
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +179,13 @@ class _Mapping:
         self._libc.munmap(self._base, self._length)
 
 
+def _madvise(address: int, size: int, advice: int) -> int:
+    """``madvise(2)``'s result, 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return 0 if libc.madvise(address, size, advice) == 0 else ctypes.get_errno()
+
+
 def _resident_pages(address: int, size: int) -> list[bool]:
     libc = ctypes.CDLL(None)
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
@@ -208,22 +216,18 @@ def collapse_works(monkeypatch):
     if reason is not None:
         pytest.skip(f"no huge pages here: {reason}")
     block = _Mapping(host_memory.HUGE_PAGE)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    collapsed = libc.madvise(block.start, host_memory.HUGE_PAGE, host_memory.MADV_COLLAPSE) == 0
+    error = _madvise(block.start, host_memory.HUGE_PAGE, host_memory.MADV_COLLAPSE)
     block.close()
-    if not collapsed:
-        pytest.skip(f"MADV_COLLAPSE fails here: {os.strerror(ctypes.get_errno())}")
+    if error:
+        pytest.skip(f"MADV_COLLAPSE fails here: {os.strerror(error)}")
 
 
 def test_collapse_makes_huge_pages_of_resident_memory_and_leaves_freed_pages_out(collapse_works):
     size = 8 * host_memory.HUGE_PAGE
     block = _Mapping(size)
     first = block.start
-    libc = ctypes.CDLL(None)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     freed = first + host_memory.HUGE_PAGE + 5 * host_memory.SMALL_PAGE  # one page of the second 2 MiB
-    assert libc.madvise(freed, host_memory.SMALL_PAGE, 4) == 0  # MADV_DONTNEED: as free() gives memory back
+    assert _madvise(freed, host_memory.SMALL_PAGE, MADV_DONTNEED) == 0
     if "[always]" not in Path(host_memory.THP_SETTING).read_text():
         assert _huge_kib(first) == 0  # nothing made these huge (with "always", the faults did)
     assert host_memory.collapse_into_huge_pages() >= 6 * host_memory.HUGE_PAGE
@@ -237,9 +241,7 @@ def test_collapse_makes_huge_pages_of_resident_memory_and_leaves_freed_pages_out
 
 def test_collapse_leaves_memory_alone_when_the_user_opted_out(collapse_works, monkeypatch):
     block = _Mapping(4 * host_memory.HUGE_PAGE)
-    libc = ctypes.CDLL(None)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.madvise(block.start + 5 * host_memory.SMALL_PAGE, host_memory.SMALL_PAGE, 4) == 0  # MADV_DONTNEED
+    assert _madvise(block.start + 5 * host_memory.SMALL_PAGE, host_memory.SMALL_PAGE, MADV_DONTNEED) == 0
     before = _huge_kib(block.start)  # (with THP "always", the other 2 MiB ranges are huge already)
     monkeypatch.setenv(host_memory.HUGE_PAGES_VARIABLE, "0")
     assert host_memory.collapse_into_huge_pages() == 0
