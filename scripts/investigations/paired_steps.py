@@ -28,6 +28,7 @@ reads it, shares of rows taken as threads come free) were no faster or slower he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -95,19 +96,25 @@ class Child:
         self.process = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(job)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         if self.process.stdout.readline().strip() != "ready":
-            self.process.wait()
-            self.log.seek(0)
-            tail = self.log.read().strip().splitlines()[-1:] or ["no message"]
-            raise PairedError(f"{self.name}: its predictor could not be made: {tail[0]}")
+            raise PairedError(f"{self.name}: its predictor could not be made: {self._last_words()}")
+
+    def _last_words(self) -> str:
+        self.process.wait()
+        self.log.seek(0)
+        return (self.log.read().strip().splitlines()[-1:] or [f"exit {self.process.returncode}"])[0]
 
     def run(self, what: str) -> tuple[float, list]:
         self.process.stdin.write(what + "\n")
         self.process.stdin.flush()
-        reply = json.loads(self.process.stdout.readline())
+        reply = self.process.stdout.readline()
+        if not reply:
+            raise PairedError(f"{self.name}: it stopped in a {what} run: {self._last_words()}")
+        reply = json.loads(reply)
         return reply["s"], reply["tokens"]
 
     def close(self) -> None:
-        self.process.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a child that stopped has no reader
+            self.process.stdin.close()
         self.process.wait()
         self.log.close()
 
