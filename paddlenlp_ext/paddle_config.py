@@ -24,8 +24,10 @@ Facts seen on Paddle 3.3.1 (CPU) that shape it:
 - Paddle's CPU tensors come from glibc's ``malloc``, which maps every large block afresh
   and unmaps it when freed: at llama2-7B's layer shape the page faults were about half
   of a concat loop's step. A process running our CPU predictors keeps freed memory
-  mapped (``host_memory``), and on AMD processors MKL takes its AVX2 path
-  (``mkl_dispatch``): ``tune_cpu_process``.
+  mapped (``host_memory``), on AMD processors MKL takes its AVX2 path
+  (``mkl_dispatch``), and the executor frees dead tensors in batches rather than one
+  task each on a thread that spins between them (``compat.runtime``):
+  ``tune_cpu_process``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from paddle import inference
 
 from . import host_memory, mkl_dispatch
+from .compat import batch_cpu_garbage_collection
 from .files import LEGACY_FILE, PARAMS_FILE, PIR_FILE
 from .passes.pipeline import DEFAULT_ONEDNN, check_options
 from .program_files import ModelDirectoryError, model_format
@@ -145,10 +148,13 @@ def register_native_ops(program_file: str) -> None:
 
 def tune_cpu_process() -> None:
     """The process-wide settings a process running our CPU predictors gets: host memory
-    that runs free stays mapped for their next allocations (``host_memory``), and on an
-    AMD processor MKL takes its AVX2 path (``mkl_dispatch``)."""
+    that runs free stays mapped for their next allocations (``host_memory``), on an AMD
+    processor MKL takes its AVX2 path (``mkl_dispatch``), and the executor frees dead
+    tensors in batches (``compat.batch_cpu_garbage_collection``: its thread no longer
+    spins through a core the computation needs)."""
     host_memory.keep_freed_memory()
     mkl_dispatch.use_avx2_path_on_amd()
+    batch_cpu_garbage_collection()
 
 
 def create_predictor(config):

@@ -1,12 +1,13 @@
 """Page faults in a fresh process once a predictor is made by one route:
 ``python host_memory_child.py ROUTE DIR`` prints ``{"run_faults": ..., "block_faults": ...,
-"threads_block_faults": ..., "mkl_cpu_type": ...}``:
+"threads_block_faults": ..., "mkl_cpu_type": ..., "garbage_gb": ...}``:
 the fewest minor page faults of a predictor's runs 4 to 9 on a 64 MiB input (glibc's
 heap grows for the first few runs, until its free blocks fit what a run allocates, and
 in about one suite run of five a later run still faulted one block's pages: not
 explained), those of allocating, filling and freeing a 64 MiB block with ``malloc``
-for the second time, those of one thread's block after another's (``_threads_block_faults``), and
-``MKL_DEBUG_CPU_TYPE`` as the route left it (``mkl_dispatch``).
+for the second time, those of one thread's block after another's (``_threads_block_faults``),
+``MKL_DEBUG_CPU_TYPE`` as the route left it (``mkl_dispatch``), and the executor's
+garbage-collection threshold (``compat.batch_cpu_garbage_collection``).
 
 Routes: ``ours`` (``create_paddle_predictor`` on DIR's ``scale/model.json``), ``hook``
 (PaddleNLP's static config on DIR's ``legacy`` loop model under ``paddlenlp_ext.enable()``),
@@ -123,9 +124,14 @@ def main(route: str, directory: str) -> None:
         predictor = inference.create_predictor(paddlenlp_static_config(f"{directory}/legacy"))
     else:
         raise SystemExit(f"unknown route {route!r}")
+    import paddle
+
+    from paddlenlp_ext.compat.runtime import GARBAGE_BATCH_FLAG
+
     print(json.dumps({"run_faults": run_faults, "block_faults": _block_faults(),
                       "threads_block_faults": _threads_block_faults(),
-                      "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}))
+                      "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+                      "garbage_gb": paddle.get_flags([GARBAGE_BATCH_FLAG])[GARBAGE_BATCH_FLAG]}))
 
 
 if __name__ == "__main__":

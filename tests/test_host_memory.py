@@ -9,6 +9,10 @@ or opted out, is left as it was.
 mkl_dispatch: on an AMD processor with AVX2 and FMA, the same processes have MKL take
 its AVX2 path, unless the user chose otherwise; elsewhere MKL is left alone.
 
+compat.batch_cpu_garbage_collection: the same processes have Paddle's executor free dead
+tensors in batches (its garbage-collector thread spun through a core per freed tensor),
+unless the user chose a threshold.
+
 Each route runs in a fresh process (the settings are process-wide): 64 MiB is 16,384
 pages, so a route that maps its blocks afresh faults at least that often per block."""
 
@@ -25,6 +29,8 @@ from host_memory_child import build_scale_model
 from memory_child import build_legacy_model
 
 from paddlenlp_ext import host_memory, mkl_dispatch
+from paddlenlp_ext.compat.runtime import (GARBAGE_BATCH_FLAG, GARBAGE_BATCH_GB, PADDLE_DEFAULT_GARBAGE_GB,
+                                          garbage_batch_left_alone)
 
 BLOCK_PAGES = 16384
 PROT_NONE = 0  # mprotect(2): no access (the mmap module has only PROT_READ and PROT_WRITE)
@@ -42,7 +48,8 @@ def model_dir(tmp_path_factory):
 
 def _start(route: str, directory: Path, **env) -> subprocess.Popen:
     # This process may have set MKL's variable already (a test made one of our predictors).
-    chosen = ("GLIBC_TUNABLES", host_memory.OPT_OUT_VARIABLE, mkl_dispatch.MKL_VARIABLE, mkl_dispatch.OPT_OUT_VARIABLE)
+    chosen = ("GLIBC_TUNABLES", host_memory.OPT_OUT_VARIABLE, mkl_dispatch.MKL_VARIABLE, mkl_dispatch.OPT_OUT_VARIABLE,
+              GARBAGE_BATCH_FLAG)
     child_env = {name: value for name, value in os.environ.items()
                  if not name.startswith("MALLOC_") and name not in chosen}
     return subprocess.Popen([sys.executable, str(Path(__file__).with_name("host_memory_child.py")), route,
@@ -63,6 +70,7 @@ def routes(model_dir) -> dict:
         "ours": _start("ours", model_dir),
         "ours, user-tuned": _start("ours", model_dir, MALLOC_MMAP_MAX_="65536"),  # glibc's default
         "ours, opted out": _start("ours", model_dir, PADDLENLP_EXT_KEEP_FREED_MEMORY="0"),
+        "ours, garbage threshold chosen": _start("ours", model_dir, **{GARBAGE_BATCH_FLAG: "0"}),
         "hook": _start("hook", model_dir),
         "paddlenlp": _start("paddlenlp", model_dir),
     }
@@ -89,6 +97,22 @@ def test_our_predictors_set_mkls_avx2_path_where_it_applies(routes):
     for route in ("ours", "hook"):
         assert routes[route]["mkl_cpu_type"] == (mkl_dispatch.AVX2_PATH if applies else None), (route, routes)
     assert routes["paddlenlp"]["mkl_cpu_type"] is None, routes
+
+
+def test_our_predictors_batch_the_executors_garbage_unless_the_user_chose(routes):
+    for route in ("ours", "hook"):
+        assert routes[route]["garbage_gb"] == GARBAGE_BATCH_GB, (route, routes)
+    for route in ("paddlenlp", "ours, garbage threshold chosen"):
+        assert routes[route]["garbage_gb"] == PADDLE_DEFAULT_GARBAGE_GB, (route, routes)
+
+
+@pytest.mark.parametrize("environ, current, reason", [
+    ({}, PADDLE_DEFAULT_GARBAGE_GB, None),
+    ({GARBAGE_BATCH_FLAG: "0"}, PADDLE_DEFAULT_GARBAGE_GB, f"{GARBAGE_BATCH_FLAG}=0 is set"),
+    ({}, -1.0, f"{GARBAGE_BATCH_FLAG} is -1.0 in this process"),
+])
+def test_the_garbage_threshold_is_left_to_the_user_who_chose_one(environ, current, reason):
+    assert garbage_batch_left_alone(environ, current) == reason
 
 
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\nprocessor\t: 1\n"
