@@ -20,10 +20,10 @@ not a whole 7B model.
 
 Found with it (2026-12-07, Zen 4, 2 vCPUs; a llama2-7B-shaped layer + 32000 head, 512
 prompt tokens, 10-16 rounds): llama.cpp's BF16 step took 0.68x-0.71x the time of our
-bfloat16 one at two threads and 0.83x at one; F32's 0.85x of our float32 one at two
-threads (``docs/benchmark-llama2-7b.md``, "Paired step for step"). Kernel changes
-that helped our products alone in a C++ loop (one weight row at a time as llama.cpp
-reads it, shares of rows taken as threads come free) were no faster or slower here.
+bfloat16 one at two threads, and Paddle's garbage-collector thread was half of why
+(``compat.batch_cpu_garbage_collection``; after it 0.85x); kernel changes that helped
+our products alone in a C++ loop were no faster or slower here
+(``docs/benchmark-llama2-7b.md``, "Paired step for step").
 """
 
 from __future__ import annotations
