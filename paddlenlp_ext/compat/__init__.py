@@ -25,6 +25,6 @@ from .runtime import (batch_cpu_garbage_collection, empty_scope, executor_in_pro
                       read_persistables_written_in_branches)
 from .tracing import fresh_trace_records
 
-__all__ = ["TopPSamplingUnavailable", "batch_cpu_garbage_collection", "empty_scope", "executor_in_program_order", "fresh_trace_records",
-           "is_legacy_variable", "legacy_export_patches", "masked_attention", "paddlenlp_export_patches",
-           "pir_export_patches", "read_persistables_written_in_branches"]
+__all__ = ["TopPSamplingUnavailable", "batch_cpu_garbage_collection", "empty_scope", "executor_in_program_order",
+           "fresh_trace_records", "is_legacy_variable", "legacy_export_patches", "masked_attention",
+           "paddlenlp_export_patches", "pir_export_patches", "read_persistables_written_in_branches"]

@@ -64,7 +64,8 @@ def _job(spec: str, args) -> dict:
     if not sep or not path:
         raise PairedError(f"{spec!r}: expected KIND:PATH, KIND one of ours, paddlenlp, llama.cpp, hf")
     return {"predictor": [kind, path], "threads": args.threads, "contexts": [args.context],
-            "new_tokens": args.new_tokens, "prompt": {"seed": args.seed, "batch_size": 1, "vocab_size": args.vocab_size}}
+            "new_tokens": args.new_tokens,
+            "prompt": {"seed": args.seed, "batch_size": 1, "vocab_size": args.vocab_size}}
 
 
 def serve(job: dict) -> None:
@@ -80,7 +81,8 @@ def serve(job: dict) -> None:
     with quiet_paddle():
         runner = create_runner(job)
         context = job["contexts"][0]
-        feeds = {"prefill": prompt(job["prompt"], context, 1), "whole": prompt(job["prompt"], context, job["new_tokens"])}
+        feeds = {"prefill": prompt(job["prompt"], context, 1),
+                 "whole": prompt(job["prompt"], context, job["new_tokens"])}
         for feed in feeds.values():
             runner.run(feed)
         print("ready", file=replies, flush=True)
