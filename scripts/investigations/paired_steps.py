@@ -92,8 +92,8 @@ def serve(job: dict) -> None:
 
 
 class Child:
-    def __init__(self, job: dict):
-        self.name = ":".join(job["predictor"])
+    def __init__(self, label: str, job: dict):
+        self.name = f"{label} ({':'.join(job['predictor'])})"  # A and B may be the same spec
         self.log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty child would fill it and stop
         self.process = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(job)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -122,9 +122,9 @@ class Child:
 
 
 def paired(args) -> list[str]:
-    children = [Child(_job(args.a, args))]
+    children = [Child("A", _job(args.a, args))]
     try:
-        children.append(Child(_job(args.b, args)))
+        children.append(Child("B", _job(args.b, args)))
         prefill = {child.name: [] for child in children}
         per_token = {child.name: [] for child in children}
         tokens = {}
