@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddlenlp_ext", "paddlenlp_ext.*"]),
     # the embedded models' tokenizer, and our kernels' sources (built on first use)
-    package_data={"paddlenlp_ext": ["data/*.txt", "data/*.model", "native/*.cc"]},
+    package_data={"paddlenlp_ext": ["data/*.txt", "data/*.model", "native/*.cc", "native/*.h"]},
     python_requires=">=3.9",
     install_requires=[
         f"{PADDLE}>=3.0,<4",

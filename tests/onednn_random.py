@@ -7,7 +7,9 @@ with convolutions, pooling and normalisations; about one decode program in eight
 computes in bfloat16 (``x`` and the weights cast to it, or, in half of them, the matrices
 held as bfloat16 parameters, as a bfloat16 model's are, whose transposed products in a
 loop run on our kernel: ``passes.loop_bfloat16_gemv``; the outputs cast back; float32
-instead where oneDNN computes no bfloat16, ``paddlenlp_ext.cpu``). A
+instead where oneDNN computes no bfloat16, ``paddlenlp_ext.cpu``); about a third of a
+float32 decode program's matrices are computed (``tanh`` of a parameter), so that a
+loop's product by one is of two activations (``passes.loop_batched_matmul``). A
 program has:
 
 - values computed before the loop, from ``STATEMENTS``: the matmul family (without
@@ -148,6 +150,12 @@ class _Draw:
                     self.tag("bfloat16 parameters")
                 elif self.dtype != "float32":
                     weight, bias = weight.cast(self.dtype), bias.cast(self.dtype)
+                elif self.rng.random() < 0.3:
+                    # a matrix computed, not a parameter: a loop's product by it is one of
+                    # two activations, as attention's over a KV cache, on our batched
+                    # kernel (passes.loop_batched_matmul)
+                    weight = paddle.tanh(weight)
+                    self.tag("float32 computed matrices")
                 self.weights.append((weight, bias))
         if self.image:
             self.norms = [(parameter([CHANNELS]), paddle.abs(parameter([CHANNELS])) + 1.0, parameter([CHANNELS]),

@@ -57,11 +57,13 @@ from paddlenlp_ext.inference import create_paddle_predictor, prepare_program, ru
 from paddlenlp_ext.paddle_config import ONEDNN_DELETED_PASSES
 from paddlenlp_ext.program_files import load_files, run_program, save_program
 from paddlenlp_ext.cpu import computes_bfloat16, has_avx512_bf16
+from paddlenlp_ext.passes import pipeline
 from paddlenlp_ext.passes.pipeline import run_passes, saving_passes
 from paddlenlp_ext.passes.remove_loop_assign import remove_loop_assign
 
 DEFAULT_PROGRAMS = 100
 PROGRAMS = int(os.environ.get("PADDLENLP_EXT_ONEDNN_PROGRAMS", DEFAULT_PROGRAMS))
+BATCHED_STEPS = (pipeline.LOOP_BFLOAT16_BATCHED_MATMUL.name, pipeline.LOOP_FLOAT32_BATCHED_MATMUL.name)
 
 
 def _ours(prefix):
@@ -140,7 +142,9 @@ def check_program(seed: int, workdir: str) -> dict:
         return None
     tolerance = 3e-2 if "bfloat16" in tags else 1e-4
     loaded = load_files(prefixes["source"], "pir")  # as StaticGenerationModel(remove_loop_assign=False) runs it
-    on_kernel = prepare_program(loaded, "cpu", "all").get("loop_bfloat16_gemv").rewritten
+    prepared = prepare_program(loaded, "cpu", "all")
+    on_kernel = prepared.get("loop_bfloat16_gemv").rewritten
+    on_batched = sum(prepared.get(name).rewritten for name in BATCHED_STEPS if prepared.get(name) is not None)
     save_program(loaded, prefixes["ours, as built"])
     loaded = load_files(prefixes["source"], "pir")
     report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
@@ -180,7 +184,8 @@ def check_program(seed: int, workdir: str) -> dict:
     same = None  # not comparable: one of them raised
     if outputs["ours, cleaned"] is not None and outputs["ours, as built"] is not None:
         same = _problem(outputs["ours, cleaned"], outputs["ours, as built"], True) is None
-    return {"tags": tags, "removed": report.removed, "guarded": guarded.guarded, "on our kernel": on_kernel, "problems": problems,
+    return {"tags": tags, "removed": report.removed, "guarded": guarded.guarded, "on our kernel": on_kernel,
+            "on the batched kernels": on_batched, "problems": problems,
             "paddle fuse defect": paddle_defect, "paddle bfloat16 inplace defect": bfloat16_inplace,
             "paddle cse defect": cse,
             "pass changes no bits on ours": same}
@@ -201,7 +206,8 @@ def _run_twice(factory, prefix, feed, reference, exact, tolerance=1e-4) -> tuple
 
 
 def differential(seeds, workdir) -> dict:
-    stats = {"programs": 0, "unrunnable": [], "removed": 0, "guarded": 0, "on our kernel": 0, "tags": Counter(),
+    stats = {"programs": 0, "unrunnable": [], "removed": 0, "guarded": 0, "on our kernel": 0,
+             "on the batched kernels": 0, "tags": Counter(),
              "wrong": defaultdict(list), "details": {}, "paddle fuse defect": [], "paddle bfloat16 inplace defect": [],
              "paddle cse defect": [], "same bits": 0, "compared bits": 0}
     for seed in seeds:
@@ -213,6 +219,7 @@ def differential(seeds, workdir) -> dict:
         stats["removed"] += result["removed"]
         stats["guarded"] += result["guarded"]
         stats["on our kernel"] += result["on our kernel"]
+        stats["on the batched kernels"] += result["on the batched kernels"]
         stats["tags"].update(result["tags"])
         if result["pass changes no bits on ours"] is not None:
             stats["compared bits"] += 1
@@ -232,7 +239,8 @@ def differential(seeds, workdir) -> dict:
 def format_summary(stats) -> str:
     lines = [f"{stats['programs']} programs (unrunnable on the Executor: {len(stats['unrunnable'])}); "
              f"copies removed {stats['removed']}, reads guarded {stats['guarded']}, loop products on our bfloat16 "
-             f"kernel {stats['on our kernel']}; on our configuration the "
+             f"kernel {stats['on our kernel']}, products of two activations on our batched kernels "
+             f"{stats['on the batched kernels']}; on our configuration the "
              f"cleaned program gives the bits of the program as built in {stats['same bits']} of "
              f"{stats['compared bits']}"]
     for name in CONFIGS:
@@ -259,11 +267,14 @@ def test_random_onednn_programs_are_right_on_every_shipped_configuration(tmp_pat
     assert stats["programs"] >= 0.9 * PROGRAMS, summary
     assert stats["removed"] > 0 and stats["guarded"] > 0, summary
     assert stats["on our kernel"] > 0 or not has_avx512_bf16(), summary  # loop_bfloat16_gemv ran
+    # loop_batched_matmul ran (float32, where the pipeline runs it; bfloat16 ones are rarer)
+    assert stats["on the batched kernels"] > 0 or not (has_avx512_bf16() and pipeline.float32_gemv_pays()), summary
     # the generator draws what it promises
     for tag in ("divide", "pow 2", "conv2d", "weighted residual", "weighted broadcast residual",
                 "weighted bias+activation", "softmax",
                 "rms_norm divide", "value from before the loop read inside", "chain", "duplicated subexpression",
                 "ids from a oneDNN cast", "copy-free loop", "if before the loop", "batch_norm", "row write",
+                "float32 computed matrices",
                 *(("bfloat16", "bfloat16 parameters") if computes_bfloat16() else ())):
         assert stats["tags"][tag] > 0, tag
     assert not stats["details"], summary

@@ -26,6 +26,8 @@ def names(steps):
 FIRST = ["float32_outputs", "transpose_perms"]  # every route
 # The loop's float32 weight products: on our kernel first on AMD processors, then MKL's GEMM.
 WEIGHTS = (["loop_float32_gemv"] if pipeline.float32_gemv_pays() else []) + ["loop_weight_matmul"]
+# The loop's float32 attention products: on our batched kernel where the float32 weights' are.
+FLOAT32_ATTENTION = ["loop_float32_batched_matmul"] if pipeline.float32_gemv_pays() else []
 GUARD = ["onednn_inplace_guard"]
 BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 
@@ -33,13 +35,13 @@ BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
-              "loop_bfloat16_batched_matmul"] + BROADCAST + ["inplace_reads"] + GUARD),
+              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
-     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul"]
-     + BROADCAST + ["inplace_reads"] + GUARD),
+     FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul",
+              *FLOAT32_ATTENTION] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
-              "loop_bfloat16_batched_matmul", "inplace_reads"] + GUARD),
+              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION, "inplace_reads"] + GUARD),
     ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
     ("cpu", "all", 1, False, FIRST + BROADCAST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
     ("cpu", "off", 1, False, FIRST + ["inplace_reads"] + GUARD),  # bfloat16 ops still run on oneDNN
@@ -119,6 +121,7 @@ def test_every_pass_is_called_the_same_way():
         "remove_loop_assign_pr9002", "carry_loop_caches_permuted", "run_loop_weight_matmuls_as_addmm",
         "run_loop_float32_matmuls_on_gemv",
         "run_loop_bfloat16_matmuls_on_gemv", "run_loop_bfloat16_matmuls_on_batched_kernel",
+        "run_loop_float32_matmuls_on_batched_kernel",
         "copy_broadcast_add_operands", "read_inplace_results", "guard_onednn_inplace"}
     for function in functions:
         parameters = list(signature(function).parameters.values())
@@ -150,8 +153,10 @@ def _held_in_cycles(work) -> list[str]:
 # Random programs on which every rewriting pass changes something: loop matmuls (every
 # weight counted as large: on our float32 kernel or MKL's GEMM, as the pipeline says), copies, in-place row writes, ifs, convolutions, bfloat16
 # weights and attention (on our kernels where the CPU has them), a copy-free loop (7).
-# Seed 15 is the first whose bfloat16 attention products go to our batched kernel.
-CYCLE_SEEDS = (*range(8), 15)
+# Seed 15 is the first whose bfloat16 attention products go to our batched kernel, 9 the
+# first after 0-7 whose broadcast add is copied (2 and 7 have float32 products of two
+# activations: on the batched kernel where the pipeline runs it).
+CYCLE_SEEDS = (*range(8), 9, 15)
 
 
 def test_no_pass_leaves_a_reference_cycle(tmp_path, every_weight_is_large):
@@ -178,8 +183,9 @@ def test_no_pass_leaves_a_reference_cycle(tmp_path, every_weight_is_large):
                                         program_files.has_loop(loaded.program))) == [], seed
     # the walks of every rewriting pass ran to a change
     kernels = {"loop_bfloat16_gemv", "loop_bfloat16_batched_matmul"} if kernel is not None else set()
-    float32 = "loop_float32_gemv" if kernel is not None and pipeline.float32_gemv_pays() else "loop_weight_matmul"
-    assert {"remove_loop_assign", float32, "onednn_inplace_guard", "inplace_reads",
+    on_amd = kernel is not None and pipeline.float32_gemv_pays()
+    float32 = {"loop_float32_gemv", "loop_float32_batched_matmul"} if on_amd else {"loop_weight_matmul"}
+    assert {"remove_loop_assign", *float32, "onednn_inplace_guard", "inplace_reads",
             "onednn_broadcast_add"} | kernels <= modified, modified
 
 

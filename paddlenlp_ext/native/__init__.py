@@ -8,7 +8,8 @@ rows of bfloat16 activations and a bfloat16 weight matrix stored ``[out, in]``
 over its KV cache); ``load_float32_gemv()`` gives ``paddlenlp_ext_float32_gemv(x, w)``:
 ``x @ w`` for a few rows of float32 activations and a float32 weight matrix stored
 ``[in, out]``, its rows split between threads (``float32_gemv.cc`` says why MKL's GEMM is
-not enough on AMD processors). They are built
+not enough on AMD processors); ``load_float32_batched_matmul()`` the batched product in
+float32 (``batched_matmul.h``: what the two batched kernels share). They are built
 from the shipped source the first time a process asks for it, with the compiler Paddle's
 ``cpp_extension`` uses, into ``<cache home>/native/`` (``files.cache_home``; about 15 s,
 once per source and Paddle version; concurrent builds wait on a lock), and registered
@@ -39,9 +40,14 @@ BFLOAT16_GEMV = "paddlenlp_ext_bfloat16_gemv"
 BFLOAT16_BATCHED_MATMUL = "paddlenlp_ext_bfloat16_batched_matmul"  # x @ y
 BFLOAT16_BATCHED_MATMUL_T = "paddlenlp_ext_bfloat16_batched_matmul_t"  # x @ y^T
 FLOAT32_GEMV = "paddlenlp_ext_float32_gemv"
-NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T, FLOAT32_GEMV)
+FLOAT32_BATCHED_MATMUL = "paddlenlp_ext_float32_batched_matmul"  # x @ y
+FLOAT32_BATCHED_MATMUL_T = "paddlenlp_ext_float32_batched_matmul_t"  # x @ y^T
+NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T, FLOAT32_GEMV,
+              FLOAT32_BATCHED_MATMUL, FLOAT32_BATCHED_MATMUL_T)
 # One library (its name: the first op's) for every kernel: built, and available, together.
-_SOURCES = tuple(Path(__file__).resolve().parent / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc"))
+_DIRECTORY = Path(__file__).resolve().parent
+_SOURCES = tuple(_DIRECTORY / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc"))
+_HEADERS = (_DIRECTORY / "batched_matmul.h",)  # what the sources include: part of the build's key
 _CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
@@ -81,6 +87,19 @@ def load_float32_gemv():
     return (None, reason) if reason else (_float32_gemv_op, None)
 
 
+def load_float32_batched_matmul():
+    """``(op, None)``, ``op(x, y, transpose_y)`` appending or running the float32 batched
+    kernel, or ``(None, why there is none)``."""
+    reason = _unavailable()
+    return (None, reason) if reason else (_float32_batched_matmul_op, None)
+
+
+def _float32_batched_matmul_op(x, y, transpose_y: bool):
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op(FLOAT32_BATCHED_MATMUL_T if transpose_y else FLOAT32_BATCHED_MATMUL, x, y)[0]
+
+
 def _float32_gemv_op(x, w):
     from paddle import _C_ops
 
@@ -102,7 +121,7 @@ def _bfloat16_batched_matmul_op(x, y, transpose_y: bool):
 def _build_and_register() -> None:
     import paddle
 
-    sources = [path.read_bytes() for path in _SOURCES]
+    sources = [path.read_bytes() for path in _SOURCES + _HEADERS]
     libs = Path(paddle.__file__).resolve().parent / "libs"
     # libiomp5, the OpenMP runtime of Paddle's oneDNN and MKL: the kernel's threads are
     # theirs, sized by the thread count Paddle Inference sets.

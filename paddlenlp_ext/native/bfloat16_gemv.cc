@@ -26,6 +26,7 @@
 #include <cstring>
 #include <vector>
 
+#include "batched_matmul.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -111,31 +112,6 @@ BF16_TARGET void ProductRows(const uint16_t* x, const uint16_t* w, uint16_t* y, 
 constexpr int kShortRows = 16;
 constexpr int64_t kShortK = 256;
 
-// {sum of a[i] : i < 16} as one register (lane i: a[i]'s sum).
-BF16_TARGET inline __m512 SumEach(__m512* a) {
-  __m512 halves[8], quarters[4], pairs[2];
-  for (int i = 0; i < 8; ++i) {  // 128-bit chunks [a0+a2, a1+a3] of a[2i], then of a[2i+1]
-    const __m512 lo = _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 hi = _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2));
-    halves[i] = _mm512_add_ps(lo, hi);
-  }
-  for (int i = 0; i < 4; ++i) {  // chunk c: 4 partial sums of a[4i + c]
-    const __m512 lo = _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 hi = _mm512_shuffle_f32x4(halves[2 * i], halves[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1));
-    quarters[i] = _mm512_add_ps(lo, hi);
-  }
-  for (int i = 0; i < 2; ++i) {
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(quarters[2 * i], quarters[2 * i + 1]),
-                             _mm512_unpackhi_ps(quarters[2 * i], quarters[2 * i + 1]));
-  }
-  const __m512d p0 = _mm512_castps_pd(pairs[0]), p1 = _mm512_castps_pd(pairs[1]);
-  const __m512 sums = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p0, p1)),
-                                    _mm512_castpd_ps(_mm512_unpackhi_pd(p0, p1)));
-  // lane 4c + j holds a[4j + c]'s sum
-  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-  return _mm512_permutexvar_ps(order, sums);
-}
-
 // RoundToBfloat16 of each lane.
 BF16_TARGET inline __m256i RoundEachToBfloat16(__m512 values) {
   const __m512i bits = _mm512_castps_si512(values);
@@ -167,7 +143,7 @@ BF16_TARGET void ProductShortRows(const uint16_t* x, const uint16_t* w, uint16_t
         for (int k = 0; k < steps; ++k) sum = DotStep(sum, xk[k], block + r * k_total + 32 * k);
         sums[r] = tail ? DotTail(sum, xm + k_body, block + r * k_total + k_body, tail) : sum;
       }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * n_total + n), RoundEachToBfloat16(SumEach(sums)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * n_total + n), RoundEachToBfloat16(paddlenlp_ext::SumEach(sums)));
     }
     if (n < n1) ProductRows(xm, w, y + m * n_total, 1, n_total, k_total, n, n1);
   }
@@ -212,115 +188,29 @@ BF16_TARGET void WeightedRows(const uint16_t* x, const uint16_t* v, uint16_t* y,
   }
 }
 
-// The batch dims of x, y and the result, right-aligned as matmul broadcasts them, and
-// for each batch of the result the batch of x and of y it reads.
-struct Batches {
-  std::vector<int64_t> shape;  // the result's batch dims
-  std::vector<int64_t> x_of, y_of;
-};
-
-Batches BroadcastBatches(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape) {
-  const size_t x_rank = x_shape.size() - 2, y_rank = y_shape.size() - 2;
-  const size_t rank = x_rank > y_rank ? x_rank : y_rank;
-  Batches batches;
-  std::vector<int64_t> x_dims(rank, 1), y_dims(rank, 1);
-  for (size_t i = 0; i < x_rank; ++i) x_dims[rank - x_rank + i] = x_shape[i];
-  for (size_t i = 0; i < y_rank; ++i) y_dims[rank - y_rank + i] = y_shape[i];
-  int64_t total = 1;
-  for (size_t i = 0; i < rank; ++i) {
-    PD_CHECK(x_dims[i] == y_dims[i] || x_dims[i] == 1 || y_dims[i] == 1,
-             "paddlenlp_ext_bfloat16_batched_matmul: batch dims do not broadcast");
-    batches.shape.push_back(x_dims[i] == 1 ? y_dims[i] : x_dims[i]);
-    total *= batches.shape.back();
-  }
-  for (int64_t b = 0; b < total; ++b) {
-    int64_t rest = b, x_index = 0, y_index = 0, x_stride = 1, y_stride = 1;
-    for (size_t i = rank; i-- > 0;) {
-      const int64_t at = rest % batches.shape[i];
-      rest /= batches.shape[i];
-      x_index += (x_dims[i] == 1 ? 0 : at) * x_stride;
-      y_index += (y_dims[i] == 1 ? 0 : at) * y_stride;
-      x_stride *= x_dims[i];
-      y_stride *= y_dims[i];
-    }
-    batches.x_of.push_back(x_index);
-    batches.y_of.push_back(y_index);
-  }
-  return batches;
-}
-
-std::vector<paddle::Tensor> BatchedForward(const paddle::Tensor& x_in, const paddle::Tensor& y_in, bool transpose_y) {
-  PD_CHECK(x_in.is_cpu() && y_in.is_cpu(), "paddlenlp_ext_bfloat16_batched_matmul runs on CPU tensors only");
-  PD_CHECK(x_in.dtype() == paddle::DataType::BFLOAT16 && y_in.dtype() == paddle::DataType::BFLOAT16,
-           "paddlenlp_ext_bfloat16_batched_matmul takes bfloat16 tensors");
-  const std::vector<int64_t> x_shape = x_in.shape(), y_shape = y_in.shape();
-  PD_CHECK(x_shape.size() >= 2 && y_shape.size() >= 2, "paddlenlp_ext_bfloat16_batched_matmul: matrices expected");
-  const int64_t rows = x_shape[x_shape.size() - 2], k_total = x_shape.back();
-  const int64_t n_total = transpose_y ? y_shape[y_shape.size() - 2] : y_shape.back();
-  PD_CHECK((transpose_y ? y_shape.back() : y_shape[y_shape.size() - 2]) == k_total,
-           "paddlenlp_ext_bfloat16_batched_matmul: the inner dims differ");
-  const Batches batches = BroadcastBatches(x_shape, y_shape);
-  const paddle::Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
-  const paddle::Tensor y = y_in.is_contiguous() ? y_in : y_in.contiguous();
-  std::vector<int64_t> out_shape(batches.shape);
-  out_shape.push_back(rows);
-  out_shape.push_back(n_total);
-  paddle::Tensor out = paddle::empty(out_shape, paddle::DataType::BFLOAT16, x.place());
-  const auto* xp = static_cast<const uint16_t*>(x.data());
-  const auto* yp = static_cast<const uint16_t*>(y.data());
-  auto* op = static_cast<uint16_t*>(out.data());
-  const int64_t count = static_cast<int64_t>(batches.x_of.size());
-  const int64_t x_size = rows * k_total, y_size = n_total * k_total, out_size = rows * n_total;
-  if (transpose_y) {  // tasks: a batch's rows of y, kRowsPerTask at a time
-    const int64_t per_batch = (n_total + kRowsPerTask - 1) / kRowsPerTask;
-#pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < count * per_batch; ++task) {
-      const int64_t b = task / per_batch, n0 = task % per_batch * kRowsPerTask;
-      const int64_t n1 = n0 + kRowsPerTask < n_total ? n0 + kRowsPerTask : n_total;
-      const auto product = k_total <= kShortK ? ProductShortRows : ProductRows;
-      product(xp + batches.x_of[b] * x_size, yp + batches.y_of[b] * y_size, op + b * out_size, rows, n_total, k_total,
-              n0, n1);
-    }
-  } else {  // tasks: batches
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < count; ++b) {
-      WeightedRows(xp + batches.x_of[b] * x_size, yp + batches.y_of[b] * y_size, op + b * out_size, rows, k_total,
-                   n_total);
-    }
-  }
-  return {out};
+// One batch's transposed product: short rows (an attention head's keys) one after another,
+// long ones side by side.
+void Scores(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t rows, int64_t n_total, int64_t k_total,
+            int64_t n0, int64_t n1) {
+  (k_total <= kShortK ? ProductShortRows : ProductRows)(x, w, y, rows, n_total, k_total, n0, n1);
 }
 
 std::vector<paddle::Tensor> BatchedForwardT(const paddle::Tensor& x, const paddle::Tensor& y) {
-  return BatchedForward(x, y, true);
+  return paddlenlp_ext::BatchedProduct<uint16_t>(x, y, true, paddle::DataType::BFLOAT16,
+                                                 "paddlenlp_ext_bfloat16_batched_matmul", Scores, WeightedRows);
 }
 
 std::vector<paddle::Tensor> BatchedForwardN(const paddle::Tensor& x, const paddle::Tensor& y) {
-  return BatchedForward(x, y, false);
-}
-
-// The result's shape as matmul infers it (-1: known at run time only).
-std::vector<int64_t> BatchedShape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape,
-                                  bool transpose_y) {
-  const size_t x_rank = x_shape.size() - 2, y_rank = y_shape.size() - 2;
-  const size_t rank = x_rank > y_rank ? x_rank : y_rank;
-  std::vector<int64_t> shape;
-  for (size_t i = 0; i < rank; ++i) {
-    const int64_t a = i + x_rank >= rank ? x_shape[i + x_rank - rank] : 1;
-    const int64_t b = i + y_rank >= rank ? y_shape[i + y_rank - rank] : 1;
-    shape.push_back(a == 1 ? b : (b == 1 ? a : (a == -1 ? b : a)));
-  }
-  shape.push_back(x_shape[x_shape.size() - 2]);
-  shape.push_back(transpose_y ? y_shape[y_shape.size() - 2] : y_shape.back());
-  return shape;
+  return paddlenlp_ext::BatchedProduct<uint16_t>(x, y, false, paddle::DataType::BFLOAT16,
+                                                 "paddlenlp_ext_bfloat16_batched_matmul", Scores, WeightedRows);
 }
 
 std::vector<std::vector<int64_t>> BatchedShapeT(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {BatchedShape(x, y, true)};
+  return {paddlenlp_ext::BatchedShape(x, y, true)};
 }
 
 std::vector<std::vector<int64_t>> BatchedShapeN(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {BatchedShape(x, y, false)};
+  return {paddlenlp_ext::BatchedShape(x, y, false)};
 }
 
 std::vector<paddle::Tensor> Forward(const paddle::Tensor& x_in, const paddle::Tensor& w_in) {

@@ -1,7 +1,7 @@
 """The matmuls of ``pd_op.while`` bodies, which of them multiply by a weight matrix, and
 replacing matmuls one by one: what the rules that move a decode loop's products to
 another kernel share (``loop_weight_matmul``, ``loop_float32_gemv``,
-``loop_bfloat16_gemv``, ``loop_bfloat16_batched_matmul``)."""
+``loop_bfloat16_gemv``, ``loop_batched_matmul``)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   device); on CPU ``loop_float32_gemv`` (on AMD processors, where the kernel exists) then
   ``loop_weight_matmul`` (both up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off),
   ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
-  kernels exist); on CPU with oneDNN on, ``onednn_broadcast_add``; ``inplace_reads``;
+  kernels exist), ``loop_float32_batched_matmul`` (where ``loop_float32_gemv`` runs);
+  on CPU with oneDNN on, ``onednn_broadcast_add``; ``inplace_reads``;
   on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
 - **The fallback's program** (``running_passes(..., optimize=False)``): none of the
@@ -152,9 +153,16 @@ def _loop_bfloat16_gemv(program, outputs):
 
 def _loop_bfloat16_batched_matmul(program, outputs):
     from ..native import load_bfloat16_batched_matmul
-    from .loop_bfloat16_batched_matmul import run_loop_bfloat16_matmuls_on_batched_kernel
+    from .loop_batched_matmul import run_loop_bfloat16_matmuls_on_batched_kernel
 
     return run_loop_bfloat16_matmuls_on_batched_kernel(program, outputs, load_kernel=load_bfloat16_batched_matmul)
+
+
+def _loop_float32_batched_matmul(program, outputs):
+    from ..native import load_float32_batched_matmul
+    from .loop_batched_matmul import run_loop_float32_matmuls_on_batched_kernel
+
+    return run_loop_float32_matmuls_on_batched_kernel(program, outputs, load_kernel=load_float32_batched_matmul)
 
 
 def _broadcast_add(program, outputs):
@@ -213,6 +221,9 @@ LOOP_WEIGHT_MATMUL = PassStep("loop_weight_matmul", _loop_weight_matmul)
 # Where MKL's one-row GEMM does not use a second thread (AMD processors: ``float32_gemv_pays``);
 # before loop_weight_matmul, which keeps the products it leaves.
 LOOP_FLOAT32_GEMV = PassStep("loop_float32_gemv", _loop_float32_gemv)
+# Its attention products over the KV cache, where our float32 kernels run; after the
+# weights' rules, before the guard.
+LOOP_FLOAT32_BATCHED_MATMUL = PassStep("loop_float32_batched_matmul", _loop_float32_batched_matmul)
 # Where the kernel exists (``native``: else the step keeps every matmul); before the
 # guard, which sees its readers.
 LOOP_BFLOAT16_GEMV = PassStep("loop_bfloat16_gemv", _loop_bfloat16_gemv)
@@ -258,6 +269,8 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
             steps += [LOOP_FLOAT32_GEMV, LOOP_WEIGHT_MATMUL] if float32_gemv_pays() else [LOOP_WEIGHT_MATMUL]
         if device == "cpu":
             steps += [LOOP_BFLOAT16_GEMV, LOOP_BFLOAT16_BATCHED_MATMUL]
+            if float32_gemv_pays():
+                steps.append(LOOP_FLOAT32_BATCHED_MATMUL)
     if device == "cpu" and onednn != "off":
         steps.append(ONEDNN_BROADCAST_ADD)
     steps.append(INPLACE_READS)
