@@ -19,19 +19,23 @@ from paddlenlp_ext.passes import pipeline
 
 HEAD = 40  # not a multiple of 32 (the transposed kernel's step) nor 16 (a register of sums)
 POSITIONS = 37
-
-
-@requires_avx512_bf16
-@pytest.mark.parametrize("x_shape, y_shape, transpose_y", [
+# (x's shape, y's shape, transpose_y) both kernels are checked on
+PRODUCTS = [
     ((2, 4, 3, 40), (2, 4, 37, 40), True),
     ((2, 4, 3, 37), (2, 4, 37, 130), False),  # more than 128 columns: two passes
     ((1, 3, 5), (4, 1, 9, 5), True),  # batch dims broadcast both ways, ranks differ
     ((4, 1, 2, 9), (3, 9, 17), False),
     ((2, 7), (5, 7), True),  # no batch dims
     ((1, 8, 1, 128), (1, 8, 300, 128), True),  # a decode step's attention: one row a head
+    ((1, 8, 1, 300), (1, 8, 300, 128), False),
+]
+
+
+@requires_avx512_bf16
+@pytest.mark.parametrize("x_shape, y_shape, transpose_y", [
+    *PRODUCTS,
     ((2, 1, 3, 256), (2, 1, 50, 256), True),  # the longest rows the short-row path takes
     ((2, 1, 3, 257), (2, 1, 50, 257), True),  # the shortest the long-row path takes
-    ((1, 8, 1, 300), (1, 8, 300, 128), False),
 ])
 def test_the_kernel_is_the_product_rounded_once_to_bfloat16(x_shape, y_shape, transpose_y):
     """The bound of ``test_bfloat16_gemv``'s test: float32 sums of exact bfloat16 products
@@ -56,13 +60,7 @@ def test_the_kernel_is_the_product_rounded_once_to_bfloat16(x_shape, y_shape, tr
 
 @requires_avx512_bf16
 @pytest.mark.parametrize("x_shape, y_shape, transpose_y", [
-    ((2, 4, 3, 40), (2, 4, 37, 40), True),
-    ((2, 4, 3, 37), (2, 4, 37, 130), False),  # more than 128 columns: two passes
-    ((1, 3, 5), (4, 1, 9, 5), True),  # batch dims broadcast both ways, ranks differ
-    ((4, 1, 2, 9), (3, 9, 17), False),
-    ((2, 7), (5, 7), True),  # no batch dims
-    ((1, 8, 1, 128), (1, 8, 300, 128), True),  # a decode step's attention: one row a head
-    ((1, 8, 1, 300), (1, 8, 300, 128), False),
+    *PRODUCTS,
     ((2, 2, 4, 128), (2, 2, 150, 128), True),  # grouped queries: 4 rows a key/value head
 ])
 def test_the_float32_kernel_is_the_product_summed_in_float32(threads, x_shape, y_shape, transpose_y):

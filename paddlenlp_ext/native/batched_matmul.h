@@ -70,6 +70,14 @@ inline std::vector<int64_t> BatchedShape(const std::vector<int64_t>& x_shape, co
   return shape;
 }
 
+inline std::vector<std::vector<int64_t>> BatchedShapeT(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
+  return {BatchedShape(x, y, true)};
+}
+
+inline std::vector<std::vector<int64_t>> BatchedShapeN(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
+  return {BatchedShape(x, y, false)};
+}
+
 constexpr int64_t kBatchedRowsPerTask = 64;  // of y, transposed: a task's share of one batch
 
 // The batched product of x and y in `dtype` (Element its storage), run by `op`:
@@ -77,7 +85,7 @@ constexpr int64_t kBatchedRowsPerTask = 64;  // of y, transposed: a task's share
 //     (y_b [n_total, k_total]; the transposed product, split in tasks of kBatchedRowsPerTask
 //     rows of y a batch),
 //   weighted(x_b, y_b, out_b, rows, s_total, n_total): out_b = x_b @ y_b (y_b [s_total,
-//     n_total]; one task a batch).
+//     n_total]; one task a batch; WeightedRows below).
 template <typename Element, typename Scores, typename Weighted>
 std::vector<paddle::Tensor> BatchedProduct(const paddle::Tensor& x_in, const paddle::Tensor& y_in, bool transpose_y,
                                            paddle::DataType dtype, const std::string& op, Scores scores,
@@ -118,6 +126,39 @@ std::vector<paddle::Tensor> BatchedProduct(const paddle::Tensor& x_in, const pad
     }
   }
   return {out};
+}
+
+// y[m, :] = sum_s x[m, s] * v[s, :] for one batch's x [rows, s_total] and v [s_total,
+// n_total] of Element: float32 sums of kColumnsPerPass columns in registers, v's rows
+// streamed in order. Traits: float Widen(Element), __m512 Load(__mmask16, const Element*)
+// (16 values widened to float32) and Store(Element*, __mmask16, __m512).
+constexpr int64_t kColumnsPerPass = 128;  // 8 registers of sums
+
+template <typename Element, typename Traits>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void WeightedRows(const Element* x, const Element* v, Element* y,
+                                                                         int64_t rows, int64_t s_total,
+                                                                         int64_t n_total) {
+  for (int64_t n0 = 0; n0 < n_total; n0 += kColumnsPerPass) {
+    const int64_t width = n_total - n0 < kColumnsPerPass ? n_total - n0 : kColumnsPerPass;
+    const int vectors = static_cast<int>((width + 15) / 16);
+    __mmask16 masks[kColumnsPerPass / 16];  // the columns of each register of sums
+    for (int j = 0; j < vectors; ++j) {
+      const int64_t left = width - 16 * j;
+      masks[j] = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+    }
+    for (int64_t m = 0; m < rows; ++m) {
+      __m512 sums[kColumnsPerPass / 16];
+      for (int j = 0; j < vectors; ++j) sums[j] = _mm512_setzero_ps();
+      const Element* xm = x + m * s_total;
+      for (int64_t s = 0; s < s_total; ++s) {
+        const __m512 weight = _mm512_set1_ps(Traits::Widen(xm[s]));
+        const Element* row = v + s * n_total + n0;
+        for (int j = 0; j < vectors; ++j) sums[j] = _mm512_fmadd_ps(weight, Traits::Load(masks[j], row + 16 * j), sums[j]);
+      }
+      Element* ym = y + m * n_total + n0;
+      for (int j = 0; j < vectors; ++j) Traits::Store(ym + 16 * j, masks[j], sums[j]);
+    }
+  }
 }
 
 // {sum of a[i]'s lanes : i < 16} as one register (lane i: a[i]'s sum), by a tree of shuffles.

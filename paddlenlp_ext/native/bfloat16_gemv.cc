@@ -149,10 +149,6 @@ BF16_TARGET void ProductShortRows(const uint16_t* x, const uint16_t* w, uint16_t
   }
 }
 
-// y[m, n0:n1] = sum_s x[m, s] * v[s, n0:n1] for one batch's x [rows, s_total] and
-// v [s_total, n_total]: float32 sums of 16 columns a register, v's rows streamed in order.
-constexpr int64_t kColumnsPerPass = 128;  // 8 registers of sums
-
 inline float Bfloat16ToFloat(uint16_t value) {
   const uint32_t bits = static_cast<uint32_t>(value) << 16;
   float result;
@@ -160,33 +156,17 @@ inline float Bfloat16ToFloat(uint16_t value) {
   return result;
 }
 
-BF16_TARGET void WeightedRows(const uint16_t* x, const uint16_t* v, uint16_t* y, int64_t rows, int64_t s_total,
-                              int64_t n_total) {
-  for (int64_t n0 = 0; n0 < n_total; n0 += kColumnsPerPass) {
-    const int64_t width = n_total - n0 < kColumnsPerPass ? n_total - n0 : kColumnsPerPass;
-    const int vectors = static_cast<int>((width + 15) / 16);
-    __mmask16 masks[kColumnsPerPass / 16];  // the columns of each register of sums
-    for (int j = 0; j < vectors; ++j) {
-      const int64_t left = width - 16 * j;
-      masks[j] = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
-    }
-    for (int64_t m = 0; m < rows; ++m) {
-      __m512 sums[kColumnsPerPass / 16];
-      for (int j = 0; j < vectors; ++j) sums[j] = _mm512_setzero_ps();
-      const uint16_t* xm = x + m * s_total;
-      for (int64_t s = 0; s < s_total; ++s) {
-        const __m512 weight = _mm512_set1_ps(Bfloat16ToFloat(xm[s]));
-        const uint16_t* row = v + s * n_total + n0;
-        for (int j = 0; j < vectors; ++j) {
-          const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(masks[j], row + 16 * j));
-          sums[j] = _mm512_fmadd_ps(weight, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), sums[j]);
-        }
-      }
-      uint16_t* ym = y + m * n_total + n0;
-      for (int j = 0; j < vectors; ++j) _mm256_mask_storeu_epi16(ym + 16 * j, masks[j], RoundEachToBfloat16(sums[j]));
-    }
+struct Bfloat16 {  // batched_matmul.h's WeightedRows in bfloat16: float32 sums rounded once
+  static float Widen(uint16_t value) { return Bfloat16ToFloat(value); }
+  BF16_TARGET static __m512 Load(__mmask16 mask, const uint16_t* values) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, values));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
   }
-}
+  BF16_TARGET static void Store(uint16_t* out, __mmask16 mask, __m512 sums) {
+    _mm256_mask_storeu_epi16(out, mask, RoundEachToBfloat16(sums));
+  }
+};
+constexpr auto WeightedRows = paddlenlp_ext::WeightedRows<uint16_t, Bfloat16>;
 
 // One batch's transposed product: short rows (an attention head's keys) one after another,
 // long ones side by side.
@@ -203,14 +183,6 @@ std::vector<paddle::Tensor> BatchedForwardT(const paddle::Tensor& x, const paddl
 std::vector<paddle::Tensor> BatchedForwardN(const paddle::Tensor& x, const paddle::Tensor& y) {
   return paddlenlp_ext::BatchedProduct<uint16_t>(x, y, false, paddle::DataType::BFLOAT16,
                                                  "paddlenlp_ext_bfloat16_batched_matmul", Scores, WeightedRows);
-}
-
-std::vector<std::vector<int64_t>> BatchedShapeT(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {paddlenlp_ext::BatchedShape(x, y, true)};
-}
-
-std::vector<std::vector<int64_t>> BatchedShapeN(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {paddlenlp_ext::BatchedShape(x, y, false)};
 }
 
 std::vector<paddle::Tensor> Forward(const paddle::Tensor& x_in, const paddle::Tensor& w_in) {
@@ -264,12 +236,12 @@ PD_BUILD_OP(paddlenlp_ext_bfloat16_batched_matmul_t)
     .Inputs({"X", "Y"})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(BatchedForwardT))
-    .SetInferShapeFn(PD_INFER_SHAPE(BatchedShapeT))
+    .SetInferShapeFn(PD_INFER_SHAPE(paddlenlp_ext::BatchedShapeT))
     .SetInferDtypeFn(PD_INFER_DTYPE(InferDtype));
 
 PD_BUILD_OP(paddlenlp_ext_bfloat16_batched_matmul)
     .Inputs({"X", "Y"})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(BatchedForwardN))
-    .SetInferShapeFn(PD_INFER_SHAPE(BatchedShapeN))
+    .SetInferShapeFn(PD_INFER_SHAPE(paddlenlp_ext::BatchedShapeN))
     .SetInferDtypeFn(PD_INFER_DTYPE(InferDtype));

@@ -161,36 +161,12 @@ F32_TARGET void ScoreRows(const float* x, const float* w, float* y, int64_t rows
   }
 }
 
-// WeightedRows: y[m, :] = sum_s x[m, s] * v[s, :] for one batch's x [rows, s_total] and
-// v [s_total, n_total]: kColumnsPerPass columns of sums in registers, v's rows streamed in order.
-constexpr int64_t kColumnsPerPass = 128;  // 8 registers of sums
-
-F32_TARGET void WeightedRows(const float* x, const float* v, float* y, int64_t rows, int64_t s_total,
-                             int64_t n_total) {
-  for (int64_t n0 = 0; n0 < n_total; n0 += kColumnsPerPass) {
-    const int64_t width = n_total - n0 < kColumnsPerPass ? n_total - n0 : kColumnsPerPass;
-    const int vectors = static_cast<int>((width + 15) / 16);
-    __mmask16 masks[kColumnsPerPass / 16];  // the columns of each register of sums
-    for (int j = 0; j < vectors; ++j) {
-      const int64_t left = width - 16 * j;
-      masks[j] = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
-    }
-    for (int64_t m = 0; m < rows; ++m) {
-      __m512 sums[kColumnsPerPass / 16];
-      for (int j = 0; j < vectors; ++j) sums[j] = _mm512_setzero_ps();
-      const float* xm = x + m * s_total;
-      for (int64_t s = 0; s < s_total; ++s) {
-        const __m512 weight = _mm512_set1_ps(xm[s]);
-        const float* row = v + s * n_total + n0;
-        for (int j = 0; j < vectors; ++j) {
-          sums[j] = _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(masks[j], row + 16 * j), sums[j]);
-        }
-      }
-      float* ym = y + m * n_total + n0;
-      for (int j = 0; j < vectors; ++j) _mm512_mask_storeu_ps(ym + 16 * j, masks[j], sums[j]);
-    }
-  }
-}
+struct Float32 {  // batched_matmul.h's WeightedRows in float32
+  static float Widen(float value) { return value; }
+  F32_TARGET static __m512 Load(__mmask16 mask, const float* values) { return _mm512_maskz_loadu_ps(mask, values); }
+  F32_TARGET static void Store(float* out, __mmask16 mask, __m512 sums) { _mm512_mask_storeu_ps(out, mask, sums); }
+};
+constexpr auto WeightedRows = paddlenlp_ext::WeightedRows<float, Float32>;
 
 std::vector<paddle::Tensor> BatchedForwardT(const paddle::Tensor& x, const paddle::Tensor& y) {
   return paddlenlp_ext::BatchedProduct<float>(x, y, true, paddle::DataType::FLOAT32,
@@ -200,14 +176,6 @@ std::vector<paddle::Tensor> BatchedForwardT(const paddle::Tensor& x, const paddl
 std::vector<paddle::Tensor> BatchedForwardN(const paddle::Tensor& x, const paddle::Tensor& y) {
   return paddlenlp_ext::BatchedProduct<float>(x, y, false, paddle::DataType::FLOAT32,
                                               "paddlenlp_ext_float32_batched_matmul", ScoreRows, WeightedRows);
-}
-
-std::vector<std::vector<int64_t>> BatchedShapeT(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {paddlenlp_ext::BatchedShape(x, y, true)};
-}
-
-std::vector<std::vector<int64_t>> BatchedShapeN(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {paddlenlp_ext::BatchedShape(x, y, false)};
 }
 
 }  // namespace
@@ -223,12 +191,12 @@ PD_BUILD_OP(paddlenlp_ext_float32_batched_matmul_t)
     .Inputs({"X", "Y"})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(BatchedForwardT))
-    .SetInferShapeFn(PD_INFER_SHAPE(BatchedShapeT))
+    .SetInferShapeFn(PD_INFER_SHAPE(paddlenlp_ext::BatchedShapeT))
     .SetInferDtypeFn(PD_INFER_DTYPE(InferDtype));
 
 PD_BUILD_OP(paddlenlp_ext_float32_batched_matmul)
     .Inputs({"X", "Y"})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(BatchedForwardN))
-    .SetInferShapeFn(PD_INFER_SHAPE(BatchedShapeN))
+    .SetInferShapeFn(PD_INFER_SHAPE(paddlenlp_ext::BatchedShapeN))
     .SetInferDtypeFn(PD_INFER_DTYPE(InferDtype));
