@@ -144,7 +144,7 @@ def check_program(seed: int, workdir: str) -> dict:
     loaded = load_files(prefixes["source"], "pir")  # as StaticGenerationModel(remove_loop_assign=False) runs it
     prepared = prepare_program(loaded, "cpu", "all")
     on_kernel = prepared.get("loop_bfloat16_gemv").rewritten
-    on_batched = sum(prepared.get(name).rewritten for name in BATCHED_STEPS if prepared.get(name) is not None)
+    on_batched = sum(report.rewritten for report in map(prepared.get, BATCHED_STEPS) if report is not None)
     save_program(loaded, prefixes["ours, as built"])
     loaded = load_files(prefixes["source"], "pir")
     report = remove_loop_assign(loaded.program, outputs=loaded.outputs)

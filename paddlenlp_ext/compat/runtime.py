@@ -5,9 +5,12 @@ legacy branches writing saved buffers."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import paddle
+
+logger = logging.getLogger("paddlenlp_ext")
 
 
 # -- parameter scopes ----------------------------------------------------------------------
@@ -76,8 +79,11 @@ def batch_cpu_garbage_collection() -> None:
     """Have the executors this process creates from now on free dead tensors in batches of
     ``GARBAGE_BATCH_GB`` (see above), unless the user chose a threshold."""
     current = paddle.get_flags([GARBAGE_BATCH_FLAG])[GARBAGE_BATCH_FLAG]
-    if garbage_batch_left_alone(os.environ, current) is None:
+    reason = garbage_batch_left_alone(os.environ, current)
+    if reason is None:
         paddle.set_flags({GARBAGE_BATCH_FLAG: GARBAGE_BATCH_GB})
+    else:
+        logger.debug("the executor's garbage threshold left as it is (%s)", reason)
 
 
 # -- translating legacy programs -----------------------------------------------------------
