@@ -37,11 +37,23 @@ def bench(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
-    output = tmp_path / "results" / "bench.json"
-    result = bench(*TINY, "--output", str(output))
+# The dtypes the shared tiny run times: bfloat16 beside float32 where oneDNN computes it.
+TINY_DTYPES = ["float32", "bfloat16"] if computes_bfloat16() else ["float32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run of every variant on both loops, in every dtype this CPU computes:
+    ``(completed process, record, output path)``. The runs cost most of this file's time
+    (the exports), so the tests of the record, the table and bfloat16 read one run."""
+    output = tmp_path_factory.mktemp("tiny") / "results" / "bench.json"
+    result = bench(*TINY, "--dtypes", ",".join(TINY_DTYPES), "--output", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
-    data = json.loads(output.read_text())
+    return result, json.loads(output.read_text()), output
+
+
+def test_tiny_run_writes_the_record_the_table_and_the_plot(tiny_run):
+    result, data, output = tiny_run
     assert set(data) >= {"results", "tokens_identical", "deep_pass", "limits", "machine", "versions", "model", "args"}
     assert data["limits"]["threads"] == 1 and data["args"]["preset"] == "toy"
     assert data["limits"]["bandwidth_gib_s"] > 0 and data["limits"]["gemm_gflops"] > 0
@@ -54,9 +66,11 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
     assert set(data["machine"]) >= {"cpu", "cores", "os"}
     assert set(data["versions"]) == {"python", "paddle", "paddlenlp", "paddlenlp_ext"}
     assert data["model"]["num_hidden_layers"] == 1 and data["model"]["hidden_size"] == 64
-    rows = data["results"]
-    assert [(row["loop"], row["variant"], row["context"]) for row in rows] == [
-        (loop, name, 16) for loop in LOOPS for name in LOOP_VARIANTS[loop]]
+    every_row = data["results"]
+    bf16 = ("bf16",) if "bfloat16" in TINY_DTYPES else ()  # after float32's rows on each loop
+    assert [(row["loop"], row["variant"], row["context"]) for row in every_row] == [
+        (loop, name, 16) for loop in LOOPS for name in [*LOOP_VARIANTS[loop], *bf16]]
+    rows = [row for row in every_row if row["dtype"] == "float32"]
     for row in rows:
         assert set(row) >= RECORD_FIELDS
         assert row["new_tokens"] == 4 and len(row["runs_s"]) == len(row["prefill_runs_s"]) == 1
@@ -71,7 +85,7 @@ def test_tiny_run_writes_the_record_the_table_and_the_plot(tmp_path):
                                                       rel=0.01)
         assert row["prefill_roofline_ratio"] == pytest.approx(row["prefill_ms"] / row["prefill_bound_ms"], rel=0.01)
         assert (row["pass_ms"] is None) == (row["variant"] in ("paddlenlp-default", "legacy", "pir"))
-        assert row["dtype"] == "float32" and row["token_agreement_with_float32"] is None  # --dtypes' default
+        assert row["token_agreement_with_float32"] is None and row["prefill_speedup_vs_float32"] is None
     for loop in LOOPS:
         by_variant = {row["variant"]: row for row in rows if row["loop"] == loop}
         baseline = by_variant["paddlenlp-default"]
@@ -232,8 +246,10 @@ def test_the_weights_the_roofline_counts_are_the_models_parameters(kv_heads, dty
 def test_sigterm_stops_the_run_and_removes_its_files(tmp_path):
     """SIGTERM during the timing rounds: exit 130, no temporary directory, no child left."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    run = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--loops", "generation_loop", "--output",
-                            str(tmp_path / "out" / "bench.json")], stderr=subprocess.PIPE, text=True, env=env)
+    # one loop and one variant: a single export before the rounds
+    run = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--loops", "generation_loop", "--variants", "legacy",
+                            "--output", str(tmp_path / "out" / "bench.json")], stderr=subprocess.PIPE, text=True,
+                           env=env)
     for line in run.stderr:
         if "round 1/1" in line:
             break
@@ -267,13 +283,10 @@ def _step_bytes_by_hand(data: dict, itemsize: int) -> float:
 
 
 @requires_bfloat16
-def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
-    output = tmp_path / "bench.json"
-    result = bench(*TINY, "--dtypes", "float32,bfloat16", "--variants", "static-cache", "--loops", "generation_loop",
-                   "--pass-layers", "0", "--output", str(output))
-    assert result.returncode == 0, result.stderr[-2000:]
-    data = json.loads(output.read_text())
-    rows = data["results"]
+def test_bfloat16_runs_beside_float32_on_the_same_weights(tiny_run):
+    result, data, output = tiny_run
+    rows = [row for row in data["results"] if row["loop"] == "generation_loop" and row["variant"] in (
+        "static-cache", "bf16")]
     assert [(row["variant"], row["dtype"]) for row in rows] == [("static-cache", "float32"), ("bf16", "bfloat16")]
     float32, bf16 = rows
     for row in rows:
@@ -304,26 +317,19 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tmp_path):
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
-@requires_bfloat16
-def test_bfloat16_alone_runs_the_bf16_variant_only_on_both_loops(tmp_path):
-    output = tmp_path / "bench.json"
-    result = bench(*TINY, "--dtypes", "bfloat16", "--pass-layers", "0", "--output", str(output))
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(output.read_text())["results"]
-    assert [(row["loop"], row["variant"], row["dtype"]) for row in rows] == [("generation_loop", "bf16", "bfloat16"),
-                                                                             ("paddlenlp", "bf16", "bfloat16")]
-    for row in rows:
-        assert row["token_agreement_with_float32"] is None and row["decode_speedup_vs_float32"] is None
-        assert row["tokens_identical"] is True
-    assert "loop: paddlenlp" in result.stdout and result.stdout.count("| bfloat16 | 16 | bf16 |") == 2
-
-
 def _bench_module(name):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         return importlib.import_module(f"bench.{name}")
     finally:
         sys.path.remove(str(SCRIPT.parent))
+
+
+# The settings of a run whose children _fake_child plays.
+FAKE_SETTINGS = {"contexts": [16], "new_tokens": 4, "warmup": 0, "threads": 1, "seed": 0, "batch_size": 1,
+                 "vocab_size": 50, "repeats": 2, "layers": 1, "hidden_size": 64, "heads": 4, "kv_heads": 4,
+                 "intermediate_size": 96}
+LIMITS = {"bandwidth_gib_s": 10.0, "gemm_gflops": 100.0, "gemm_gflops_bfloat16": 200.0}
 
 
 def _fake_child(tokens: dict):
@@ -354,16 +360,27 @@ def test_bf16_tokens_are_checked_against_bf16_runs_and_scored_against_float32(mo
                                                                               identical, agreement):
     timing, report, variants = _bench_module("timing"), _bench_module("report"), _bench_module("variants")
     monkeypatch.setattr(timing, "run_child", _fake_child(tokens))
-    settings = {"contexts": [16], "new_tokens": 4, "warmup": 0, "threads": 1, "seed": 0, "batch_size": 1,
-                "vocab_size": 50, "repeats": 2, "layers": 1, "hidden_size": 64, "heads": 4, "kv_heads": 4,
-                "intermediate_size": 96}
     ran = [variants.Variant(name, "ours", ("ours", name), 0, [], None, None, dtype)
            for name, dtype in (("pir", "float32"), ("static-cache", "float32"), ("bf16", "bfloat16"))]
-    timings = timing.time_variants(ran, settings, tmp_path, lambda message: None)
+    timings = timing.time_variants(ran, FAKE_SETTINGS, tmp_path, lambda message: None)
     assert {name: timings[16][name].tokens_identical for name in tokens} == identical
-    rows = report.records("generation_loop", ran, timings, settings, {"bandwidth_gib_s": 10.0, "gemm_gflops": 100.0,
-                                                                           "gemm_gflops_bfloat16": 200.0})
+    rows = report.records("generation_loop", ran, timings, FAKE_SETTINGS, LIMITS)
     assert [row["token_agreement_with_float32"] for row in rows] == [None, None, agreement]
+
+
+def test_bfloat16_alone_runs_the_bf16_variant_only_on_both_loops(monkeypatch, tmp_path):
+    """--dtypes bfloat16 alone: the bf16 variant only, on each loop, and nothing scored
+    against a float32 run that did not happen."""
+    benchmark, timing, report = _benchmark_module(), _bench_module("timing"), _bench_module("report")
+    chosen = {"dtypes": ["bfloat16"], "variants": ["legacy", "static-cache"], "peers": []}
+    assert [benchmark.loop_variants(chosen, loop) for loop in LOOPS] == [["bf16"], ["bf16"]]
+    monkeypatch.setattr(timing, "run_child", _fake_child({"bf16": [[[5, 6, 7, 8]]] * 2}))
+    ran = [_bench_module("variants").Variant("bf16", "ours", ("ours", "bf16"), 0, [], None, None, "bfloat16")]
+    timings = timing.time_variants(ran, FAKE_SETTINGS, tmp_path, lambda message: None)
+    (row,) = report.records("paddlenlp", ran, timings, FAKE_SETTINGS, LIMITS)
+    assert row["tokens_identical"] is True and row["dtype"] == "bfloat16"
+    assert row["token_agreement_with_float32"] is None and row["decode_speedup_vs_float32"] is None
+    assert row["prefill_speedup_vs_float32"] is None
 
 
 def test_a_random_checkpoint_loads_as_a_user_checkpoint_and_decodes_every_id(tmp_path):

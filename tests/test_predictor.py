@@ -68,7 +68,7 @@ def test_greedy_outputs_are_identical_in_every_mode(home, tmp_path, data_file, c
         "legacy": ["--mode", "static", "--export_format", "legacy", "--remove_loop_assign", "false"],
         "legacy+pass": ["--mode", "static", "--export_format", "legacy"],
         "pir": ["--mode", "static", "--export_format", "pir", "--remove_loop_assign", "false"],
-        "pir+pass": ["--remove_loop_assign", "--export_format", "pir"],
+        "pir+pass": ["--remove_loop_assign", "--export_format", "pir", "--cache", "static"],  # the default, named
         "legacy concat": ["--mode", "static", "--export_format", "legacy", "--cache", "concat",
                           "--remove_loop_assign", "false"],
         "legacy+pass concat": ["--remove_loop_assign", "--export_format", "legacy", "--cache", "concat"],

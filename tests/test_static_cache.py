@@ -219,16 +219,10 @@ def test_export_model_cache_flag_writes_a_static_cache_model(home, monkeypatch, 
         assert not (tmp_path / "bad").exists()
 
 
-def test_predictor_cache_flag_gives_the_concat_outputs(home, monkeypatch, tmp_path, capsys):
+def test_predictor_cache_flag_errors_are_one_line(home, monkeypatch, tmp_path, capsys):
+    """Bad uses of --cache. Its values' tokens (static, the default, and concat, each
+    against dynamic mode) are test_predictor.test_greedy_outputs_are_identical_in_every_mode's."""
     monkeypatch.setenv("PADDLENLP_EXT_HOME", str(home))
-    outputs = {}
-    for cache in CACHES:
-        output = tmp_path / f"{cache}.json"
-        assert predictor_cli.main(["--model", "llama2", "--mode", "static", "--decode_strategy", "greedy_search",
-                                   "--max_length", "8", "--cache", cache, "--output_file", str(output)]) == 0
-        outputs[cache] = output.read_text()
-    assert outputs["static"] == outputs["concat"]
-    capsys.readouterr()
     static_dir = tmp_path / "static-dir"
     (static_dir).mkdir()
     (static_dir / "model.pdmodel").write_bytes(b"")
