@@ -111,6 +111,7 @@ class TokenChoice(NamedTuple):
     ranks: paddle.Tensor  # int64 [1, candidates]: 0, 1, ...
     ranks_plus_one: paddle.Tensor  # int64 [1, candidates]: 1, 2, ...
     zero: paddle.Tensor  # int64 [1]
+    sampled_ids: paddle.Tensor  # int64 [W]: the logits _sample reads, the vocabulary's when sampling, else [0]
 
 
 _UINT32 = 2**32
@@ -232,12 +233,13 @@ class GenerationLoop(paddle.nn.Layer):
         # tracing a legacy program.
         candidates = paddle.where((settings.top_k > zero) & (settings.top_k < vocab), settings.top_k, vocab)
         greedy = (settings.top_k == _int64(1)).astype("int64")
+        sampling = _int64(1) - greedy
         ranks = paddle.arange(candidates[0], dtype="int64").unsqueeze(0)
         return TokenChoice(
             settings=settings,
             temperature=settings.temperature.astype(logits_dtype),
             greedy=greedy,
-            sampling=_int64(1) - greedy,
+            sampling=sampling,
             candidates=candidates,
             # top_p 1.0 keeps every candidate, even where the float sum of the
             # probabilities before one exceeds 1.
@@ -245,6 +247,7 @@ class GenerationLoop(paddle.nn.Layer):
             ranks=ranks,
             ranks_plus_one=ranks + _int64(1),
             zero=zero,
+            sampled_ids=paddle.arange((_int64(1) + (vocab - _int64(1)) * sampling)[0], dtype="int64"),
         )
 
     def _next_token(self, logits, seen, choice: TokenChoice, step):
@@ -256,9 +259,13 @@ class GenerationLoop(paddle.nn.Layer):
         """
         logits = _penalize(logits, seen > choice.zero, choice.settings.repetition_penalty)
         greedy = paddle.argmax(logits, axis=-1, keepdim=True)
+        # Both choices run at every step (no branch in the loop); greedy search samples
+        # from the first logit alone, so the sampling path's top-k, softmax and sums over
+        # the vocabulary cost next to nothing, and its pick is multiplied by 0.
+        sampled = self._sample(paddle.index_select(logits, choice.sampled_ids, axis=1), choice, step)
         # Products with the [1] flags, not paddle.where: with a [1] condition and [B, 1]
         # values a static program broadcasts all three first, about ten ops per step.
-        return greedy * choice.greedy + self._sample(logits, choice, step) * choice.sampling
+        return greedy * choice.greedy + sampled * choice.sampling
 
     def _sample(self, logits, choice: TokenChoice, step):
         """Inverse-CDF sampling over the candidates sorted by probability.

@@ -28,6 +28,7 @@ FIRST = ["float32_outputs", "transpose_perms"]  # every route
 WEIGHTS = (["loop_float32_gemv"] if pipeline.float32_gemv_pays() else []) + ["loop_weight_matmul"]
 # The loop's float32 attention products: on our batched kernel where the float32 weights' are.
 FLOAT32_ATTENTION = ["loop_float32_batched_matmul"] if pipeline.float32_gemv_pays() else []
+NORM = ["loop_rms_norm"]  # a loop's RMSNorms, where the kernels exist (the step says why not elsewhere)
 GUARD = ["onednn_inplace_guard"]
 BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 
@@ -35,13 +36,13 @@ BROADCAST = ["onednn_broadcast_add"]  # wherever oneDNN's fuse passes run
 @pytest.mark.parametrize("device, onednn, batch_size, optimize, expected", [
     ("cpu", "all", 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
-              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION] + BROADCAST + ["inplace_reads"] + GUARD),
+              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION, *NORM] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "all", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", "loop_bfloat16_gemv", "loop_bfloat16_batched_matmul",
-              *FLOAT32_ATTENTION] + BROADCAST + ["inplace_reads"] + GUARD),
+              *FLOAT32_ATTENTION, *NORM] + BROADCAST + ["inplace_reads"] + GUARD),
     ("cpu", "off", pipeline.ADDMM_MAX_BATCH + 1, True,
      FIRST + ["remove_loop_assign", "loop_cache_layout", *WEIGHTS, "loop_bfloat16_gemv",
-              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION, "inplace_reads"] + GUARD),
+              "loop_bfloat16_batched_matmul", *FLOAT32_ATTENTION, *NORM, "inplace_reads"] + GUARD),
     ("gpu", "all", 1, True, FIRST + ["remove_loop_assign", "loop_cache_layout", "inplace_reads"]),
     ("cpu", "all", 1, False, FIRST + BROADCAST + ["inplace_reads"] + GUARD),  # the fallback: what keeps oneDNN right
     ("cpu", "off", 1, False, FIRST + ["inplace_reads"] + GUARD),  # bfloat16 ops still run on oneDNN

@@ -9,7 +9,9 @@ over its KV cache); ``load_float32_gemv()`` gives ``paddlenlp_ext_float32_gemv(x
 ``x @ w`` for a few rows of float32 activations and a float32 weight matrix stored
 ``[in, out]``, its rows split between threads (``float32_gemv.cc`` says why MKL's GEMM is
 not enough on AMD processors); ``load_float32_batched_matmul()`` the batched product in
-float32 (``batched_matmul.h``: what the two batched kernels share). They are built
+float32 (``batched_matmul.h``: what the two batched kernels share);
+``load_rms_norm()`` gives ``op(x, w, epsilon)``: PaddleNLP's ``LlamaRMSNorm`` of float32 or
+bfloat16 rows as one op (``rms_norm.cc``). They are built
 from the shipped source the first time a process asks for it, with the compiler Paddle's
 ``cpp_extension`` uses, into ``<cache home>/native/`` (``files.cache_home``; about 15 s,
 once per source and Paddle version; concurrent builds wait on a lock), and registered
@@ -42,12 +44,13 @@ BFLOAT16_BATCHED_MATMUL_T = "paddlenlp_ext_bfloat16_batched_matmul_t"  # x @ y^T
 FLOAT32_GEMV = "paddlenlp_ext_float32_gemv"
 FLOAT32_BATCHED_MATMUL = "paddlenlp_ext_float32_batched_matmul"  # x @ y
 FLOAT32_BATCHED_MATMUL_T = "paddlenlp_ext_float32_batched_matmul_t"  # x @ y^T
+RMS_NORM = "paddlenlp_ext_rms_norm"
 NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T, FLOAT32_GEMV,
-              FLOAT32_BATCHED_MATMUL, FLOAT32_BATCHED_MATMUL_T)
+              FLOAT32_BATCHED_MATMUL, FLOAT32_BATCHED_MATMUL_T, RMS_NORM)
 # One library (its name: the first op's) for every kernel: built, and available, together.
 _DIRECTORY = Path(__file__).resolve().parent
-_SOURCES = tuple(_DIRECTORY / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc"))
-_HEADERS = (_DIRECTORY / "batched_matmul.h",)  # what the sources include: part of the build's key
+_SOURCES = tuple(_DIRECTORY / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc", "rms_norm.cc"))
+_HEADERS = (_DIRECTORY / "batched_matmul.h", _DIRECTORY / "bfloat16.h")  # what the sources include: part of the build's key
 _CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
@@ -92,6 +95,19 @@ def load_float32_batched_matmul():
     kernel, or ``(None, why there is none)``."""
     reason = _unavailable()
     return (None, reason) if reason else (_float32_batched_matmul_op, None)
+
+
+def load_rms_norm():
+    """``(op, None)``, ``op(x, w, epsilon)`` appending or running the RMSNorm kernel, or
+    ``(None, why there is none)``."""
+    reason = _unavailable()
+    return (None, reason) if reason else (_rms_norm_op, None)
+
+
+def _rms_norm_op(x, w, epsilon: float):
+    from paddle import _C_ops
+
+    return _C_ops._run_custom_op(RMS_NORM, x, w, float(epsilon))[0]
 
 
 def _float32_batched_matmul_op(x, y, transpose_y: bool):

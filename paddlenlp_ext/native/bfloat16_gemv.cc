@@ -23,23 +23,18 @@
 #include <omp.h>
 
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "batched_matmul.h"
+#include "bfloat16.h"
 #include "paddle/extension.h"
 
 namespace {
 
-constexpr int64_t kRowsPerTask = 64;  // of w: 512 KiB at K 4096, split between threads
+using paddlenlp_ext::Bfloat16ToFloat;
+using paddlenlp_ext::RoundToBfloat16;
 
-inline uint16_t RoundToBfloat16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
+constexpr int64_t kRowsPerTask = 64;  // of w: 512 KiB at K 4096, split between threads
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
@@ -147,13 +142,6 @@ BF16_TARGET void ProductShortRows(const uint16_t* x, const uint16_t* w, uint16_t
     }
     if (n < n1) ProductRows(xm, w, y + m * n_total, 1, n_total, k_total, n, n1);
   }
-}
-
-inline float Bfloat16ToFloat(uint16_t value) {
-  const uint32_t bits = static_cast<uint32_t>(value) << 16;
-  float result;
-  std::memcpy(&result, &bits, sizeof(result));
-  return result;
 }
 
 struct Bfloat16 {  // batched_matmul.h's WeightedRows in bfloat16: float32 sums rounded once

@@ -17,7 +17,8 @@ returning a report whose ``modified`` is true exactly when the IR changed):
   device); on CPU ``loop_float32_gemv`` (on AMD processors, where the kernel exists) then
   ``loop_weight_matmul`` (both up to ``ADDMM_MAX_BATCH`` sequences, or with oneDNN off),
   ``loop_bfloat16_gemv`` and ``loop_bfloat16_batched_matmul`` (where the
-  kernels exist), ``loop_float32_batched_matmul`` (where ``loop_float32_gemv`` runs);
+  kernels exist), ``loop_float32_batched_matmul`` (where ``loop_float32_gemv`` runs),
+  ``loop_rms_norm`` (where the kernels exist);
   on CPU with oneDNN on, ``onednn_broadcast_add``; ``inplace_reads``;
   on CPU the guard, as much of it as the configuration needs
   (``_guard_on_our_config``, ``_guard_with_onednn_off``).
@@ -165,6 +166,13 @@ def _loop_float32_batched_matmul(program, outputs):
     return run_loop_float32_matmuls_on_batched_kernel(program, outputs, load_kernel=load_float32_batched_matmul)
 
 
+def _loop_rms_norm(program, outputs):
+    from ..native import load_rms_norm
+    from .loop_rms_norm import run_loop_rms_norms_on_kernel
+
+    return run_loop_rms_norms_on_kernel(program, outputs, load_kernel=load_rms_norm)
+
+
 def _broadcast_add(program, outputs):
     from .onednn_broadcast_add import copy_broadcast_add_operands
 
@@ -230,6 +238,9 @@ LOOP_BFLOAT16_GEMV = PassStep("loop_bfloat16_gemv", _loop_bfloat16_gemv)
 # The attention's bfloat16 products over the KV cache; after the weights' (whose
 # products it leaves to loop_bfloat16_gemv), before the guard.
 LOOP_BFLOAT16_BATCHED_MATMUL = PassStep("loop_bfloat16_batched_matmul", _loop_bfloat16_batched_matmul)
+# A decode loop's RMSNorms (eight small ops each) as one op, float32 and bfloat16, where
+# the kernels exist; before the guard, which sees its readers.
+LOOP_RMS_NORM = PassStep("loop_rms_norm", _loop_rms_norm)
 # What Paddle's default CPU config needs (inplace_pass on): every program we save.
 ONEDNN_GUARD = PassStep("onednn_inplace_guard", _guard)
 # What our oneDNN configuration needs (inplace_pass deleted).
@@ -271,6 +282,7 @@ def running_passes(device: str = "cpu", onednn: str = DEFAULT_ONEDNN, batch_size
             steps += [LOOP_BFLOAT16_GEMV, LOOP_BFLOAT16_BATCHED_MATMUL]
             if float32_gemv_pays():
                 steps.append(LOOP_FLOAT32_BATCHED_MATMUL)
+            steps.append(LOOP_RMS_NORM)
     if device == "cpu" and onednn != "off":
         steps.append(ONEDNN_BROADCAST_ADD)
     steps.append(INPLACE_READS)
