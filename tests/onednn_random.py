@@ -123,6 +123,10 @@ def _is_parameter(value) -> bool:
 class _Draw:
     def __init__(self, seed: int, image: bool, dtype: str):
         self.rng = random.Random(seed)
+        # Whether a drawn RMSNorm is PaddleNLP's LlamaRMSNorm (passes.loop_rms_norm's
+        # chain): a generator of its own, so that the other draws stay as they were.
+        self.norm_rng = random.Random(seed * 7919 + 1)
+        self.norm_weight = None  # LlamaRMSNorm's weight, a parameter
         self.image = image
         self.dtype = dtype
         self.tags: set = set()
@@ -157,6 +161,8 @@ class _Draw:
                     weight = paddle.tanh(weight)
                     self.tag("float32 computed matrices")
                 self.weights.append((weight, bias))
+        if not self.image:  # made last: the other parameters' initial values stay as they were
+            self.norm_weight = parameter([HIDDEN], self.dtype)
         if self.image:
             self.norms = [(parameter([CHANNELS]), paddle.abs(parameter([CHANNELS])) + 1.0, parameter([CHANNELS]),
                            parameter([CHANNELS])) for _ in range(2)]
@@ -196,6 +202,9 @@ class _Draw:
             return ACTIVATIONS[name], (a,)
         if kind == "last axis":
             name = rng.choice(sorted(self._usable(LAST_AXIS)))
+            if name.startswith("rms_norm") and self.norm_rng.random() < 0.5:
+                self.tag("LlamaRMSNorm")
+                return self._llama_rms_norm(), (a,)
             self.tag(name)
             return LAST_AXIS[name], (a,)
         if kind == "binary":
@@ -207,6 +216,17 @@ class _Draw:
         if kind == "image norm":
             return self._image_norm(), (a,)
         return self._weighted(), (a, b)
+
+    def _llama_rms_norm(self):
+        """PaddleNLP 2.8.1's LlamaRMSNorm as a static program traces it: in float32, cast to
+        the weight's dtype when that is bfloat16, times the weight (a parameter)."""
+        weight = self.norm_weight
+
+        def build(v):
+            c = v.astype("float32")
+            n = paddle.rsqrt(c.pow(2).mean(-1, keepdim=True) + 1e-6) * c
+            return (n.astype(weight.dtype) if weight.dtype == paddle.bfloat16 else n) * weight
+        return build
 
     def _row_write(self):
         """One position of ``a`` written in place with one of ``b``, as the static cache

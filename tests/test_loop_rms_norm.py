@@ -68,7 +68,8 @@ def test_the_bfloat16_kernel_rounds_where_paddles_ops_do():
 class _NormLoop(paddle.nn.Layer):
     """``steps`` times in a while loop: ``h = norm(h) * 0.5 (+ h)``, with PaddleNLP's
     ``LlamaRMSNorm`` (``variant`` None) or the same ops written out, one condition broken
-    (``variant``: "fourth power", "first axis", "variance read", "computed weight"), or none
+    (``variant``: "fourth power", "first axis", "variance read", "computed weight",
+"interleaved"), or none
 ("written out")."""
 
     def __init__(self, variant=None):
@@ -79,11 +80,14 @@ class _NormLoop(paddle.nn.Layer):
 
     def _written_out(self, h):
         c = h.astype("float32")
-        variance = c.pow(4 if self.variant == "fourth power" else 2).mean(
-            0 if self.variant == "first axis" else -1, keepdim=True)
+        squares = c.pow(4 if self.variant == "fourth power" else 2)
+        side = paddle.tanh(h) if self.variant == "interleaved" else None  # an op amid the chain's
+        variance = squares.mean(0 if self.variant == "first axis" else -1, keepdim=True)
         n = paddle.rsqrt(variance + EPSILON) * c
         weight = self.norm.weight * 1.0 if self.variant == "computed weight" else self.norm.weight
         out = (n.astype(weight.dtype) if weight.dtype == paddle.bfloat16 else n) * weight
+        if side is not None:
+            out = out + side * 0.01
         return out + variance.mean() * 0.01 if self.variant == "variance read" else out
 
     def forward(self, x, steps):
@@ -139,6 +143,7 @@ def test_paddlenlps_rms_norm_in_a_loop_runs_on_the_kernel(tmp_path, onednn, dtyp
     "first axis",  # condition 2: the reduced axis
     "variance read",  # condition 1: a value of the chain read elsewhere
     "computed weight",  # condition 3: no parameter
+    "interleaved",  # condition 5: another op between the chain's
 ])
 def test_what_the_rule_leaves_as_it_is(tmp_path, variant):
     feed, want = _save_norm_loop(tmp_path, variant=variant)
@@ -159,7 +164,7 @@ def test_the_norm_written_out_as_paddlenlp_writes_it_runs_on_the_kernel(tmp_path
 
 
 def test_without_the_kernel_the_norm_stays_as_it_is_and_says_why(tmp_path, monkeypatch):
-    """Condition 6: no AVX512-BF16, or no compiler: the step changes nothing."""
+    """Condition 7: no AVX512-BF16, or no compiler: the step changes nothing."""
     from paddlenlp_ext import native
 
     monkeypatch.setattr(native, "load_rms_norm", lambda: (None, "no compiler here"))

@@ -145,6 +145,7 @@ def check_program(seed: int, workdir: str) -> dict:
     prepared = prepare_program(loaded, "cpu", "all")
     on_kernel = prepared.get("loop_bfloat16_gemv").rewritten
     on_batched = sum(report.rewritten for report in map(prepared.get, BATCHED_STEPS) if report is not None)
+    norms = prepared.get(pipeline.LOOP_RMS_NORM.name).rewritten
     save_program(loaded, prefixes["ours, as built"])
     loaded = load_files(prefixes["source"], "pir")
     report = remove_loop_assign(loaded.program, outputs=loaded.outputs)
@@ -185,7 +186,7 @@ def check_program(seed: int, workdir: str) -> dict:
     if outputs["ours, cleaned"] is not None and outputs["ours, as built"] is not None:
         same = _problem(outputs["ours, cleaned"], outputs["ours, as built"], True) is None
     return {"tags": tags, "removed": report.removed, "guarded": guarded.guarded, "on our kernel": on_kernel,
-            "on the batched kernels": on_batched, "problems": problems,
+            "on the batched kernels": on_batched, "norms on our kernel": norms, "problems": problems,
             "paddle fuse defect": paddle_defect, "paddle bfloat16 inplace defect": bfloat16_inplace,
             "paddle cse defect": cse,
             "pass changes no bits on ours": same}
@@ -207,7 +208,7 @@ def _run_twice(factory, prefix, feed, reference, exact, tolerance=1e-4) -> tuple
 
 def differential(seeds, workdir) -> dict:
     stats = {"programs": 0, "unrunnable": [], "removed": 0, "guarded": 0, "on our kernel": 0,
-             "on the batched kernels": 0, "tags": Counter(),
+             "on the batched kernels": 0, "norms on our kernel": 0, "tags": Counter(),
              "wrong": defaultdict(list), "details": {}, "paddle fuse defect": [], "paddle bfloat16 inplace defect": [],
              "paddle cse defect": [], "same bits": 0, "compared bits": 0}
     for seed in seeds:
@@ -220,6 +221,7 @@ def differential(seeds, workdir) -> dict:
         stats["guarded"] += result["guarded"]
         stats["on our kernel"] += result["on our kernel"]
         stats["on the batched kernels"] += result["on the batched kernels"]
+        stats["norms on our kernel"] += result["norms on our kernel"]
         stats["tags"].update(result["tags"])
         if result["pass changes no bits on ours"] is not None:
             stats["compared bits"] += 1
@@ -240,7 +242,8 @@ def format_summary(stats) -> str:
     lines = [f"{stats['programs']} programs (unrunnable on the Executor: {len(stats['unrunnable'])}); "
              f"copies removed {stats['removed']}, reads guarded {stats['guarded']}, loop products on our bfloat16 "
              f"kernel {stats['on our kernel']}, products of two activations on our batched kernels "
-             f"{stats['on the batched kernels']}; on our configuration the "
+             f"{stats['on the batched kernels']}, RMSNorms on our kernel {stats['norms on our kernel']}; "
+             f"on our configuration the "
              f"cleaned program gives the bits of the program as built in {stats['same bits']} of "
              f"{stats['compared bits']}"]
     for name in CONFIGS:
@@ -269,12 +272,13 @@ def test_random_onednn_programs_are_right_on_every_shipped_configuration(tmp_pat
     assert stats["on our kernel"] > 0 or not has_avx512_bf16(), summary  # loop_bfloat16_gemv ran
     # loop_batched_matmul ran (float32, where the pipeline runs it; bfloat16 ones are rarer)
     assert stats["on the batched kernels"] > 0 or not (has_avx512_bf16() and pipeline.float32_gemv_pays()), summary
+    assert stats["norms on our kernel"] > 0 or not has_avx512_bf16(), summary  # loop_rms_norm ran
     # the generator draws what it promises
     for tag in ("divide", "pow 2", "conv2d", "weighted residual", "weighted broadcast residual",
                 "weighted bias+activation", "softmax",
                 "rms_norm divide", "value from before the loop read inside", "chain", "duplicated subexpression",
                 "ids from a oneDNN cast", "copy-free loop", "if before the loop", "batch_norm", "row write",
-                "float32 computed matrices",
+                "float32 computed matrices", "LlamaRMSNorm",
                 *(("bfloat16", "bfloat16 parameters") if computes_bfloat16() else ())):
         assert stats["tags"][tag] > 0, tag
     assert not stats["details"], summary

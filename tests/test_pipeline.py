@@ -122,7 +122,7 @@ def test_every_pass_is_called_the_same_way():
         "remove_loop_assign_pr9002", "carry_loop_caches_permuted", "run_loop_weight_matmuls_as_addmm",
         "run_loop_float32_matmuls_on_gemv",
         "run_loop_bfloat16_matmuls_on_gemv", "run_loop_bfloat16_matmuls_on_batched_kernel",
-        "run_loop_float32_matmuls_on_batched_kernel",
+        "run_loop_float32_matmuls_on_batched_kernel", "run_loop_rms_norms_on_kernel",
         "copy_broadcast_add_operands", "read_inplace_results", "guard_onednn_inplace"}
     for function in functions:
         parameters = list(signature(function).parameters.values())

@@ -25,7 +25,7 @@ the gain is smaller: that layer's float32 step took 0.994x the time (512 prompt 
 two threads, paired with the same program without the rule, 10 rounds). The prefill's
 norms (outside the loop, many rows) stay as they are.
 
-Safety conditions (``_match`` checks 1-4, at the check; 5-6 hold by construction or are
+Safety conditions (``_match`` checks 1-5, at the check; 6-7 hold by construction or are
 the pipeline's):
 
 1. Every value of the chain between ``%c`` and ``%y`` has exactly one use, the chain's next
@@ -37,11 +37,15 @@ the pipeline's):
    rank 1 and ``%x``'s dtype, its size ``%x``'s static last dim; the cast to bfloat16 is
    there exactly when ``%x`` is bfloat16 (PaddleNLP casts to the weight's dtype).
 4. ``multiply`` takes its operands in either order (the same product).
-5. The kernel computes the same values: float32 sums of the squares (in another order:
+5. The chain's ops follow one another in one block, constants (``pd_op.full``,
+   ``pd_op.full_int_array``) aside: nothing runs between the chain's first read of ``%x``
+   and its last product, so nothing writes ``%x`` there (in place, or through a buffer it
+   shares), and the op, put at the chain's last product, reads the ``%x`` the chain read.
+6. The kernel computes the same values: float32 sums of the squares (in another order:
    the last bits differ), the normalized value rounded to bfloat16 as the cast does,
    the product rounded as Paddle's bfloat16 multiply does; it writes a new tensor and
    reads its inputs only.
-6. The pipeline runs this pass only on CPU and only when the kernels exist in this process
+7. The pipeline runs this pass only on CPU and only when the kernels exist in this process
    (``native``); ``convert`` and the save hook never do.
 """
 
@@ -56,6 +60,7 @@ from .loop_matmuls import LoopKernelReport
 from .program_index import PARAMETER, WHILE
 
 RSQRT = "pd_op.rsqrt"
+CONSTANTS = frozenset({"pd_op.full", "pd_op.full_int_array"})
 
 
 class LoopRmsNormReport(LoopKernelReport):
@@ -98,7 +103,21 @@ def _other_operand(op, value):
     return b if a.is_same(value) else a if b.is_same(value) else None
 
 
-def _match(rsqrt) -> RmsNormChain | None:
+def _consecutive(block, chain: list) -> bool:
+    """Whether the ops of ``chain`` follow one another in ``block``, constants aside
+    (condition 5)."""
+    ids, found = {op.id() for op in chain}, 0
+    for op in block.ops:
+        if op.id() in ids:
+            found += 1
+            if found == len(ids):
+                return True
+        elif found and op.name() not in CONSTANTS:
+            return False
+    return False  # a chain op is in another block
+
+
+def _match(rsqrt, block) -> RmsNormChain | None:
     scale = _producer(rsqrt.operand_source(0), "pd_op.scale")
     if scale is None or _single_user(scale.result(0), RSQRT) is None:  # condition 1
         return None
@@ -145,6 +164,8 @@ def _match(rsqrt) -> RmsNormChain | None:
     if weight.dtype != x.dtype or list(weight.shape) != [c.shape[-1]]:  # condition 3
         return None
     erased.append(product)
+    if not _consecutive(block, ([cast_in] if cast_in else []) + erased):  # condition 5
+        return None
     return RmsNormChain(x, weight, float(attrs["bias"]), product, tuple(([cast_in] if cast_in else []) + erased),
                         (mean.operand_source(1).get_defining_op(), scale.operand_source(1).get_defining_op()))
 
@@ -153,7 +174,7 @@ def _loop_rsqrts(block, in_loop: bool, found: list) -> None:
     # Module-level recursion, not a nested function (program_index._walk_block says why).
     for op in block.ops:
         if in_loop and op.name() == RSQRT:
-            found.append(op)
+            found.append((op, block))
         for sub in op.blocks():
             _loop_rsqrts(sub, in_loop or op.name() == WHILE, found)
 
@@ -175,12 +196,12 @@ def run_loop_rms_norms_on_kernel(program, outputs=None, *, load_kernel: Callable
     """Rewrite every chain the rule selects (all are matched before any is changed).
     ``load_kernel()`` is called only when there is one: ``(norm, None)``, ``norm(x, w,
     epsilon)`` appending the kernel's op, or ``(None, why there is none)``
-    (``native.load_rms_norm``), in which case nothing changes (condition 6).
+    (``native.load_rms_norm``), in which case nothing changes (condition 7).
     ``outputs``: the pass protocol's (``report.PassReport``); it replaces none (the chain's
     last value takes the kernel's, which an output would be only outside a loop)."""
     rsqrts: list = []
     _loop_rsqrts(program.global_block(), False, rsqrts)
-    chains = [chain for chain in map(_match, rsqrts) if chain is not None]
+    chains = [chain for chain in (_match(op, block) for op, block in rsqrts) if chain is not None]
     kept = len(rsqrts) - len(chains)
     if not chains:
         return LoopRmsNormReport(0, kept)
