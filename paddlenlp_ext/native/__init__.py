@@ -50,7 +50,8 @@ NATIVE_OPS = (BFLOAT16_GEMV, BFLOAT16_BATCHED_MATMUL, BFLOAT16_BATCHED_MATMUL_T,
 # One library (its name: the first op's) for every kernel: built, and available, together.
 _DIRECTORY = Path(__file__).resolve().parent
 _SOURCES = tuple(_DIRECTORY / name for name in ("bfloat16_gemv.cc", "float32_gemv.cc", "rms_norm.cc"))
-_HEADERS = (_DIRECTORY / "batched_matmul.h", _DIRECTORY / "bfloat16.h")  # what the sources include: part of the build's key
+# What the sources include: part of the build's key.
+_HEADERS = (_DIRECTORY / "batched_matmul.h", _DIRECTORY / "bfloat16.h")
 _CXXFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp")
 
 
