@@ -164,9 +164,11 @@ def _match(rsqrt, block) -> RmsNormChain | None:
     if weight.dtype != x.dtype or list(weight.shape) != [c.shape[-1]]:  # condition 3
         return None
     erased.append(product)
-    if not _consecutive(block, ([cast_in] if cast_in else []) + erased):  # condition 5
+    if cast_in is not None:
+        erased.insert(0, cast_in)
+    if not _consecutive(block, erased):  # condition 5
         return None
-    return RmsNormChain(x, weight, float(attrs["bias"]), product, tuple(([cast_in] if cast_in else []) + erased),
+    return RmsNormChain(x, weight, float(attrs["bias"]), product, tuple(erased),
                         (mean.operand_source(1).get_defining_op(), scale.operand_source(1).get_defining_op()))
 
 
