@@ -313,6 +313,11 @@ def test_bfloat16_runs_beside_float32_on_the_same_weights(tiny_run):
     assert float32["prefill_speedup_vs_float32"] is None
     assert f"| bfloat16 | 16 | bf16 | {bf16['prefill_ms']:.1f} |" in result.stdout
     assert f"| {bf16['token_agreement_with_float32']:.1%} |" in result.stdout
+    # PaddleNLP's loop has its bf16 row too (no static-cache row to score it against)
+    (on_paddlenlp,) = [row for row in data["results"] if row["loop"] == "paddlenlp" and row["dtype"] == "bfloat16"]
+    assert on_paddlenlp["variant"] == "bf16" and on_paddlenlp["tokens_identical"] is True
+    assert on_paddlenlp["prefill_speedup_vs_float32"] is None
+    assert result.stdout.count("| bfloat16 | 16 | bf16 |") == 2
     assert data["tokens_identical"] is True and data["args"]["dtypes"] == ["float32", "bfloat16"]
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
