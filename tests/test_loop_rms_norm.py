@@ -8,6 +8,9 @@ import numpy as np
 import paddle
 import pytest
 from hardware import requires_avx512_bf16, requires_bfloat16
+from test_batched_matmul import _check_float32_runs
+from test_bfloat16_gemv import ROUNDING, _check_runs
+from test_loop_float32_gemv import UNIT_ROUNDOFF
 from paddlenlp.transformers import LlamaConfig
 from paddlenlp.transformers.llama.modeling import LlamaRMSNorm
 
@@ -18,8 +21,6 @@ from paddlenlp_ext.program_files import load_program, run_program
 
 HIDDEN = 80
 EPSILON = 1e-5
-UNIT_ROUNDOFF = 2.0**-24  # float32's
-BFLOAT16_ROUNDING = 2.0**-8  # bfloat16's unit roundoff
 
 
 def _paddle_norm(x, w, epsilon):
@@ -60,7 +61,7 @@ def test_the_bfloat16_kernel_rounds_where_paddles_ops_do():
         got = norm(x, w, EPSILON)
         assert got.dtype == paddle.bfloat16
         got, want = got.astype("float32").numpy(), _paddle_norm(x, w, EPSILON).astype("float32").numpy()
-    bound = 3 * BFLOAT16_ROUNDING * np.abs(want)
+    bound = 3 * ROUNDING * np.abs(want)
     assert (np.abs(got - want) <= bound).all(), np.abs(got - want).max()
     assert (got == want).mean() > 0.99  # the same roundings nearly everywhere
 
@@ -120,12 +121,6 @@ def _save_norm_loop(directory, dtype="float32", variant=None):
 KEPT_ONEDNN = "off"
 
 
-def _check_runs(model, feed, want, dtype):
-    tolerance = 1e-5 if dtype == "float32" else 3e-2
-    for _ in range(2):  # run after run
-        np.testing.assert_allclose(model.run(feed), want, rtol=tolerance, atol=tolerance * np.abs(want).max())
-
-
 @requires_avx512_bf16
 @pytest.mark.parametrize("onednn", ["all", "off"])
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=requires_bfloat16)])
@@ -134,7 +129,7 @@ def test_paddlenlps_rms_norm_in_a_loop_runs_on_the_kernel(tmp_path, onednn, dtyp
     model = StaticGenerationModel(tmp_path, onednn=onednn, fall_back=False)
     report = model.pipeline.get("loop_rms_norm")
     assert (report.rewritten, report.kept, report.unavailable) == (1, 0, None)
-    _check_runs(model, feed, want, dtype)
+    (_check_float32_runs if dtype == "float32" else _check_runs)(model, feed, want)  # run after run
 
 
 @requires_avx512_bf16
@@ -150,7 +145,7 @@ def test_what_the_rule_leaves_as_it_is(tmp_path, variant):
     model = StaticGenerationModel(tmp_path, onednn=KEPT_ONEDNN, fall_back=False)
     report = model.pipeline.get("loop_rms_norm")
     assert (report.rewritten, report.kept) == (0, 1), report.summary()
-    _check_runs(model, feed, want, "float32")
+    _check_float32_runs(model, feed, want)
 
 
 @requires_avx512_bf16
@@ -160,7 +155,7 @@ def test_the_norm_written_out_as_paddlenlp_writes_it_runs_on_the_kernel(tmp_path
     feed, want = _save_norm_loop(tmp_path, variant="written out")
     model = StaticGenerationModel(tmp_path, fall_back=False)
     assert model.pipeline.get("loop_rms_norm").rewritten == 1
-    _check_runs(model, feed, want, "float32")
+    _check_float32_runs(model, feed, want)
 
 
 def test_without_the_kernel_the_norm_stays_as_it_is_and_says_why(tmp_path, monkeypatch):
@@ -172,4 +167,4 @@ def test_without_the_kernel_the_norm_stays_as_it_is_and_says_why(tmp_path, monke
     model = StaticGenerationModel(tmp_path, onednn=KEPT_ONEDNN, fall_back=False)
     report = model.pipeline.get("loop_rms_norm")
     assert (report.rewritten, report.kept, report.unavailable) == (0, 1, "no compiler here")
-    _check_runs(model, feed, want, "float32")
+    _check_float32_runs(model, feed, want)

@@ -1,7 +1,8 @@
 """The matmuls of ``pd_op.while`` bodies, which of them multiply by a weight matrix, and
 replacing matmuls one by one: what the rules that move a decode loop's products to
 another kernel share (``loop_weight_matmul``, ``loop_float32_gemv``,
-``loop_bfloat16_gemv``, ``loop_batched_matmul``)."""
+``loop_bfloat16_gemv``, ``loop_batched_matmul``); the walk of loop bodies and the
+kernel's loading only when a rule found something serve ``loop_rms_norm`` too."""
 
 from __future__ import annotations
 
@@ -17,24 +18,31 @@ from .report import PassReport
 MATMUL = "pd_op.matmul"
 
 
-def loop_matmuls(program, selected: Callable) -> tuple[list, int]:
-    """(the matmuls in loop bodies, at any depth, for which ``selected(op)`` is true;
-    the number of the others)."""
+def loop_ops(program, name: str) -> list:
+    """``(op, its block)`` for every op named ``name`` in a loop body, at any depth."""
     # A walk of its own, not ProgramIndex (which copy_ops.loop_copies uses): the index
     # builds an alias graph these rules do not need, 10x the time (8 against 79 ms on
     # the toy llama's loop), and they run every time a predictor is made.
-    found, others = [], []
-    _collect_loop_matmuls(program.global_block(), False, selected, found, others)
-    return found, len(others)
+    found = []
+    _collect_loop_ops(program.global_block(), False, name, found)
+    return found
 
 
-def _collect_loop_matmuls(block, in_loop: bool, selected: Callable, found: list, others: list) -> None:
+def _collect_loop_ops(block, in_loop: bool, name: str, found: list) -> None:
     # Module-level recursion, not a nested function (program_index._walk_block says why).
     for op in block.ops:
-        if in_loop and op.name() == MATMUL:
-            (found if selected(op) else others).append(op)
+        if in_loop and op.name() == name:
+            found.append((op, block))
         for sub in op.blocks():
-            _collect_loop_matmuls(sub, in_loop or op.name() == WHILE, selected, found, others)
+            _collect_loop_ops(sub, in_loop or op.name() == WHILE, name, found)
+
+
+def loop_matmuls(program, selected: Callable) -> tuple[list, int]:
+    """(the matmuls in loop bodies, at any depth, for which ``selected(op)`` is true;
+    the number of the others)."""
+    matmuls = [op for op, _ in loop_ops(program, MATMUL)]
+    found = [op for op in matmuls if selected(op)]
+    return found, len(matmuls) - len(found)
 
 
 def weight_product(op, dtypes: tuple, transpose_y: bool, min_elements: int = 0) -> bool:
@@ -92,15 +100,22 @@ class LoopKernelReport(PassReport):
 
 
 def rewrite_on_kernel(program, selected: Callable, load_kernel: Callable, rewrite: Callable) -> tuple:
-    """Match every loop matmul ``selected(op)`` accepts, then (only when there is one)
-    ``load_kernel()``: ``(kernel, None)`` or ``(None, why there is none)``. With a kernel,
-    ``rewrite(program, matmuls, kernel)`` replaces them all; without, nothing changes.
-    ``(rewritten, kept, unavailable)``, a ``LoopKernelReport``'s fields."""
+    """Match every loop matmul ``selected(op)`` accepts, then ``rewrite_found_on_kernel``
+    them: ``(rewritten, kept, unavailable)``, a ``LoopKernelReport``'s fields."""
     matmuls, kept = loop_matmuls(program, selected)
-    if not matmuls:
+    return rewrite_found_on_kernel(program, matmuls, kept, load_kernel, rewrite)
+
+
+def rewrite_found_on_kernel(program, found: list, kept: int, load_kernel: Callable, rewrite: Callable) -> tuple:
+    """Only when a rule found something (``found``, matched before any change; ``kept``
+    the candidates it leaves), ``load_kernel()``: ``(kernel, None)`` or ``(None, why there
+    is none)``. With a kernel, ``rewrite(program, found, kernel)`` replaces them all;
+    without, nothing changes. ``(rewritten, kept, unavailable)``, a ``LoopKernelReport``'s
+    fields."""
+    if not found:
         return 0, kept, None
     kernel, unavailable = load_kernel()
     if kernel is None:
-        return 0, kept + len(matmuls), unavailable
-    rewrite(program, matmuls, kernel)
-    return len(matmuls), kept, None
+        return 0, kept + len(found), unavailable
+    rewrite(program, found, kernel)
+    return len(found), kept, None

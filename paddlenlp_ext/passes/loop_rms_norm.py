@@ -56,8 +56,8 @@ from typing import Callable, NamedTuple
 import paddle
 
 from ..paddle_modes import static_mode
-from .loop_matmuls import LoopKernelReport
-from .program_index import PARAMETER, WHILE
+from .loop_matmuls import LoopKernelReport, loop_ops, rewrite_found_on_kernel
+from .program_index import PARAMETER
 
 RSQRT = "pd_op.rsqrt"
 CONSTANTS = frozenset({"pd_op.full", "pd_op.full_int_array"})
@@ -68,15 +68,19 @@ class LoopRmsNormReport(LoopKernelReport):
 
 
 class RmsNormChain(NamedTuple):
-    """A matched chain: its input, weight and epsilon, the op whose result the kernel's
-    replaces, and the ops (and their constants) erased, in program order."""
+    """A matched chain: its input, weight and epsilon, the ops (and their constants) erased,
+    in program order."""
 
     x: object
     weight: object
     epsilon: float
-    last: object
     erased: tuple
     constants: tuple
+
+    @property
+    def last(self):
+        """The weight's product, whose result the kernel's replaces."""
+        return self.erased[-1]
 
 
 def _single_user(value, name: str):
@@ -168,17 +172,8 @@ def _match(rsqrt, block) -> RmsNormChain | None:
         erased.insert(0, cast_in)
     if not _consecutive(block, erased):  # condition 5
         return None
-    return RmsNormChain(x, weight, float(attrs["bias"]), product, tuple(erased),
+    return RmsNormChain(x, weight, float(attrs["bias"]), tuple(erased),
                         (mean.operand_source(1).get_defining_op(), scale.operand_source(1).get_defining_op()))
-
-
-def _loop_rsqrts(block, in_loop: bool, found: list) -> None:
-    # Module-level recursion, not a nested function (program_index._walk_block says why).
-    for op in block.ops:
-        if in_loop and op.name() == RSQRT:
-            found.append((op, block))
-        for sub in op.blocks():
-            _loop_rsqrts(sub, in_loop or op.name() == WHILE, found)
 
 
 def _rewrite(program, chains: list, norm: Callable) -> None:
@@ -201,14 +196,7 @@ def run_loop_rms_norms_on_kernel(program, outputs=None, *, load_kernel: Callable
     (``native.load_rms_norm``), in which case nothing changes (condition 7).
     ``outputs``: the pass protocol's (``report.PassReport``); it replaces none (the chain's
     last value takes the kernel's, which an output would be only outside a loop)."""
-    rsqrts: list = []
-    _loop_rsqrts(program.global_block(), False, rsqrts)
+    rsqrts = loop_ops(program, RSQRT)
     chains = [chain for chain in (_match(op, block) for op, block in rsqrts) if chain is not None]
-    kept = len(rsqrts) - len(chains)
-    if not chains:
-        return LoopRmsNormReport(0, kept)
-    norm, unavailable = load_kernel()
-    if norm is None:
-        return LoopRmsNormReport(0, kept + len(chains), unavailable)
-    _rewrite(program, chains, norm)
-    return LoopRmsNormReport(len(chains), kept)
+    return LoopRmsNormReport(*rewrite_found_on_kernel(program, chains, len(rsqrts) - len(chains), load_kernel,
+                                                      _rewrite))
